@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# install-deps.sh - apt-get install the Debian packages kinfer needs, when missing.
+# Used by `make deps` (and so by `make run` and `make test`).  Does nothing, and
+# needs no root, when everything is already installed.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config
+  librdkafka-dev libmsgpack-dev libopenblas-dev libhiredis-dev libcmocka-dev libjansson-dev
+  redis-server
+  python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "kinfer: installing missing Debian packages: ${missing[*]}" >&2
+SUDO=
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then SUDO=sudo; else
+    echo "kinfer: missing packages and not root (no sudo): apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

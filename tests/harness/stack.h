@@ -1,0 +1,95 @@
+/* stack.h - throwaway real servers for integration tests.
+ *
+ * Starts a real redis-server (Debian's) and the real kinfer-devbroker, each
+ * on a free loopback port, in a private temp directory, and kinfer programs
+ * against them; stops every process it started by PID.  Nothing is faked:
+ * tests talk to these servers over TCP like production does.
+ *
+ * Binaries are taken from $KINFER_BIN (default "build").  Each spawned
+ * program's stdout+stderr go to <dir>/<name>.log, kept on failure
+ * (KINFER_KEEP=1 keeps the directory always) and printed by stack_dump_logs.
+ * Not thread-safe: one stack per test process, used from the test thread. */
+#ifndef KT_STACK_H
+#define KT_STACK_H
+
+#include <hiredis.h>
+#include <sys/types.h>
+
+#define KT_MAX_PROCS 32
+
+typedef struct kt_proc_s {
+        pid_t pid; /* 0 = slot free or reaped */
+        char name[64];
+        char log[512];
+} kt_proc_t;
+
+typedef struct kt_stack_s {
+        char dir[256];       /* private temp dir, removed by kt_stack_stop */
+        const char *bindir;  /* where kinfer binaries are */
+        int redis_port;      /* 0 until kt_stack_start_redis */
+        char redis_url[128]; /* redis://127.0.0.1:PORT/0 */
+        char brokers[512];   /* devbroker bootstrap list, "" until started */
+        kt_proc_t redis, broker;
+        kt_proc_t procs[KT_MAX_PROCS];
+        int failed;          /* set by kt_stack_fail: keep dir, dump logs */
+} kt_stack_t;
+
+/* Creates the temp dir.  Returns 0 or -1 (message on stderr). */
+int kt_stack_init(kt_stack_t *s);
+
+/* Starts redis-server on a free loopback port (no persistence unless
+ * extra_args asks for it; extra_args is a NULL-terminated list of extra
+ * command-line words or NULL) and waits until it answers PING. */
+int kt_stack_start_redis(kt_stack_t *s, const char *const *extra_args);
+
+/* Starts kinfer-devbroker with n_brokers brokers and `partitions` partitions
+ * per kinfer topic and waits for its bootstrap line. */
+int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions);
+
+/* Sends one control command line to the dev broker's stdin (see
+ * docs/devbroker.md, e.g. "broker-down 1") and waits for its reply line.
+ * Returns 0 if the broker answered "ok", -1 otherwise. */
+int kt_stack_broker_cmd(kt_stack_t *s, const char *cmd);
+
+/* Spawns a program (argv[0] is a binary name looked up in bindir if it has
+ * no '/') with KINFER_BROKERS and KINFER_REDIS set for this stack, plus
+ * extra_env ("K=V" strings, NULL-terminated, or NULL).  Returns the slot or
+ * -1.  The process runs until kt_stack_kill/kt_stack_wait. */
+int kt_stack_spawn(kt_stack_t *s, const char *name, const char *const *argv,
+                   const char *const *extra_env);
+
+/* Runs a program to completion with the same environment, feeding stdin
+ * from stdin_path (or /dev/null) and capturing stdout into a malloc'd,
+ * NUL-terminated *out (caller frees; may be NULL to discard).  Returns the
+ * exit status (0..255), 128+signal if killed, or -1 if it could not run or
+ * ran past timeout_ms (then it is killed). */
+int kt_stack_run(kt_stack_t *s, const char *const *argv, const char *stdin_path, char **out,
+                 int timeout_ms);
+
+/* Sends sig to slot's process.  For SIGTERM/SIGINT/SIGKILL waits up to
+ * timeout_ms for it to exit (then SIGKILL) and returns its exit status as
+ * kt_stack_run does; for other signals returns 0 at once. */
+int kt_stack_kill(kt_stack_t *s, int slot, int sig, int timeout_ms);
+
+/* Same for the redis-server (e.g. SIGSTOP/SIGCONT, or SIGKILL then
+ * kt_stack_start_redis again on the same port: pass keep_port = 1). */
+int kt_stack_signal_redis(kt_stack_t *s, int sig);
+int kt_stack_restart_redis(kt_stack_t *s);
+
+/* A new hiredis connection to this stack's redis, or NULL. Caller frees. */
+redisContext *kt_stack_redis(kt_stack_t *s);
+
+/* Marks the run failed: logs are printed and the directory kept. */
+void kt_stack_fail(kt_stack_t *s);
+
+/* Prints each spawned process's log to stderr (tail, up to 200 lines each). */
+void kt_stack_dump_logs(kt_stack_t *s);
+
+/* Stops every process (SIGTERM, then SIGKILL after 5 s), redis last, and
+ * removes the directory unless failed or KINFER_KEEP is set. */
+void kt_stack_stop(kt_stack_t *s);
+
+/* Milliseconds since an arbitrary fixed point (CLOCK_MONOTONIC). */
+long long kt_now_ms(void);
+
+#endif
