@@ -74,7 +74,7 @@ typedef enum {
 
 /* Encodes job as a v1 msgpack map.  Optional fields are written only when
  * they differ from their defaults.  Returns 0 and a malloc'd buffer in
- * *out/*outlen (caller frees), or -1 with errstr set (invalid field). */
+ * *out and *outlen (caller frees), or -1 with errstr set (invalid field). */
 int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen, char *errstr,
                size_t errstr_size);
 

@@ -72,7 +72,7 @@ model_t *model_decode(const void *buf, size_t len, char *errstr, size_t errstr_s
 model_t *model_load_file(const char *path, char *errstr, size_t errstr_size);
 
 /* Encodes a model in the file format.  Returns 0 and a malloc'd buffer in
- * *out/*outlen (caller frees), or -1 with errstr set. */
+ * *out and *outlen (caller frees), or -1 with errstr set. */
 int model_encode(const model_t *m, char **out, size_t *outlen, char *errstr, size_t errstr_size);
 
 model_t *model_ref(model_t *m);

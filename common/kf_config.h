@@ -1,0 +1,64 @@
+/* kf_config.h - table-driven configuration: flags, environment, defaults.
+ *
+ * A program describes its settings once, as an array of kf_opt_t (name,
+ * type, bounds, default, environment variable, help), the way redis lists
+ * its static_configs[].  kf_config_parse() then applies, in order of
+ * increasing precedence: the default, the environment variable, the
+ * command-line flag.  Every value goes through the same validator, so a bad
+ * KINFER_* variable is refused with the same message as a bad flag.
+ * librdkafka properties pass through untouched as `-X key=value` (like kcat).
+ * Not thread-safe: parse once in main() before starting threads. */
+#ifndef KF_CONFIG_H
+#define KF_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum {
+        KF_OPT_STR,  /* char * (malloc'd copy, freed by kf_config_free); NULL if no default */
+        KF_OPT_INT,  /* int64_t within [min, max] */
+        KF_OPT_BOOL, /* int: flag alone sets 1; env/"=" accepts 1/0/true/false/yes/no */
+        KF_OPT_LOG,  /* int: a kf_log level name (error|warn|info|debug) */
+} kf_opt_type_t;
+
+typedef struct kf_opt_s {
+        const char *name;   /* long flag without "--", e.g. "brokers" */
+        int short_flag;     /* single-char flag or 0 */
+        const char *env;    /* environment variable or NULL */
+        kf_opt_type_t type;
+        size_t offset;      /* offsetof(program config struct, field) */
+        int64_t min, max;   /* KF_OPT_INT bounds */
+        const char *def;    /* default, as text; parsed like user input; NULL = none */
+        const char *arg;    /* argument name shown in --help, e.g. "URL" */
+        const char *help;   /* one line */
+} kf_opt_t;
+
+/* librdkafka properties collected from -X key=value, in order. */
+typedef struct kf_props_s {
+        int cnt;
+        char **keys, **vals; /* owned */
+} kf_props_t;
+
+/* Return values of kf_config_parse. */
+#define KF_CONFIG_OK   0
+#define KF_CONFIG_HELP 1  /* --help was given: print usage and exit 0 */
+#define KF_CONFIG_ERR  -1 /* errstr names the flag or variable and the problem */
+
+/* Applies defaults, environment and argv (getopt_long, permuting: positional
+ * arguments are collected after the options and returned via *first_arg as
+ * an index into argv).  conf points to the program's struct; opts ends with
+ * an entry whose name is NULL.  props may be NULL if -X is not accepted. */
+int kf_config_parse(const kf_opt_t *opts, void *conf, kf_props_t *props, int argc, char **argv,
+                    int *first_arg, char *errstr, size_t errstr_size);
+
+/* Prints one line per option: flag, argument, help, [env VAR] (default X). */
+void kf_config_usage(FILE *fp, const kf_opt_t *opts);
+
+/* Frees the strings kf_config_parse stored in conf and props. */
+void kf_config_free(const kf_opt_t *opts, void *conf, kf_props_t *props);
+
+/* Adds one "key=value" property; -1 with errstr if there is no '='. */
+int kf_props_add(kf_props_t *props, const char *kv, char *errstr, size_t errstr_size);
+
+#endif

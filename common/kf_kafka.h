@@ -1,0 +1,18 @@
+/* kf_kafka.h - librdkafka configuration shared by the worker and the CLI. */
+#ifndef KF_KAFKA_H
+#define KF_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <stddef.h>
+
+#include "kf_config.h"
+
+/* Builds a configuration with bootstrap.servers = brokers, then the given
+ * defaults (NULL-terminated key, value pairs), then the user's -X
+ * properties, which override both.  Returns a conf the caller owns (pass it
+ * to rd_kafka_new, which takes ownership on success) or NULL with errstr
+ * naming the property librdkafka refused. */
+rd_kafka_conf_t *kf_kafka_conf_new(const char *brokers, const char *const *defaults,
+                                   const kf_props_t *props, char *errstr, size_t errstr_size);
+
+#endif

@@ -1,0 +1,201 @@
+/* batch.c - decodes a micro-batch of Kafka messages into jobs and computes
+ * them, one stacked forward pass per model, splitting results back per job. */
+#include "batch.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "kf_log.h"
+#include "kf_util.h"
+
+static void job_fail(kw_job_t *j, kf_err_t err)
+{
+        j->err   = err;
+        j->state = KW_JOB_DONE;
+        free(j->job.input); /* the input is not needed for an error result */
+        j->job.input = NULL;
+        j->done_ms   = kf_now_ms();
+}
+
+int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim)
+{
+        kw_job_t *j;
+        kf_err_t err;
+
+        if (b->n == b->cap) {
+                int ncap     = b->cap ? b->cap * 2 : 64;
+                kw_job_t *nj = realloc(b->jobs, sizeof(*nj) * (size_t)ncap);
+                if (!nj) {
+                        rd_kafka_message_destroy(rkm);
+                        return -1;
+                }
+                b->jobs = nj;
+                b->cap  = ncap;
+        }
+        j = &b->jobs[b->n++];
+        memset(j, 0, sizeof(*j));
+        j->rkm        = rkm;
+        j->started_ms = kf_now_ms();
+
+        err = job_decode(rkm->payload, rkm->len, lim, &j->job, j->errmsg, sizeof(j->errmsg));
+        if (err != KF_OK) {
+                job_fail(j, err);
+                return 0;
+        }
+        if (j->job.deadline_ms && j->started_ms > j->job.deadline_ms) {
+                snprintf(j->errmsg, sizeof(j->errmsg),
+                         "picked up %lld ms after its deadline; not computed, not charged",
+                         (long long)(j->started_ms - j->job.deadline_ms));
+                job_fail(j, KF_ERR_EXPIRED);
+                return 0;
+        }
+        b->rows += j->job.rows;
+        return 0;
+}
+
+static int grow(float **buf, size_t *cap, size_t need)
+{
+        float *n;
+        if (need <= *cap)
+                return 0;
+        if (!(n = realloc(*buf, need * sizeof(float))))
+                return -1;
+        *buf = n;
+        *cap = need;
+        return 0;
+}
+
+/* Computes jobs[first..last] (all NEW, same model, rows fitting in X). */
+static void compute_group(kw_batch_t *b, model_t *m, kw_job_t **grp, int n, uint32_t rows)
+{
+        size_t xo = 0, yo = 0;
+        int64_t done;
+
+        if (grow(&b->X, &b->xcap, (size_t)rows * m->input_dim) ||
+            grow(&b->Y, &b->ycap, (size_t)rows * m->output_dim))
+                goto oom;
+        for (int i = 0; i < n; i++) {
+                size_t cnt = (size_t)grp[i]->job.rows * m->input_dim;
+                memcpy(b->X + xo, grp[i]->job.input, cnt * sizeof(float));
+                xo += cnt;
+        }
+        if (model_forward(m, b->X, rows, b->Y, &b->scratch))
+                goto oom;
+        done = kf_now_ms();
+        for (int i = 0; i < n; i++) {
+                kw_job_t *j    = grp[i];
+                uint32_t ocols = model_output_cols(j->job.output, m->output_dim);
+                j->output      = malloc((size_t)j->job.rows * ocols * sizeof(float));
+                if (!j->output) {
+                        snprintf(j->errmsg, sizeof(j->errmsg), "out of memory for the output");
+                        job_fail(j, KF_ERR_INTERNAL);
+                        yo += (size_t)j->job.rows * m->output_dim;
+                        continue;
+                }
+                model_postprocess(j->job.output, b->Y + yo, j->job.rows, m->output_dim,
+                                  j->output);
+                yo += (size_t)j->job.rows * m->output_dim;
+                j->out_rows      = j->job.rows;
+                j->out_cols      = ocols;
+                j->model_version = m->version;
+                j->flops         = m->flops_per_row * j->job.rows;
+                j->state         = KW_JOB_DONE;
+                j->done_ms       = done;
+                free(j->job.input);
+                j->job.input = NULL;
+        }
+        return;
+oom:
+        for (int i = 0; i < n; i++) {
+                snprintf(grp[i]->errmsg, sizeof(grp[i]->errmsg),
+                         "out of memory computing a batch of %u rows", rows);
+                job_fail(grp[i], KF_ERR_INTERNAL);
+        }
+}
+
+void kw_batch_compute(kw_batch_t *b, ms_store_t *ms, uint32_t max_rows)
+{
+        kw_job_t **grp = malloc(sizeof(*grp) * (size_t)(b->n ? b->n : 1));
+        model_t **models = calloc((size_t)(b->n ? b->n : 1), sizeof(*models));
+
+        if (!grp || !models) {
+                for (int i = 0; i < b->n; i++)
+                        if (b->jobs[i].state == KW_JOB_NEW) {
+                                snprintf(b->jobs[i].errmsg, sizeof(b->jobs[i].errmsg),
+                                         "out of memory");
+                                job_fail(&b->jobs[i], KF_ERR_INTERNAL);
+                        }
+                goto out;
+        }
+
+        /* Resolve each job's model and check its shape. */
+        for (int i = 0; i < b->n; i++) {
+                kw_job_t *j = &b->jobs[i];
+                kf_err_t err;
+                if (j->state != KW_JOB_NEW)
+                        continue;
+                models[i] = ms_store_get(ms, j->job.model, j->job.version, &err, j->errmsg,
+                                         sizeof(j->errmsg));
+                if (!models[i]) {
+                        job_fail(j, err);
+                        continue;
+                }
+                if (j->job.cols != models[i]->input_dim) {
+                        snprintf(j->errmsg, sizeof(j->errmsg),
+                                 "input has %u columns, model '%s' version %u expects %u",
+                                 j->job.cols, j->job.model, models[i]->version,
+                                 models[i]->input_dim);
+                        job_fail(j, KF_ERR_SHAPE_MISMATCH);
+                }
+        }
+
+        /* Stack jobs of the same model, in arrival order, up to max_rows. */
+        for (int i = 0; i < b->n; i++) {
+                model_t *m = models[i];
+                uint32_t rows;
+                int n;
+                if (b->jobs[i].state != KW_JOB_NEW)
+                        continue;
+                grp[0] = &b->jobs[i];
+                rows   = b->jobs[i].job.rows;
+                n      = 1;
+                for (int k = i + 1; k < b->n; k++) {
+                        kw_job_t *j = &b->jobs[k];
+                        if (j->state != KW_JOB_NEW || models[k] != m)
+                                continue;
+                        if (rows + j->job.rows > max_rows)
+                                break;
+                        grp[n++] = j;
+                        rows += j->job.rows;
+                }
+                compute_group(b, m, grp, n, rows);
+        }
+out:
+        for (int i = 0; models && i < b->n; i++)
+                model_unref(models[i]);
+        free(models);
+        free(grp);
+}
+
+void kw_batch_reset(kw_batch_t *b)
+{
+        for (int i = 0; i < b->n; i++) {
+                kw_job_t *j = &b->jobs[i];
+                job_clear(&j->job);
+                free(j->output);
+                if (j->rkm)
+                        rd_kafka_message_destroy(j->rkm);
+        }
+        b->n    = 0;
+        b->rows = 0;
+}
+
+void kw_batch_free(kw_batch_t *b)
+{
+        kw_batch_reset(b);
+        free(b->jobs);
+        free(b->X);
+        free(b->Y);
+        model_scratch_free(&b->scratch);
+        memset(b, 0, sizeof(*b));
+}

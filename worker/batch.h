@@ -1,0 +1,61 @@
+/* batch.h - one micro-batch of jobs on its way from Kafka to Redis.
+ *
+ * A job slot moves NEW -> DONE (result computed, success or error) ->
+ * WRITTEN (Redis acknowledged it).  The batch owns the Kafka messages until
+ * kw_batch_reset(), so offsets can be stored from them after the write.
+ * Owned by the worker's loop thread; not thread-safe. */
+#ifndef KW_BATCH_H
+#define KW_BATCH_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+
+#include "job.h"
+#include "model.h"
+#include "model_store.h"
+
+typedef enum {
+        KW_JOB_NEW = 0, /* polled, not processed yet */
+        KW_JOB_DONE,    /* result (ok or error) ready to be written */
+        KW_JOB_WRITTEN, /* acknowledged by Redis */
+} kw_job_state_t;
+
+typedef struct kw_job_s {
+        rd_kafka_message_t *rkm; /* owned */
+        job_t job;
+        kw_job_state_t state;
+        kf_err_t err;        /* KF_OK or the error result's code */
+        char errmsg[256];    /* the error result's human message */
+        float *output;       /* out_rows x out_cols, malloc'd; NULL on error */
+        uint32_t out_rows, out_cols;
+        uint32_t model_version;
+        uint64_t flops;      /* charged on success: rows * 2 * sum(in*out) */
+        int64_t started_ms;  /* Unix ms when the worker picked it up */
+        int64_t done_ms;     /* Unix ms when its result was ready */
+} kw_job_t;
+
+typedef struct kw_batch_s {
+        kw_job_t *jobs;
+        int n, cap;
+        uint64_t rows;  /* rows of the decoded jobs, for the batch size bound */
+        float *X, *Y;   /* stacking buffers, grown on demand */
+        size_t xcap, ycap;
+        model_scratch_t scratch;
+} kw_batch_t;
+
+/* Takes ownership of rkm (also on failure: it is destroyed) and decodes it;
+ * a job that does not decode is DONE at once with its error result, and a
+ * job past its deadline is DONE as expired.  Returns 0, or -1 when out of
+ * memory (rkm destroyed, nothing added). */
+int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim);
+
+/* Resolves models and computes every decoded NEW job, stacking the jobs of
+ * one model into one forward pass of at most max_rows rows; each job ends
+ * DONE with an output or an error. */
+void kw_batch_compute(kw_batch_t *b, ms_store_t *ms, uint32_t max_rows);
+
+/* Destroys the messages and results, keeps the buffers for the next batch. */
+void kw_batch_reset(kw_batch_t *b);
+void kw_batch_free(kw_batch_t *b);
+
+#endif

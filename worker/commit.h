@@ -1,0 +1,45 @@
+/* commit.h - writes a batch's results to Redis: one atomic, idempotent Lua
+ * step per job, all of a batch's steps pipelined in one round trip.
+ *
+ * The step (see commit.c) writes the result hash, charges the user's usage
+ * counters and pushes the done-notification, and does nothing at all if the
+ * result already exists: a redelivered job, or a late write from a worker
+ * that lost its partition, is charged once and never overwrites the first
+ * result.  Redis connection state lives here: a context that saw an I/O
+ * error is dropped and a new one made on the next attempt; NOSCRIPT (server
+ * restarted or SCRIPT FLUSH) reloads the script and resends.
+ * Owned by the worker's loop thread. */
+#ifndef KW_COMMIT_H
+#define KW_COMMIT_H
+
+#include <stddef.h>
+
+#include "batch.h"
+#include "kf_redis.h"
+
+typedef struct kw_redis_s {
+        kf_redis_url_t url;
+        redisContext *c; /* NULL while disconnected */
+        int timeout_ms;
+        kf_script_t step;
+        const char *prefix;    /* key prefix, e.g. "kinfer:" (not owned) */
+        const char *worker_id; /* written into every result (not owned) */
+        const char *topic;     /* source topic, for the result's `source` field */
+        /* counters since start, for logs */
+        unsigned long long written, duplicates, undecodable;
+} kw_redis_t;
+
+/* Parses the URL and connects once, to fail fast on a wrong URL or password.
+ * Returns 0 or -1 with errstr. */
+int kw_redis_init(kw_redis_t *r, const char *url, int timeout_ms, char *errstr,
+                  size_t errstr_size);
+void kw_redis_close(kw_redis_t *r);
+
+/* Writes every DONE job of the batch (and counts messages without a readable
+ * id in {prefix}stats).  Jobs written move to WRITTEN, so calling again after
+ * a failure writes only the rest.  Returns 0 when every job is WRITTEN, or -1
+ * with errstr when Redis is unreachable or refused a step (OOM, BUSY): retry
+ * later; nothing half-written is charged. */
+int kw_commit_batch(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errstr_size);
+
+#endif

@@ -1,0 +1,124 @@
+/* main.c - kinfer-worker: command line, signals, and the worker's lifetime.
+ * Everything else is in worker.c. */
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kf_keys.h"
+#include "kf_log.h"
+#include "worker.h"
+
+#define O(f) offsetof(kw_config_t, f)
+
+const kf_opt_t kw_options[] = {
+    {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, O(brokers), 0, 0, "localhost:9092", "LIST",
+     "Kafka bootstrap servers"},
+    {"redis", 'r', "KINFER_REDIS", KF_OPT_STR, O(redis_url), 0, 0, "redis://127.0.0.1:6379/0",
+     "URL", "redis://[user:password@]host:port[/db]"},
+    {"models", 'm', "KINFER_MODELS", KF_OPT_STR, O(models_dir), 0, 0, NULL, "DIR",
+     "model directory: NAME.kmodel or NAME/VERSION.kmodel"},
+    {"topic", 't', "KINFER_TOPIC", KF_OPT_STR, O(topic), 0, 0, "kinfer.jobs", "NAME",
+     "topic jobs are consumed from"},
+    {"group", 'g', "KINFER_GROUP", KF_OPT_STR, O(group), 0, 0, "kinfer-workers", "ID",
+     "consumer group of the worker pool"},
+    {"prefix", 0, "KINFER_PREFIX", KF_OPT_STR, O(prefix), 0, 0, KF_PREFIX_DEFAULT, "STR",
+     "prefix of every Redis key"},
+    {"worker-id", 0, "KINFER_WORKER_ID", KF_OPT_STR, O(worker_id), 0, 0, NULL, "ID",
+     "name written into results (default hostname:pid)"},
+    {"batch-max-jobs", 0, "KINFER_BATCH_MAX_JOBS", KF_OPT_INT, O(batch_max_jobs), 1, 100000,
+     "512", "N", "most jobs in one micro-batch"},
+    {"batch-max-rows", 0, "KINFER_BATCH_MAX_ROWS", KF_OPT_INT, O(batch_max_rows), 1, 1 << 20,
+     "256", "N", "most rows stacked into one forward pass"},
+    {"batch-wait-us", 0, "KINFER_BATCH_WAIT_US", KF_OPT_INT, O(batch_wait_us), 0, 1000000, "1000",
+     "US", "longest wait for a micro-batch to fill"},
+    {"blas-threads", 0, "KINFER_BLAS_THREADS", KF_OPT_INT, O(blas_threads), 1, 256, "1", "N",
+     "OpenBLAS threads per worker"},
+    {"redis-timeout-ms", 0, "KINFER_REDIS_TIMEOUT_MS", KF_OPT_INT, O(redis_timeout_ms), 10,
+     600000, "5000", "MS", "Redis connect and command timeout"},
+    {"grace-ms", 0, "KINFER_GRACE_MS", KF_OPT_INT, O(grace_ms), 0, 3600000, "10000", "MS",
+     "on shutdown, how long to keep trying to write in-flight results"},
+    {"max-message-bytes", 0, "KINFER_MAX_MESSAGE_BYTES", KF_OPT_INT, O(max_message_bytes), 64,
+     1LL << 31, "67108864", "N", "largest job message accepted"},
+    {"max-rows", 0, "KINFER_MAX_ROWS", KF_OPT_INT, O(max_rows), 1, UINT32_MAX, "65536", "N",
+     "most input rows per job"},
+    {"max-cols", 0, "KINFER_MAX_COLS", KF_OPT_INT, O(max_cols), 1, UINT32_MAX, "65536", "N",
+     "most input columns per job"},
+    {"max-elements", 0, "KINFER_MAX_ELEMENTS", KF_OPT_INT, O(max_elements), 1, 1LL << 32,
+     "16777216", "N", "most input values (rows x cols) per job"},
+    {"log-level", 'l', "KINFER_LOG_LEVEL", KF_OPT_LOG, O(log_level), 0, 0, "info", "LEVEL",
+     "error, warn, info or debug"},
+    {NULL},
+};
+
+static volatile sig_atomic_t stop_flag;
+
+/* First signal: graceful shutdown.  Second: exit now (in-flight work is
+ * redelivered, since its offsets were not stored). */
+static void on_signal(int sig)
+{
+        static const char msg[] = "kinfer-worker: second signal, exiting now\n";
+        if (stop_flag) {
+                if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0) {
+                        /* nothing left to do about it */
+                }
+                _exit(128 + sig);
+        }
+        stop_flag = 1;
+}
+
+static void usage(FILE *fp)
+{
+        fprintf(fp, "Usage: kinfer-worker [OPTION]... [-X KAFKA_PROPERTY=VALUE]...\n"
+                    "Consumes inference jobs from Kafka, computes them, writes results to "
+                    "Redis.\n\n");
+        kf_config_usage(fp, kw_options);
+        fprintf(fp, "  %-34s %s\n", "-X key=value",
+                "set a librdkafka property (repeatable; overrides kinfer's defaults)");
+        fprintf(fp, "\nThe wire contract is in docs/protocol.md.\n");
+}
+
+int main(int argc, char **argv)
+{
+        kw_config_t conf;
+        struct sigaction sa;
+        char err[512];
+        kw_worker_t *w;
+        int rc;
+
+        memset(&conf, 0, sizeof(conf));
+        kf_log_init("kinfer-worker", KF_LOG_INFO);
+        rc = kf_config_parse(kw_options, &conf, &conf.props, argc, argv, NULL, err, sizeof(err));
+        if (rc == KF_CONFIG_HELP) {
+                usage(stdout);
+                kf_config_free(kw_options, &conf, &conf.props);
+                return 0;
+        }
+        if (rc != KF_CONFIG_OK) {
+                fprintf(stderr, "kinfer-worker: %s\n", err);
+                kf_config_free(kw_options, &conf, &conf.props);
+                return 2;
+        }
+        kf_log_init("kinfer-worker", (kf_log_level_t)conf.log_level);
+
+        /* hiredis 0.14 writes without MSG_NOSIGNAL: a Redis restart would
+         * otherwise kill the worker with SIGPIPE. */
+        signal(SIGPIPE, SIG_IGN);
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+
+        if (!(w = kw_worker_new(&conf, &stop_flag, err, sizeof(err)))) {
+                kf_error("%s", err);
+                kf_config_free(kw_options, &conf, &conf.props);
+                return 1;
+        }
+        rc = kw_worker_run(w);
+        kw_worker_destroy(w);
+        kf_config_free(kw_options, &conf, &conf.props);
+        return rc ? 1 : 0;
+}

@@ -1,0 +1,63 @@
+/* worker.h - the kinfer-worker consumer loop.
+ *
+ * One worker is one Kafka consumer in the pool's consumer group.  Its loop:
+ *   poll a micro-batch of jobs  (Kafka, at most batch_max_jobs/rows, waiting
+ *                                at most batch_wait_us for it to fill)
+ *   decode and validate each    (job_decode: bad input becomes an error result)
+ *   compute per model           (one sgemm per layer over the batch's rows)
+ *   commit to Redis             (one atomic, idempotent script per job,
+ *                                pipelined; retried while Redis is away)
+ *   store the offsets           (only now: a crash before this redelivers)
+ * All of it runs on the thread that calls kw_worker_run; librdkafka and
+ * OpenBLAS run their own threads underneath. */
+#ifndef KW_WORKER_H
+#define KW_WORKER_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "job.h"
+#include "kf_config.h"
+
+typedef struct kw_config_s {
+        char *brokers;
+        char *redis_url;
+        char *models_dir;
+        char *topic;
+        char *group;
+        char *prefix;
+        char *worker_id; /* NULL = hostname:pid */
+        int64_t batch_max_jobs;
+        int64_t batch_max_rows;
+        int64_t batch_wait_us;
+        int64_t blas_threads;
+        int64_t redis_timeout_ms;
+        int64_t grace_ms; /* shutdown: how long to keep retrying unwritten results */
+        int64_t max_message_bytes;
+        int64_t max_rows;
+        int64_t max_cols;
+        int64_t max_elements;
+        int log_level;
+        kf_props_t props; /* -X librdkafka properties */
+} kw_config_t;
+
+/* The option table of kinfer-worker (flags, KINFER_* variables, defaults). */
+extern const kf_opt_t kw_options[];
+
+typedef struct kw_worker_s kw_worker_t;
+
+/* Creates the consumer and connects to Redis.  Does not take ownership of
+ * conf (it must outlive the worker).  stop is polled between batches: set it
+ * from a signal handler to begin a graceful shutdown.  Returns NULL with
+ * errstr on a configuration or connection error. */
+kw_worker_t *kw_worker_new(const kw_config_t *conf, volatile sig_atomic_t *stop, char *errstr,
+                           size_t errstr_size);
+
+/* Runs until *stop, then finishes in-flight work (up to grace_ms), commits
+ * offsets and leaves the group.  Returns 0 on a clean shutdown, -1 if work
+ * had to be abandoned (it will be redelivered to another worker). */
+int kw_worker_run(kw_worker_t *w);
+
+void kw_worker_destroy(kw_worker_t *w); /* accepts NULL */
+
+#endif
