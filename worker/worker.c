@@ -235,6 +235,10 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
              * fixed only in 2.1-2.10; see docs/operations.md. */
             "partition.assignment.strategy", "range,roundrobin",
             "enable.partition.eof", "false",
+            /* Bounds how long an idle fetch waits before new jobs are seen
+             * when the broker does not answer fetches early (the dev
+             * broker); real Kafka answers as soon as data arrives. */
+            "fetch.wait.max.ms", "50",
             NULL};
         rd_kafka_conf_t *kconf = NULL;
         rd_kafka_topic_partition_list_t *topics = NULL;
