@@ -1,0 +1,204 @@
+/* model_math.c - the MLP forward pass (one cblas_sgemm per layer over all
+ * rows), the activations, and the row-wise post-processing of job outputs. */
+#include "model.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MODEL_SCRATCH_ALIGN 64
+
+static void model_relu(float *x, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+static void model_tanh(float *x, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                x[i] = tanhf(x[i]);
+}
+
+static void model_sigmoid(float *x, size_t n)
+{
+        /* Only ever exponentiate -|x|: expf(-x) for a large negative x
+         * overflows to Inf, and e/(1+e) would then be Inf/Inf = NaN. */
+        for (size_t i = 0; i < n; i++) {
+                if (x[i] >= 0.0f) {
+                        x[i] = 1.0f / (1.0f + expf(-x[i]));
+                } else {
+                        float e = expf(x[i]);
+                        x[i] = e / (1.0f + e);
+                }
+        }
+}
+
+/* Softmax of one row in place.  Subtracting the row maximum keeps every
+ * exponent <= 0, so nothing overflows however large the logits are. */
+static void model_softmax_row(float *x, uint32_t n)
+{
+        double sum = 0.0;
+        float max, inv;
+
+        if (n == 0)
+                return;
+        max = x[0];
+        for (uint32_t j = 1; j < n; j++) {
+                if (x[j] > max)
+                        max = x[j];
+        }
+        if (isinf(max)) {
+                /* An overflowed logit: the limit of softmax gives the +Inf
+                 * entries equal shares; a row of -Inf has no limit, so it
+                 * is spread evenly rather than turned into NaN. */
+                uint32_t cnt = 0;
+                for (uint32_t j = 0; j < n; j++)
+                        cnt += x[j] == max;
+                for (uint32_t j = 0; j < n; j++)
+                        x[j] = x[j] == max ? 1.0f / (float)cnt : 0.0f;
+                return;
+        }
+        for (uint32_t j = 0; j < n; j++) {
+                x[j] = expf(x[j] - max);
+                sum += x[j];
+        }
+        inv = (float)(1.0 / sum);
+        for (uint32_t j = 0; j < n; j++)
+                x[j] *= inv;
+}
+
+static void model_activate(model_act_t act, float *x, size_t rows, uint32_t cols)
+{
+        size_t n = rows * cols;
+        switch (act) {
+        case MODEL_ACT_RELU:
+                model_relu(x, n);
+                break;
+        case MODEL_ACT_TANH:
+                model_tanh(x, n);
+                break;
+        case MODEL_ACT_SIGMOID:
+                model_sigmoid(x, n);
+                break;
+        case MODEL_ACT_SOFTMAX:
+                for (size_t r = 0; r < rows; r++)
+                        model_softmax_row(x + r * cols, cols);
+                break;
+        case MODEL_ACT_IDENTITY:
+        default:
+                break;
+        }
+}
+
+void model_scratch_free(model_scratch_t *s)
+{
+        if (!s)
+                return;
+        free(s->a);
+        free(s->b);
+        s->a = NULL;
+        s->b = NULL;
+        s->cap = 0;
+}
+
+/* Makes a and b hold at least n floats each.  Old contents are not kept: a
+ * forward pass never reads scratch it has not written in the same call. */
+static int model_scratch_reserve(model_scratch_t *s, size_t n)
+{
+        void *a = NULL, *b = NULL;
+
+        if (s->cap >= n)
+                return 0;
+        if (n > SIZE_MAX / sizeof(float))
+                return -1;
+        model_scratch_free(s);
+        if (posix_memalign(&a, MODEL_SCRATCH_ALIGN, n * sizeof(float)) != 0)
+                return -1;
+        if (posix_memalign(&b, MODEL_SCRATCH_ALIGN, n * sizeof(float)) != 0) {
+                free(a);
+                return -1;
+        }
+        s->a = a;
+        s->b = b;
+        s->cap = n;
+        return 0;
+}
+
+/* out = act(in . W + b) for `rows` rows: b is broadcast into out first so
+ * the one sgemm adds the product onto it (beta = 1). */
+static void model_layer_forward(const model_layer_t *l, const float *in, int rows, float *out)
+{
+        for (int r = 0; r < rows; r++)
+                memcpy(out + (size_t)r * l->out, l->b, l->out * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, (int)l->out, (int)l->in, 1.0f,
+                    in, (int)l->in, l->W, (int)l->out, 1.0f, out, (int)l->out);
+        model_activate(l->act, out, (size_t)rows, l->out);
+}
+
+int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, model_scratch_t *s)
+{
+        uint32_t hidden = 0;
+        /* cblas takes int dimensions; more rows than that (never reached
+         * under the job limits) are done in slices. */
+        uint32_t slice = rows < (uint32_t)INT_MAX ? rows : (uint32_t)INT_MAX;
+
+        if (rows == 0)
+                return 0;
+        /* Scratch holds the hidden layers only: X and Y belong to the
+         * caller, so input_dim and output_dim need no space here. */
+        for (uint32_t i = 0; i + 1 < m->n_layers; i++) {
+                if (m->layers[i].out > hidden)
+                        hidden = m->layers[i].out;
+        }
+        if (hidden && model_scratch_reserve(s, (size_t)slice * hidden) != 0)
+                return -1;
+
+        for (uint32_t done = 0; done < rows; done += slice) {
+                int r = (int)(rows - done < slice ? rows - done : slice);
+                const float *in = X + (size_t)done * m->input_dim;
+                for (uint32_t i = 0; i < m->n_layers; i++) {
+                        float *out = i + 1 == m->n_layers ? Y + (size_t)done * m->output_dim
+                                     : (i & 1)            ? s->b
+                                                          : s->a;
+                        model_layer_forward(&m->layers[i], in, r, out);
+                        in = out;
+                }
+        }
+        return 0;
+}
+
+uint32_t model_output_cols(job_output_t mode, uint32_t cols)
+{
+        return mode == JOB_OUTPUT_ARGMAX ? 1 : cols;
+}
+
+void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_t cols, float *out)
+{
+        switch (mode) {
+        case JOB_OUTPUT_SOFTMAX:
+                memcpy(out, Y, (size_t)rows * cols * sizeof(float));
+                for (uint32_t r = 0; r < rows; r++)
+                        model_softmax_row(out + (size_t)r * cols, cols);
+                break;
+        case JOB_OUTPUT_ARGMAX:
+                for (uint32_t r = 0; r < rows; r++) {
+                        const float *y = Y + (size_t)r * cols;
+                        uint32_t best = 0;
+                        /* Strictly greater keeps the first of equal maxima;
+                         * a NaN never wins over a number. */
+                        for (uint32_t j = 1; j < cols; j++) {
+                                if (y[j] > y[best] || (isnan(y[best]) && !isnan(y[j])))
+                                        best = j;
+                        }
+                        out[r] = (float)best;
+                }
+                break;
+        case JOB_OUTPUT_RAW:
+        default:
+                memcpy(out, Y, (size_t)rows * cols * sizeof(float));
+                break;
+        }
+}
