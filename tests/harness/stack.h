@@ -66,6 +66,11 @@ int kt_stack_spawn(kt_stack_t *s, const char *name, const char *const *argv,
 int kt_stack_run(kt_stack_t *s, const char *const *argv, const char *stdin_path, char **out,
                  int timeout_ms);
 
+/* Waits up to timeout_ms (< 0: forever) for slot's process to exit by itself.
+ * Returns its exit status as kt_stack_run does, or -1 if it is still running
+ * (it is not killed) or the slot holds no process. */
+int kt_stack_wait(kt_stack_t *s, int slot, int timeout_ms);
+
 /* Sends sig to slot's process.  For SIGTERM/SIGINT/SIGKILL waits up to
  * timeout_ms for it to exit (then SIGKILL) and returns its exit status as
  * kt_stack_run does; for other signals returns 0 at once. */
