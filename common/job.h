@@ -34,7 +34,9 @@ typedef struct job_limits_s {
         uint64_t max_elements; /* rows * cols */
 } job_limits_t;
 
-/* Safe defaults: 64 MiB messages, 65536 rows, 65536 cols, 16M elements. */
+/* Safe defaults: 8 MiB messages, 65536 rows, 65536 cols, 16M elements.
+ * Unpacking costs up to ~24 bytes per msgpack element, so the message limit
+ * also bounds a job's transient memory (8 MiB -> at most ~200 MiB). */
 extern const job_limits_t job_limits_default;
 
 typedef struct job_s {

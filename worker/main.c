@@ -41,7 +41,7 @@ const kf_opt_t kw_options[] = {
     {"grace-ms", 0, "KINFER_GRACE_MS", KF_OPT_INT, O(grace_ms), 0, 3600000, "10000", "MS",
      "on shutdown, how long to keep trying to write in-flight results"},
     {"max-message-bytes", 0, "KINFER_MAX_MESSAGE_BYTES", KF_OPT_INT, O(max_message_bytes), 64,
-     1LL << 31, "67108864", "N", "largest job message accepted"},
+     1LL << 31, "8388608", "N", "largest job message accepted"},
     {"max-rows", 0, "KINFER_MAX_ROWS", KF_OPT_INT, O(max_rows), 1, UINT32_MAX, "65536", "N",
      "most input rows per job"},
     {"max-cols", 0, "KINFER_MAX_COLS", KF_OPT_INT, O(max_cols), 1, UINT32_MAX, "65536", "N",
