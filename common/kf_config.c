@@ -193,13 +193,17 @@ void kf_config_free(const kf_opt_t *opts, void *conf, kf_props_t *props)
                         *sp = NULL;
                 }
         }
-        if (props) {
-                for (int i = 0; i < props->cnt; i++) {
-                        free(props->keys[i]);
-                        free(props->vals[i]);
-                }
-                free(props->keys);
-                free(props->vals);
-                memset(props, 0, sizeof(*props));
+        if (props)
+                kf_props_free(props);
+}
+
+void kf_props_free(kf_props_t *props)
+{
+        for (int i = 0; i < props->cnt; i++) {
+                free(props->keys[i]);
+                free(props->vals[i]);
         }
+        free(props->keys);
+        free(props->vals);
+        memset(props, 0, sizeof(*props));
 }

@@ -20,6 +20,13 @@ typedef enum {
         KW_JOB_WRITTEN, /* acknowledged by Redis */
 } kw_job_state_t;
 
+/* Dead-letter state of a job without a readable id (see dlq.h). */
+typedef enum {
+        KW_DLQ_NONE = 0, /* not copied (or the copy failed: copy again) */
+        KW_DLQ_SENT,     /* produced, acknowledgement pending */
+        KW_DLQ_ACKED,    /* the broker has the copy */
+} kw_dlq_state_t;
+
 typedef struct kw_job_s {
         rd_kafka_message_t *rkm; /* owned */
         job_t job;
@@ -32,6 +39,7 @@ typedef struct kw_job_s {
         uint64_t flops;      /* charged on success: rows * 2 * sum(in*out) */
         int64_t started_ms;  /* Unix ms when the worker picked it up */
         int64_t done_ms;     /* Unix ms when its result was ready */
+        kw_dlq_state_t dlq;  /* only for jobs without a readable id */
 } kw_job_t;
 
 typedef struct kw_batch_s {

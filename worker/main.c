@@ -22,6 +22,8 @@ const kf_opt_t kw_options[] = {
      "model directory: NAME.kmodel or NAME/VERSION.kmodel"},
     {"topic", 't', "KINFER_TOPIC", KF_OPT_STR, O(topic), 0, 0, "kinfer.jobs", "NAME",
      "topic jobs are consumed from"},
+    {"dlq-topic", 0, "KINFER_DLQ_TOPIC", KF_OPT_STR, O(dlq_topic), 0, 0, "kinfer.dlq", "NAME",
+     "dead-letter topic for messages that cannot have a result"},
     {"group", 'g', "KINFER_GROUP", KF_OPT_STR, O(group), 0, 0, "kinfer-workers", "ID",
      "consumer group of the worker pool"},
     {"prefix", 0, "KINFER_PREFIX", KF_OPT_STR, O(prefix), 0, 0, KF_PREFIX_DEFAULT, "STR",

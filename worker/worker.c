@@ -9,6 +9,7 @@
 
 #include "batch.h"
 #include "commit.h"
+#include "dlq.h"
 #include "kf_kafka.h"
 #include "kf_log.h"
 #include "kf_util.h"
@@ -24,6 +25,7 @@ struct kw_worker_s {
         job_limits_t limits;
         rd_kafka_t *rk;
         kw_redis_t redis;
+        kw_dlq_t dlq;
         ms_store_t *models;
         kw_batch_t batch;
         int paused; /* the assignment is paused while Redis is unreachable */
@@ -67,6 +69,10 @@ static int flush_once(kw_worker_t *w)
         if (w->batch.n == 0)
                 return 0;
         kw_batch_compute(&w->batch, w->models, (uint32_t)w->conf->batch_max_rows);
+        if (kw_dlq_send_batch(&w->dlq, &w->batch, 10000, err, sizeof(err))) {
+                kf_warn("batch of %d jobs not done yet: %s", w->batch.n, err);
+                return -1;
+        }
         if (kw_commit_batch(&w->redis, &w->batch, err, sizeof(err))) {
                 kf_warn("results of %d jobs not written yet: %s", w->batch.n, err);
                 return -1;
@@ -216,9 +222,9 @@ int kw_worker_run(kw_worker_t *w)
                 rc = -1;
         rd_kafka_consumer_close(w->rk);
         kf_info("stopped: %llu jobs, %llu batches, %llu written, %llu duplicates, "
-                "%llu undecodable, %llu abandoned",
+                "%llu undecodable (%llu dead-lettered), %llu abandoned",
                 w->jobs_seen, w->batches, w->redis.written, w->redis.duplicates,
-                w->redis.undecodable, w->abandoned);
+                w->redis.undecodable, w->dlq.sent, w->abandoned);
         return rc;
 }
 
@@ -273,6 +279,9 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         w->redis.topic     = c->topic;
         if (kw_redis_init(&w->redis, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size))
                 goto err;
+        if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id, errstr,
+                        errstr_size))
+                goto err;
 
         if (!(kconf = kf_kafka_conf_new(c->brokers, defaults, &c->props, errstr, errstr_size)))
                 goto err;
@@ -315,6 +324,7 @@ void kw_worker_destroy(kw_worker_t *w)
                 rd_kafka_destroy(w->rk);
         kw_batch_free(&w->batch);
         kw_redis_close(&w->redis);
+        kw_dlq_close(&w->dlq);
         ms_store_destroy(w->models);
         free(w);
 }

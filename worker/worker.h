@@ -24,6 +24,7 @@ typedef struct kw_config_s {
         char *redis_url;
         char *models_dir;
         char *topic;
+        char *dlq_topic;
         char *group;
         char *prefix;
         char *worker_id; /* NULL = hostname:pid */
