@@ -26,9 +26,10 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
-              producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o
+              producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
+              producer-tool/cmd_quota.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o
-HARNESS_OBJS   = tests/harness/stack.o
+HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o
 
 UNIT_TESTS        = $(patsubst %.c,%,$(wildcard tests/unit/test_*.c))
 INTEGRATION_TESTS = $(patsubst %.c,%,$(wildcard tests/integration/test_*.c))
@@ -41,6 +42,14 @@ all: $(BINS)
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(KF_CFLAGS) $(SAN) -c $< -o $@
+
+# worker/step.lua is compiled in as a C string literal, one line at a time.
+$(B)/gen/step_lua.h: worker/step.lua
+	@mkdir -p $(dir $@)
+	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $< > $@
+
+$(B)/worker/commit.o: $(B)/gen/step_lua.h
+$(B)/worker/commit.o: KF_CFLAGS += -I$(B)/gen
 
 $(BUILD)/libkinfer.a: $(addprefix $(B)/,$(COMMON_OBJS))
 	ar rcs $@ $^

@@ -1,5 +1,5 @@
-/* cmd_result.c - `kinfer get`, `kinfer wait` and `kinfer usage`: read what
- * workers wrote to Redis. */
+/* cmd_result.c - `kinfer get` and `kinfer wait`: read the results workers
+ * wrote to Redis. */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,12 +17,6 @@ static const kf_opt_t wait_opts[] = {
     KC_OPTS_CONN,
     {"timeout", 0, NULL, KF_OPT_INT, O(timeout_s), 0, 30LL * 86400, "60", "S",
      "give up after S seconds in all (0 = never)"},
-    {NULL},
-};
-
-static const kf_opt_t usage_opts[] = {
-    KC_OPTS_CONN,
-    {"json", 0, NULL, KF_OPT_BOOL, O(json), 0, 0, "0", NULL, "print one JSON object"},
     {NULL},
 };
 
@@ -91,46 +85,4 @@ int kc_cmd_get(int argc, char **argv)
 int kc_cmd_wait(int argc, char **argv)
 {
         return get_or_wait(argc, argv, 1);
-}
-
-int kc_cmd_usage(int argc, char **argv)
-{
-        static const char *const fields[] = {"jobs", "rows", "flops", "errors", NULL};
-        kc_conf_t c = {0};
-        char key[KF_KEY_MAX];
-        redisContext *r;
-        redisReply *rep;
-        json_t *o;
-        int first;
-
-        first = kc_parse(usage_opts, &c, 0, argc, argv,
-                         "usage [--json] USER\n\nPrints a user's lifetime usage counters.");
-        if (first != argc - 1 || !job_name_valid(argv[first], strlen(argv[first]), JOB_USER_MAX)) {
-                kc_err("usage: give exactly one valid user id");
-                kf_config_free(usage_opts, &c, NULL);
-                return KC_EXIT_USAGE;
-        }
-        r = kc_redis(&c);
-        kf_key(key, c.prefix, "usage", argv[first]);
-        rep = redisCommand(r, "HMGET %s jobs rows flops errors", key);
-        if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 4) {
-                kc_err("redis: HMGET %s failed: %s", key, rep ? "unexpected reply" : r->errstr);
-                exit(KC_EXIT_CONN);
-        }
-        o = json_object();
-        json_object_set_new(o, "user", json_string(argv[first]));
-        for (int i = 0; fields[i]; i++) {
-                const redisReply *v = rep->element[i];
-                long long n = v->type == REDIS_REPLY_STRING ? strtoll(v->str, NULL, 10) : 0;
-                json_object_set_new(o, fields[i], json_integer(n));
-                if (!c.json)
-                        printf("%-8s %lld\n", fields[i], n);
-        }
-        if (c.json)
-                kc_print_json(o);
-        json_decref(o);
-        freeReplyObject(rep);
-        redisFree(r);
-        kf_config_free(usage_opts, &c, NULL);
-        return KC_EXIT_OK;
 }

@@ -28,8 +28,9 @@ typedef struct kc_conf_s {
         /* model init/build */
         char *out_path, *dims, *acts;
         int64_t seed;
-        /* usage */
+        /* usage, quota */
         int json;
+        char *q_jobs, *q_rows, *q_window;
         kf_props_t props;
 } kc_conf_t;
 
@@ -72,6 +73,7 @@ int kc_cmd_submit(int argc, char **argv);
 int kc_cmd_get(int argc, char **argv);
 int kc_cmd_wait(int argc, char **argv);
 int kc_cmd_usage(int argc, char **argv);
+int kc_cmd_quota(int argc, char **argv);
 int kc_cmd_model(int argc, char **argv);
 
 /* input.c: reading job inputs. A matrix of rows x cols float32. */

@@ -17,7 +17,8 @@ static const struct {
     {"submit", kc_cmd_submit, "submit jobs (rows from arguments, JSON lines or CSV); --wait for results"},
     {"get", kc_cmd_get, "print the results of jobs that are done"},
     {"wait", kc_cmd_wait, "wait for jobs' results and print them"},
-    {"usage", kc_cmd_usage, "print a user's usage counters"},
+    {"usage", kc_cmd_usage, "print a user's usage: lifetime, current window, per model"},
+    {"quota", kc_cmd_quota, "set, show or remove a user's quota"},
     {"model", kc_cmd_model, "create model files: model init (random), model build (from JSON)"},
 };
 

@@ -33,7 +33,8 @@ static void redis_fail(redisContext *c, const char *what)
 /* Integer fields of the result hash, rendered as JSON numbers. */
 static int field_is_int(const char *k)
 {
-        static const char *const ints[] = {"version", "enqueued", "started", "done", NULL};
+        static const char *const ints[] = {"version", "enqueued", "started", "done",
+                                           "window",  "retry_after", NULL};
         for (int i = 0; ints[i]; i++)
                 if (!strcmp(k, ints[i]))
                         return 1;

@@ -40,6 +40,9 @@ typedef struct kw_job_s {
         int64_t started_ms;  /* Unix ms when the worker picked it up */
         int64_t done_ms;     /* Unix ms when its result was ready */
         kw_dlq_state_t dlq;  /* only for jobs without a readable id */
+        int over_quota;      /* the pre-check found the user over quota: not
+                              * computed, input kept (see commit.h) */
+        int precheck_done;   /* the pre-check is not asked again for this job */
 } kw_job_t;
 
 typedef struct kw_batch_s {

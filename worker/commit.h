@@ -25,6 +25,10 @@ typedef struct kw_redis_s {
         const char *prefix;    /* key prefix, e.g. "kinfer:" (not owned) */
         const char *worker_id; /* written into every result (not owned) */
         const char *topic;     /* source topic, for the result's `source` field */
+        int64_t quota_jobs;    /* defaults for users without a quota entry: */
+        int64_t quota_rows;    /*   max jobs/rows per window, -1 = unlimited */
+        int64_t quota_window;  /*   window length, seconds */
+        int64_t quota_warned_us; /* last "bad quota settings" log, rate limit */
         /* counters since start, for logs */
         unsigned long long written, duplicates, undecodable;
 } kw_redis_t;
@@ -35,11 +39,20 @@ int kw_redis_init(kw_redis_t *r, const char *url, int timeout_ms, char *errstr,
                   size_t errstr_size);
 void kw_redis_close(kw_redis_t *r);
 
+/* Quota pre-check, before computing: reads each user's quota and current
+ * window usage (two pipelined round trips) and marks the NEW jobs that would
+ * exceed it as over_quota (DONE, not computed, input kept).  It is only an
+ * estimate to save compute: the step decides atomically, and gives a job
+ * back (state NEW again, precheck_done) if the window has rolled over since.
+ * Best effort: on a Redis error it marks nothing. */
+void kw_quota_precheck(kw_redis_t *r, kw_batch_t *b);
+
 /* Writes every DONE job of the batch (and counts messages without a readable
  * id in {prefix}stats).  Jobs written move to WRITTEN, so calling again after
- * a failure writes only the rest.  Returns 0 when every job is WRITTEN, or -1
- * with errstr when Redis is unreachable or refused a step (OOM, BUSY): retry
- * later; nothing half-written is charged. */
+ * a failure writes only the rest.  A job the step gives back for computing
+ * (see kw_quota_precheck) goes back to NEW.  Returns 0 when every job is
+ * WRITTEN or NEW again, or -1 with errstr when Redis is unreachable or
+ * refused a step (OOM, BUSY): retry later; nothing half-written is charged. */
 int kw_commit_batch(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errstr_size);
 
 #endif

@@ -68,14 +68,28 @@ static int flush_once(kw_worker_t *w)
         char err[512];
         if (w->batch.n == 0)
                 return 0;
-        kw_batch_compute(&w->batch, w->models, (uint32_t)w->conf->batch_max_rows);
         if (kw_dlq_send_batch(&w->dlq, &w->batch, 10000, err, sizeof(err))) {
                 kf_warn("batch of %d jobs not done yet: %s", w->batch.n, err);
                 return -1;
         }
-        if (kw_commit_batch(&w->redis, &w->batch, err, sizeof(err))) {
-                kf_warn("results of %d jobs not written yet: %s", w->batch.n, err);
-                return -1;
+        /* A job goes back to NEW when the quota window rolled over between
+         * the pre-check and its step; the second round computes it. */
+        for (int round = 0; round < 3; round++) {
+                int left = 0;
+                kw_quota_precheck(&w->redis, &w->batch);
+                kw_batch_compute(&w->batch, w->models, (uint32_t)w->conf->batch_max_rows);
+                if (kw_commit_batch(&w->redis, &w->batch, err, sizeof(err))) {
+                        kf_warn("results of %d jobs not written yet: %s", w->batch.n, err);
+                        return -1;
+                }
+                for (int i = 0; i < w->batch.n; i++)
+                        left += w->batch.jobs[i].state != KW_JOB_WRITTEN;
+                if (!left)
+                        break;
+                if (round == 2) {
+                        kf_warn("%d jobs still not written after 3 rounds; retrying", left);
+                        return -1;
+                }
         }
         store_offsets(w);
         w->batches++;
@@ -276,7 +290,10 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         }
         w->redis.prefix    = c->prefix;
         w->redis.worker_id = w->worker_id;
-        w->redis.topic     = c->topic;
+        w->redis.topic        = c->topic;
+        w->redis.quota_jobs   = c->quota_jobs;
+        w->redis.quota_rows   = c->quota_rows;
+        w->redis.quota_window = c->quota_window;
         if (kw_redis_init(&w->redis, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size))
                 goto err;
         if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id, errstr,

@@ -38,6 +38,9 @@ typedef struct kw_config_s {
         int64_t max_rows;
         int64_t max_cols;
         int64_t max_elements;
+        int64_t quota_jobs;   /* default quota: max jobs per window, -1 = unlimited */
+        int64_t quota_rows;   /* default quota: max rows per window, -1 = unlimited */
+        int64_t quota_window; /* default quota window, seconds */
         int log_level;
         kf_props_t props; /* -X librdkafka properties */
 } kw_config_t;

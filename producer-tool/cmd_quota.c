@@ -1,0 +1,336 @@
+/* cmd_quota.c - `kinfer quota set|get|rm` and `kinfer usage`: a user's
+ * limits and what they used, lifetime, in the current window and per model. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "kf_keys.h"
+#include "kf_util.h"
+#include "kinfer.h"
+
+#define O(f) offsetof(kc_conf_t, f)
+
+/* The longest window accepted: a leap year. Longer is a typo, not a policy. */
+#define QUOTA_WINDOW_MAX 31622400
+#define QUOTA_LIMIT_MAX  1000000000000000LL
+
+static const kf_opt_t set_opts[] = {
+    KC_OPTS_CONN,
+    {"jobs", 0, NULL, KF_OPT_STR, O(q_jobs), 0, 0, NULL, "N|unlimited",
+     "most ok jobs per window (0 blocks the user)"},
+    {"rows", 0, NULL, KF_OPT_STR, O(q_rows), 0, 0, NULL, "N|unlimited", "most rows per window"},
+    {"window", 0, NULL, KF_OPT_STR, O(q_window), 0, 0, NULL, "S",
+     "window length in seconds, 1..31622400; windows are aligned to Unix time"},
+    {NULL},
+};
+
+static const kf_opt_t show_opts[] = {
+    KC_OPTS_CONN,
+    {"json", 0, NULL, KF_OPT_BOOL, O(json), 0, 0, "0", NULL, "print one JSON object"},
+    {"model", 'm', NULL, KF_OPT_STR, O(model), 0, 0, NULL, "NAME",
+     "usage: only this model's counters"},
+    {NULL},
+};
+
+static const kf_opt_t rm_opts[] = {KC_OPTS_CONN, {NULL}};
+
+static const char *const counters[] = {"jobs", "rows", "flops", "errors", NULL};
+
+/* Reads an optional limit flag: "unlimited" -> *unlimited, else a number. */
+static int parse_limit(const char *flag, const char *v, int64_t max, int64_t min, int64_t *out,
+                       int *unlimited)
+{
+        *unlimited = 0;
+        if (!v)
+                return 0;
+        if (!strcasecmp(v, "unlimited") && min == 0) {
+                *unlimited = 1;
+                return 0;
+        }
+        if (kf_parse_i64(v, min, max, out)) {
+                kc_err("quota set: --%s '%s' must be a whole number in %lld..%lld%s", flag, v,
+                       (long long)min, (long long)max, min == 0 ? " or 'unlimited'" : "");
+                return -1;
+        }
+        return 0;
+}
+
+static void key_of(char *key, const kc_conf_t *c, const char *kind, const char *user)
+{
+        if (kf_key(key, c->prefix, kind, user) < 0) {
+                kc_err("key for user '%s' is too long", user);
+                exit(KC_EXIT_USAGE);
+        }
+}
+
+static redisReply *cmd(redisContext *r, const char *fmt, ...)
+{
+        va_list ap;
+        redisReply *rep;
+        va_start(ap, fmt);
+        rep = redisvCommand(r, fmt, ap);
+        va_end(ap);
+        if (!rep || rep->type == REDIS_REPLY_ERROR) {
+                kc_err("redis: %s", rep ? rep->str : r->errstr);
+                exit(KC_EXIT_CONN);
+        }
+        return rep;
+}
+
+static int user_arg(int first, int argc, char **argv, const char *what)
+{
+        if (first != argc - 1 || !job_name_valid(argv[first], strlen(argv[first]), JOB_USER_MAX)) {
+                kc_err("%s: give exactly one user id (1..64 chars of [A-Za-z0-9._:-])", what);
+                return -1;
+        }
+        return 0;
+}
+
+static int quota_set(int argc, char **argv)
+{
+        kc_conf_t c = {0};
+        int64_t jobs = 0, rows = 0, window = 0;
+        int ujobs, urows, uwin, rc = KC_EXIT_USAGE;
+        char key[KF_KEY_MAX];
+        redisContext *r;
+        int first = kc_parse(set_opts, &c, 0, argc, argv,
+                             "quota set USER [--jobs N|unlimited] [--rows N|unlimited] "
+                             "[--window S]\n\nSets a user's limits per window.  A limit not "
+                             "given is left as it is; 'unlimited'\nremoves it.  Users without "
+                             "a limit get the workers' defaults (--quota-*).");
+        if (user_arg(first, argc, argv, "quota set"))
+                goto out;
+        if (!c.q_jobs && !c.q_rows && !c.q_window) {
+                kc_err("quota set: give at least one of --jobs, --rows, --window");
+                goto out;
+        }
+        if (parse_limit("jobs", c.q_jobs, QUOTA_LIMIT_MAX, 0, &jobs, &ujobs) ||
+            parse_limit("rows", c.q_rows, QUOTA_LIMIT_MAX, 0, &rows, &urows) ||
+            parse_limit("window", c.q_window, QUOTA_WINDOW_MAX, 1, &window, &uwin))
+                goto out;
+        r = kc_redis(&c);
+        key_of(key, &c, "quota", argv[first]);
+        /* One transaction: a reader never sees half of the new settings. */
+        freeReplyObject(cmd(r, "MULTI"));
+        if (c.q_jobs)
+                freeReplyObject(ujobs ? cmd(r, "HDEL %s jobs", key)
+                                      : cmd(r, "HSET %s jobs %lld", key, (long long)jobs));
+        if (c.q_rows)
+                freeReplyObject(urows ? cmd(r, "HDEL %s rows", key)
+                                      : cmd(r, "HSET %s rows %lld", key, (long long)rows));
+        if (c.q_window)
+                freeReplyObject(cmd(r, "HSET %s window %lld", key, (long long)window));
+        freeReplyObject(cmd(r, "EXEC"));
+        redisFree(r);
+        rc = KC_EXIT_OK;
+out:
+        kf_config_free(set_opts, &c, NULL);
+        return rc;
+}
+
+static int quota_rm(int argc, char **argv)
+{
+        kc_conf_t c = {0};
+        char key[KF_KEY_MAX];
+        redisContext *r;
+        int first = kc_parse(rm_opts, &c, 0, argc, argv,
+                             "quota rm USER\n\nRemoves a user's limits: the workers' defaults "
+                             "apply again.");
+        if (user_arg(first, argc, argv, "quota rm")) {
+                kf_config_free(rm_opts, &c, NULL);
+                return KC_EXIT_USAGE;
+        }
+        r = kc_redis(&c);
+        key_of(key, &c, "quota", argv[first]);
+        freeReplyObject(cmd(r, "DEL %s", key));
+        redisFree(r);
+        kf_config_free(rm_opts, &c, NULL);
+        return KC_EXIT_OK;
+}
+
+/* {field: number} from an HMGET of `counters`, absent fields as 0. */
+static json_t *read_counters(redisContext *r, const char *key)
+{
+        redisReply *rep = cmd(r, "HMGET %s jobs rows flops errors", key);
+        json_t *o       = json_object();
+        for (int i = 0; counters[i]; i++) {
+                const redisReply *v = rep->element[i];
+                json_object_set_new(o, counters[i],
+                                    json_integer(v->type == REDIS_REPLY_STRING
+                                                     ? strtoll(v->str, NULL, 10)
+                                                     : 0));
+        }
+        freeReplyObject(rep);
+        return o;
+}
+
+/* The current window's counters, from where the last step left them. */
+static json_t *read_window(redisContext *r, const char *usage_key)
+{
+        redisReply *rep = cmd(r, "HMGET %s window_start window_s", usage_key);
+        long long start = 0, len = 0, now = kf_now_ms() / 1000;
+        json_t *o       = NULL;
+        if (rep->element[0]->type == REDIS_REPLY_STRING &&
+            rep->element[1]->type == REDIS_REPLY_STRING) {
+                start = strtoll(rep->element[0]->str, NULL, 10);
+                len   = strtoll(rep->element[1]->str, NULL, 10);
+        }
+        freeReplyObject(rep);
+        if (len > 0 && start + len > now) {
+                char wkey[KF_KEY_MAX + 32];
+                snprintf(wkey, sizeof(wkey), "%s:window:%lld", usage_key, start);
+                o = read_counters(r, wkey);
+                json_object_set_new(o, "start", json_integer(start));
+                json_object_set_new(o, "length", json_integer(len));
+                json_object_set_new(o, "resets_in", json_integer(start + len - now));
+        }
+        return o;
+}
+
+static void print_counters(const char *title, json_t *o)
+{
+        printf("%-10s", title);
+        for (int i = 0; counters[i]; i++)
+                printf(" %s %lld", counters[i],
+                       (long long)json_integer_value(json_object_get(o, counters[i])));
+        putchar('\n');
+}
+
+static int quota_get(int argc, char **argv)
+{
+        static const char *const limits[] = {"jobs", "rows", "window", NULL};
+        kc_conf_t c = {0};
+        char key[KF_KEY_MAX];
+        redisContext *r;
+        redisReply *rep;
+        json_t *o, *q, *win;
+        int first = kc_parse(show_opts, &c, 0, argc, argv,
+                             "quota get [--json] USER\n\nPrints a user's limits and the current "
+                             "window's usage.");
+        if (user_arg(first, argc, argv, "quota get")) {
+                kf_config_free(show_opts, &c, NULL);
+                return KC_EXIT_USAGE;
+        }
+        r = kc_redis(&c);
+        key_of(key, &c, "quota", argv[first]);
+        rep = cmd(r, "HMGET %s jobs rows window", key);
+        q   = json_object();
+        for (int i = 0; limits[i]; i++) {
+                const redisReply *v = rep->element[i];
+                int64_t n;
+                if (v->type != REDIS_REPLY_STRING)
+                        json_object_set_new(q, limits[i], json_null());
+                else if (kf_parse_i64(v->str, i == 2 ? 1 : 0,
+                                      i == 2 ? QUOTA_WINDOW_MAX : QUOTA_LIMIT_MAX, &n) == 0)
+                        json_object_set_new(q, limits[i], json_integer(n));
+                else /* workers treat it as unset and log it */
+                        json_object_set_new(q, limits[i], json_string(v->str));
+        }
+        freeReplyObject(rep);
+        key_of(key, &c, "usage", argv[first]);
+        win = read_window(r, key);
+        o   = json_pack("{s:s,s:o,s:o}", "user", argv[first], "quota", q, "window",
+                        win ? win : json_null());
+        if (c.json) {
+                kc_print_json(o);
+        } else {
+                printf("user       %s\n", argv[first]);
+                for (int i = 0; limits[i]; i++) {
+                        json_t *v = json_object_get(q, limits[i]);
+                        if (json_is_null(v))
+                                printf("%-10s (not set: the workers' default)\n", limits[i]);
+                        else if (json_is_string(v))
+                                printf("%-10s INVALID '%s' (workers use their default)\n",
+                                       limits[i], json_string_value(v));
+                        else
+                                printf("%-10s %lld%s\n", limits[i],
+                                       (long long)json_integer_value(v),
+                                       i == 2 ? " s" : " per window");
+                }
+                if (win) {
+                        print_counters("window", win);
+                        printf("%-10s %lld s\n", "resets in",
+                               (long long)json_integer_value(json_object_get(win, "resets_in")));
+                } else {
+                        printf("window     no usage in the current window\n");
+                }
+        }
+        json_decref(o);
+        redisFree(r);
+        kf_config_free(show_opts, &c, NULL);
+        return KC_EXIT_OK;
+}
+
+int kc_cmd_quota(int argc, char **argv)
+{
+        if (argc >= 2 && !strcmp(argv[1], "set"))
+                return quota_set(argc - 1, argv + 1);
+        if (argc >= 2 && !strcmp(argv[1], "get"))
+                return quota_get(argc - 1, argv + 1);
+        if (argc >= 2 && !strcmp(argv[1], "rm"))
+                return quota_rm(argc - 1, argv + 1);
+        kc_err("quota: expected a subcommand: set, get or rm");
+        return KC_EXIT_USAGE;
+}
+
+int kc_cmd_usage(int argc, char **argv)
+{
+        kc_conf_t c = {0};
+        char key[KF_KEY_MAX], mkey[KF_KEY_MAX * 2];
+        redisContext *r;
+        json_t *o, *models, *win;
+        int first = kc_parse(show_opts, &c, 0, argc, argv,
+                             "usage [--json] [--model NAME] USER\n\nPrints a user's usage: "
+                             "lifetime, the current quota window, and per model.");
+        if (user_arg(first, argc, argv, "usage") ||
+            (c.model && !job_name_valid(c.model, strlen(c.model), JOB_MODEL_MAX))) {
+                kf_config_free(show_opts, &c, NULL);
+                return KC_EXIT_USAGE;
+        }
+        r = kc_redis(&c);
+        key_of(key, &c, "usage", argv[first]);
+        models = json_object();
+        if (c.model) {
+                snprintf(mkey, sizeof(mkey), "%s:model:%s", key, c.model);
+                json_object_set_new(models, c.model, read_counters(r, mkey));
+        } else { /* SCAN, not KEYS: never block the server for a report */
+                char cursor[32] = "0";
+                do {
+                        redisReply *rep = cmd(r, "SCAN %s MATCH %s:model:* COUNT 1000", cursor, key);
+                        const redisReply *keys = rep->element[1];
+                        snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
+                        for (size_t i = 0; i < keys->elements; i++)
+                                json_object_set_new(models,
+                                                    keys->element[i]->str + strlen(key) + 7,
+                                                    read_counters(r, keys->element[i]->str));
+                        freeReplyObject(rep);
+                } while (strcmp(cursor, "0"));
+        }
+        o   = read_counters(r, key);
+        win = read_window(r, key);
+        json_object_set_new(o, "user", json_string(argv[first]));
+        json_object_set_new(o, "window", win ? win : json_null());
+        json_object_set_new(o, "models", models);
+        if (c.json) {
+                kc_print_json(o);
+        } else {
+                const char *name;
+                json_t *m;
+                print_counters("lifetime", o);
+                if (win)
+                        print_counters("window", win);
+                json_object_foreach(models, name, m)
+                {
+                        char title[80];
+                        snprintf(title, sizeof(title), "model %s", name);
+                        print_counters(title, m);
+                }
+        }
+        json_decref(o);
+        redisFree(r);
+        kf_config_free(show_opts, &c, NULL);
+        return KC_EXIT_OK;
+}
