@@ -24,7 +24,7 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/mp_bound.o common/job_codec.o common/model.o common/model_math.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
-              worker/model_store.o
+              worker/model_store.o worker/queue.o worker/offsets.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_quota.o

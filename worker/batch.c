@@ -65,21 +65,21 @@ static int grow(float **buf, size_t *cap, size_t need)
         return 0;
 }
 
-/* Computes jobs[first..last] (all NEW, same model, rows fitting in X). */
-static void compute_group(kw_batch_t *b, model_t *m, kw_job_t **grp, int n, uint32_t rows)
+/* Computes grp[0..n-1] (all NEW, same model) as one stacked forward pass. */
+static void compute_group(kw_compute_ctx_t *ctx, model_t *m, kw_job_t **grp, int n, uint32_t rows)
 {
         size_t xo = 0, yo = 0;
         int64_t done;
 
-        if (grow(&b->X, &b->xcap, (size_t)rows * m->input_dim) ||
-            grow(&b->Y, &b->ycap, (size_t)rows * m->output_dim))
+        if (grow(&ctx->X, &ctx->xcap, (size_t)rows * m->input_dim) ||
+            grow(&ctx->Y, &ctx->ycap, (size_t)rows * m->output_dim))
                 goto oom;
         for (int i = 0; i < n; i++) {
                 size_t cnt = (size_t)grp[i]->job.rows * m->input_dim;
-                memcpy(b->X + xo, grp[i]->job.input, cnt * sizeof(float));
+                memcpy(ctx->X + xo, grp[i]->job.input, cnt * sizeof(float));
                 xo += cnt;
         }
-        if (model_forward(m, b->X, rows, b->Y, &b->scratch))
+        if (model_forward(m, ctx->X, rows, ctx->Y, &ctx->scratch))
                 goto oom;
         done = kf_now_ms();
         for (int i = 0; i < n; i++) {
@@ -92,7 +92,7 @@ static void compute_group(kw_batch_t *b, model_t *m, kw_job_t **grp, int n, uint
                         yo += (size_t)j->job.rows * m->output_dim;
                         continue;
                 }
-                model_postprocess(j->job.output, b->Y + yo, j->job.rows, m->output_dim,
+                model_postprocess(j->job.output, ctx->Y + yo, j->job.rows, m->output_dim,
                                   j->output);
                 yo += (size_t)j->job.rows * m->output_dim;
                 j->out_rows      = j->job.rows;
@@ -113,67 +113,63 @@ oom:
         }
 }
 
-void kw_batch_compute(kw_batch_t *b, ms_store_t *ms, uint32_t max_rows)
+void kw_batch_resolve(kw_batch_t *b, ms_store_t *ms)
+{
+        for (int i = 0; i < b->n; i++) {
+                kw_job_t *j = &b->jobs[i];
+                kf_err_t err;
+                if (j->state != KW_JOB_NEW || j->model)
+                        continue;
+                j->model = ms_store_get(ms, j->job.model, j->job.version, &err, j->errmsg,
+                                        sizeof(j->errmsg));
+                if (!j->model) {
+                        job_fail(j, err);
+                        continue;
+                }
+                if (j->job.cols != j->model->input_dim) {
+                        snprintf(j->errmsg, sizeof(j->errmsg),
+                                 "input has %u columns, model '%s' version %u expects %u",
+                                 j->job.cols, j->job.model, j->model->version,
+                                 j->model->input_dim);
+                        job_fail(j, KF_ERR_SHAPE_MISMATCH);
+                }
+        }
+}
+
+void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows)
 {
         kw_job_t **grp = malloc(sizeof(*grp) * (size_t)(b->n ? b->n : 1));
-        model_t **models = calloc((size_t)(b->n ? b->n : 1), sizeof(*models));
 
-        if (!grp || !models) {
+        if (!grp) {
                 for (int i = 0; i < b->n; i++)
                         if (b->jobs[i].state == KW_JOB_NEW) {
                                 snprintf(b->jobs[i].errmsg, sizeof(b->jobs[i].errmsg),
                                          "out of memory");
                                 job_fail(&b->jobs[i], KF_ERR_INTERNAL);
                         }
-                goto out;
+                return;
         }
-
-        /* Resolve each job's model and check its shape. */
-        for (int i = 0; i < b->n; i++) {
-                kw_job_t *j = &b->jobs[i];
-                kf_err_t err;
-                if (j->state != KW_JOB_NEW)
-                        continue;
-                models[i] = ms_store_get(ms, j->job.model, j->job.version, &err, j->errmsg,
-                                         sizeof(j->errmsg));
-                if (!models[i]) {
-                        job_fail(j, err);
-                        continue;
-                }
-                if (j->job.cols != models[i]->input_dim) {
-                        snprintf(j->errmsg, sizeof(j->errmsg),
-                                 "input has %u columns, model '%s' version %u expects %u",
-                                 j->job.cols, j->job.model, models[i]->version,
-                                 models[i]->input_dim);
-                        job_fail(j, KF_ERR_SHAPE_MISMATCH);
-                }
-        }
-
         /* Stack jobs of the same model, in arrival order, up to max_rows. */
         for (int i = 0; i < b->n; i++) {
-                model_t *m = models[i];
+                model_t *m = b->jobs[i].model;
                 uint32_t rows;
                 int n;
-                if (b->jobs[i].state != KW_JOB_NEW)
+                if (b->jobs[i].state != KW_JOB_NEW || !m)
                         continue;
                 grp[0] = &b->jobs[i];
                 rows   = b->jobs[i].job.rows;
                 n      = 1;
                 for (int k = i + 1; k < b->n; k++) {
                         kw_job_t *j = &b->jobs[k];
-                        if (j->state != KW_JOB_NEW || models[k] != m)
+                        if (j->state != KW_JOB_NEW || j->model != m)
                                 continue;
                         if (rows + j->job.rows > max_rows)
                                 break;
                         grp[n++] = j;
                         rows += j->job.rows;
                 }
-                compute_group(b, m, grp, n, rows);
+                compute_group(ctx, m, grp, n, rows);
         }
-out:
-        for (int i = 0; models && i < b->n; i++)
-                model_unref(models[i]);
-        free(models);
         free(grp);
 }
 
@@ -183,19 +179,29 @@ void kw_batch_reset(kw_batch_t *b)
                 kw_job_t *j = &b->jobs[i];
                 job_clear(&j->job);
                 free(j->output);
+                model_unref(j->model);
                 if (j->rkm)
                         rd_kafka_message_destroy(j->rkm);
         }
-        b->n    = 0;
-        b->rows = 0;
+        b->n         = 0;
+        b->rows      = 0;
+        b->abandoned = 0;
+        b->next      = NULL;
 }
 
 void kw_batch_free(kw_batch_t *b)
 {
+        if (!b)
+                return;
         kw_batch_reset(b);
         free(b->jobs);
-        free(b->X);
-        free(b->Y);
-        model_scratch_free(&b->scratch);
-        memset(b, 0, sizeof(*b));
+        free(b);
+}
+
+void kw_compute_ctx_free(kw_compute_ctx_t *ctx)
+{
+        free(ctx->X);
+        free(ctx->Y);
+        model_scratch_free(&ctx->scratch);
+        memset(ctx, 0, sizeof(*ctx));
 }

@@ -3,7 +3,8 @@
  * A job slot moves NEW -> DONE (result computed, success or error) ->
  * WRITTEN (Redis acknowledged it).  The batch owns the Kafka messages until
  * kw_batch_reset(), so offsets can be stored from them after the write.
- * Owned by the worker's loop thread; not thread-safe. */
+ * A batch belongs to one thread at a time: the loop thread fills it, a
+ * compute thread computes it, the writer thread writes it (see worker.c). */
 #ifndef KW_BATCH_H
 #define KW_BATCH_H
 
@@ -43,30 +44,44 @@ typedef struct kw_job_s {
         int over_quota;      /* the pre-check found the user over quota: not
                               * computed, input kept (see commit.h) */
         int precheck_done;   /* the pre-check is not asked again for this job */
+        model_t *model;      /* set by kw_batch_resolve; a reference */
 } kw_job_t;
 
 typedef struct kw_batch_s {
         kw_job_t *jobs;
         int n, cap;
-        uint64_t rows;  /* rows of the decoded jobs, for the batch size bound */
-        float *X, *Y;   /* stacking buffers, grown on demand */
+        uint64_t rows; /* rows of the decoded jobs, for the batch size bound */
+        int abandoned; /* dropped without writing (its partitions were lost) */
+        struct kw_batch_s *next; /* queue link (see queue.h) */
+} kw_batch_t;
+
+/* One compute thread's buffers, grown on demand and reused across batches. */
+typedef struct kw_compute_ctx_s {
+        float *X, *Y; /* stacking buffers */
         size_t xcap, ycap;
         model_scratch_t scratch;
-} kw_batch_t;
+} kw_compute_ctx_t;
 
 /* Takes ownership of rkm (also on failure: it is destroyed) and decodes it;
  * a job that does not decode is DONE at once with its error result, and a
  * job past its deadline is DONE as expired.  Returns 0, or -1 when out of
- * memory (rkm destroyed, nothing added). */
+ * memory (rkm destroyed, nothing added).  Loop thread. */
 int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim);
 
-/* Resolves models and computes every decoded NEW job, stacking the jobs of
- * one model into one forward pass of at most max_rows rows; each job ends
- * DONE with an output or an error. */
-void kw_batch_compute(kw_batch_t *b, ms_store_t *ms, uint32_t max_rows);
+/* Looks up the model of every NEW job (a reference kept in the job) and
+ * checks its input shape; jobs that fail are DONE with their error.  Loop
+ * thread: the model store is the loop thread's. */
+void kw_batch_resolve(kw_batch_t *b, ms_store_t *ms);
 
-/* Destroys the messages and results, keeps the buffers for the next batch. */
+/* Computes every resolved NEW job, stacking the jobs of one model into one
+ * forward pass of at most max_rows rows; each job ends DONE with an output
+ * or an error.  Any thread, with its own ctx. */
+void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows);
+
+/* Destroys the messages, results and model references; keeps the job array
+ * for the next batch. */
 void kw_batch_reset(kw_batch_t *b);
-void kw_batch_free(kw_batch_t *b);
+void kw_batch_free(kw_batch_t *b); /* frees b too; accepts NULL */
+void kw_compute_ctx_free(kw_compute_ctx_t *ctx);
 
 #endif

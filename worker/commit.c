@@ -16,124 +16,122 @@ static const char step_lua[] =
 #include "step_lua.h"
     ;
 
-#define STEP_MAX_ARGS 48
+#define GROUP_MAX_JOBS 128 /* jobs of one user per script call */
+#define JOB_MAX_ARGS   32  /* ARGV entries one job adds, at most */
 
-/* Every argument of one job's step, with the storage for its text. */
-typedef struct step_args_s {
-        const char *argv[STEP_MAX_ARGS];
-        size_t len[STEP_MAX_ARGS];
-        int argc;
-        char k_result[KF_KEY_MAX], k_done[KF_KEY_MAX], k_usage[KF_KEY_MAX];
-        char k_quota[KF_KEY_MAX], k_model[KF_KEY_MAX * 2], k_window[KF_KEY_MAX + 16];
+/* The text one job's step arguments point into (stable while sent). */
+typedef struct step_text_s {
+        char k_result[KF_KEY_MAX], k_done[KF_KEY_MAX];
         char ttl[16], rows[16], flops[24], version[16], shape[32], source[320];
-        char qjobs[24], qrows[24], qwindow[24], ncommon[8];
-        char enq[24], started[24], done[24];
-} step_args_t;
+        char enq[24], started[24], done[24], ncommon[8], nown[8];
+} step_text_t;
 
-static void arg(step_args_t *a, const char *s, size_t len)
+/* One script call's arguments: KEYS then ARGV. */
+typedef struct step_call_s {
+        const char **argv;
+        size_t *len;
+        int argc, cap, nkeys;
+} step_call_t;
+
+static int call_reserve(step_call_t *c, int more)
 {
-        a->argv[a->argc] = s;
-        a->len[a->argc]  = len;
-        a->argc++;
+        if (c->argc + more > c->cap) {
+                int ncap          = (c->argc + more) * 2;
+                const char **nargv = realloc(c->argv, sizeof(*nargv) * (size_t)ncap);
+                size_t *nlen;
+                if (!nargv)
+                        return -1;
+                c->argv = nargv;
+                if (!(nlen = realloc(c->len, sizeof(*nlen) * (size_t)ncap)))
+                        return -1;
+                c->len = nlen;
+                c->cap = ncap;
+        }
+        return 0;
 }
 
-static void sarg(step_args_t *a, const char *s)
+static void arg(step_call_t *c, const char *s, size_t len)
 {
-        arg(a, s, strlen(s));
+        c->argv[c->argc] = s;
+        c->len[c->argc]  = len;
+        c->argc++;
 }
 
-static void step_build(kw_redis_t *r, const kw_job_t *j, step_args_t *a)
+static void sarg(step_call_t *c, const char *s)
+{
+        arg(c, s, strlen(s));
+}
+
+/* Appends job j's block of ARGV entries (see step.lua), its text in t. */
+static void step_job_args(kw_redis_t *r, const kw_job_t *j, step_text_t *t, step_call_t *c)
 {
         const job_t *job = &j->job;
         int ok           = j->err == KF_OK;
         rd_kafka_timestamp_type_t tstype;
         int64_t enq = rd_kafka_message_timestamp(j->rkm, &tstype);
-        int first_common;
+        int at_counts, first;
 
-        a->argc = 0;
-        kf_key(a->k_result, r->prefix, "result", job->id);
-        kf_key(a->k_done, r->prefix, "done", job->id);
-        if (job->user[0]) {
-                kf_key(a->k_usage, r->prefix, "usage", job->user);
-                kf_key(a->k_quota, r->prefix, "quota", job->user);
-                snprintf(a->k_window, sizeof(a->k_window), "%s:window:", a->k_usage);
-                if (job->model[0])
-                        snprintf(a->k_model, sizeof(a->k_model), "%s:model:%s", a->k_usage,
-                                 job->model);
-                else
-                        a->k_model[0] = '\0';
-        } else { /* an error result for a job whose user is unreadable */
-                kf_key(a->k_usage, r->prefix, "stats", NULL);
-                kf_key(a->k_quota, r->prefix, "quota", "-");
-                a->k_window[0] = a->k_model[0] = '\0';
-        }
-        snprintf(a->ttl, sizeof(a->ttl), "%u", job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT);
-        snprintf(a->rows, sizeof(a->rows), "%u", job->rows);
-        snprintf(a->flops, sizeof(a->flops), "%" PRIu64, ok ? j->flops : 0);
-        snprintf(a->qjobs, sizeof(a->qjobs), "%lld", (long long)r->quota_jobs);
-        snprintf(a->qrows, sizeof(a->qrows), "%lld", (long long)r->quota_rows);
-        snprintf(a->qwindow, sizeof(a->qwindow), "%lld", (long long)r->quota_window);
-        snprintf(a->source, sizeof(a->source), "%s/%d/%lld", rd_kafka_topic_name(j->rkm->rkt),
+        snprintf(t->ttl, sizeof(t->ttl), "%u", job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT);
+        snprintf(t->rows, sizeof(t->rows), "%u", job->rows);
+        snprintf(t->flops, sizeof(t->flops), "%" PRIu64, ok ? j->flops : 0);
+        snprintf(t->source, sizeof(t->source), "%s/%d/%lld", rd_kafka_topic_name(j->rkm->rkt),
                  (int)j->rkm->partition, (long long)j->rkm->offset);
-        snprintf(a->enq, sizeof(a->enq), "%lld", (long long)(enq > 0 ? enq : j->started_ms));
-        snprintf(a->started, sizeof(a->started), "%lld", (long long)j->started_ms);
-        snprintf(a->done, sizeof(a->done), "%lld", (long long)j->done_ms);
+        snprintf(t->enq, sizeof(t->enq), "%lld", (long long)(enq > 0 ? enq : j->started_ms));
+        snprintf(t->started, sizeof(t->started), "%lld", (long long)j->started_ms);
+        snprintf(t->done, sizeof(t->done), "%lld", (long long)j->done_ms);
 
-        sarg(a, a->k_result);
-        sarg(a, a->k_done);
-        sarg(a, a->k_usage);
-        sarg(a, a->k_quota);
-        sarg(a, a->ttl);
-        sarg(a, ok ? "ok" : j->over_quota ? "over" : "error");
-        sarg(a, a->rows);
-        sarg(a, a->flops);
-        sarg(a, a->qjobs);
-        sarg(a, a->qrows);
-        sarg(a, a->qwindow);
-        sarg(a, a->k_model);
-        sarg(a, a->k_window);
-        sarg(a, ""); /* ncommon, filled in below */
-        first_common = a->argc;
+        sarg(c, ok ? "ok" : j->over_quota ? "over" : "error");
+        sarg(c, t->ttl);
+        sarg(c, t->rows);
+        sarg(c, t->flops);
+        sarg(c, job->model);
+        at_counts = c->argc;
+        sarg(c, ""); /* ncommon and nown, filled in below */
+        sarg(c, "");
+        first = c->argc;
 
-        sarg(a, "id");
-        sarg(a, job->id);
+        sarg(c, "id");
+        sarg(c, job->id);
         if (job->user[0]) {
-                sarg(a, "user");
-                sarg(a, job->user);
+                sarg(c, "user");
+                sarg(c, job->user);
         }
         if (job->model[0]) {
-                sarg(a, "model");
-                sarg(a, job->model);
+                sarg(c, "model");
+                sarg(c, job->model);
         }
-        sarg(a, "worker");
-        sarg(a, r->worker_id);
-        sarg(a, "source");
-        sarg(a, a->source);
-        sarg(a, "enqueued");
-        sarg(a, a->enq);
-        sarg(a, "started");
-        sarg(a, a->started);
-        sarg(a, "done");
-        sarg(a, a->done);
-        snprintf(a->ncommon, sizeof(a->ncommon), "%d", a->argc - first_common);
-        a->argv[first_common - 1] = a->ncommon;
-        a->len[first_common - 1]  = strlen(a->ncommon);
-
+        sarg(c, "worker");
+        sarg(c, r->worker_id);
+        sarg(c, "source");
+        sarg(c, t->source);
+        sarg(c, "enqueued");
+        sarg(c, t->enq);
+        sarg(c, "started");
+        sarg(c, t->started);
+        sarg(c, "done");
+        sarg(c, t->done);
+        snprintf(t->ncommon, sizeof(t->ncommon), "%d", c->argc - first);
+        first = c->argc;
         if (ok) {
-                snprintf(a->version, sizeof(a->version), "%u", j->model_version);
-                snprintf(a->shape, sizeof(a->shape), "%u,%u", j->out_rows, j->out_cols);
-                sarg(a, "version");
-                sarg(a, a->version);
-                sarg(a, "shape");
-                sarg(a, a->shape);
-                sarg(a, "output");
-                arg(a, (const char *)j->output, (size_t)j->out_rows * j->out_cols * sizeof(float));
+                snprintf(t->version, sizeof(t->version), "%u", j->model_version);
+                snprintf(t->shape, sizeof(t->shape), "%u,%u", j->out_rows, j->out_cols);
+                sarg(c, "version");
+                sarg(c, t->version);
+                sarg(c, "shape");
+                sarg(c, t->shape);
+                sarg(c, "output");
+                arg(c, (const char *)j->output, (size_t)j->out_rows * j->out_cols * sizeof(float));
         } else if (!j->over_quota) {
-                sarg(a, "error");
-                sarg(a, kf_err_name(j->err));
-                sarg(a, "message");
-                sarg(a, j->errmsg);
+                sarg(c, "error");
+                sarg(c, kf_err_name(j->err));
+                sarg(c, "message");
+                sarg(c, j->errmsg);
         }
+        snprintf(t->nown, sizeof(t->nown), "%d", c->argc - first);
+        c->argv[at_counts]     = t->ncommon;
+        c->len[at_counts]      = strlen(t->ncommon);
+        c->argv[at_counts + 1] = t->nown;
+        c->len[at_counts + 1]  = strlen(t->nown);
 }
 
 static void redis_drop(kw_redis_t *r)
@@ -174,13 +172,9 @@ void kw_redis_close(kw_redis_t *r)
         redis_drop(r);
 }
 
-/* Applies one step's reply {code, warning} to its job. */
-static void step_reply(kw_redis_t *r, kw_job_t *j, const redisReply *rep)
+/* Applies a job's code from its group's reply (see step.lua). */
+static void step_code(kw_redis_t *r, kw_job_t *j, long long code)
 {
-        long long code = -1;
-        if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-            rep->element[0]->type == REDIS_REPLY_INTEGER)
-                code = rep->element[0]->integer;
         if (code == 4) { /* the window rolled over since the pre-check */
                 j->state         = KW_JOB_NEW;
                 j->over_quota    = 0;
@@ -197,52 +191,119 @@ static void step_reply(kw_redis_t *r, kw_job_t *j, const redisReply *rep)
                 r->written++;
         }
         if (code < 0 || code > 4)
-                kf_error("job %s: unexpected reply from the step script", j->job.id);
-        if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-            rep->element[1]->type == REDIS_REPLY_STRING && rep->element[1]->len) {
-                int64_t now = kf_mono_us();
-                if (now - r->quota_warned_us > 10000000) { /* at most every 10 s */
-                        r->quota_warned_us = now;
-                        kf_warn("user %s: bad quota settings in Redis: %s", j->job.user,
-                                rep->element[1]->str);
-                }
-        }
+                kf_error("job %s: unexpected code %lld from the step script", j->job.id, code);
 }
 
-/* Sends one pipelined round of steps for the DONE jobs; marks what Redis
- * acknowledged.  Returns 0 if all acknowledged, 1 if some need another round
- * (NOSCRIPT), -1 on a connection error or a refused step. */
+/* Builds and appends one script call for jobs[idx[0..n-1]], all of one user
+ * (or all without a readable user). */
+static int append_group(kw_redis_t *r, kw_batch_t *b, const int *idx, int n, step_text_t *text,
+                        step_call_t *call)
+{
+        const char *user = b->jobs[idx[0]].job.user;
+        char usage[KF_KEY_MAX], quota[KF_KEY_MAX], wprefix[KF_KEY_MAX + 16];
+        char mprefix[KF_KEY_MAX + 16], qj[24], qr[24], qw[24], nj[16];
+
+        call->argc = 0;
+        if (call_reserve(call, 2 + 2 * n + 6 + JOB_MAX_ARGS * n))
+                return -1;
+        if (user[0]) {
+                kf_key(usage, r->prefix, "usage", user);
+                kf_key(quota, r->prefix, "quota", user);
+                snprintf(wprefix, sizeof(wprefix), "%s:window:", usage);
+                snprintf(mprefix, sizeof(mprefix), "%s:model:", usage);
+        } else { /* error results of jobs whose user is unreadable */
+                kf_key(usage, r->prefix, "stats", NULL);
+                kf_key(quota, r->prefix, "quota", "-");
+                wprefix[0] = mprefix[0] = '\0';
+        }
+        snprintf(qj, sizeof(qj), "%lld", (long long)r->quota_jobs);
+        snprintf(qr, sizeof(qr), "%lld", (long long)r->quota_rows);
+        snprintf(qw, sizeof(qw), "%lld", (long long)r->quota_window);
+        snprintf(nj, sizeof(nj), "%d", n);
+
+        sarg(call, usage);
+        sarg(call, quota);
+        for (int i = 0; i < n; i++) {
+                kf_key(text[i].k_result, r->prefix, "result", b->jobs[idx[i]].job.id);
+                kf_key(text[i].k_done, r->prefix, "done", b->jobs[idx[i]].job.id);
+                sarg(call, text[i].k_result);
+                sarg(call, text[i].k_done);
+        }
+        call->nkeys = call->argc;
+        sarg(call, qj);
+        sarg(call, qr);
+        sarg(call, qw);
+        sarg(call, wprefix);
+        sarg(call, mprefix);
+        sarg(call, nj);
+        for (int i = 0; i < n; i++)
+                step_job_args(r, &b->jobs[idx[i]], &text[i], call);
+        /* hiredis copies the arguments into its output buffer here, so the
+         * text can be reused for the next group */
+        return kf_script_append(r->c, &r->step, call->nkeys, call->argc, call->argv, call->len);
+}
+
+/* A pipelined request of one round: a script call for a group of jobs, or
+ * the count of one message without a readable id. */
+typedef struct entry_s {
+        int first, n; /* into order[] */
+        int undecodable;
+} entry_t;
+
+/* Sends one pipelined round of steps for the DONE jobs, grouped by user;
+ * marks what Redis acknowledged.  Returns 0 if all acknowledged, 1 if some
+ * need another round (NOSCRIPT), -1 on a connection error or a refused step. */
 static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errstr_size)
 {
-        step_args_t *a = malloc(sizeof(*a));
+        int *order        = malloc(sizeof(int) * (size_t)(b->n + 1));
+        char *grouped     = calloc((size_t)b->n + 1, 1);
+        entry_t *ents     = malloc(sizeof(entry_t) * (size_t)(b->n + 1));
+        step_text_t *text = malloc(sizeof(step_text_t) * GROUP_MAX_JOBS);
+        step_call_t call  = {0};
         char stats[KF_KEY_MAX];
-        int *sent = calloc((size_t)b->n + 1, sizeof(int));
-        int nsent = 0, rc = 0, again = 0;
+        int nord = 0, nents = 0, rc = 0, again = 0;
 
-        if (!a || !sent) {
+        if (!order || !grouped || !ents || !text) {
                 rc = kf_errf(errstr, errstr_size, "out of memory");
                 goto out;
         }
         kf_key(stats, r->prefix, "stats", NULL);
         for (int i = 0; i < b->n; i++) {
                 kw_job_t *j = &b->jobs[i];
-                int arc;
-                if (j->state != KW_JOB_DONE)
+                entry_t *e;
+                if (j->state != KW_JOB_DONE || grouped[i])
                         continue;
-                if (!j->job.id[0]) /* nothing to key a result by: count it */
-                        arc = redisAppendCommand(r->c, "HINCRBY %s undecodable 1", stats);
-                else {
-                        step_build(r, j, a);
-                        arc = kf_script_append(r->c, &r->step, 4, a->argc, a->argv, a->len);
+                e = &ents[nents++];
+                e->first       = nord;
+                e->n           = 0;
+                e->undecodable = !j->job.id[0];
+                if (e->undecodable) { /* nothing to key a result by: count it */
+                        order[nord++] = i;
+                        e->n          = 1;
+                        grouped[i]    = 1;
+                        if (redisAppendCommand(r->c, "HINCRBY %s undecodable 1", stats) !=
+                            REDIS_OK) {
+                                rc = kf_errf(errstr, errstr_size, "out of memory");
+                                goto out;
+                        }
+                        continue;
                 }
-                if (arc != REDIS_OK) {
+                for (int k = i; k < b->n && e->n < GROUP_MAX_JOBS; k++) {
+                        kw_job_t *o = &b->jobs[k];
+                        if (o->state != KW_JOB_DONE || grouped[k] || !o->job.id[0] ||
+                            strcmp(o->job.user, j->job.user))
+                                continue;
+                        order[nord++] = k;
+                        grouped[k]    = 1;
+                        e->n++;
+                }
+                if (append_group(r, b, order + e->first, e->n, text, &call) != REDIS_OK) {
                         rc = kf_errf(errstr, errstr_size, "out of memory");
                         goto out;
                 }
-                sent[nsent++] = i;
         }
-        for (int s = 0; s < nsent; s++) {
-                kw_job_t *j = &b->jobs[sent[s]];
+        for (int ei = 0; ei < nents; ei++) {
+                entry_t *e = &ents[ei];
                 redisReply *rep;
                 if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep) {
                         rc = kf_errf(errstr, errstr_size, "redis %s:%d: %s", r->url.host,
@@ -259,15 +320,34 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
                                 kf_errf(errstr, errstr_size, "redis refused a result write: %.*s",
                                         (int)rep->len, rep->str);
                         rc = -1;
-                } else if (!j->job.id[0]) {
-                        j->state = KW_JOB_WRITTEN;
+                } else if (e->undecodable) {
+                        kw_job_t *j = &b->jobs[order[e->first]];
+                        j->state    = KW_JOB_WRITTEN;
                         r->undecodable++;
                         kf_warn("message %s/%d/%lld has no readable job id, no result can be "
                                 "written: %s",
                                 rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
                                 (long long)j->rkm->offset, j->errmsg);
+                } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)e->n + 1) {
+                        if (rc == 0)
+                                kf_errf(errstr, errstr_size, "unexpected reply from the step "
+                                                             "script");
+                        rc = -1;
                 } else {
-                        step_reply(r, j, rep);
+                        const redisReply *warn = rep->element[0];
+                        for (int i = 0; i < e->n; i++) {
+                                const redisReply *code = rep->element[i + 1];
+                                step_code(r, &b->jobs[order[e->first + i]],
+                                          code->type == REDIS_REPLY_INTEGER ? code->integer : -1);
+                        }
+                        if (warn->type == REDIS_REPLY_STRING && warn->len) {
+                                int64_t now = kf_mono_us();
+                                if (now - r->quota_warned_us > 10000000) { /* every 10 s */
+                                        r->quota_warned_us = now;
+                                        kf_warn("user %s: bad quota settings in Redis: %s",
+                                                b->jobs[order[e->first]].job.user, warn->str);
+                                }
+                        }
                 }
                 freeReplyObject(rep);
         }
@@ -278,8 +358,12 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
                         redis_drop(r);
         }
 out:
-        free(a);
-        free(sent);
+        free(order);
+        free(grouped);
+        free(ents);
+        free(text);
+        free(call.argv);
+        free(call.len);
         return rc;
 }
 
@@ -306,8 +390,19 @@ void kw_quota_precheck(kw_redis_t *r, kw_batch_t *b)
         int64_t now = kf_now_ms() / 1000;
         char key[KF_KEY_MAX];
 
-        if (!users || !r->c)
+        if (!users)
                 goto out;
+        if (!r->c) { /* reconnect at most once a second: the step decides anyway */
+                int64_t now_us = kf_mono_us();
+                char err[256];
+                if (now_us - r->retry_us < 1000000)
+                        goto out;
+                r->retry_us = now_us;
+                if (redis_ensure(r, err, sizeof(err))) {
+                        kf_debug("quota pre-check skipped: %s", err);
+                        goto out;
+                }
+        }
         for (int i = 0; i < b->n; i++) {
                 kw_job_t *j = &b->jobs[i];
                 int u;

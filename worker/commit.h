@@ -29,6 +29,7 @@ typedef struct kw_redis_s {
         int64_t quota_rows;    /*   max jobs/rows per window, -1 = unlimited */
         int64_t quota_window;  /*   window length, seconds */
         int64_t quota_warned_us; /* last "bad quota settings" log, rate limit */
+        int64_t retry_us;        /* last reconnect attempt of the pre-check */
         /* counters since start, for logs */
         unsigned long long written, duplicates, undecodable;
 } kw_redis_t;

@@ -38,6 +38,8 @@ const kf_opt_t kw_options[] = {
      "US", "longest wait for a micro-batch to fill"},
     {"blas-threads", 0, "KINFER_BLAS_THREADS", KF_OPT_INT, O(blas_threads), 1, 256, "1", "N",
      "OpenBLAS threads per worker"},
+    {"compute-threads", 0, "KINFER_COMPUTE_THREADS", KF_OPT_INT, O(compute_threads), 0, 256, "0",
+     "N", "threads computing batches in parallel (0 = one per CPU)"},
     {"redis-timeout-ms", 0, "KINFER_REDIS_TIMEOUT_MS", KF_OPT_INT, O(redis_timeout_ms), 10,
      600000, "5000", "MS", "Redis connect and command timeout"},
     {"grace-ms", 0, "KINFER_GRACE_MS", KF_OPT_INT, O(grace_ms), 0, 3600000, "10000", "MS",

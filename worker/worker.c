@@ -1,10 +1,26 @@
-/* worker.c - the consumer loop of kinfer-worker: poll a micro-batch,
- * compute it, commit it to Redis, and only then store its Kafka offsets. */
+/* worker.c - kinfer-worker's pipeline: the loop thread polls Kafka and forms
+ * micro-batches, compute threads run the forward passes, one writer thread
+ * commits results to Redis and only then lets the offsets be stored.
+ *
+ *   loop thread     poll, decode, resolve models, quota pre-check, track
+ *                   offsets  --compute_q-->
+ *   compute threads (compute_threads of them, OpenBLAS single-threaded each
+ *                   unless --blas-threads says otherwise)  --write_q-->
+ *   writer thread   dead-letter copies, pipelined Redis steps (retried with
+ *                   backoff while Redis is away), kw_offsets_done
+ *
+ * At most compute_threads + 2 batches are in flight; when the pipeline is
+ * full (Redis slow or away) the loop thread pauses its partitions and keeps
+ * polling, so it stays in the group.  Rebalances and shutdown drain the
+ * pipeline first (see drain()). */
 #include "worker.h"
 
 #include <cblas.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "batch.h"
@@ -14,9 +30,12 @@
 #include "kf_log.h"
 #include "kf_util.h"
 #include "model_store.h"
+#include "offsets.h"
+#include "queue.h"
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 5000
+#define PAUSE_AFTER_MS 200 /* a full pipeline for this long pauses fetching */
 
 struct kw_worker_s {
         const kw_config_t *conf;
@@ -24,78 +43,128 @@ struct kw_worker_s {
         char worker_id[256];
         job_limits_t limits;
         rd_kafka_t *rk;
-        kw_redis_t redis;
-        kw_dlq_t dlq;
-        ms_store_t *models;
-        kw_batch_t batch;
-        int paused; /* the assignment is paused while Redis is unreachable */
-        unsigned long long jobs_seen, batches, abandoned;
+        ms_store_t *models;  /* loop thread */
+        kw_redis_t pre;      /* loop thread: quota pre-check */
+        kw_redis_t redis;    /* writer thread: steps */
+        kw_dlq_t dlq;        /* writer thread */
+        kw_offsets_t *offsets;
+        kw_queue_t compute_q, write_q;
+        pthread_t *computers;
+        int n_computers, writer_started;
+        pthread_t writer;
+        kw_batch_t *cur;     /* loop thread: the batch being filled */
+        int paused;          /* loop thread: the assignment is paused */
+        int max_inflight;
+        pthread_mutex_t lock; /* guards inflight, with `idle` */
+        pthread_cond_t idle;  /* signalled when a batch leaves the pipeline */
+        int inflight;         /* batches dispatched, not yet written */
+        atomic_int abandon;   /* writer: drop batches instead of retrying */
+        atomic_ullong batches, abandoned;
+        unsigned long long jobs_seen; /* loop thread */
 };
 
-/* Stores, per partition, the offset after the batch's last message.  The
- * batch is processed as a whole, so every message below it is written. */
-static void store_offsets(kw_worker_t *w)
+static kw_batch_t *batch_new(void)
 {
-        rd_kafka_topic_partition_list_t *offs;
-        rd_kafka_resp_err_t err;
-
-        if (w->batch.n == 0)
-                return;
-        offs = rd_kafka_topic_partition_list_new(8);
-        for (int i = 0; i < w->batch.n; i++) {
-                rd_kafka_message_t *rkm = w->batch.jobs[i].rkm;
-                rd_kafka_topic_partition_t *p =
-                    rd_kafka_topic_partition_list_find(offs, rd_kafka_topic_name(rkm->rkt),
-                                                       rkm->partition);
-                if (!p)
-                        p = rd_kafka_topic_partition_list_add(offs, rd_kafka_topic_name(rkm->rkt),
-                                                              rkm->partition);
-                if (rkm->offset + 1 > p->offset)
-                        p->offset = rkm->offset + 1;
-        }
-        err = rd_kafka_offsets_store(w->rk, offs);
-        if (err)
-                /* Only when the partition was taken away meanwhile; its next
-                 * owner re-reads these jobs and the step makes them no-ops. */
-                kf_warn("storing offsets: %s", rd_kafka_err2str(err));
-        rd_kafka_topic_partition_list_destroy(offs);
+        return calloc(1, sizeof(kw_batch_t));
 }
 
-/* One attempt to make the batch durable.  On success its offsets are stored
- * and the batch is emptied.  Returns 0 or -1 (batch kept). */
-static int flush_once(kw_worker_t *w)
+static int inflight_get(kw_worker_t *w)
+{
+        int n;
+        pthread_mutex_lock(&w->lock);
+        n = w->inflight;
+        pthread_mutex_unlock(&w->lock);
+        return n;
+}
+
+/* --- compute threads ---------------------------------------------------- */
+
+static void *compute_main(void *arg)
+{
+        kw_worker_t *w           = arg;
+        kw_compute_ctx_t ctx     = {0};
+        kw_batch_t *b;
+        while ((b = kw_queue_pop(&w->compute_q, -1))) {
+                if (!atomic_load(&w->abandon))
+                        kw_batch_compute(b, &ctx, (uint32_t)w->conf->batch_max_rows);
+                kw_queue_push(&w->write_q, b);
+        }
+        kw_compute_ctx_free(&ctx);
+        return NULL;
+}
+
+/* --- writer thread ------------------------------------------------------ */
+
+/* One attempt to make a computed batch durable: dead-letter copies first,
+ * then the steps.  A job the step hands back (quota window rolled over) is
+ * computed here and written in the next round.  Returns 0 or -1. */
+static int write_once(kw_worker_t *w, kw_batch_t *b, kw_compute_ctx_t *ctx)
 {
         char err[512];
-        if (w->batch.n == 0)
-                return 0;
-        if (kw_dlq_send_batch(&w->dlq, &w->batch, 10000, err, sizeof(err))) {
-                kf_warn("batch of %d jobs not done yet: %s", w->batch.n, err);
+        if (kw_dlq_send_batch(&w->dlq, b, 10000, err, sizeof(err))) {
+                kf_warn("batch of %d jobs not done yet: %s", b->n, err);
                 return -1;
         }
-        /* A job goes back to NEW when the quota window rolled over between
-         * the pre-check and its step; the second round computes it. */
         for (int round = 0; round < 3; round++) {
                 int left = 0;
-                kw_quota_precheck(&w->redis, &w->batch);
-                kw_batch_compute(&w->batch, w->models, (uint32_t)w->conf->batch_max_rows);
-                if (kw_commit_batch(&w->redis, &w->batch, err, sizeof(err))) {
-                        kf_warn("results of %d jobs not written yet: %s", w->batch.n, err);
+                kw_batch_compute(b, ctx, (uint32_t)w->conf->batch_max_rows);
+                if (kw_commit_batch(&w->redis, b, err, sizeof(err))) {
+                        kf_warn("results of %d jobs not written yet: %s", b->n, err);
                         return -1;
                 }
-                for (int i = 0; i < w->batch.n; i++)
-                        left += w->batch.jobs[i].state != KW_JOB_WRITTEN;
+                for (int i = 0; i < b->n; i++)
+                        left += b->jobs[i].state != KW_JOB_WRITTEN;
                 if (!left)
-                        break;
-                if (round == 2) {
-                        kf_warn("%d jobs still not written after 3 rounds; retrying", left);
-                        return -1;
-                }
+                        return 0;
         }
-        store_offsets(w);
-        w->batches++;
-        kw_batch_reset(&w->batch);
-        return 0;
+        kf_warn("batch of %d jobs: steps keep handing jobs back; retrying", b->n);
+        return -1;
 }
+
+/* Sleeps ms in small steps, returning early when the batch is abandoned. */
+static void backoff_sleep(kw_worker_t *w, int ms)
+{
+        for (int slept = 0; slept < ms && !atomic_load(&w->abandon); slept += 50) {
+                struct timespec ts = {0, 50 * 1000000L};
+                nanosleep(&ts, NULL);
+        }
+}
+
+static void *writer_main(void *arg)
+{
+        kw_worker_t *w       = arg;
+        kw_compute_ctx_t ctx = {0};
+        kw_batch_t *b;
+
+        while ((b = kw_queue_pop(&w->write_q, -1))) {
+                int backoff = BACKOFF_MIN_MS;
+                while (!atomic_load(&w->abandon) && write_once(w, b, &ctx)) {
+                        backoff_sleep(w, backoff);
+                        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+                }
+                if (atomic_load(&w->abandon)) {
+                        /* Not stored, so redelivered to the partitions' next owner;
+                         * any step we did write makes its copy a no-op there. */
+                        atomic_fetch_add(&w->abandoned, (unsigned long long)b->n);
+                } else {
+                        for (int i = 0; i < b->n; i++) {
+                                rd_kafka_message_t *rkm = b->jobs[i].rkm;
+                                kw_offsets_done(w->offsets, rd_kafka_topic_name(rkm->rkt),
+                                                rkm->partition, rkm->offset);
+                        }
+                        atomic_fetch_add(&w->batches, 1);
+                }
+                kw_batch_free(b);
+                pthread_mutex_lock(&w->lock);
+                w->inflight--;
+                pthread_cond_broadcast(&w->idle);
+                pthread_mutex_unlock(&w->lock);
+        }
+        kw_compute_ctx_free(&ctx);
+        return NULL;
+}
+
+/* --- loop thread -------------------------------------------------------- */
 
 static void set_paused(kw_worker_t *w, int pause)
 {
@@ -113,68 +182,6 @@ static void set_paused(kw_worker_t *w, int pause)
         kf_info("%s fetching from %d partitions", pause ? "paused" : "resumed", cnt);
 }
 
-/* Called by librdkafka from rd_kafka_consumer_poll, i.e. on the loop thread,
- * between batches or during the retry loop of flush(). */
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque)
-{
-        kw_worker_t *w = opaque;
-
-        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-                kf_info("assigned %d partitions", parts->cnt);
-                rd_kafka_assign(rk, parts);
-                w->paused = 0;
-                return;
-        }
-        /* Revoked (or lost): finish what we hold for these partitions if Redis
-         * takes it now, else abandon it to the next owner: its offsets were
-         * not stored, so it is redelivered, and the step makes any result we
-         * did write a no-op for the new owner. */
-        kf_info("revoking %d partitions (%s)", parts->cnt, rd_kafka_err2str(err));
-        if (w->batch.n && flush_once(w)) {
-                kf_warn("abandoning %d in-flight jobs to the partitions' next owner", w->batch.n);
-                w->abandoned += (unsigned long long)w->batch.n;
-                kw_batch_reset(&w->batch);
-        }
-        if (!rd_kafka_assignment_lost(rk))
-                rd_kafka_commit(rk, NULL, 0); /* stored offsets, before we let go */
-        rd_kafka_assign(rk, NULL);
-        w->paused = 0;
-}
-
-/* Makes the batch durable, retrying with capped exponential backoff while
- * Redis is away.  Meanwhile the assignment is paused and the consumer keeps
- * polling, so it stays in the group and serves rebalances.  Gives up only
- * at shutdown after grace_ms.  Returns 0 or -1 (abandoned). */
-static int flush(kw_worker_t *w, int64_t give_up_us)
-{
-        int backoff = BACKOFF_MIN_MS;
-        while (w->batch.n) {
-                rd_kafka_message_t *rkm;
-                if (flush_once(w) == 0)
-                        break;
-                if (give_up_us && kf_mono_us() > give_up_us) {
-                        kf_error("shutdown grace period over: abandoning %d unwritten jobs "
-                                 "(they will be redelivered)",
-                                 w->batch.n);
-                        w->abandoned += (unsigned long long)w->batch.n;
-                        kw_batch_reset(&w->batch);
-                        return -1;
-                }
-                set_paused(w, 1);
-                rkm = rd_kafka_consumer_poll(w->rk, backoff);
-                if (rkm) {
-                        if (rkm->err)
-                                rd_kafka_message_destroy(rkm);
-                        else /* fetched before the pause took effect: keep it */
-                                kw_batch_add(&w->batch, rkm, &w->limits);
-                }
-                backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-        }
-        set_paused(w, 0);
-        return 0;
-}
-
 /* Logs a consumer error event; librdkafka recovers from all but fatal ones. */
 static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
 {
@@ -190,6 +197,146 @@ static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
         kf_warn("consumer: %s", rd_kafka_message_errstr(rkm));
 }
 
+/* Adds a polled message to the batch being filled (or logs an error event).
+ * Returns 1 if a job was added. */
+static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
+{
+        if (rkm->err) {
+                consumer_error(w, rkm);
+                rd_kafka_message_destroy(rkm);
+                return 0;
+        }
+        if (!w->cur && !(w->cur = batch_new())) {
+                kf_error("out of memory: message %s/%d/%lld will be redelivered",
+                         rd_kafka_topic_name(rkm->rkt), (int)rkm->partition,
+                         (long long)rkm->offset);
+                rd_kafka_message_destroy(rkm);
+                return 0;
+        }
+        kw_batch_add(w->cur, rkm, &w->limits);
+        w->jobs_seen++;
+        return 1;
+}
+
+/* Hands the current batch to the compute threads if the pipeline has room.
+ * Returns 0 if dispatched (or nothing to dispatch), -1 if full. */
+static int dispatch_now(kw_worker_t *w)
+{
+        kw_batch_t *b = w->cur;
+        int room;
+
+        if (!b || b->n == 0)
+                return 0;
+        pthread_mutex_lock(&w->lock);
+        room = w->inflight < w->max_inflight;
+        if (room)
+                w->inflight++;
+        pthread_mutex_unlock(&w->lock);
+        if (!room)
+                return -1;
+        kw_batch_resolve(b, w->models);
+        kw_quota_precheck(&w->pre, b);
+        for (int i = 0; i < b->n; i++) {
+                rd_kafka_message_t *rkm = b->jobs[i].rkm;
+                kw_offsets_add(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
+                               rkm->offset);
+        }
+        w->cur = NULL;
+        kw_queue_push(&w->compute_q, b);
+        return 0;
+}
+
+/* Dispatches the current batch, waiting for room.  While the pipeline stays
+ * full (Redis slow or away) the partitions are paused after PAUSE_AFTER_MS
+ * and the consumer keeps being polled, so the group sees us alive; a message
+ * fetched before the pause joins the batch, and a rebalance may take the
+ * batch meanwhile (drain). */
+static void dispatch(kw_worker_t *w)
+{
+        int64_t since = kf_mono_us();
+        while (dispatch_now(w)) {
+                rd_kafka_message_t *rkm;
+                if (kf_mono_us() - since > PAUSE_AFTER_MS * 1000)
+                        set_paused(w, 1);
+                rkm = rd_kafka_consumer_poll(w->rk, w->paused ? 50 : 2);
+                if (rkm)
+                        take(w, rkm);
+                if (*w->stop)
+                        return; /* drain() takes it from here */
+        }
+        if (w->paused)
+                set_paused(w, 0);
+}
+
+/* Waits until the current batch is dispatched and every dispatched batch is
+ * written, for at most timeout_ms.  If that is not enough (Redis away), the
+ * rest is abandoned: the writer drops it without storing offsets, so it is
+ * redelivered to the partitions' next owner.  Never polls the consumer
+ * (it runs inside the rebalance callback too).  Returns 0 if everything was
+ * written, -1 if some was abandoned. */
+static int drain(kw_worker_t *w, int64_t timeout_ms)
+{
+        int64_t until = kf_mono_us() + timeout_ms * 1000;
+        int rc        = 0;
+
+        pthread_mutex_lock(&w->lock);
+        while (w->inflight > 0 || (w->cur && w->cur->n)) {
+                struct timespec ts;
+                if (w->cur && w->cur->n && w->inflight < w->max_inflight) {
+                        pthread_mutex_unlock(&w->lock);
+                        dispatch_now(w);
+                        pthread_mutex_lock(&w->lock);
+                        continue;
+                }
+                if (!rc && kf_mono_us() > until) {
+                        int held = w->cur ? w->cur->n : 0;
+                        kf_error("%d batches and %d held jobs not written within %lld ms: "
+                                 "abandoning them (they will be redelivered)",
+                                 w->inflight, held, (long long)timeout_ms);
+                        atomic_store(&w->abandon, 1);
+                        atomic_fetch_add(&w->abandoned, (unsigned long long)held);
+                        kw_batch_free(w->cur); /* never dispatched: not tracked */
+                        w->cur = NULL;
+                        rc     = -1;
+                }
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 50 * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&w->idle, &w->lock, &ts);
+        }
+        pthread_mutex_unlock(&w->lock);
+        atomic_store(&w->abandon, 0);
+        return rc;
+}
+
+/* Called by librdkafka from rd_kafka_consumer_poll, on the loop thread. */
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+        kw_worker_t *w = opaque;
+
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                kf_info("assigned %d partitions", parts->cnt);
+                rd_kafka_assign(rk, parts);
+                w->paused = 0;
+                return;
+        }
+        /* Revoked (eager: all of them) or lost.  Finish what is in flight if
+         * Redis takes it within the grace period, else abandon it; then
+         * commit what was stored and let go. */
+        kf_info("revoking %d partitions (%s); %d batches in flight", parts->cnt,
+                rd_kafka_err2str(err), inflight_get(w) + (w->cur && w->cur->n ? 1 : 0));
+        drain(w, w->conf->grace_ms);
+        kw_offsets_forget(w->offsets);
+        if (!rd_kafka_assignment_lost(rk))
+                rd_kafka_commit(rk, NULL, 0);
+        rd_kafka_assign(rk, NULL);
+        w->paused = 0;
+}
+
 int kw_worker_run(kw_worker_t *w)
 {
         const kw_config_t *c = w->conf;
@@ -198,19 +345,13 @@ int kw_worker_run(kw_worker_t *w)
         while (!*w->stop) {
                 rd_kafka_message_t *rkm = rd_kafka_consumer_poll(w->rk, 100);
                 int64_t until;
-                if (!rkm)
+                if (!rkm || !take(w, rkm))
                         continue;
-                if (rkm->err) {
-                        consumer_error(w, rkm);
-                        rd_kafka_message_destroy(rkm);
-                        continue;
-                }
-                kw_batch_add(&w->batch, rkm, &w->limits);
                 /* Fill the batch: whatever is already fetched, then wait up to
                  * batch_wait_us for more (the dynamic batcher's max delay). */
                 until = kf_mono_us() + c->batch_wait_us;
-                while (w->batch.n < c->batch_max_jobs &&
-                       w->batch.rows < (uint64_t)c->batch_max_rows && !*w->stop) {
+                while (w->cur && w->cur->n < c->batch_max_jobs &&
+                       w->cur->rows < (uint64_t)c->batch_max_rows && !*w->stop) {
                         int64_t left = until - kf_mono_us();
                         rkm = rd_kafka_consumer_poll(w->rk, left >= 1000 ? (int)(left / 1000) : 0);
                         if (!rkm) {
@@ -218,28 +359,42 @@ int kw_worker_run(kw_worker_t *w)
                                         break;
                                 continue;
                         }
-                        if (rkm->err) {
-                                consumer_error(w, rkm);
-                                rd_kafka_message_destroy(rkm);
-                                continue;
-                        }
-                        kw_batch_add(&w->batch, rkm, &w->limits);
+                        take(w, rkm);
                 }
-                w->jobs_seen += (unsigned long long)w->batch.n;
-                flush(w, 0);
+                dispatch(w);
         }
 
         /* Graceful shutdown: finish in-flight work within the grace period,
          * then leave the group (consumer_close commits the stored offsets). */
-        kf_info("shutting down: %d jobs in flight", w->batch.n);
-        if (flush(w, kf_mono_us() + c->grace_ms * 1000))
+        kf_info("shutting down: %d batches in flight", inflight_get(w) + (w->cur != NULL));
+        if (drain(w, c->grace_ms))
                 rc = -1;
         rd_kafka_consumer_close(w->rk);
         kf_info("stopped: %llu jobs, %llu batches, %llu written, %llu duplicates, "
                 "%llu undecodable (%llu dead-lettered), %llu abandoned",
-                w->jobs_seen, w->batches, w->redis.written, w->redis.duplicates,
-                w->redis.undecodable, w->dlq.sent, w->abandoned);
+                w->jobs_seen, (unsigned long long)atomic_load(&w->batches), w->redis.written,
+                w->redis.duplicates, w->redis.undecodable, w->dlq.sent,
+                (unsigned long long)atomic_load(&w->abandoned));
         return rc;
+}
+
+static int threads_start(kw_worker_t *w, char *errstr, size_t errstr_size)
+{
+        int n = (int)w->conf->compute_threads;
+        if (n <= 0) {
+                long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+                n         = cpus > 0 ? (int)cpus : 1;
+        }
+        if (!(w->computers = calloc((size_t)n, sizeof(pthread_t))))
+                return kf_errf(errstr, errstr_size, "out of memory");
+        for (; w->n_computers < n; w->n_computers++)
+                if (pthread_create(&w->computers[w->n_computers], NULL, compute_main, w))
+                        return kf_errf(errstr, errstr_size, "cannot start compute threads");
+        if (pthread_create(&w->writer, NULL, writer_main, w))
+                return kf_errf(errstr, errstr_size, "cannot start the writer thread");
+        w->writer_started = 1;
+        w->max_inflight   = n + 2;
+        return 0;
 }
 
 kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, char *errstr,
@@ -272,6 +427,10 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         }
         w->conf = c;
         w->stop = stop;
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->idle, NULL);
+        kw_queue_init(&w->compute_q);
+        kw_queue_init(&w->write_q);
         if (c->worker_id)
                 kf_strlcpy(w->worker_id, c->worker_id, sizeof(w->worker_id));
         else {
@@ -288,13 +447,15 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
-        w->redis.prefix    = c->prefix;
-        w->redis.worker_id = w->worker_id;
-        w->redis.topic        = c->topic;
-        w->redis.quota_jobs   = c->quota_jobs;
-        w->redis.quota_rows   = c->quota_rows;
-        w->redis.quota_window = c->quota_window;
-        if (kw_redis_init(&w->redis, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size))
+        w->redis.prefix = w->pre.prefix = c->prefix;
+        w->redis.worker_id = w->pre.worker_id = w->worker_id;
+        w->redis.topic = w->pre.topic = c->topic;
+        w->redis.quota_jobs = w->pre.quota_jobs = c->quota_jobs;
+        w->redis.quota_rows = w->pre.quota_rows = c->quota_rows;
+        w->redis.quota_window = w->pre.quota_window = c->quota_window;
+        if (kw_redis_init(&w->redis, c->redis_url, (int)c->redis_timeout_ms, errstr,
+                          errstr_size) ||
+            kw_redis_init(&w->pre, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size))
                 goto err;
         if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id, errstr,
                         errstr_size))
@@ -311,6 +472,12 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 goto err;
         kconf = NULL; /* owned by w->rk now */
         rd_kafka_poll_set_consumer(w->rk);
+        if (!(w->offsets = kw_offsets_new(w->rk))) {
+                kf_errf(errstr, errstr_size, "out of memory");
+                goto err;
+        }
+        if (threads_start(w, errstr, errstr_size))
+                goto err;
 
         topics = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(topics, c->topic, RD_KAFKA_PARTITION_UA);
@@ -320,9 +487,11 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 goto err;
         }
         rd_kafka_topic_partition_list_destroy(topics);
-        kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s", w->worker_id,
-                c->group, c->topic, c->brokers, w->redis.url.host, w->redis.url.port,
-                c->models_dir ? c->models_dir : "(none)");
+        kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s, "
+                "%d compute threads x %lld BLAS threads",
+                w->worker_id, c->group, c->topic, c->brokers, w->redis.url.host,
+                w->redis.url.port, c->models_dir ? c->models_dir : "(none)", w->n_computers,
+                (long long)c->blas_threads);
         return w;
 err:
         if (topics)
@@ -337,11 +506,25 @@ void kw_worker_destroy(kw_worker_t *w)
 {
         if (!w)
                 return;
+        /* Stop the pipeline: compute threads first, then the writer. */
+        kw_queue_close(&w->compute_q);
+        for (int i = 0; i < w->n_computers; i++)
+                pthread_join(w->computers[i], NULL);
+        kw_queue_close(&w->write_q);
+        if (w->writer_started)
+                pthread_join(w->writer, NULL);
+        free(w->computers);
+        kw_batch_free(w->cur);
         if (w->rk)
                 rd_kafka_destroy(w->rk);
-        kw_batch_free(&w->batch);
+        kw_offsets_destroy(w->offsets);
         kw_redis_close(&w->redis);
+        kw_redis_close(&w->pre);
         kw_dlq_close(&w->dlq);
         ms_store_destroy(w->models);
+        kw_queue_destroy(&w->compute_q);
+        kw_queue_destroy(&w->write_q);
+        pthread_cond_destroy(&w->idle);
+        pthread_mutex_destroy(&w->lock);
         free(w);
 }

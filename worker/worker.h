@@ -1,15 +1,16 @@
-/* worker.h - the kinfer-worker consumer loop.
+/* worker.h - kinfer-worker: one Kafka consumer of the pool's group.
  *
- * One worker is one Kafka consumer in the pool's consumer group.  Its loop:
+ * What happens to a job:
  *   poll a micro-batch of jobs  (Kafka, at most batch_max_jobs/rows, waiting
  *                                at most batch_wait_us for it to fill)
  *   decode and validate each    (job_decode: bad input becomes an error result)
  *   compute per model           (one sgemm per layer over the batch's rows)
  *   commit to Redis             (one atomic, idempotent script per job,
  *                                pipelined; retried while Redis is away)
- *   store the offsets           (only now: a crash before this redelivers)
- * All of it runs on the thread that calls kw_worker_run; librdkafka and
- * OpenBLAS run their own threads underneath. */
+ *   store the offsets           (only now, and only below the oldest job not
+ *                                yet written: a crash redelivers, never loses)
+ * kw_worker_run's thread polls and batches; compute threads and a writer
+ * thread do the rest (worker.c describes the pipeline). */
 #ifndef KW_WORKER_H
 #define KW_WORKER_H
 
@@ -32,6 +33,7 @@ typedef struct kw_config_s {
         int64_t batch_max_rows;
         int64_t batch_wait_us;
         int64_t blas_threads;
+        int64_t compute_threads; /* 0 = one per online CPU */
         int64_t redis_timeout_ms;
         int64_t grace_ms; /* shutdown: how long to keep retrying unwritten results */
         int64_t max_message_bytes;
