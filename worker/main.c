@@ -26,6 +26,9 @@ const kf_opt_t kw_options[] = {
      "dead-letter topic for messages that cannot have a result"},
     {"group", 'g', "KINFER_GROUP", KF_OPT_STR, O(group), 0, 0, "kinfer-workers", "ID",
      "consumer group of the worker pool"},
+    {"instance-id", 0, "KINFER_INSTANCE_ID", KF_OPT_STR, O(instance_id), 0, 0, NULL, "ID",
+     "static group membership: a restart within the session timeout keeps the "
+     "partitions, no rebalance"},
     {"prefix", 0, "KINFER_PREFIX", KF_OPT_STR, O(prefix), 0, 0, KF_PREFIX_DEFAULT, "STR",
      "prefix of every Redis key"},
     {"worker-id", 0, "KINFER_WORKER_ID", KF_OPT_STR, O(worker_id), 0, 0, NULL, "ID",

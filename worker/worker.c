@@ -464,7 +464,9 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         if (!(kconf = kf_kafka_conf_new(c->brokers, defaults, &c->props, errstr, errstr_size)))
                 goto err;
         if (rd_kafka_conf_set(kconf, "group.id", c->group, errstr, errstr_size) ||
-            rd_kafka_conf_set(kconf, "client.id", w->worker_id, errstr, errstr_size))
+            rd_kafka_conf_set(kconf, "client.id", w->worker_id, errstr, errstr_size) ||
+            (c->instance_id && rd_kafka_conf_set(kconf, "group.instance.id", c->instance_id,
+                                                 errstr, errstr_size)))
                 goto err;
         rd_kafka_conf_set_rebalance_cb(kconf, rebalance_cb);
         rd_kafka_conf_set_opaque(kconf, w);

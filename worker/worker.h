@@ -27,6 +27,7 @@ typedef struct kw_config_s {
         char *topic;
         char *dlq_topic;
         char *group;
+        char *instance_id; /* static membership (group.instance.id), or NULL */
         char *prefix;
         char *worker_id; /* NULL = hostname:pid */
         int64_t batch_max_jobs;
