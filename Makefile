@@ -12,7 +12,7 @@ CC       ?= cc
 BUILD    ?= build
 OPT      ?= -O2
 CFLAGS   ?=
-PKGS      = rdkafka msgpack hiredis openblas jansson
+PKGS      = rdkafka msgpack hiredis openblas jansson libcrypto
 WARN      = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wno-missing-field-initializers
 KF_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -MMD -MP -Icommon \
@@ -22,11 +22,13 @@ SAN       =
 
 COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_config.o \
               common/mp_bound.o common/job_codec.o common/model.o common/model_math.o \
+              common/model_ensemble.o common/model_registry.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
-              worker/model_store.o worker/queue.o worker/offsets.o
+              worker/model_store.o worker/queue.o worker/offsets.o worker/model_store_registry.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
+              producer-tool/cmd_registry.o \
               producer-tool/cmd_quota.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o
 HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o
@@ -34,7 +36,7 @@ HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o
 UNIT_TESTS        = $(patsubst %.c,%,$(wildcard tests/unit/test_*.c))
 INTEGRATION_TESTS = $(patsubst %.c,%,$(wildcard tests/integration/test_*.c))
 
-BINS = $(BUILD)/kinfer-worker $(BUILD)/kinfer $(BUILD)/kinfer-devbroker
+BINS = $(BUILD)/kinfer-worker $(BUILD)/kinfer $(BUILD)/kinfer-devbroker $(BUILD)/kinfer-convert
 B    = $(BUILD)/obj
 
 all: $(BINS)
@@ -63,9 +65,18 @@ $(BUILD)/kinfer: $(addprefix $(B)/,$(KINFER_OBJS)) $(BUILD)/libkinfer.a
 $(BUILD)/kinfer-devbroker: $(addprefix $(B)/,$(DEVBROKER_OBJS)) $(BUILD)/libkinfer.a
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS)
 
+# A Python script (numpy weights to a model file), next to the programs.
+$(BUILD)/kinfer-convert: producer-tool/kinfer-convert
+	@mkdir -p $(dir $@)
+	cp $< $@
+
 $(BUILD)/tests/%: $(B)/tests/%.o $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/libkinfer.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
+# This one runs the worker's model store in-process.
+$(BUILD)/tests/integration/test_model_store: $(B)/worker/model_store.o \
+                                             $(B)/worker/model_store_registry.o
 
 # Python clients and references use Debian's interpreter, which has the apt
 # packages (numpy, msgpack, confluent-kafka, redis); the python3 first on PATH

@@ -23,7 +23,10 @@ typedef enum {
         JOB_OUTPUT_RAW = 0, /* the last layer's values, rows x output_dim */
         JOB_OUTPUT_SOFTMAX, /* softmax over each row, rows x output_dim */
         JOB_OUTPUT_ARGMAX,  /* index of each row's maximum, rows x 1 */
+        JOB_OUTPUT_TOPK,    /* indices then values of each row's k largest, rows x 2k */
 } job_output_t;
+
+#define JOB_K_MAX (1u << 20) /* k of topk: at most the widest output a model can have */
 
 /* Upper bounds on what one job may ask for.  A job over a limit is rejected
  * with KF_ERR_TOO_LARGE before its input is allocated. */
@@ -47,6 +50,8 @@ typedef struct job_s {
         uint32_t rows, cols;
         float *input;         /* rows*cols floats, row-major; owned (free with job_clear) */
         job_output_t output;  /* default JOB_OUTPUT_RAW */
+        uint32_t k;           /* TOPK: 1..JOB_K_MAX (the model's output_dim is checked
+                               * when it is known); 0 otherwise */
         int64_t deadline_ms;  /* Unix ms; 0 = no deadline */
         uint32_t ttl_s;       /* result lifetime; default JOB_TTL_DEFAULT */
 } job_t;

@@ -27,7 +27,7 @@ const job_limits_t job_limits_default = {
 };
 
 /* Top-level keys this worker reads; anything else is ignored. */
-enum { F_V, F_ID, F_USER, F_MODEL, F_VERSION, F_INPUT, F_OUTPUT, F_DEADLINE, F_TTL, F__CNT };
+enum { F_V, F_ID, F_USER, F_MODEL, F_VERSION, F_INPUT, F_OUTPUT, F_DEADLINE, F_TTL, F_K, F__CNT };
 static const char *const job_fields[F__CNT] = {
     [F_V] = "v",
     [F_ID] = "id",
@@ -38,14 +38,19 @@ static const char *const job_fields[F__CNT] = {
     [F_OUTPUT] = "output",
     [F_DEADLINE] = "deadline",
     [F_TTL] = "ttl",
+    [F_K] = "k",
 };
 
 /* Keys of the {dtype, shape, data} input form. */
 enum { I_DTYPE, I_SHAPE, I_DATA, I__CNT };
 static const char *const input_fields[I__CNT] = {"dtype", "shape", "data"};
 
-static const char *const output_names[] = {
-    [JOB_OUTPUT_RAW] = "raw", [JOB_OUTPUT_SOFTMAX] = "softmax", [JOB_OUTPUT_ARGMAX] = "argmax"};
+static const char *const output_names[] = {[JOB_OUTPUT_RAW] = "raw",
+                                           [JOB_OUTPUT_SOFTMAX] = "softmax",
+                                           [JOB_OUTPUT_ARGMAX] = "argmax",
+                                           [JOB_OUTPUT_TOPK] = "topk"};
+
+#define OUTPUT_CHOICES "\"raw\", \"softmax\", \"argmax\" or \"topk\""
 
 /* Decoder state.  The first error is the one reported: later checks still run
  * (so id, user, model and ttl are filled for the error result) but cannot
@@ -299,7 +304,7 @@ static int dec_output(job_dec_t *d, const msgpack_object *o, job_output_t *out)
 
         if (o->type != MSGPACK_OBJECT_STR)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
-                                "field 'output' must be \"raw\", \"softmax\" or \"argmax\", got %s",
+                                "field 'output' must be " OUTPUT_CHOICES ", got %s",
                                 obj_type_name(o));
         for (size_t i = 0; i < sizeof(output_names) / sizeof(output_names[0]); i++) {
                 if (str_eq(o, output_names[i])) {
@@ -307,8 +312,7 @@ static int dec_output(job_dec_t *d, const msgpack_object *o, job_output_t *out)
                         return 0;
                 }
         }
-        return dec_fail(d, KF_ERR_BAD_REQUEST,
-                        "field 'output' must be \"raw\", \"softmax\" or \"argmax\", got %s",
+        return dec_fail(d, KF_ERR_BAD_REQUEST, "field 'output' must be " OUTPUT_CHOICES ", got %s",
                         quote(q, o->via.str.ptr, o->via.str.size));
 }
 
@@ -627,6 +631,16 @@ kf_err_t job_decode(const void *buf, size_t len, const job_limits_t *lim, job_t 
                 dec_output(&d, val[F_OUTPUT], &job->output);
         if (val[F_DEADLINE] && dec_uint(&d, val[F_DEADLINE], "deadline", 0, INT64_MAX, &u) == 0)
                 job->deadline_ms = (int64_t)u;
+        /* k belongs to topk: required there, ignored (once its type is
+         * checked) with any other output.  Whether k fits the model's
+         * output_dim is known only once the model is (model_check_job). */
+        if (val[F_K] && dec_uint(&d, val[F_K], "k", 1, JOB_K_MAX, &u) == 0 &&
+            job->output == JOB_OUTPUT_TOPK)
+                job->k = (uint32_t)u;
+        if (job->output == JOB_OUTPUT_TOPK && !val[F_K])
+                dec_fail(&d, KF_ERR_BAD_REQUEST,
+                         "output \"topk\" needs field 'k' (how many of each row's largest "
+                         "values, 1..output_dim)");
         /* Last, and only for an otherwise valid job: it is the one that allocates. */
         if (d.err == KF_OK)
                 dec_input(&d, val[F_INPUT], job);
@@ -724,8 +738,11 @@ static int enc_check(const job_t *job, job_encoding_t enc, char *errstr, size_t 
         }
         if (enc != JOB_ENC_F32 && enc != JOB_ENC_ROWS)
                 return kf_errf(errstr, errstr_size, "unknown input encoding %d", (int)enc);
-        if ((unsigned)job->output > JOB_OUTPUT_ARGMAX)
+        if ((unsigned)job->output > JOB_OUTPUT_TOPK)
                 return kf_errf(errstr, errstr_size, "unknown output mode %d", (int)job->output);
+        if (job->output == JOB_OUTPUT_TOPK && (job->k < 1 || job->k > JOB_K_MAX))
+                return kf_errf(errstr, errstr_size, "output topk needs k in 1..%u, got %u",
+                               JOB_K_MAX, job->k);
         if (job->ttl_s > JOB_TTL_MAX)
                 return kf_errf(errstr, errstr_size, "field 'ttl' must be in 1..%u, got %u",
                                JOB_TTL_MAX, job->ttl_s);
@@ -763,7 +780,7 @@ int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen,
         /* ttl 0 is what a zero-initialised job_t holds: treat it as the default. */
         int write_ttl = job->ttl_s != 0 && job->ttl_s != JOB_TTL_DEFAULT;
         size_t nkeys = 5 + (job->version != 0) + (job->output != JOB_OUTPUT_RAW) +
-                       (job->deadline_ms != 0) + write_ttl;
+                       (job->output == JOB_OUTPUT_TOPK) + (job->deadline_ms != 0) + write_ttl;
         int rc;
 
         *out = NULL;
@@ -786,6 +803,10 @@ int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen,
         rc |= pk_input(&pk, job, enc);
         if (job->output != JOB_OUTPUT_RAW)
                 rc |= pk_kv_str(&pk, "output", output_names[job->output]);
+        if (job->output == JOB_OUTPUT_TOPK) {
+                rc |= pk_key(&pk, "k");
+                rc |= msgpack_pack_uint32(&pk, job->k);
+        }
         if (job->deadline_ms != 0) {
                 rc |= pk_key(&pk, "deadline");
                 rc |= msgpack_pack_uint64(&pk, (uint64_t)job->deadline_ms);

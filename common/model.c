@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "kf_util.h"
+#include "model_int.h"
 #include "mp_bound.h"
 
 /* Every W and b starts on a cache line: what BLAS kernels load fastest. */
@@ -50,7 +51,7 @@ int model_act_parse(const char *name, size_t len)
 /* Copies a file-supplied string into out for an error message: at most 40
  * bytes, anything but printable ASCII replaced, so a hostile file cannot put
  * control characters or megabytes into a log line. */
-static const char *model_quote(const char *s, size_t len, char *out, size_t outsize)
+const char *model_quote(const char *s, size_t len, char *out, size_t outsize)
 {
         size_t n = len < 40 ? len : 40, o = 0;
         for (size_t i = 0; i < n && o + 1 < outsize; i++)
@@ -71,6 +72,9 @@ static void model_free(model_t *m)
         if (m->layers)
                 free(m->layers[0].W);
         free(m->layers);
+        for (uint32_t i = 0; m->members && i < m->n_members; i++)
+                model_unref(m->members[i].model);
+        free(m->members);
         free(m);
 }
 
@@ -217,7 +221,7 @@ static int model_check_finite(const float *v, size_t n, uint32_t layer, const ch
         return 0;
 }
 
-static int model_key_is(const msgpack_object *k, const char *name)
+int model_key_is(const msgpack_object *k, const char *name)
 {
         return k->via.str.size == strlen(name) &&
                memcmp(k->via.str.ptr, name, k->via.str.size) == 0;
@@ -225,9 +229,8 @@ static int model_key_is(const msgpack_object *k, const char *name)
 
 /* Looks up the keys of a map in `names` (at most 8) into vals[], refusing
  * keys that are not strings, unknown or repeated.  ctx prefixes messages. */
-static int model_map_fields(const msgpack_object *map, const char *const *names, size_t n_names,
-                            const msgpack_object **vals, const char *ctx, char *errstr,
-                            size_t errstr_size)
+int model_map_fields(const msgpack_object *map, const char *const *names, size_t n_names,
+                     const msgpack_object **vals, const char *ctx, char *errstr, size_t errstr_size)
 {
         char q[64];
         for (size_t i = 0; i < n_names; i++)
@@ -252,8 +255,8 @@ static int model_map_fields(const msgpack_object *map, const char *const *names,
         return 0;
 }
 
-static int model_get_dim(const msgpack_object *o, const char *what, uint32_t *out, char *errstr,
-                         size_t errstr_size)
+int model_get_dim(const msgpack_object *o, const char *what, uint32_t *out, char *errstr,
+                  size_t errstr_size)
 {
         if (!o)
                 return kf_errf(errstr, errstr_size, "missing %s", what);
@@ -269,16 +272,17 @@ static int model_get_dim(const msgpack_object *o, const char *what, uint32_t *ou
         return 0;
 }
 
-enum { F_FORMAT, F_V, F_NAME, F_KIND, F_INPUT_DIM, F_OUTPUT_DIM, F_LAYERS, F__CNT };
-static const char *const model_fields[F__CNT] = {"format",    "v",          "name",  "kind",
-                                                 "input_dim", "output_dim", "layers"};
+enum { F_FORMAT, F_V, F_NAME, F_KIND, F_INPUT_DIM, F_OUTPUT_DIM, F_LAYERS, F_MEMBERS, F__CNT };
+static const char *const model_fields[F__CNT] = {"format",    "v",          "name",   "kind",
+                                                 "input_dim", "output_dim", "layers", "members"};
 enum { L_W, L_B, L_ACT, L__CNT };
 static const char *const model_layer_fields[L__CNT] = {"W", "b", "act"};
 
-/* Validates the unpacked file and builds the model from it.  Checks run in
- * a fixed order (format tag first) so a file that is not a model at all is
- * reported as such, not as its first odd field. */
-static model_t *model_from_object(const msgpack_object *root, char *errstr, size_t errstr_size)
+/* Validates the unpacked file and builds the model (or the ensemble spec)
+ * from it.  Checks run in a fixed order (format tag first) so a file that is
+ * not a model at all is reported as such, not as its first odd field. */
+static int model_from_object(const msgpack_object *root, model_file_t *file, char *errstr,
+                             size_t errstr_size)
 {
         const msgpack_object *f[F__CNT], *lf[L__CNT];
         const msgpack_object *W[MODEL_MAX_LAYERS], *b[MODEL_MAX_LAYERS];
@@ -290,93 +294,116 @@ static model_t *model_from_object(const msgpack_object *root, char *errstr, size
 
         if (root->type != MSGPACK_OBJECT_MAP) {
                 kf_errf(errstr, errstr_size, "not a kinfer-model file: top level is not a map");
-                return NULL;
+                return -1;
         }
         if (model_map_fields(root, model_fields, F__CNT, f, "", errstr, errstr_size) != 0)
-                return NULL;
+                return -1;
 
         o = f[F_FORMAT];
         if (!o) {
                 kf_errf(errstr, errstr_size, "not a kinfer-model file: no format tag");
-                return NULL;
+                return -1;
         }
         if (o->type != MSGPACK_OBJECT_STR || !model_key_is(o, MODEL_FORMAT_NAME)) {
                 kf_errf(errstr, errstr_size, "not a kinfer-model file: format is \"%s\"",
                         o->type == MSGPACK_OBJECT_STR
                             ? model_quote(o->via.str.ptr, o->via.str.size, q, sizeof(q))
                             : "(not a string)");
-                return NULL;
+                return -1;
         }
 
         o = f[F_V];
         if (!o) {
                 kf_errf(errstr, errstr_size, "missing v (format version)");
-                return NULL;
+                return -1;
         }
         if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
                 kf_errf(errstr, errstr_size, "unsupported model format v%lld",
                         (long long)o->via.i64);
-                return NULL;
+                return -1;
         }
         if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
                 kf_errf(errstr, errstr_size, "v must be an unsigned integer");
-                return NULL;
+                return -1;
         }
         if (o->via.u64 != MODEL_FORMAT_V) {
                 kf_errf(errstr, errstr_size, "unsupported model format v%llu",
                         (unsigned long long)o->via.u64);
-                return NULL;
+                return -1;
         }
 
         o = f[F_NAME];
         if (!o) {
                 kf_errf(errstr, errstr_size, "missing name");
-                return NULL;
+                return -1;
         }
         if (o->type != MSGPACK_OBJECT_STR) {
                 kf_errf(errstr, errstr_size, "name must be a string");
-                return NULL;
+                return -1;
         }
         if (!job_name_valid(o->via.str.ptr, o->via.str.size, JOB_MODEL_MAX)) {
                 kf_errf(errstr, errstr_size,
                         "bad name \"%s\": must be 1..%d chars of [A-Za-z0-9._:-]",
                         model_quote(o->via.str.ptr, o->via.str.size, q, sizeof(q)), JOB_MODEL_MAX);
-                return NULL;
+                return -1;
         }
 
         o = f[F_KIND];
         if (!o) {
                 kf_errf(errstr, errstr_size, "missing kind");
-                return NULL;
+                return -1;
         }
         if (o->type != MSGPACK_OBJECT_STR) {
                 kf_errf(errstr, errstr_size, "kind must be a string");
-                return NULL;
+                return -1;
+        }
+        if (model_key_is(o, "ensemble")) {
+                if (f[F_LAYERS]) {
+                        kf_errf(errstr, errstr_size,
+                                "an ensemble has members, not layers (unknown key \"layers\")");
+                        return -1;
+                }
+                if (model_get_dim(f[F_INPUT_DIM], "input_dim", &dims[0], errstr, errstr_size) !=
+                        0 ||
+                    model_get_dim(f[F_OUTPUT_DIM], "output_dim", &output_dim, errstr,
+                                  errstr_size) != 0)
+                        return -1;
+                file->kind = MODEL_KIND_ENSEMBLE;
+                file->ens = model_ens_spec_from_object(f[F_MEMBERS], f[F_NAME]->via.str.ptr,
+                                                       f[F_NAME]->via.str.size, dims[0], output_dim,
+                                                       errstr, errstr_size);
+                return file->ens ? 0 : -1;
         }
         if (!model_key_is(o, "mlp")) {
-                kf_errf(errstr, errstr_size, "unknown kind \"%s\" (expected \"mlp\")",
+                kf_errf(errstr, errstr_size,
+                        "unknown kind \"%s\" (expected \"mlp\" or \"ensemble\")",
                         model_quote(o->via.str.ptr, o->via.str.size, q, sizeof(q)));
-                return NULL;
+                return -1;
+        }
+        if (f[F_MEMBERS]) {
+                kf_errf(errstr, errstr_size,
+                        "an mlp has layers, not members (unknown key \"members\")");
+                return -1;
         }
 
         if (model_get_dim(f[F_INPUT_DIM], "input_dim", &dims[0], errstr, errstr_size) != 0 ||
             model_get_dim(f[F_OUTPUT_DIM], "output_dim", &output_dim, errstr, errstr_size) != 0)
-                return NULL;
+                return -1;
 
         o = f[F_LAYERS];
         if (!o) {
                 kf_errf(errstr, errstr_size, "missing layers");
-                return NULL;
+                return -1;
         }
         if (o->type != MSGPACK_OBJECT_ARRAY) {
                 kf_errf(errstr, errstr_size, "layers must be an array");
-                return NULL;
+                return -1;
         }
         n_layers = o->via.array.size;
         if (n_layers == 0 || n_layers > MODEL_MAX_LAYERS) {
                 kf_errf(errstr, errstr_size, "%u layers, expected 1..%d", n_layers,
                         MODEL_MAX_LAYERS);
-                return NULL;
+                return -1;
         }
 
         /* Sizes first, weights after: nothing is allocated until the whole
@@ -388,35 +415,35 @@ static model_t *model_from_object(const msgpack_object *root, char *errstr, size
 
                 if (lo->type != MSGPACK_OBJECT_MAP) {
                         kf_errf(errstr, errstr_size, "layer %u is not a map", i);
-                        return NULL;
+                        return -1;
                 }
                 snprintf(ctx, sizeof(ctx), "layer %u: ", i);
                 if (model_map_fields(lo, model_layer_fields, L__CNT, lf, ctx, errstr,
                                      errstr_size) != 0)
-                        return NULL;
+                        return -1;
                 for (int k = 0; k < L__CNT; k++) {
                         if (!lf[k]) {
                                 kf_errf(errstr, errstr_size, "layer %u: missing %s", i,
                                         model_layer_fields[k]);
-                                return NULL;
+                                return -1;
                         }
                 }
                 if (lf[L_W]->type != MSGPACK_OBJECT_BIN || lf[L_B]->type != MSGPACK_OBJECT_BIN) {
                         kf_errf(errstr, errstr_size,
                                 "layer %u: %s must be bin (float32 little-endian)", i,
                                 lf[L_W]->type != MSGPACK_OBJECT_BIN ? "W" : "b");
-                        return NULL;
+                        return -1;
                 }
                 if (lf[L_ACT]->type != MSGPACK_OBJECT_STR) {
                         kf_errf(errstr, errstr_size, "layer %u: act must be a string", i);
-                        return NULL;
+                        return -1;
                 }
                 act = model_act_parse(lf[L_ACT]->via.str.ptr, lf[L_ACT]->via.str.size);
                 if (act < 0) {
                         kf_errf(errstr, errstr_size, "layer %u: unknown activation \"%s\"", i,
                                 model_quote(lf[L_ACT]->via.str.ptr, lf[L_ACT]->via.str.size, q,
                                             sizeof(q)));
-                        return NULL;
+                        return -1;
                 }
 
                 /* The layer's width comes from its bias; its input from the
@@ -425,14 +452,14 @@ static model_t *model_from_object(const msgpack_object *root, char *errstr, size
                         kf_errf(errstr, errstr_size,
                                 "layer %u: b has %u bytes, not a whole number of float32", i,
                                 lf[L_B]->via.bin.size);
-                        return NULL;
+                        return -1;
                 }
                 out = lf[L_B]->via.bin.size / sizeof(float);
                 if (out == 0 || out > MODEL_MAX_DIM) {
                         kf_errf(errstr, errstr_size,
                                 "layer %u: b has %llu values, expected 1..%u outputs", i,
                                 (unsigned long long)out, MODEL_MAX_DIM);
-                        return NULL;
+                        return -1;
                 }
                 want = in * out * sizeof(float);
                 if (lf[L_W]->via.bin.size != want) {
@@ -440,7 +467,7 @@ static model_t *model_from_object(const msgpack_object *root, char *errstr, size
                                 "layer %u: W has %u bytes, expected %llu (%llux%llu float32)", i,
                                 lf[L_W]->via.bin.size, (unsigned long long)want,
                                 (unsigned long long)in, (unsigned long long)out);
-                        return NULL;
+                        return -1;
                 }
                 dims[i + 1] = (uint32_t)out;
                 acts[i] = (model_act_t)act;
@@ -450,13 +477,13 @@ static model_t *model_from_object(const msgpack_object *root, char *errstr, size
         if (dims[n_layers] != output_dim) {
                 kf_errf(errstr, errstr_size, "layer %u outputs %u values but output_dim is %u",
                         n_layers - 1, dims[n_layers], output_dim);
-                return NULL;
+                return -1;
         }
 
         m = model_alloc(f[F_NAME]->via.str.ptr, f[F_NAME]->via.str.size, n_layers, dims, acts,
                         errstr, errstr_size);
         if (!m)
-                return NULL;
+                return -1;
         for (uint32_t i = 0; i < n_layers; i++) {
                 model_layer_t *l = &m->layers[i];
                 size_t nw = (size_t)l->in * l->out;
@@ -465,29 +492,33 @@ static model_t *model_from_object(const msgpack_object *root, char *errstr, size
                 if (model_check_finite(l->W, nw, i, "W", errstr, errstr_size) != 0 ||
                     model_check_finite(l->b, l->out, i, "b", errstr, errstr_size) != 0) {
                         model_free(m);
-                        return NULL;
+                        return -1;
                 }
         }
-        return m;
+        file->kind = MODEL_KIND_MLP;
+        file->mlp = m;
+        return 0;
 }
 
-model_t *model_decode(const void *buf, size_t len, char *errstr, size_t errstr_size)
+int model_file_decode(const void *buf, size_t len, model_file_t *out, char *errstr,
+                      size_t errstr_size)
 {
         msgpack_unpacked up;
         msgpack_unpack_return ret;
-        model_t *m = NULL;
         size_t off = 0;
         char err[256];
+        int rc = -1;
 
+        memset(out, 0, sizeof(*out));
         if (!buf || len == 0) {
                 kf_errf(errstr, errstr_size, "not valid msgpack: empty");
-                return NULL;
+                return -1;
         }
         /* msgpack-c reserves what a header declares before the bytes exist;
          * the bound check keeps a 5-byte file from reserving gigabytes. */
         if (mp_bound_check(buf, len, MODEL_MP_DEPTH, err, sizeof(err)) != 0) {
                 kf_errf(errstr, errstr_size, "not valid msgpack: %s", err);
-                return NULL;
+                return -1;
         }
         msgpack_unpacked_init(&up);
         ret = msgpack_unpack_next(&up, buf, len, &off);
@@ -508,10 +539,36 @@ model_t *model_decode(const void *buf, size_t len, char *errstr, size_t errstr_s
                         len - off);
                 goto out;
         }
-        m = model_from_object(&up.data, errstr, errstr_size);
+        rc = model_from_object(&up.data, out, errstr, errstr_size);
 out:
         msgpack_unpacked_destroy(&up);
-        return m;
+        return rc;
+}
+
+void model_file_clear(model_file_t *f)
+{
+        if (!f)
+                return;
+        model_unref(f->mlp);
+        model_ens_spec_free(f->ens);
+        memset(f, 0, sizeof(*f));
+}
+
+model_t *model_decode(const void *buf, size_t len, char *errstr, size_t errstr_size)
+{
+        model_file_t f;
+
+        if (model_file_decode(buf, len, &f, errstr, errstr_size) != 0)
+                return NULL;
+        if (f.kind != MODEL_KIND_MLP) {
+                kf_errf(errstr, errstr_size,
+                        "model '%s' is an ensemble: it needs its members, which only the "
+                        "model registry can resolve",
+                        f.ens->name);
+                model_file_clear(&f);
+                return NULL;
+        }
+        return f.mlp;
 }
 
 model_t *model_load_file(const char *path, char *errstr, size_t errstr_size)
@@ -636,7 +693,7 @@ static int model_check(const model_t *m, char *errstr, size_t errstr_size)
         return 0;
 }
 
-static int model_pack_cstr(msgpack_packer *pk, const char *s)
+int model_pack_cstr(msgpack_packer *pk, const char *s)
 {
         size_t n = strlen(s);
         return msgpack_pack_str(pk, n) | msgpack_pack_str_body(pk, s, n);
@@ -676,7 +733,7 @@ int model_encode(const model_t *m, char **out, size_t *outlen, char *errstr, siz
 
         msgpack_sbuffer_init(&sb);
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-        rc |= msgpack_pack_map(&pk, F__CNT);
+        rc |= msgpack_pack_map(&pk, 7); /* every field of an mlp: all but members */
         rc |= model_pack_cstr(&pk, "format") | model_pack_cstr(&pk, MODEL_FORMAT_NAME);
         rc |= model_pack_cstr(&pk, "v") | msgpack_pack_uint32(&pk, MODEL_FORMAT_V);
         rc |= model_pack_cstr(&pk, "name") | model_pack_cstr(&pk, m->name);

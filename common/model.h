@@ -7,6 +7,14 @@
  * Layer i maps in_i -> out_i with in_0 = input_dim, in_{i+1} = out_i and
  * out_last = output_dim.  Every weight must be finite.
  *
+ * Or an ensemble (model_ensemble.c), which names other models instead of
+ * holding weights:
+ *   {format, v, name, kind:"ensemble", input_dim, output_dim,
+ *    members:[{model:NAME, version:N (optional, 0 = the member's active
+ *              version), weight:W}, ...]}
+ * Its file decodes to a model_ens_spec_t; whoever can find the members
+ * (the worker's model store) resolves them and calls model_ens_build().
+ *
  * A model_t is immutable once decoded and is shared between threads by
  * reference count: model_ref() before handing it on, model_unref() when done;
  * the last unref frees it.  Thread-safe. */
@@ -22,6 +30,13 @@
 #define MODEL_FORMAT_V      1
 #define MODEL_MAX_LAYERS    64
 #define MODEL_MAX_DIM       (1u << 20) /* widest layer side accepted */
+#define MODEL_MAX_MEMBERS   64         /* members of one ensemble, after flattening */
+#define MODEL_MAX_DEPTH     8          /* ensembles of ensembles, nested at most this deep */
+
+typedef enum {
+        MODEL_KIND_MLP = 0,  /* layers of weights */
+        MODEL_KIND_ENSEMBLE, /* a weighted sum of other models' outputs */
+} model_kind_t;
 
 typedef enum {
         MODEL_ACT_IDENTITY = 0,
@@ -39,16 +54,27 @@ typedef struct model_layer_s {
         model_act_t act;
 } model_layer_t;
 
+struct model_s;
+
+/* One member of a built ensemble: an MLP and the weight its output gets. */
+typedef struct model_member_s {
+        struct model_s *model; /* an MLP (nested ensembles are flattened); owned reference */
+        float weight;
+} model_member_t;
+
 typedef struct model_s {
         char name[JOB_MODEL_MAX + 1];
         uint32_t version; /* set by whoever loaded it (directory, registry); 0 = unset */
         uint32_t input_dim, output_dim;
-        uint32_t n_layers;
-        model_layer_t *layers;
+        uint32_t n_layers;       /* MLP; 0 for an ensemble */
+        model_layer_t *layers;   /* MLP; NULL for an ensemble */
         uint32_t max_width;      /* widest in/out of any layer: scratch sizing */
-        uint64_t flops_per_row;  /* 2 * sum(in*out) over layers */
-        size_t weight_bytes;     /* bytes of W and b */
+        uint64_t flops_per_row;  /* MLP: 2 * sum(in*out) over layers; ensemble: sum of members' */
+        size_t weight_bytes;     /* bytes of W and b (an ensemble's: its members') */
         int refcnt;              /* atomic; use model_ref/model_unref */
+        model_kind_t kind;
+        uint32_t n_members;      /* ensemble: distinct MLPs after flattening */
+        model_member_t *members; /* ensemble: n_members, owned */
 } model_t;
 
 /* Wire name <-> activation.  model_act_parse returns -1 for an unknown name. */
@@ -71,6 +97,55 @@ model_t *model_decode(const void *buf, size_t len, char *errstr, size_t errstr_s
 /* Reads and decodes a model file; errors name the path. */
 model_t *model_load_file(const char *path, char *errstr, size_t errstr_size);
 
+/* ---- ensembles (model_ensemble.c) ---- */
+
+/* An ensemble file as written: members named, not yet resolved. */
+typedef struct model_member_spec_s {
+        char model[JOB_MODEL_MAX + 1];
+        uint32_t version; /* 0 = whatever version of the member is active */
+        double weight;    /* finite, and finite as a float32 */
+} model_member_spec_t;
+
+typedef struct model_ens_spec_s {
+        char name[JOB_MODEL_MAX + 1];
+        uint32_t input_dim, output_dim;
+        uint32_t n_members; /* 1..MODEL_MAX_MEMBERS */
+        model_member_spec_t *members;
+} model_ens_spec_t;
+
+/* What a model file holds: exactly one of mlp and ens is set. */
+typedef struct model_file_s {
+        model_kind_t kind;
+        model_t *mlp;          /* refcnt 1, owned by the caller */
+        model_ens_spec_t *ens; /* owned by the caller */
+} model_file_t;
+
+/* Decodes either kind of model file with the checks of model_decode (an
+ * ensemble's members must be 1..MODEL_MAX_MEMBERS maps of a valid model name,
+ * an optional uint32 version and a finite weight; a member that names the
+ * ensemble itself without a version is a cycle and refused).  Returns 0 and
+ * fills *out (release with model_file_clear), or -1 with errstr.  model_decode
+ * itself refuses an ensemble: it has no weights until resolved. */
+int model_file_decode(const void *buf, size_t len, model_file_t *out, char *errstr,
+                      size_t errstr_size);
+void model_file_clear(model_file_t *f); /* accepts a zeroed one */
+
+void model_ens_spec_free(model_ens_spec_t *spec); /* accepts NULL */
+
+/* Encodes an ensemble file (the reverse of model_file_decode).  Returns 0 and
+ * a malloc'd buffer (caller frees), or -1 with errstr if spec is invalid. */
+int model_ens_encode(const model_ens_spec_t *spec, char **out, size_t *outlen, char *errstr,
+                     size_t errstr_size);
+
+/* Builds an ensemble from its spec and its members' models: resolved[i] is
+ * member i (an MLP or a built ensemble, whose members are taken over with
+ * their weights multiplied: the result always holds MLPs only, each once).
+ * Every member must have the spec's input_dim and output_dim.  Takes new
+ * references; resolved[] stays the caller's.  Returns a model (refcnt 1,
+ * version 0: the caller sets it) or NULL with errstr naming the member. */
+model_t *model_ens_build(const model_ens_spec_t *spec, model_t *const *resolved, char *errstr,
+                         size_t errstr_size);
+
 /* Encodes a model in the file format.  Returns 0 and a malloc'd buffer in
  * *out and *outlen (caller frees), or -1 with errstr set. */
 int model_encode(const model_t *m, char **out, size_t *outlen, char *errstr, size_t errstr_size);
@@ -82,22 +157,41 @@ void model_unref(model_t *m); /* accepts NULL */
 typedef struct model_scratch_s {
         float *a, *b;
         size_t cap; /* floats in each of a and b */
+        float *e;   /* an ensemble member's output, before it is weighted and summed */
+        size_t ecap;
 } model_scratch_t;
 
 void model_scratch_free(model_scratch_t *s); /* accepts zeroed scratch */
 
 /* Forward pass: X is rows x input_dim (row-major), Y receives rows x
- * output_dim.  One cblas_sgemm per layer over all rows.  Returns 0, or -1
- * only when scratch memory cannot be allocated.  Thread-safe for distinct
- * scratch objects. */
+ * output_dim.  One cblas_sgemm per layer over all rows; an ensemble runs
+ * each member once over all rows and sums weight_i * member_i.  Returns 0,
+ * or -1 only when scratch memory cannot be allocated.  Thread-safe for
+ * distinct scratch objects. */
 int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, model_scratch_t *s);
 
 /* Row-wise post-processing of a rows x cols output, as named by a job:
  * RAW copies, SOFTMAX applies a numerically stable softmax per row, ARGMAX
- * writes the index of each row's first maximum as a float.  out must hold
- * rows * model_output_cols(mode, cols) floats. */
+ * writes the index of each row's first maximum as a float, TOPK writes per
+ * row the indices of the k largest values, largest first (the lower index
+ * first on ties; NaN never ranks above a number), then those k values: 2k
+ * columns.  k is used by TOPK only and clamped to 1..cols.  out must hold
+ * rows * model_output_cols_k(mode, k, cols) floats. */
+uint32_t model_output_cols_k(job_output_t mode, uint32_t k, uint32_t cols);
+void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t rows,
+                         uint32_t cols, float *out);
+
+/* The forms without k, for callers that predate TOPK: a TOPK job through
+ * them gets k = 1.  New code calls the _k forms with job->k. */
 uint32_t model_output_cols(job_output_t mode, uint32_t cols);
 void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_t cols,
                        float *out);
+
+/* Whether job can run on m: its columns must be m's input_dim
+ * (KF_ERR_SHAPE_MISMATCH) and a TOPK job's k at most m's output_dim
+ * (KF_ERR_BAD_REQUEST).  Returns 0, or -1 with *err and a message naming
+ * the model and version. */
+int model_check_job(const model_t *m, const job_t *job, kf_err_t *err, char *errstr,
+                    size_t errstr_size);
 
 #endif

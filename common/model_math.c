@@ -5,8 +5,15 @@
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "kf_util.h"
+
+/* model_ensemble.c: the weighted sum over an ensemble's members. */
+int model_ens_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
+                      model_scratch_t *s);
 
 #define MODEL_SCRATCH_ALIGN 64
 
@@ -99,9 +106,12 @@ void model_scratch_free(model_scratch_t *s)
                 return;
         free(s->a);
         free(s->b);
+        free(s->e);
         s->a = NULL;
         s->b = NULL;
+        s->e = NULL;
         s->cap = 0;
+        s->ecap = 0;
 }
 
 /* Makes a and b hold at least n floats each.  Old contents are not kept: a
@@ -114,7 +124,10 @@ static int model_scratch_reserve(model_scratch_t *s, size_t n)
                 return 0;
         if (n > SIZE_MAX / sizeof(float))
                 return -1;
-        model_scratch_free(s);
+        free(s->a);
+        free(s->b);
+        s->a = s->b = NULL;
+        s->cap = 0;
         if (posix_memalign(&a, MODEL_SCRATCH_ALIGN, n * sizeof(float)) != 0)
                 return -1;
         if (posix_memalign(&b, MODEL_SCRATCH_ALIGN, n * sizeof(float)) != 0) {
@@ -147,6 +160,8 @@ int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, mod
 
         if (rows == 0)
                 return 0;
+        if (m->kind == MODEL_KIND_ENSEMBLE)
+                return model_ens_forward(m, X, rows, Y, s);
         /* Scratch holds the hidden layers only: X and Y belong to the
          * caller, so input_dim and output_dim need no space here. */
         for (uint32_t i = 0; i + 1 < m->n_layers; i++) {
@@ -170,12 +185,54 @@ int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, mod
         return 0;
 }
 
-uint32_t model_output_cols(job_output_t mode, uint32_t cols)
+uint32_t model_output_cols_k(job_output_t mode, uint32_t k, uint32_t cols)
 {
-        return mode == JOB_OUTPUT_ARGMAX ? 1 : cols;
+        switch (mode) {
+        case JOB_OUTPUT_ARGMAX:
+                return 1;
+        case JOB_OUTPUT_TOPK:
+                return 2 * (k < 1 ? 1 : k > cols ? cols : k);
+        default:
+                return cols;
+        }
 }
 
-void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_t cols, float *out)
+/* 1 if a ranks before b among a row's values: larger first, NaN last,
+ * and the lower index first among equals (the caller visits in index order
+ * and only a strict "before" moves an entry). */
+static int model_ranks_before(float a, float b)
+{
+        if (isnan(b))
+                return !isnan(a);
+        return a > b;
+}
+
+/* The k best of one row, by insertion into a sorted list of k: O(cols * k)
+ * at worst, and a row's values are visited once, in order. */
+static void model_topk_row(const float *y, uint32_t cols, uint32_t k, float *out)
+{
+        float *idx = out, *val = out + k;
+        uint32_t n = 0;
+
+        for (uint32_t j = 0; j < cols; j++) {
+                uint32_t pos = n;
+                while (pos > 0 && model_ranks_before(y[j], val[pos - 1]))
+                        pos--;
+                if (pos >= k)
+                        continue;
+                for (uint32_t t = n < k ? n : k - 1; t > pos; t--) {
+                        idx[t] = idx[t - 1];
+                        val[t] = val[t - 1];
+                }
+                idx[pos] = (float)j;
+                val[pos] = y[j];
+                if (n < k)
+                        n++;
+        }
+}
+
+void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t rows,
+                         uint32_t cols, float *out)
 {
         switch (mode) {
         case JOB_OUTPUT_SOFTMAX:
@@ -196,9 +253,44 @@ void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_
                         out[r] = (float)best;
                 }
                 break;
+        case JOB_OUTPUT_TOPK:
+                k = k < 1 ? 1 : k > cols ? cols : k;
+                for (uint32_t r = 0; r < rows; r++)
+                        model_topk_row(Y + (size_t)r * cols, cols, k, out + (size_t)r * 2 * k);
+                break;
         case JOB_OUTPUT_RAW:
         default:
                 memcpy(out, Y, (size_t)rows * cols * sizeof(float));
                 break;
         }
+}
+
+uint32_t model_output_cols(job_output_t mode, uint32_t cols)
+{
+        return model_output_cols_k(mode, 1, cols);
+}
+
+void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_t cols, float *out)
+{
+        model_postprocess_k(mode, 1, Y, rows, cols, out);
+}
+
+int model_check_job(const model_t *m, const job_t *job, kf_err_t *err, char *errstr,
+                    size_t errstr_size)
+{
+        if (job->cols != m->input_dim) {
+                *err = KF_ERR_SHAPE_MISMATCH;
+                return kf_errf(errstr, errstr_size,
+                               "input has %u columns, model '%s' version %u expects %u", job->cols,
+                               m->name, m->version, m->input_dim);
+        }
+        if (job->output == JOB_OUTPUT_TOPK && (job->k < 1 || job->k > m->output_dim)) {
+                *err = KF_ERR_BAD_REQUEST;
+                return kf_errf(errstr, errstr_size,
+                               "k = %u, but model '%s' version %u has %u outputs (k must be "
+                               "1..%u)",
+                               job->k, m->name, m->version, m->output_dim, m->output_dim);
+        }
+        *err = KF_OK;
+        return 0;
 }

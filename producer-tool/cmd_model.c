@@ -1,6 +1,7 @@
 /* cmd_model.c - `kinfer model init|build|inspect`: create model files
- * (random weights for tests and benchmarks, exact weights from JSON) and
- * show what a file holds. */
+ * (random weights for tests and benchmarks, exact weights or an ensemble
+ * from JSON) and show what a file holds; registry subcommands go on to
+ * cmd_registry.c. */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include "kf_util.h"
 #include "kinfer.h"
 #include "model.h"
+#include "model_registry.h"
 
 #define O(f) offsetof(kc_conf_t, f)
 
@@ -142,7 +144,82 @@ out:
         return rc;
 }
 
-/* {"name": N, "layers": [{"W": [[..in rows, each out wide..]], "b": [..], "act": A}]} */
+static int write_blob(const char *path, const char *buf, size_t len)
+{
+        FILE *fp = fopen(path, "wb");
+        if (!fp || fwrite(buf, 1, len, fp) != len) {
+                if (fp)
+                        fclose(fp);
+                kc_err("model: cannot write %s", path);
+                return KC_EXIT_FAIL;
+        }
+        if (fclose(fp)) {
+                kc_err("model: cannot write %s", path);
+                return KC_EXIT_FAIL;
+        }
+        return KC_EXIT_OK;
+}
+
+/* {"name": N, "kind": "ensemble", "input_dim": I, "output_dim": O,
+ *  "members": [{"model": M, "version": V (optional), "weight": W}, ...]} */
+static int build_ensemble(json_t *doc, const char *spec_path, const char *out_path)
+{
+        model_ens_spec_t spec = {0};
+        json_t *members = json_object_get(doc, "members"), *mj;
+        json_int_t din = json_integer_value(json_object_get(doc, "input_dim"));
+        json_int_t dout = json_integer_value(json_object_get(doc, "output_dim"));
+        const char *name = json_string_value(json_object_get(doc, "name"));
+        char err[512], *buf = NULL;
+        size_t len, i;
+        int rc = KC_EXIT_USAGE;
+
+        if (!name || strlen(name) > JOB_MODEL_MAX || din < 1 || din > MODEL_MAX_DIM || dout < 1 ||
+            dout > MODEL_MAX_DIM || json_array_size(members) == 0 ||
+            json_array_size(members) > MODEL_MAX_MEMBERS) {
+                kc_err("model build: %s: an ensemble needs \"name\", \"input_dim\", "
+                       "\"output_dim\" and 1..%d \"members\"",
+                       spec_path, MODEL_MAX_MEMBERS);
+                return rc;
+        }
+        kf_strlcpy(spec.name, name, sizeof(spec.name));
+        spec.input_dim = (uint32_t)din;
+        spec.output_dim = (uint32_t)dout;
+        spec.n_members = (uint32_t)json_array_size(members);
+        if (!(spec.members = calloc(spec.n_members, sizeof(*spec.members))))
+                return KC_EXIT_FAIL;
+        json_array_foreach(members, i, mj)
+        {
+                const char *m = json_string_value(json_object_get(mj, "model"));
+                json_t *v = json_object_get(mj, "version"), *w = json_object_get(mj, "weight");
+                if (!m || strlen(m) > JOB_MODEL_MAX || !json_is_number(w) ||
+                    (v && (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                           json_integer_value(v) > UINT32_MAX))) {
+                        kc_err("model build: %s: member %zu needs \"model\" (a name), "
+                               "\"weight\" (a number) and optionally \"version\"",
+                               spec_path, i);
+                        goto out;
+                }
+                kf_strlcpy(spec.members[i].model, m, sizeof(spec.members[i].model));
+                spec.members[i].version = v ? (uint32_t)json_integer_value(v) : 0;
+                spec.members[i].weight = json_number_value(w);
+        }
+        if (model_ens_encode(&spec, &buf, &len, err, sizeof(err)) != 0) {
+                kc_err("model build: %s: %s", spec_path, err);
+                goto out;
+        }
+        rc = write_blob(out_path, buf, len);
+        if (rc == KC_EXIT_OK)
+                fprintf(stderr,
+                        "kinfer: wrote %s: ensemble %s of %u members, %u -> %u, %zu bytes\n",
+                        out_path, spec.name, spec.n_members, spec.input_dim, spec.output_dim, len);
+out:
+        free(buf);
+        free(spec.members);
+        return rc;
+}
+
+/* {"name": N, "layers": [{"W": [[..in rows, each out wide..]], "b": [..], "act": A}]},
+ * or an ensemble (build_ensemble). */
 static int cmd_build(int argc, char **argv)
 {
         kc_conf_t c = {0};
@@ -158,13 +235,21 @@ static int cmd_build(int argc, char **argv)
         first = kc_parse(build_opts, &c, 0, argc, argv,
                          "model build SPEC.json -o FILE\n\nWrites a model from exact weights: "
                          "{\"name\": N, \"layers\": [{\"W\": [[...]], \"b\": [...],\n\"act\": "
-                         "\"relu\"}, ...]} with W given as in rows of out values.");
+                         "\"relu\"}, ...]} with W given as in rows of out values; or an "
+                         "ensemble:\n{\"name\": N, \"kind\": \"ensemble\", \"input_dim\": I, "
+                         "\"output_dim\": O, \"members\":\n[{\"model\": M, \"version\": V, "
+                         "\"weight\": W}, ...]} (no version: the member's active one).");
         if (first != argc - 1 || !c.out_path) {
                 kc_err("model build: need SPEC.json and --out (see --help)");
                 goto out;
         }
         if (!(doc = json_load_file(argv[first], 0, &jerr))) {
                 kc_err("model build: %s:%d: %s", argv[first], jerr.line, jerr.text);
+                goto out;
+        }
+        if (json_is_string(json_object_get(doc, "kind")) &&
+            !strcmp(json_string_value(json_object_get(doc, "kind")), "ensemble")) {
+                rc = build_ensemble(doc, argv[first], c.out_path);
                 goto out;
         }
         layers = json_object_get(doc, "layers");
@@ -224,12 +309,47 @@ out:
         return rc;
 }
 
+/* Reads a whole file for inspect (model_load_file refuses ensembles). */
+static char *slurp(const char *path, size_t *len)
+{
+        FILE *fp = fopen(path, "rb");
+        char *buf = NULL;
+        size_t cap = 0, n = 0, got;
+
+        if (!fp)
+                return NULL;
+        do {
+                if (n == cap) {
+                        char *nb =
+                            cap > ((size_t)1 << 32) ? NULL : realloc(buf, cap ? cap * 2 : 65536);
+                        if (!nb) {
+                                free(buf);
+                                fclose(fp);
+                                return NULL;
+                        }
+                        buf = nb;
+                        cap = cap ? cap * 2 : 65536;
+                }
+                got = fread(buf + n, 1, cap - n, fp);
+                n += got;
+        } while (got > 0);
+        if (ferror(fp)) {
+                free(buf);
+                buf = NULL;
+        }
+        fclose(fp);
+        *len = n;
+        return buf;
+}
+
 static int cmd_inspect(int argc, char **argv)
 {
         kc_conf_t c = {0};
-        char err[512];
-        model_t *m;
-        json_t *o, *layers;
+        char err[512], sha[MREG_SHA256_HEX];
+        model_file_t f;
+        json_t *o, *arr;
+        size_t len = 0;
+        char *buf;
         int first = kc_parse(inspect_opts, &c, 0, argc, argv,
                              "model inspect FILE\n\nValidates a model file and prints what it "
                              "holds as JSON.");
@@ -237,21 +357,43 @@ static int cmd_inspect(int argc, char **argv)
                 kc_err("model inspect: give one model file");
                 return KC_EXIT_USAGE;
         }
-        if (!(m = model_load_file(argv[first], err, sizeof(err)))) {
-                kc_err("model inspect: %s", err);
+        if (!(buf = slurp(argv[first], &len))) {
+                kc_err("model inspect: cannot read %s", argv[first]);
                 return KC_EXIT_FAIL;
         }
-        layers = json_array();
-        for (uint32_t l = 0; l < m->n_layers; l++)
-                json_array_append_new(layers, json_pack("{s:i,s:i,s:s}", "in", m->layers[l].in,
-                                                        "out", m->layers[l].out, "act",
-                                                        model_act_name(m->layers[l].act)));
-        o = json_pack("{s:s,s:i,s:i,s:o,s:I,s:I}", "name", m->name, "input_dim", m->input_dim,
-                      "output_dim", m->output_dim, "layers", layers, "flops_per_row",
-                      (json_int_t)m->flops_per_row, "weight_bytes", (json_int_t)m->weight_bytes);
+        if (model_file_decode(buf, len, &f, err, sizeof(err)) != 0) {
+                kc_err("model inspect: %s: %s", argv[first], err);
+                free(buf);
+                return KC_EXIT_FAIL;
+        }
+        mreg_sha256_hex(buf, len, sha);
+        free(buf);
+        arr = json_array();
+        if (f.kind == MODEL_KIND_MLP) {
+                const model_t *m = f.mlp;
+                for (uint32_t l = 0; l < m->n_layers; l++)
+                        json_array_append_new(arr, json_pack("{s:i,s:i,s:s}", "in", m->layers[l].in,
+                                                             "out", m->layers[l].out, "act",
+                                                             model_act_name(m->layers[l].act)));
+                o = json_pack("{s:s,s:s,s:i,s:i,s:o,s:I,s:I,s:I,s:s}", "name", m->name, "kind",
+                              "mlp", "input_dim", m->input_dim, "output_dim", m->output_dim,
+                              "layers", arr, "flops_per_row", (json_int_t)m->flops_per_row,
+                              "weight_bytes", (json_int_t)m->weight_bytes, "size", (json_int_t)len,
+                              "sha256", sha);
+        } else {
+                const model_ens_spec_t *e = f.ens;
+                for (uint32_t i = 0; i < e->n_members; i++)
+                        json_array_append_new(arr, json_pack("{s:s,s:i,s:f}", "model",
+                                                             e->members[i].model, "version",
+                                                             (json_int_t)e->members[i].version,
+                                                             "weight", e->members[i].weight));
+                o = json_pack("{s:s,s:s,s:i,s:i,s:o,s:I,s:s}", "name", e->name, "kind", "ensemble",
+                              "input_dim", e->input_dim, "output_dim", e->output_dim, "members",
+                              arr, "size", (json_int_t)len, "sha256", sha);
+        }
         kc_print_json(o);
         json_decref(o);
-        model_unref(m);
+        model_file_clear(&f);
         return KC_EXIT_OK;
 }
 
@@ -263,6 +405,11 @@ int kc_cmd_model(int argc, char **argv)
                 return cmd_build(argc - 1, argv + 1);
         if (argc >= 2 && !strcmp(argv[1], "inspect"))
                 return cmd_inspect(argc - 1, argv + 1);
-        kc_err("model: expected a subcommand: init, build or inspect");
+        if (argc >= 2 && (!strcmp(argv[1], "push") || !strcmp(argv[1], "list") ||
+                          !strcmp(argv[1], "show") || !strcmp(argv[1], "activate") ||
+                          !strcmp(argv[1], "rollback") || !strcmp(argv[1], "rm")))
+                return kc_cmd_registry(argc - 1, argv + 1);
+        kc_err("model: expected a subcommand: init, build, inspect (files), or push, list, show, "
+               "activate, rollback, rm (the registry)");
         return KC_EXIT_USAGE;
 }

@@ -19,7 +19,10 @@ static const kf_opt_t submit_opts[] = {
      "user the jobs are charged to (required)"},
     {"version", 'V', NULL, KF_OPT_INT, O(version), 0, UINT32_MAX, "0", "N",
      "pin a model version (0 = the active one)"},
-    {"output", 'o', NULL, KF_OPT_STR, O(output), 0, 0, "raw", "MODE", "raw, softmax or argmax"},
+    {"output", 'o', NULL, KF_OPT_STR, O(output), 0, 0, "raw", "MODE",
+     "raw, softmax, argmax or topk"},
+    {"k", 'k', NULL, KF_OPT_INT, O(k), 0, 1 << 20, "0", "K",
+     "with --output topk: how many of each row's largest values"},
     {"ttl", 0, NULL, KF_OPT_INT, O(ttl), 1, JOB_TTL_MAX, "86400", "S", "result lifetime"},
     {"deadline-ms", 0, NULL, KF_OPT_INT, O(deadline_ms), 0, 1LL << 40, "0", "MS",
      "expire jobs not started within MS ms of submission (0 = never)"},
@@ -109,6 +112,7 @@ static int submit_one(const kc_matrix_t *m, void *opaque)
         job.cols        = m->cols;
         job.input       = m->data; /* borrowed: not cleared below */
         job.output      = s->output;
+        job.k           = (uint32_t)c->k;
         job.ttl_s       = (uint32_t)c->ttl;
         job.deadline_ms = c->deadline_ms ? kf_now_ms() + c->deadline_ms : 0;
         if (job_encode(&job, s->enc, &buf, &len, err, sizeof(err))) {
@@ -176,8 +180,15 @@ int kc_cmd_submit(int argc, char **argv)
                 s.output = JOB_OUTPUT_SOFTMAX;
         else if (!strcmp(c.output, "argmax"))
                 s.output = JOB_OUTPUT_ARGMAX;
+        else if (!strcmp(c.output, "topk"))
+                s.output = JOB_OUTPUT_TOPK;
         else {
-                kc_err("submit: --output '%s': expected raw, softmax or argmax", c.output);
+                kc_err("submit: --output '%s': expected raw, softmax, argmax or topk", c.output);
+                rc = KC_EXIT_USAGE;
+                goto out;
+        }
+        if ((s.output == JOB_OUTPUT_TOPK) != (c.k != 0)) {
+                kc_err("submit: --output topk needs --k, and --k goes with --output topk only");
                 rc = KC_EXIT_USAGE;
                 goto out;
         }

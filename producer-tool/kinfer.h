@@ -24,10 +24,14 @@ typedef struct kc_conf_s {
         /* submit */
         char *model, *user, *output, *file, *format, *encoding, *id, *id_prefix;
         int64_t version, ttl, deadline_ms, rows_per_job, timeout_s;
+        int64_t k; /* --output topk */
         int wait, quiet;
         /* model init/build */
         char *out_path, *dims, *acts;
         int64_t seed;
+        /* model push/activate/rollback/rm (the registry) */
+        char *name;
+        int activate, force;
         /* usage, quota */
         int json;
         char *q_jobs, *q_rows, *q_window;
@@ -75,6 +79,8 @@ int kc_cmd_wait(int argc, char **argv);
 int kc_cmd_usage(int argc, char **argv);
 int kc_cmd_quota(int argc, char **argv);
 int kc_cmd_model(int argc, char **argv);
+/* cmd_registry.c: model push|list|show|activate|rollback|rm; argv[0] is that word. */
+int kc_cmd_registry(int argc, char **argv);
 
 /* input.c: reading job inputs. A matrix of rows x cols float32. */
 typedef struct kc_matrix_s {

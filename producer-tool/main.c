@@ -19,7 +19,8 @@ static const struct {
     {"wait", kc_cmd_wait, "wait for jobs' results and print them"},
     {"usage", kc_cmd_usage, "print a user's usage: lifetime, current window, per model"},
     {"quota", kc_cmd_quota, "set, show or remove a user's quota"},
-    {"model", kc_cmd_model, "create model files: model init (random), model build (from JSON)"},
+    {"model", kc_cmd_model, "model files (init, build, inspect) and the registry (push, list, "
+                            "show, activate, rollback, rm)"},
 };
 
 static void usage(FILE *fp)

@@ -84,7 +84,7 @@ static void compute_group(kw_compute_ctx_t *ctx, model_t *m, kw_job_t **grp, int
         done = kf_now_ms();
         for (int i = 0; i < n; i++) {
                 kw_job_t *j    = grp[i];
-                uint32_t ocols = model_output_cols(j->job.output, m->output_dim);
+                uint32_t ocols = model_output_cols_k(j->job.output, j->job.k, m->output_dim);
                 j->output      = malloc((size_t)j->job.rows * ocols * sizeof(float));
                 if (!j->output) {
                         snprintf(j->errmsg, sizeof(j->errmsg), "out of memory for the output");
@@ -92,8 +92,8 @@ static void compute_group(kw_compute_ctx_t *ctx, model_t *m, kw_job_t **grp, int
                         yo += (size_t)j->job.rows * m->output_dim;
                         continue;
                 }
-                model_postprocess(j->job.output, ctx->Y + yo, j->job.rows, m->output_dim,
-                                  j->output);
+                model_postprocess_k(j->job.output, j->job.k, ctx->Y + yo, j->job.rows,
+                                    m->output_dim, j->output);
                 yo += (size_t)j->job.rows * m->output_dim;
                 j->out_rows      = j->job.rows;
                 j->out_cols      = ocols;
@@ -126,13 +126,8 @@ void kw_batch_resolve(kw_batch_t *b, ms_store_t *ms)
                         job_fail(j, err);
                         continue;
                 }
-                if (j->job.cols != j->model->input_dim) {
-                        snprintf(j->errmsg, sizeof(j->errmsg),
-                                 "input has %u columns, model '%s' version %u expects %u",
-                                 j->job.cols, j->job.model, j->model->version,
-                                 j->model->input_dim);
-                        job_fail(j, KF_ERR_SHAPE_MISMATCH);
-                }
+                if (model_check_job(j->model, &j->job, &err, j->errmsg, sizeof(j->errmsg)))
+                        job_fail(j, err);
         }
 }
 

@@ -19,7 +19,11 @@ const kf_opt_t kw_options[] = {
     {"redis", 'r', "KINFER_REDIS", KF_OPT_STR, O(redis_url), 0, 0, "redis://127.0.0.1:6379/0",
      "URL", "redis://[user:password@]host:port[/db]"},
     {"models", 'm', "KINFER_MODELS", KF_OPT_STR, O(models_dir), 0, 0, NULL, "DIR",
-     "model directory: NAME.kmodel or NAME/VERSION.kmodel"},
+     "offline: models from DIR/NAME.kmodel or DIR/NAME/VERSION.kmodel (default: the Redis "
+     "model registry)"},
+    {"model-resync-ms", 0, "KINFER_MODEL_RESYNC_MS", KF_OPT_INT, O(model_resync_ms), 100,
+     3600000, "5000", "MS",
+     "registry: also re-check every cached model this often (changes arrive at once)"},
     {"topic", 't', "KINFER_TOPIC", KF_OPT_STR, O(topic), 0, 0, "kinfer.jobs", "NAME",
      "topic jobs are consumed from"},
     {"dlq-topic", 0, "KINFER_DLQ_TOPIC", KF_OPT_STR, O(dlq_topic), 0, 0, "kinfer.dlq", "NAME",

@@ -1,5 +1,6 @@
-/* model_store.c - lazily loads models from a directory and caches them;
- * rescans a name's versions at most every MS_RESCAN_US. */
+/* model_store.c - the worker's model lookup: from the registry
+ * (model_store_registry.c), or lazily from a directory, cached, rescanning a
+ * name's versions at most every MS_RESCAN_US. */
 #include "model_store.h"
 
 #include <dirent.h>
@@ -12,6 +13,7 @@
 
 #include "kf_log.h"
 #include "kf_util.h"
+#include "model_store_registry.h"
 
 /* How long "which version is active" is trusted before the directory is
  * read again: new versions show up within this delay, and a hot path of
@@ -34,10 +36,26 @@ typedef struct ms_active_s {
 } ms_active_t;
 
 struct ms_store_s {
+        msr_t *reg; /* registry mode; NULL in directory mode */
         char *dir;
         ms_entry_t *entries;
         ms_active_t *active;
 };
+
+ms_store_t *ms_store_new_registry(const char *redis_url, const char *prefix, int timeout_ms,
+                                  int resync_ms, char *errstr, size_t errstr_size)
+{
+        ms_store_t *ms = calloc(1, sizeof(*ms));
+        if (!ms) {
+                kf_errf(errstr, errstr_size, "out of memory");
+                return NULL;
+        }
+        if (!(ms->reg = msr_new(redis_url, prefix, timeout_ms, resync_ms, errstr, errstr_size))) {
+                free(ms);
+                return NULL;
+        }
+        return ms;
+}
 
 ms_store_t *ms_store_new(const char *dir)
 {
@@ -55,6 +73,7 @@ void ms_store_destroy(ms_store_t *ms)
 {
         if (!ms)
                 return;
+        msr_destroy(ms->reg);
         for (ms_entry_t *e = ms->entries, *n; e; e = n) {
                 n = e->next;
                 model_unref(e->model);
@@ -138,6 +157,8 @@ model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err
         int nvers = -1;
         ms_entry_t *e;
 
+        if (ms->reg)
+                return msr_get(ms->reg, name, version, err, errstr, errstr_size);
         if (!ms->dir) {
                 *err = KF_ERR_UNKNOWN_MODEL;
                 kf_errf(errstr, errstr_size,

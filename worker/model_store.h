@@ -1,12 +1,25 @@
-/* model_store.h - where the worker finds models: a directory, loaded lazily.
+/* model_store.h - where the worker finds models: the Redis model registry,
+ * or (offline) a directory.
  *
- * Layout: DIR/NAME.kmodel (version 1) or DIR/NAME/VERSION.kmodel (VERSION a
- * positive integer).  A job without a version gets the highest version on
- * disk.  A model is loaded on first use and kept; a name not found is looked
- * up again on the next job, so models dropped into the directory appear
- * without a restart.  Not thread-safe: owned by the worker's loop thread;
- * the models it returns are reference-counted and may travel elsewhere.
- * (The Redis model registry will implement this same interface.) */
+ * Registry (ms_store_new_registry; docs/models.md): a model is loaded from
+ * Redis on first use, its blob verified against the registry's SHA-256 and
+ * validated, and cached.  A background thread (the reloader, with its own
+ * Redis connections) follows the registry's change channel and rebuilds what
+ * changed; the switch to a new version is a pointer swap under a mutex, so
+ * jobs never wait for it, and a job holding a model (a reference) finishes
+ * on it.  A version that fails verification is logged and never served:
+ * jobs without a version keep getting the last good one.  A job without a
+ * version gets the active version; an ensemble's members without a version
+ * follow their own active version (rebuilt when that changes).
+ *
+ * Directory (ms_store_new): DIR/NAME.kmodel (version 1) or
+ * DIR/NAME/VERSION.kmodel (VERSION a positive integer).  A job without a
+ * version gets the highest version on disk.  A model is loaded on first use
+ * and kept; a name not found is looked up again on the next job, so models
+ * dropped into the directory appear without a restart.  MLPs only.
+ *
+ * ms_store_get is called from the worker's loop thread only; the models it
+ * returns are immutable and reference-counted and may travel elsewhere. */
 #ifndef KW_MODEL_STORE_H
 #define KW_MODEL_STORE_H
 
@@ -20,12 +33,26 @@ typedef struct ms_store_s ms_store_t;
 
 /* dir may be NULL: then every lookup fails with unknown_model. */
 ms_store_t *ms_store_new(const char *dir);
+
+/* Models from the registry at redis_url (redis://[user:password@]host:port[/db])
+ * under key prefix (e.g. "kinfer:").  timeout_ms bounds connecting and each
+ * Redis command; resync_ms is how often the reloader also compares every
+ * cached model's change counter with Redis (the safety net for changes
+ * announced while it was disconnected; <= 0: 5000).  Starts the reloader;
+ * Redis need not be reachable yet.  Returns NULL with errstr on a bad URL or
+ * prefix, or when the thread cannot start. */
+ms_store_t *ms_store_new_registry(const char *redis_url, const char *prefix, int timeout_ms,
+                                  int resync_ms, char *errstr, size_t errstr_size);
+
 void ms_store_destroy(ms_store_t *ms); /* accepts NULL */
 
 /* Returns a new reference to the model (caller unrefs), or NULL with *err =
- * KF_ERR_UNKNOWN_MODEL (no such model or version; the message lists the
- * versions that exist) or KF_ERR_INTERNAL (the file exists but cannot be
- * loaded; the message says why, and it is logged). */
+ * KF_ERR_UNKNOWN_MODEL (no such model or version, or no active version; the
+ * message lists the versions that exist) or KF_ERR_INTERNAL (it exists but
+ * cannot be loaded: corrupt, or the registry is unreachable; the message
+ * says why, and it is logged).  version 0 = the active version.  Loop thread
+ * only; in registry mode it takes the store's mutex briefly, and does Redis
+ * I/O only for a name or version it has not loaded yet. */
 model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err_t *err,
                       char *errstr, size_t errstr_size);
 

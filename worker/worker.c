@@ -443,8 +443,15 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                                    (uint32_t)c->max_cols, (uint64_t)c->max_elements};
         openblas_set_num_threads((int)c->blas_threads);
 
-        if (!(w->models = ms_store_new(c->models_dir))) {
-                kf_errf(errstr, errstr_size, "out of memory");
+        if (c->models_dir)
+                w->models = ms_store_new(c->models_dir);
+        else
+                w->models = ms_store_new_registry(c->redis_url, c->prefix,
+                                                  (int)c->redis_timeout_ms,
+                                                  (int)c->model_resync_ms, errstr, errstr_size);
+        if (!w->models) {
+                if (c->models_dir)
+                        kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
         w->redis.prefix = w->pre.prefix = c->prefix;
@@ -492,7 +499,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s, "
                 "%d compute threads x %lld BLAS threads",
                 w->worker_id, c->group, c->topic, c->brokers, w->redis.url.host,
-                w->redis.url.port, c->models_dir ? c->models_dir : "(none)", w->n_computers,
+                w->redis.url.port, c->models_dir ? c->models_dir : "(registry)", w->n_computers,
                 (long long)c->blas_threads);
         return w;
 err:

@@ -24,6 +24,7 @@ typedef struct kw_config_s {
         char *brokers;
         char *redis_url;
         char *models_dir;
+        int64_t model_resync_ms; /* registry: how often every cached model is re-checked */
         char *topic;
         char *dlq_topic;
         char *group;

@@ -679,7 +679,7 @@ static void test_wrong_types(void **state)
              "data} map, got string"},
             {"input", pk_bin, "field 'input' must be an array of rows"},
             {"output", pk_int_5,
-             "field 'output' must be \"raw\", \"softmax\" or \"argmax\", "
+             "field 'output' must be \"raw\", \"softmax\", \"argmax\" or \"topk\", "
              "got integer"},
             {"output", pk_bad_out, "got \"probs?\""},
             {"deadline", pk_true, "field 'deadline' must be an unsigned integer, got boolean"},
