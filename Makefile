@@ -35,6 +35,7 @@ HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o
 
 UNIT_TESTS        = $(patsubst %.c,%,$(wildcard tests/unit/test_*.c))
 INTEGRATION_TESTS = $(patsubst %.c,%,$(wildcard tests/integration/test_*.c))
+FAULT_TESTS       = $(patsubst %.c,%,$(wildcard tests/faults/test_*.c))
 
 BINS = $(BUILD)/kinfer-worker $(BUILD)/kinfer $(BUILD)/kinfer-devbroker $(BUILD)/kinfer-convert
 B    = $(BUILD)/obj
@@ -83,14 +84,19 @@ $(BUILD)/tests/integration/test_model_store: $(B)/worker/model_store.o \
 # may be a different build without them.
 PYTHON = /usr/bin/python3
 
-.PHONY: all run test test-unit test-integration test-py asan deps clean bench
+.PHONY: all run test test-unit test-integration test-py asan deps clean bench test-faults fuzz \
+        asan-faults
 .PRECIOUS: $(B)/%.o
 
-tests-build: $(BINS) $(addprefix $(BUILD)/,$(UNIT_TESTS) $(INTEGRATION_TESTS))
+tests-build: $(BINS) $(addprefix $(BUILD)/,$(UNIT_TESTS) $(INTEGRATION_TESTS) $(FAULT_TESTS))
 
+# Everything CI runs: the tests, the fault suite, the fuzzers (FUZZ_SECONDS
+# each) and the unit and integration tests again under ASan/UBSan.
 test: deps
 	$(MAKE) tests-build
-	$(MAKE) --no-print-directory test-unit test-integration test-py
+	$(MAKE) --no-print-directory test-unit test-integration test-py test-faults
+	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory asan
 
 test-unit: $(addprefix $(BUILD)/,$(UNIT_TESTS))
 	@set -e; for t in $^; do echo "== $$t"; $$t; done
@@ -103,12 +109,61 @@ test-py: $(BINS)
 	@set -e; for t in tests/py/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	    KINFER_BIN=$(BUILD) $(PYTHON) $$t; done
 
+# Fault tests (tests/faults/): the integration harness plus faults.c, their
+# shared fixture (job streams, Redis checks, the DLQ reader).
+FAULT_OBJS = tests/faults/faults.o
+
+$(BUILD)/tests/faults/%: $(B)/tests/faults/%.o $(addprefix $(B)/,$(FAULT_OBJS) $(HARNESS_OBJS)) \
+                         $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
+test-faults: $(BINS) $(addprefix $(BUILD)/,$(FAULT_TESTS))
+	@set -e; for t in $(addprefix $(BUILD)/,$(FAULT_TESTS)); do \
+	    echo "== $$t"; KINFER_BIN=$(BUILD) $$t; done
+
+# libFuzzer targets, built with clang straight from the common/ sources they
+# need (not from $(BUILD)): make fuzz [FUZZ_SECONDS=60].  A finding fails the
+# target and leaves its input in build-fuzz/artifacts/.
+FUZZ_BUILD      ?= build-fuzz
+FUZZ_SECONDS    ?= 60
+FUZZ_CC         ?= clang
+FUZZ_CFLAGS      = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+                   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(WARN) \
+                   -Icommon $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_JOB_SRCS    = common/job_codec.c common/mp_bound.c common/kf_util.c common/kf_error.c
+FUZZ_MODEL_SRCS  = common/model.c common/model_math.c common/model_ensemble.c $(FUZZ_JOB_SRCS)
+
+$(FUZZ_BUILD)/fuzz_job_decode: tests/fuzz/fuzz_job_decode.c $(FUZZ_JOB_SRCS)
+$(FUZZ_BUILD)/fuzz_model_decode: tests/fuzz/fuzz_model_decode.c $(FUZZ_MODEL_SRCS)
+$(FUZZ_BUILD)/fuzz_%:
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(KF_LIBS)
+
+fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode
+	@set -e; for f in job model; do \
+	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
+	    echo "== fuzz_$${f}_decode for $(FUZZ_SECONDS) s"; \
+	    UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_$${f}_decode \
+	        -max_total_time=$(FUZZ_SECONDS) -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
+	        -dict=tests/fuzz/$$f.dict -print_final_stats=1 \
+	        -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$f- \
+	        $(FUZZ_BUILD)/corpus/$$f tests/fuzz/corpus/$$f; \
+	done
+
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
 	    tests-build
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    $(MAKE) BUILD=build-asan OPT=-O1 \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" test-unit test-integration
+
+# The fault suite on the same sanitized build (every worker, the dev broker and
+# the tests run under ASan/UBSan; a report in any process log fails its case).
+asan-faults:
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    $(MAKE) BUILD=build-asan OPT=-O1 \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" test-faults
 
 run: deps all
 	@deploy/run-demo.sh $(BUILD)
@@ -117,6 +172,6 @@ deps:
 	@deploy/install-deps.sh
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

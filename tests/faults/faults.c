@@ -1,0 +1,1068 @@
+/* faults.c - the fault tests' shared fixture: a model and jobs made here,
+ * produced straight to Kafka, and the exactly-once check of Redis against a
+ * double-precision reference (see faults.h). */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+
+#include "faults.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define FX_MSG_TIMEOUT_MS "180000" /* a produce may wait out a broker outage */
+
+void fx_sleep_ms(int ms)
+{
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+                ;
+}
+
+static double fx_rnd(fx_t *fx) /* uniform in [-1, 1) */
+{
+        fx->rng = fx->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        return (double)(fx->rng >> 11) / 4503599627370496.0 - 1.0;
+}
+
+const char *fx_user(fx_t *fx, int u)
+{
+        return u >= 0 && u < fx->n_users ? fx->users[u] : "";
+}
+
+/* ---- messages -------------------------------------------------------- */
+
+void fx_msg_init(fx_msg_t *m)
+{
+        msgpack_sbuffer_init(&m->sb);
+        msgpack_packer_init(&m->pk, &m->sb, msgpack_sbuffer_write);
+}
+
+void fx_msg_str(fx_msg_t *m, const char *s)
+{
+        msgpack_pack_str(&m->pk, strlen(s));
+        msgpack_pack_str_body(&m->pk, s, strlen(s));
+}
+
+void fx_msg_raw(fx_msg_t *m, const void *bytes, size_t n)
+{
+        if (n)
+                msgpack_sbuffer_write(&m->sb, bytes, n);
+}
+
+void fx_msg_f32(fx_msg_t *m, const float *v, size_t n)
+{
+        msgpack_pack_bin(&m->pk, n * 4);
+        msgpack_pack_bin_body(&m->pk, v, n * 4); /* x86_64: already little-endian */
+}
+
+void fx_msg_take(fx_msg_t *m, fx_job_t *job)
+{
+        free(job->value);
+        job->len = m->sb.size;
+        job->value = malloc(m->sb.size ? m->sb.size : 1);
+        assert_non_null(job->value);
+        if (m->sb.size)
+                memcpy(job->value, m->sb.data, m->sb.size);
+        msgpack_sbuffer_destroy(&m->sb);
+}
+
+/* A good job as the protocol's f32 form, packed here (not with job_encode). */
+static void fx_pack_good(fx_t *fx, const fx_job_t *job, fx_msg_t *m)
+{
+        fx_msg_init(m);
+        msgpack_pack_map(&m->pk, 5);
+        fx_msg_str(m, "v");
+        msgpack_pack_uint32(&m->pk, 1);
+        fx_msg_str(m, "id");
+        fx_msg_str(m, job->id);
+        fx_msg_str(m, "user");
+        fx_msg_str(m, fx_user(fx, job->user));
+        fx_msg_str(m, "model");
+        fx_msg_str(m, "mlp");
+        fx_msg_str(m, "input");
+        msgpack_pack_map(&m->pk, 3);
+        fx_msg_str(m, "dtype");
+        fx_msg_str(m, "f32");
+        fx_msg_str(m, "shape");
+        msgpack_pack_array(&m->pk, 2);
+        msgpack_pack_uint32(&m->pk, (uint32_t)job->rows);
+        msgpack_pack_uint32(&m->pk, FX_IN);
+        fx_msg_str(m, "data");
+        fx_msg_f32(m, job->x, (size_t)job->rows * FX_IN);
+}
+
+/* ---- the model and its reference -------------------------------------- */
+
+static void fx_write_model(fx_t *fx)
+{
+        char path[400];
+        fx_msg_t m;
+        FILE *fp;
+
+        for (int i = 0; i < FX_IN * FX_HID; i++)
+                fx->W1[i] = (float)(fx_rnd(fx) * 0.6);
+        for (int i = 0; i < FX_HID; i++)
+                fx->b1[i] = (float)(fx_rnd(fx) * 0.1);
+        for (int i = 0; i < FX_HID * FX_OUT; i++)
+                fx->W2[i] = (float)(fx_rnd(fx) * 0.6);
+        for (int i = 0; i < FX_OUT; i++)
+                fx->b2[i] = (float)(fx_rnd(fx) * 0.1);
+
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 7);
+        fx_msg_str(&m, "format");
+        fx_msg_str(&m, "kinfer-model");
+        fx_msg_str(&m, "v");
+        msgpack_pack_uint32(&m.pk, 1);
+        fx_msg_str(&m, "name");
+        fx_msg_str(&m, "mlp");
+        fx_msg_str(&m, "kind");
+        fx_msg_str(&m, "mlp");
+        fx_msg_str(&m, "input_dim");
+        msgpack_pack_uint32(&m.pk, FX_IN);
+        fx_msg_str(&m, "output_dim");
+        msgpack_pack_uint32(&m.pk, FX_OUT);
+        fx_msg_str(&m, "layers");
+        msgpack_pack_array(&m.pk, 2);
+        msgpack_pack_map(&m.pk, 3);
+        fx_msg_str(&m, "W");
+        fx_msg_f32(&m, fx->W1, FX_IN * FX_HID);
+        fx_msg_str(&m, "b");
+        fx_msg_f32(&m, fx->b1, FX_HID);
+        fx_msg_str(&m, "act");
+        fx_msg_str(&m, "tanh");
+        msgpack_pack_map(&m.pk, 3);
+        fx_msg_str(&m, "W");
+        fx_msg_f32(&m, fx->W2, FX_HID * FX_OUT);
+        fx_msg_str(&m, "b");
+        fx_msg_f32(&m, fx->b2, FX_OUT);
+        fx_msg_str(&m, "act");
+        fx_msg_str(&m, "identity");
+
+        snprintf(fx->models_dir, sizeof(fx->models_dir), "%s/models", fx->stack.dir);
+        assert_int_equal(mkdir(fx->models_dir, 0755), 0);
+        snprintf(path, sizeof(path), "%s/mlp.kmodel", fx->models_dir);
+        fp = fopen(path, "wb");
+        assert_non_null(fp);
+        assert_int_equal(fwrite(m.sb.data, 1, m.sb.size, fp), m.sb.size);
+        fclose(fp);
+        msgpack_sbuffer_destroy(&m.sb);
+}
+
+/* y = tanh(x.W1 + b1).W2 + b2 for one row, in double, with plain loops. */
+static void fx_reference(const fx_t *fx, const float *x, double *y)
+{
+        double h[FX_HID];
+        for (int j = 0; j < FX_HID; j++) {
+                double s = fx->b1[j];
+                for (int i = 0; i < FX_IN; i++)
+                        s += (double)x[i] * fx->W1[i * FX_HID + j];
+                h[j] = tanh(s);
+        }
+        for (int j = 0; j < FX_OUT; j++) {
+                double s = fx->b2[j];
+                for (int i = 0; i < FX_HID; i++)
+                        s += h[i] * fx->W2[i * FX_OUT + j];
+                y[j] = s;
+        }
+}
+
+/* ---- Kafka ------------------------------------------------------------ */
+
+static void fx_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
+{
+        fx_job_t *job = rkm->_private;
+        (void)rk;
+        (void)opaque;
+        if (!job)
+                return;
+        if (rkm->err) {
+                fprintf(stderr, "faults: delivery of %s failed: %s\n",
+                        job->id[0] ? job->id : "(no id)", rd_kafka_err2str(rkm->err));
+                job->delivered = -1;
+                return;
+        }
+        job->partition = rkm->partition;
+        job->offset = rkm->offset;
+        job->delivered = 1;
+}
+
+/* The test's own clients see every injected broker fault; their log lines
+ * would only bury the test's output.  FAULTS_DEBUG=1 shows them. */
+static void fx_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+        const char *dbg = getenv("FAULTS_DEBUG");
+        if (dbg && *dbg && strcmp(dbg, "0"))
+                fprintf(stderr, "faults: %s: %d %s %s\n", rd_kafka_name(rk), level, fac, buf);
+}
+
+static rd_kafka_t *fx_producer_new(fx_t *fx)
+{
+        static const char *const props[] = {
+            "enable.idempotence", "true", "acks", "all", "linger.ms", "5",
+            "message.timeout.ms", FX_MSG_TIMEOUT_MS, "message.max.bytes", "2000000",
+            NULL};
+        char err[512];
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        rd_kafka_t *rk;
+
+        assert_int_equal(rd_kafka_conf_set(conf, "bootstrap.servers", fx->stack.brokers, err,
+                                           sizeof(err)),
+                         RD_KAFKA_CONF_OK);
+        for (int i = 0; props[i]; i += 2)
+                if (rd_kafka_conf_set(conf, props[i], props[i + 1], err, sizeof(err)))
+                        fail_msg("producer %s: %s", props[i], err);
+        rd_kafka_conf_set_dr_msg_cb(conf, fx_dr_cb);
+        rd_kafka_conf_set_log_cb(conf, fx_kafka_log);
+        rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+        if (!rk)
+                fail_msg("producer: %s", err);
+        return rk;
+}
+
+static void fx_produce_one(fx_t *fx, fx_job_t *job)
+{
+        const char *key = job->key[0] ? job->key : fx_user(fx, job->user);
+        fx_msg_t m;
+        const void *val = job->value;
+        size_t len = job->len;
+        rd_kafka_resp_err_t err;
+        int packed = 0;
+
+        if (!job->value && !job->null_value) {
+                fx_pack_good(fx, job, &m);
+                val = m.sb.data;
+                len = m.sb.size;
+                packed = 1;
+        }
+        if (job->null_value) {
+                val = NULL;
+                len = 0;
+        }
+        job->delivered = 0;
+        for (;;) {
+                err = rd_kafka_producev(fx->producer, RD_KAFKA_V_TOPIC(FX_TOPIC),
+                                        RD_KAFKA_V_KEY(key, strlen(key)),
+                                        RD_KAFKA_V_VALUE((void *)val, len),
+                                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                        RD_KAFKA_V_OPAQUE(job), RD_KAFKA_V_END);
+                if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+                        break;
+                rd_kafka_poll(fx->producer, 10);
+        }
+        if (packed)
+                msgpack_sbuffer_destroy(&m.sb);
+        if (err)
+                fail_msg("produce %s: %s", job->id, rd_kafka_err2str(err));
+}
+
+static void fx_check_delivered(fx_t *fx, int from, int to)
+{
+        rd_kafka_resp_err_t err = rd_kafka_flush(fx->producer, 200000);
+        if (err)
+                fail_msg("producer flush: %s (%d messages left)", rd_kafka_err2str(err),
+                         rd_kafka_outq_len(fx->producer));
+        for (int i = from; i < to; i++)
+                if (fx->jobs[i].delivered != 1)
+                        fail_msg("job %d (%s) was not delivered to Kafka", i, fx->jobs[i].id);
+}
+
+void fx_produce(fx_t *fx, int from, int to)
+{
+        assert_false(fx->streaming);
+        for (int i = from; i < to; i++) {
+                fx_produce_one(fx, &fx->jobs[i]);
+                rd_kafka_poll(fx->producer, 0);
+        }
+        fx_check_delivered(fx, from, to);
+        if (atomic_load(&fx->produced) < to)
+                atomic_store(&fx->produced, to);
+}
+
+static void *fx_stream_main(void *arg)
+{
+        fx_t *fx = arg;
+        long long start = kt_now_ms();
+        for (int i = fx->stream_from; i < fx->stream_to && !atomic_load(&fx->stream_stop); i++) {
+                long long due = start + (long long)(i - fx->stream_from + 1) * 1000 /
+                                            fx->stream_rate;
+                fx_produce_one(fx, &fx->jobs[i]);
+                atomic_store(&fx->produced, i + 1);
+                rd_kafka_poll(fx->producer, 0);
+                if (due > kt_now_ms())
+                        fx_sleep_ms((int)(due - kt_now_ms()));
+        }
+        return NULL;
+}
+
+void fx_stream_start(fx_t *fx, int from, int to, int per_sec)
+{
+        assert_false(fx->streaming);
+        fx->stream_from = from;
+        fx->stream_to = to;
+        fx->stream_rate = per_sec > 0 ? per_sec : 1;
+        atomic_store(&fx->stream_stop, 0);
+        assert_int_equal(pthread_create(&fx->thread, NULL, fx_stream_main, fx), 0);
+        fx->streaming = 1;
+}
+
+void fx_stream_join(fx_t *fx)
+{
+        if (!fx->streaming)
+                return;
+        pthread_join(fx->thread, NULL);
+        fx->streaming = 0;
+        fx_check_delivered(fx, fx->stream_from, fx->stream_to);
+}
+
+void fx_stream_stop(fx_t *fx)
+{
+        int produced;
+        if (!fx->streaming)
+                return;
+        assert_int_equal(fx->stream_to, fx->n_jobs);
+        atomic_store(&fx->stream_stop, 1);
+        pthread_join(fx->thread, NULL);
+        fx->streaming = 0;
+        produced = atomic_load(&fx->produced);
+        fx_check_delivered(fx, fx->stream_from, produced);
+        for (int i = produced; i < fx->n_jobs; i++)
+                free(fx->jobs[i].value);
+        fx->n_jobs = produced;
+        fx->stream_to = produced;
+}
+
+int fx_produced(fx_t *fx)
+{
+        return atomic_load(&fx->produced);
+}
+
+int fx_run_group(const char *name, const struct CMUnitTest *tests, size_t n)
+{
+        const char *only = getenv("FAULTS_ONLY");
+        const char *base = strrchr(name, '/');
+        if (only && *only)
+                cmocka_set_test_filter(only);
+        return _cmocka_run_group_tests(base ? base + 1 : name, tests, n, NULL, NULL);
+}
+
+/* ---- jobs ------------------------------------------------------------- */
+
+static fx_job_t *fx_job_new(fx_t *fx)
+{
+        assert_false(fx->streaming); /* the stream thread reads the array */
+        if (fx->n_jobs == fx->cap_jobs) {
+                int ncap = fx->cap_jobs ? fx->cap_jobs * 2 : 1024;
+                fx_job_t *n = realloc(fx->jobs, sizeof(*n) * (size_t)ncap);
+                assert_non_null(n);
+                fx->jobs = n;
+                fx->cap_jobs = ncap;
+        }
+        memset(&fx->jobs[fx->n_jobs], 0, sizeof(fx->jobs[0]));
+        return &fx->jobs[fx->n_jobs++];
+}
+
+int fx_add_good(fx_t *fx, int n)
+{
+        int first = fx->n_jobs;
+        for (int k = 0; k < n; k++) {
+                int i = fx->n_jobs;
+                fx_job_t *job = fx_job_new(fx);
+                snprintf(job->id, sizeof(job->id), "%s-%05d", fx->tag, i);
+                job->user = i % fx->n_users;
+                job->rows = 1 + (int)((fx->rng >> 33) % FX_MAXROWS);
+                for (int v = 0; v < job->rows * FX_IN; v++)
+                        job->x[v] = (float)(fx_rnd(fx) * 2.0);
+        }
+        return first;
+}
+
+fx_job_t *fx_add_raw(fx_t *fx)
+{
+        fx_job_t *job = fx_job_new(fx);
+        job->user = -1;
+        return job;
+}
+
+/* ---- setup and teardown ----------------------------------------------- */
+
+void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
+              const char *const *redis_args)
+{
+        memset(fx, 0, sizeof(*fx));
+        fx->rng = 0x6b696e666572ULL ^ (uint64_t)strlen(tag);
+        snprintf(fx->tag, sizeof(fx->tag), "%s", tag);
+        assert_true(n_users >= 1 && n_users <= FX_MAX_USERS);
+        fx->n_users = n_users;
+        for (int u = 0; u < n_users; u++)
+                snprintf(fx->users[u], sizeof(fx->users[u]), "%s-u%d", tag, u);
+        assert_int_equal(kt_stack_init(&fx->stack), 0);
+        assert_int_equal(kt_stack_start_redis(&fx->stack, redis_args), 0);
+        assert_int_equal(kt_stack_start_broker(&fx->stack, n_brokers, partitions), 0);
+        fx_write_model(fx);
+        fx->producer = fx_producer_new(fx);
+        fx->rc = kt_stack_redis(&fx->stack);
+        assert_non_null(fx->rc);
+}
+
+void fx_teardown(fx_t *fx)
+{
+        if (fx->streaming) {
+                atomic_store(&fx->stream_stop, 1);
+                pthread_join(fx->thread, NULL);
+                fx->streaming = 0;
+        }
+        if (fx->producer) {
+                rd_kafka_purge(fx->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+                rd_kafka_flush(fx->producer, 5000);
+                rd_kafka_destroy(fx->producer);
+                fx->producer = NULL;
+        }
+        if (fx->rc) {
+                redisFree(fx->rc);
+                fx->rc = NULL;
+        }
+        if (!fx->passed)
+                kt_stack_fail(&fx->stack);
+        kt_stack_stop(&fx->stack);
+        for (int i = 0; i < fx->n_jobs; i++)
+                free(fx->jobs[i].value);
+        free(fx->jobs);
+        fx->jobs = NULL;
+}
+
+int fx_worker(fx_t *fx, const char *name, const char *const *extra)
+{
+        static const char *const env[] = {"KINFER_DLQ_TOPIC=" FX_DLQ_TOPIC, NULL};
+        const char *argv[48] = {"kinfer-worker",
+                                "--models",
+                                fx->models_dir,
+                                "--worker-id",
+                                name,
+                                "--redis-timeout-ms",
+                                "1000",
+                                /* The group notices a dead or stopped worker
+                                 * within seconds, not librdkafka's 45 s. */
+                                "-X",
+                                "session.timeout.ms=6000",
+                                "-X",
+                                "heartbeat.interval.ms=500"};
+        int n = 11, slot;
+        for (int i = 0; extra && extra[i]; i++) {
+                assert_true(n < 46);
+                argv[n++] = extra[i];
+        }
+        argv[n] = NULL;
+        slot = kt_stack_spawn(&fx->stack, name, argv, env);
+        assert_true(slot >= 0);
+        return slot;
+}
+
+static int fx_file_count(const char *path, const char *needle)
+{
+        char line[4096];
+        int n = 0;
+        FILE *fp = fopen(path, "r");
+        if (!fp)
+                return 0;
+        while (fgets(line, sizeof(line), fp))
+                if (strstr(line, needle))
+                        n++;
+        fclose(fp);
+        return n;
+}
+
+int fx_log_count(fx_t *fx, int slot, const char *needle)
+{
+        assert_true(slot >= 0 && slot < KT_MAX_PROCS);
+        return fx_file_count(fx->stack.procs[slot].log, needle);
+}
+
+long long fx_log_stat(fx_t *fx, int slot, const char *what)
+{
+        char line[4096], last[4096] = "";
+        const char *p;
+        FILE *fp = fopen(fx->stack.procs[slot].log, "r");
+        if (!fp)
+                return -1;
+        while (fgets(line, sizeof(line), fp))
+                if (strstr(line, "stopped:"))
+                        memcpy(last, line, sizeof(last));
+        fclose(fp);
+        if (!(p = strstr(last, what)) || p == last)
+                return -1;
+        while (p > last && p[-1] == ' ')
+                p--;
+        while (p > last && p[-1] >= '0' && p[-1] <= '9')
+                p--;
+        return *p >= '0' && *p <= '9' ? atoll(p) : -1;
+}
+
+void fx_finish(fx_t *fx, const int *slots, int n_slots)
+{
+        static const char *const bad[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                          "runtime error:", "WARNING: ThreadSanitizer"};
+        const char *logs[KT_MAX_PROCS + 2];
+        int n_logs = 0;
+
+        for (int i = 0; i < n_slots; i++) {
+                int st = kt_stack_kill(&fx->stack, slots[i], SIGTERM, 30000);
+                if (st != 0) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s: exit status %d after SIGTERM, want 0",
+                                 fx->stack.procs[slots[i]].name, st);
+                }
+        }
+        for (int i = 0; i < KT_MAX_PROCS; i++)
+                if (fx->stack.procs[i].name[0])
+                        logs[n_logs++] = fx->stack.procs[i].log;
+        logs[n_logs++] = fx->stack.broker.log;
+        for (int i = 0; i < n_logs; i++)
+                for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++)
+                        if (fx_file_count(logs[i], bad[b])) {
+                                kt_stack_fail(&fx->stack);
+                                fail_msg("%s reports '%s'", logs[i], bad[b]);
+                        }
+        fx->passed = 1;
+}
+
+/* ---- Redis ------------------------------------------------------------ */
+
+static int fx_reconnect(fx_t *fx)
+{
+        if (fx->rc)
+                redisFree(fx->rc);
+        fx->rc = kt_stack_redis(&fx->stack);
+        return fx->rc ? 0 : -1;
+}
+
+redisReply *fx_redis(fx_t *fx, const char *fmt, ...)
+{
+        for (int attempt = 0; attempt < 2; attempt++) {
+                redisReply *r;
+                va_list ap;
+                if (!fx->rc && fx_reconnect(fx))
+                        continue;
+                va_start(ap, fmt);
+                r = redisvCommand(fx->rc, fmt, ap);
+                va_end(ap);
+                if (r)
+                        return r;
+                redisFree(fx->rc);
+                fx->rc = NULL;
+        }
+        return NULL;
+}
+
+long long fx_redis_info(fx_t *fx, const char *section, const char *field)
+{
+        redisReply *r = fx_redis(fx, "INFO %s", section);
+        char want[128];
+        const char *p;
+        long long v = -1;
+        if (!r)
+                return -1;
+        snprintf(want, sizeof(want), "\n%s:", field);
+        if (r->type == REDIS_REPLY_STRING && (p = strstr(r->str, want)))
+                v = atoll(p + strlen(want));
+        freeReplyObject(r);
+        return v;
+}
+
+static int fx_expects_result(const fx_job_t *job)
+{
+        return !job->dlq && job->id[0];
+}
+
+static long long fx_count_results_once(fx_t *fx, int upto)
+{
+        long long n = 0;
+        int sent = 0;
+
+        if (upto > fx_produced(fx)) /* later jobs cannot have results yet */
+                upto = fx_produced(fx);
+
+        if (!fx->rc && fx_reconnect(fx))
+                return -1;
+        for (int i = 0; i < upto; i++)
+                if (fx_expects_result(&fx->jobs[i])) {
+                        redisAppendCommand(fx->rc, "EXISTS kinfer:result:%s", fx->jobs[i].id);
+                        sent++;
+                }
+        for (int s = 0; s < sent; s++) {
+                redisReply *r;
+                if (redisGetReply(fx->rc, (void **)&r) != REDIS_OK || !r) {
+                        redisFree(fx->rc);
+                        fx->rc = NULL;
+                        return -1;
+                }
+                if (r->type == REDIS_REPLY_INTEGER)
+                        n += r->integer;
+                else /* e.g. LOADING: Redis is not answering yet */
+                        n = -1000000000LL;
+                freeReplyObject(r);
+        }
+        return n < 0 ? -1 : n;
+}
+
+long long fx_count_by_worker(fx_t *fx, int upto, const char *worker)
+{
+        long long n = 0;
+        int sent = 0;
+
+        if (upto > fx_produced(fx))
+                upto = fx_produced(fx);
+
+        if (!fx->rc && fx_reconnect(fx))
+                return -1;
+        for (int i = 0; i < upto; i++)
+                if (fx_expects_result(&fx->jobs[i])) {
+                        redisAppendCommand(fx->rc, "HGET kinfer:result:%s worker",
+                                           fx->jobs[i].id);
+                        sent++;
+                }
+        for (int s = 0; s < sent; s++) {
+                redisReply *r;
+                if (redisGetReply(fx->rc, (void **)&r) != REDIS_OK || !r) {
+                        redisFree(fx->rc);
+                        fx->rc = NULL;
+                        return -1;
+                }
+                if (r->type == REDIS_REPLY_STRING && !strcmp(r->str, worker))
+                        n++;
+                freeReplyObject(r);
+        }
+        return n;
+}
+
+long long fx_count_results(fx_t *fx, int upto)
+{
+        long long n = fx_count_results_once(fx, upto);
+        /* A connection from before a Redis restart fails once. */
+        return n >= 0 ? n : fx_count_results_once(fx, upto);
+}
+
+void fx_wait_results(fx_t *fx, int upto, long long n, int timeout_ms)
+{
+        long long deadline = kt_now_ms() + timeout_ms, got = -1;
+        while ((got = fx_count_results(fx, upto)) < n) {
+                if (kt_now_ms() > deadline) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s: only %lld of the %lld results wanted after %d ms", fx->tag,
+                                 got, n, timeout_ms);
+                }
+                fx_sleep_ms(50);
+        }
+}
+
+void fx_wait_all(fx_t *fx, int timeout_ms)
+{
+        long long deadline = kt_now_ms() + timeout_ms, want = 0, got = -1;
+
+        assert_false(fx->streaming);
+        for (int i = 0; i < fx->n_jobs; i++)
+                want += fx_expects_result(&fx->jobs[i]);
+        while ((got = fx_count_results(fx, fx->n_jobs)) < want && kt_now_ms() < deadline)
+                fx_sleep_ms(100);
+        if (got == want)
+                return;
+        kt_stack_fail(&fx->stack);
+        for (int i = 0, shown = 0; i < fx->n_jobs && shown < 20; i++) {
+                redisReply *r;
+                if (!fx_expects_result(&fx->jobs[i]))
+                        continue;
+                r = fx_redis(fx, "EXISTS kinfer:result:%s", fx->jobs[i].id);
+                if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
+                        print_error("missing result: %s (user %s, %s/%d/%lld)\n",
+                                    fx->jobs[i].id, fx_user(fx, fx->jobs[i].user), FX_TOPIC,
+                                    (int)fx->jobs[i].partition, (long long)fx->jobs[i].offset);
+                        shown++;
+                }
+                if (r)
+                        freeReplyObject(r);
+        }
+        fail_msg("%s: %lld of %lld results after %d ms", fx->tag, got, want, timeout_ms);
+}
+
+/* ---- the check -------------------------------------------------------- */
+
+static const char *fx_elem(const redisReply *r, size_t i)
+{
+        return r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->str : NULL;
+}
+
+static long long fx_elem_ll(const redisReply *r, size_t i)
+{
+        const char *s = fx_elem(r, i);
+        return s ? atoll(s) : 0;
+}
+
+#define FX_FAIL(fx, ...)                                                                   \
+        do {                                                                               \
+                kt_stack_fail(&(fx)->stack);                                               \
+                fail_msg(__VA_ARGS__);                                                     \
+        } while (0)
+
+/* One job's result against what it must be. */
+static void fx_check_job(fx_t *fx, const fx_job_t *job, const redisReply *h, const redisReply *d,
+                         const redisReply *ttl)
+{
+        /* h: status id user model version shape output error message worker source */
+        const char *status = fx_elem(h, 0), *want = job->want_error ? "error" : "ok";
+        char source[128];
+
+        if (!status)
+                FX_FAIL(fx, "job %s: no result", job->id);
+        if (strcmp(status, want))
+                FX_FAIL(fx, "job %s: status %s (%s: %s), want %s%s%s", job->id, status,
+                        fx_elem(h, 7) ? fx_elem(h, 7) : "-", fx_elem(h, 8) ? fx_elem(h, 8) : "-",
+                        want, job->want_error ? " " : "", job->want_error ? job->want_error : "");
+        if (!fx_elem(h, 1) || strcmp(fx_elem(h, 1), job->id))
+                FX_FAIL(fx, "job %s: result id '%s'", job->id, fx_elem(h, 1));
+        if (job->user >= 0 && (!fx_elem(h, 2) || strcmp(fx_elem(h, 2), fx_user(fx, job->user))))
+                FX_FAIL(fx, "job %s: result user '%s', want %s", job->id, fx_elem(h, 2),
+                        fx_user(fx, job->user));
+        if (!fx_elem(h, 9) || !fx_elem(h, 9)[0])
+                FX_FAIL(fx, "job %s: no worker field", job->id);
+        snprintf(source, sizeof(source), "%s/%d/%lld", FX_TOPIC, (int)job->partition,
+                 (long long)job->offset);
+        if (!fx_elem(h, 10) || strcmp(fx_elem(h, 10), source))
+                FX_FAIL(fx, "job %s: source '%s', want %s", job->id, fx_elem(h, 10), source);
+        if (job->want_error) {
+                if (!fx_elem(h, 7) || strcmp(fx_elem(h, 7), job->want_error))
+                        FX_FAIL(fx, "job %s: error '%s' (%s), want %s", job->id, fx_elem(h, 7),
+                                fx_elem(h, 8) ? fx_elem(h, 8) : "no message", job->want_error);
+                if (!fx_elem(h, 8) || !fx_elem(h, 8)[0])
+                        FX_FAIL(fx, "job %s: error %s without a message", job->id,
+                                job->want_error);
+        } else {
+                char shape[32];
+                snprintf(shape, sizeof(shape), "%d,%d", job->rows, FX_OUT);
+                if (!fx_elem(h, 5) || strcmp(fx_elem(h, 5), shape))
+                        FX_FAIL(fx, "job %s: shape '%s', want %s", job->id, fx_elem(h, 5), shape);
+                if (!fx_elem(h, 4) || strcmp(fx_elem(h, 4), "1"))
+                        FX_FAIL(fx, "job %s: version '%s'", job->id, fx_elem(h, 4));
+                if (h->element[6]->type != REDIS_REPLY_STRING ||
+                    h->element[6]->len != (size_t)job->rows * FX_OUT * 4)
+                        FX_FAIL(fx, "job %s: output of %zu bytes, want %d", job->id,
+                                h->element[6]->type == REDIS_REPLY_STRING ? h->element[6]->len : 0,
+                                job->rows * FX_OUT * 4);
+                for (int row = 0; row < job->rows; row++) {
+                        double y[FX_OUT];
+                        fx_reference(fx, job->x + row * FX_IN, y);
+                        for (int k = 0; k < FX_OUT; k++) {
+                                float got;
+                                memcpy(&got, h->element[6]->str + (row * FX_OUT + k) * 4, 4);
+                                if (!(fabs(got - y[k]) <= 1e-5 * fmax(1.0, fabs(y[k]))))
+                                        FX_FAIL(fx,
+                                                "job %s row %d col %d: got %.9g, reference %.9g",
+                                                job->id, row, k, got, y[k]);
+                        }
+                }
+        }
+        /* One atomic step per job: exactly one done element, the status. */
+        if (d->type != REDIS_REPLY_ARRAY || d->elements != 1)
+                FX_FAIL(fx, "job %s: done list has %zu elements, want 1 (written twice?)", job->id,
+                        d->type == REDIS_REPLY_ARRAY ? d->elements : 0);
+        if (d->element[0]->type != REDIS_REPLY_STRING || strcmp(d->element[0]->str, status))
+                FX_FAIL(fx, "job %s: done list holds '%s', status is %s", job->id,
+                        d->element[0]->type == REDIS_REPLY_STRING ? d->element[0]->str : "?",
+                        status);
+        if (ttl->type != REDIS_REPLY_INTEGER || ttl->integer <= 0)
+                FX_FAIL(fx, "job %s: result TTL %lld, want > 0", job->id,
+                        ttl->type == REDIS_REPLY_INTEGER ? ttl->integer : -99);
+}
+
+/* The per-model hash and the quota-window hashes count the same charges as
+ * the lifetime hash (docs/protocol.md, Usage counters). */
+static void fx_check_usage_split(fx_t *fx, int u, long long jobs, long long rows)
+{
+        long long wj = 0, wr = 0, wf = 0;
+        redisReply *keys, *r = fx_redis(fx, "HMGET kinfer:usage:%s:model:mlp jobs rows flops",
+                                        fx_user(fx, u));
+        assert_non_null(r);
+        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+        if (fx_elem_ll(r, 0) != jobs || fx_elem_ll(r, 1) != rows ||
+            fx_elem_ll(r, 2) != rows * FX_FLOPS_PER_ROW)
+                FX_FAIL(fx, "usage of %s for model mlp: jobs %lld rows %lld flops %lld, want "
+                            "%lld %lld %lld",
+                        fx_user(fx, u), fx_elem_ll(r, 0), fx_elem_ll(r, 1), fx_elem_ll(r, 2), jobs,
+                        rows, rows * FX_FLOPS_PER_ROW);
+        freeReplyObject(r);
+        keys = fx_redis(fx, "KEYS kinfer:usage:%s:window:*", fx_user(fx, u));
+        assert_non_null(keys);
+        assert_int_equal(keys->type, REDIS_REPLY_ARRAY);
+        for (size_t k = 0; k < keys->elements; k++) {
+                r = fx_redis(fx, "HMGET %s jobs rows flops", keys->element[k]->str);
+                assert_non_null(r);
+                wj += fx_elem_ll(r, 0);
+                wr += fx_elem_ll(r, 1);
+                wf += fx_elem_ll(r, 2);
+                freeReplyObject(r);
+        }
+        if (wj != jobs || wr != rows || wf != rows * FX_FLOPS_PER_ROW)
+                FX_FAIL(fx, "usage of %s over its %zu quota windows: jobs %lld rows %lld flops "
+                            "%lld, want %lld %lld %lld",
+                        fx_user(fx, u), keys->elements, wj, wr, wf, jobs, rows,
+                        rows * FX_FLOPS_PER_ROW);
+        freeReplyObject(keys);
+}
+
+void fx_check(fx_t *fx)
+{
+        long long jobs[FX_MAX_USERS] = {0}, rows[FX_MAX_USERS] = {0}, errs[FX_MAX_USERS] = {0};
+        long long stats_errors = 0, undecodable = 0, ok = 0, errors = 0;
+        redisReply *r;
+        int sent = 0;
+
+        assert_false(fx->streaming);
+        if (!fx->rc)
+                assert_int_equal(fx_reconnect(fx), 0);
+        for (int i = 0; i < fx->n_jobs; i++) {
+                const fx_job_t *job = &fx->jobs[i];
+                if (!fx_expects_result(job))
+                        continue;
+                redisAppendCommand(fx->rc,
+                                   "HMGET kinfer:result:%s status id user model version shape "
+                                   "output error message worker source",
+                                   job->id);
+                redisAppendCommand(fx->rc, "LRANGE kinfer:done:%s 0 -1", job->id);
+                redisAppendCommand(fx->rc, "TTL kinfer:result:%s", job->id);
+                sent++;
+        }
+        for (int i = 0; i < fx->n_jobs; i++) {
+                const fx_job_t *job = &fx->jobs[i];
+                redisReply *h, *d, *t;
+                if (job->dlq) {
+                        undecodable++;
+                        continue;
+                }
+                if (!fx_expects_result(job))
+                        continue;
+                assert_int_equal(redisGetReply(fx->rc, (void **)&h), REDIS_OK);
+                assert_int_equal(redisGetReply(fx->rc, (void **)&d), REDIS_OK);
+                assert_int_equal(redisGetReply(fx->rc, (void **)&t), REDIS_OK);
+                assert_int_equal(h->type, REDIS_REPLY_ARRAY);
+                fx_check_job(fx, job, h, d, t);
+                freeReplyObject(h);
+                freeReplyObject(d);
+                freeReplyObject(t);
+                if (!job->want_error) {
+                        jobs[job->user]++;
+                        rows[job->user] += job->rows;
+                        ok++;
+                } else if (job->user >= 0) {
+                        errs[job->user]++;
+                        errors++;
+                } else {
+                        stats_errors++;
+                        errors++;
+                }
+        }
+        (void)sent;
+
+        for (int u = 0; u < fx->n_users; u++) {
+                r = fx_redis(fx, "HMGET kinfer:usage:%s jobs rows flops errors", fx_user(fx, u));
+                assert_non_null(r);
+                assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+                if (fx_elem_ll(r, 0) != jobs[u] || fx_elem_ll(r, 1) != rows[u] ||
+                    fx_elem_ll(r, 2) != rows[u] * FX_FLOPS_PER_ROW || fx_elem_ll(r, 3) != errs[u])
+                        FX_FAIL(fx,
+                                "usage of %s: jobs %lld rows %lld flops %lld errors %lld, want "
+                                "%lld %lld %lld %lld (a lost or doubled charge)",
+                                fx_user(fx, u), fx_elem_ll(r, 0), fx_elem_ll(r, 1),
+                                fx_elem_ll(r, 2), fx_elem_ll(r, 3), jobs[u], rows[u],
+                                rows[u] * FX_FLOPS_PER_ROW, errs[u]);
+                freeReplyObject(r);
+                fx_check_usage_split(fx, u, jobs[u], rows[u]);
+        }
+        r = fx_redis(fx, "HMGET kinfer:stats errors undecodable");
+        assert_non_null(r);
+        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+        if (fx_elem_ll(r, 0) != stats_errors)
+                FX_FAIL(fx, "kinfer:stats errors %lld, want %lld", fx_elem_ll(r, 0), stats_errors);
+        if (fx->redelivered_dlq ? fx_elem_ll(r, 1) < undecodable
+                                : fx_elem_ll(r, 1) != undecodable)
+                FX_FAIL(fx, "kinfer:stats undecodable %lld, want %lld", fx_elem_ll(r, 1),
+                        undecodable);
+        freeReplyObject(r);
+        print_message("%s: %lld ok results, %lld error results, %lld dead-lettered: all exactly "
+                      "once, usage exact\n",
+                      fx->tag, ok, errors, undecodable);
+}
+
+/* ---- snapshots -------------------------------------------------------- */
+
+void fx_snapshot_take(fx_t *fx, fx_snapshot_t *snap)
+{
+        snap->n = fx->n_jobs;
+        snap->val = calloc((size_t)fx->n_jobs + 1, sizeof(*snap->val));
+        assert_non_null(snap->val);
+        for (int i = 0; i < fx->n_jobs; i++) {
+                redisReply *r;
+                if (!fx_expects_result(&fx->jobs[i]))
+                        continue;
+                r = fx_redis(fx, "HMGET kinfer:result:%s worker started done", fx->jobs[i].id);
+                assert_non_null(r);
+                assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+                if (fx_elem(r, 0))
+                        snprintf(snap->val[i], sizeof(snap->val[i]), "%s %s %s", fx_elem(r, 0),
+                                 fx_elem(r, 1) ? fx_elem(r, 1) : "-",
+                                 fx_elem(r, 2) ? fx_elem(r, 2) : "-");
+                freeReplyObject(r);
+        }
+}
+
+void fx_snapshot_check(fx_t *fx, const fx_snapshot_t *snap)
+{
+        for (int i = 0; i < snap->n; i++) {
+                redisReply *r;
+                char now[96];
+                if (!snap->val[i][0])
+                        continue;
+                r = fx_redis(fx, "HMGET kinfer:result:%s worker started done", fx->jobs[i].id);
+                assert_non_null(r);
+                snprintf(now, sizeof(now), "%s %s %s", fx_elem(r, 0) ? fx_elem(r, 0) : "-",
+                         fx_elem(r, 1) ? fx_elem(r, 1) : "-", fx_elem(r, 2) ? fx_elem(r, 2) : "-");
+                freeReplyObject(r);
+                if (strcmp(now, snap->val[i]))
+                        FX_FAIL(fx, "job %s: result replaced: was '%s' (worker started done), "
+                                    "now '%s'",
+                                fx->jobs[i].id, snap->val[i], now);
+        }
+}
+
+void fx_snapshot_free(fx_snapshot_t *snap)
+{
+        free(snap->val);
+        snap->val = NULL;
+}
+
+/* ---- the dead-letter topic -------------------------------------------- */
+
+static void fx_copy_header(rd_kafka_headers_t *hdrs, const char *name, char *dst, size_t size)
+{
+        const void *v;
+        size_t n;
+        dst[0] = '\0';
+        if (hdrs && rd_kafka_header_get_last(hdrs, name, &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+            v)
+                snprintf(dst, size, "%.*s", (int)n, (const char *)v);
+}
+
+static char *fx_dup_bytes(const void *p, size_t n)
+{
+        char *d;
+        if (!p)
+                return NULL;
+        d = malloc(n + 1);
+        assert_non_null(d);
+        memcpy(d, p, n);
+        d[n] = '\0';
+        return d;
+}
+
+fx_dlq_rec_t *fx_dlq_read(fx_t *fx, int want, int timeout_ms, int idle_ms, int *n)
+{
+        char err[512], group[64];
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_topic_partition_list_t *parts;
+        rd_kafka_topic_t *rkt;
+        fx_dlq_rec_t *recs = NULL;
+        int cap = 0, got = 0, distinct = 0;
+        long long deadline = kt_now_ms() + timeout_ms, idle_until = -1;
+        rd_kafka_t *rk;
+
+        snprintf(group, sizeof(group), "%s-dlq-reader", fx->tag);
+        if (rd_kafka_conf_set(conf, "bootstrap.servers", fx->stack.brokers, err, sizeof(err)) ||
+            rd_kafka_conf_set(conf, "group.id", group, err, sizeof(err)) ||
+            rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof(err)) ||
+            rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof(err)))
+                fail_msg("dlq reader: %s", err);
+        rd_kafka_conf_set_log_cb(conf, fx_kafka_log);
+        rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+        if (!rk)
+                fail_msg("dlq reader: %s", err);
+        rd_kafka_poll_set_consumer(rk);
+        /* assign() rather than subscribe(): every partition from the start,
+         * without waiting for the mock's 3 s first-join delay. */
+        rkt = rd_kafka_topic_new(rk, FX_DLQ_TOPIC, NULL);
+        if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) || md->topic_cnt != 1 ||
+            md->topics[0].err)
+                fail_msg("dlq reader: no metadata for %s", FX_DLQ_TOPIC);
+        parts = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
+        for (int p = 0; p < md->topics[0].partition_cnt; p++)
+                rd_kafka_topic_partition_list_add(parts, FX_DLQ_TOPIC,
+                                                  md->topics[0].partitions[p].id)
+                    ->offset = RD_KAFKA_OFFSET_BEGINNING;
+        rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        assert_int_equal(rd_kafka_assign(rk, parts), 0);
+        rd_kafka_topic_partition_list_destroy(parts);
+
+        while (kt_now_ms() < (idle_until >= 0 ? idle_until : deadline)) {
+                rd_kafka_message_t *rkm = rd_kafka_consumer_poll(rk, 100);
+                rd_kafka_headers_t *hdrs = NULL;
+                fx_dlq_rec_t *rec;
+                if (!rkm)
+                        continue;
+                if (rkm->err) {
+                        if (rkm->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                                fprintf(stderr, "faults: dlq reader: %s\n",
+                                        rd_kafka_message_errstr(rkm));
+                        rd_kafka_message_destroy(rkm);
+                        continue;
+                }
+                if (got == cap) {
+                        cap = cap ? cap * 2 : 32;
+                        recs = realloc(recs, sizeof(*recs) * (size_t)cap);
+                        assert_non_null(recs);
+                }
+                rec = &recs[got++];
+                memset(rec, 0, sizeof(*rec));
+                rd_kafka_message_headers(rkm, &hdrs);
+                fx_copy_header(hdrs, "kinfer.source", rec->source, sizeof(rec->source));
+                fx_copy_header(hdrs, "kinfer.error", rec->error, sizeof(rec->error));
+                fx_copy_header(hdrs, "kinfer.reason", rec->reason, sizeof(rec->reason));
+                fx_copy_header(hdrs, "kinfer.worker", rec->worker, sizeof(rec->worker));
+                rec->key = fx_dup_bytes(rkm->key, rkm->key_len);
+                rec->key_len = rkm->key_len;
+                rec->value = fx_dup_bytes(rkm->payload, rkm->len);
+                rec->value_len = rkm->len;
+                rd_kafka_message_destroy(rkm);
+                /* A redelivered message may be copied twice: count sources. */
+                distinct++;
+                for (int r = 0; r < got - 1; r++)
+                        if (!strcmp(recs[r].source, rec->source)) {
+                                distinct--;
+                                break;
+                        }
+                if (distinct >= want && idle_until < 0)
+                        idle_until = kt_now_ms() + idle_ms;
+        }
+        rd_kafka_consumer_close(rk);
+        rd_kafka_destroy(rk);
+        *n = got;
+        return recs;
+}
+
+void fx_dlq_free(fx_dlq_rec_t *recs, int n)
+{
+        for (int i = 0; i < n; i++) {
+                free(recs[i].key);
+                free(recs[i].value);
+        }
+        free(recs);
+}

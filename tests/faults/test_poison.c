@@ -1,0 +1,692 @@
+/* test_poison.c - every kind of bad message mixed into good traffic,
+ * produced straight to Kafka (not through the CLI, which refuses to make
+ * them).  A message with a readable job id must get an error result with the
+ * right code; one without (not msgpack, lengths that lie, no or bad id, over
+ * the size limit) must be copied to the dead-letter topic with its key,
+ * value and the kinfer.* headers; the good jobs around them all get correct
+ * results, and no partition stalls. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "faults.h"
+
+#define WAIT_MS   120000
+#define MAX_BYTES 2048 /* the workers' --max-message-bytes: "over size" stays small */
+
+static int setup(void **state)
+{
+        fx_t *fx = calloc(1, sizeof(*fx));
+        assert_non_null(fx);
+        *state = fx;
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        fx_t *fx = *state;
+        fx_teardown(fx);
+        free(fx);
+        return 0;
+}
+
+/* ---- building messages ------------------------------------------------ */
+
+static void kv_str(fx_msg_t *m, const char *k, const char *v)
+{
+        fx_msg_str(m, k);
+        fx_msg_str(m, v);
+}
+
+static void kv_uint(fx_msg_t *m, const char *k, uint64_t v)
+{
+        fx_msg_str(m, k);
+        msgpack_pack_uint64(&m->pk, v);
+}
+
+/* "input": {dtype f32, shape [rows, cols], data: n floats}. */
+static void kv_input_f32(fx_msg_t *m, uint64_t rows, uint64_t cols, const float *data, size_t n)
+{
+        fx_msg_str(m, "input");
+        msgpack_pack_map(&m->pk, 3);
+        kv_str(m, "dtype", "f32");
+        fx_msg_str(m, "shape");
+        msgpack_pack_array(&m->pk, 2);
+        msgpack_pack_uint64(&m->pk, rows);
+        msgpack_pack_uint64(&m->pk, cols);
+        fx_msg_str(m, "data");
+        fx_msg_f32(m, data, n);
+}
+
+/* A job's map header and its v, id, user and model (n_more keys follow). */
+static void job_head(fx_msg_t *m, fx_t *fx, const fx_job_t *job, int n_more)
+{
+        fx_msg_init(m);
+        msgpack_pack_map(&m->pk, 4 + (uint32_t)n_more);
+        kv_uint(m, "v", 1);
+        kv_str(m, "id", job->id);
+        kv_str(m, "user", fx_user(fx, job->user));
+        kv_str(m, "model", "mlp");
+}
+
+/* A fresh job slot with an id and a user, like a good job's. */
+static fx_job_t *new_job(fx_t *fx, const char *what, int k)
+{
+        fx_job_t *job = fx_add_raw(fx);
+        snprintf(job->id, sizeof(job->id), "%s-%s-%d", fx->tag, what, k);
+        job->user = k % fx->n_users;
+        job->rows = 1 + k % FX_MAXROWS;
+        for (int v = 0; v < job->rows * FX_IN; v++)
+                job->x[v] = (float)((k * 37 + v * 11) % 200) / 50.0f - 2.0f;
+        return job;
+}
+
+/* ---- the poison ------------------------------------------------------- */
+
+/* Good jobs in forms the fixture does not use: the rows form with every
+ * number type, and unknown keys (ignored by the contract). */
+static void add_good_variants(fx_t *fx, int k)
+{
+        fx_job_t *job = new_job(fx, "rows", k);
+        fx_msg_t m;
+
+        job_head(&m, fx, job, 1);
+        fx_msg_str(&m, "input");
+        msgpack_pack_array(&m.pk, (size_t)job->rows);
+        for (int r = 0; r < job->rows; r++) {
+                msgpack_pack_array(&m.pk, FX_IN);
+                for (int c = 0; c < FX_IN; c++) {
+                        float x = job->x[r * FX_IN + c];
+                        if (c % 3 == 0)
+                                msgpack_pack_double(&m.pk, x);
+                        else if (c % 3 == 1)
+                                msgpack_pack_float(&m.pk, x);
+                        else if (x == truncf(x) && x < 0)
+                                msgpack_pack_int64(&m.pk, (int64_t)x);
+                        else if (x == truncf(x))
+                                msgpack_pack_uint64(&m.pk, (uint64_t)x);
+                        else
+                                msgpack_pack_float(&m.pk, x);
+                }
+        }
+        fx_msg_take(&m, job);
+
+        job = new_job(fx, "extra", k);
+        job_head(&m, fx, job, 3);
+        kv_input_f32(&m, (uint64_t)job->rows, FX_IN, job->x, (size_t)job->rows * FX_IN);
+        fx_msg_str(&m, "x-trace");
+        msgpack_pack_map(&m.pk, 1);
+        fx_msg_str(&m, "spans");
+        msgpack_pack_array(&m.pk, 3);
+        msgpack_pack_nil(&m.pk);
+        msgpack_pack_true(&m.pk);
+        msgpack_pack_double(&m.pk, NAN); /* not input: the contract ignores it */
+        kv_str(&m, "comment", "ignored by workers");
+        fx_msg_take(&m, job);
+}
+
+/* Jobs with a readable id that break one rule each: an error result. */
+static int add_error_jobs(fx_t *fx)
+{
+        const float nan_row[FX_IN] = {1, 2, NAN, 4, 5, 6, 7, 8};
+        float row[FX_IN] = {1, 2, 3, 4, 5, 6, 7, 8};
+        int k = 0;
+        fx_job_t *job;
+        fx_msg_t m;
+
+#define BEGIN(what, code)                                                                  \
+        job = new_job(fx, what, k++);                                                      \
+        job->want_error = code
+#define END() fx_msg_take(&m, job)
+
+        BEGIN("v-str", "bad_request");
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_str(&m, "v", "1");
+        kv_str(&m, "id", job->id);
+        kv_str(&m, "user", fx_user(fx, job->user));
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        END();
+
+        BEGIN("v2", "bad_request");
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_uint(&m, "v", 2);
+        kv_str(&m, "id", job->id);
+        kv_str(&m, "user", fx_user(fx, job->user));
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        END();
+
+        /* No readable user: counted in kinfer:stats errors. */
+        BEGIN("user-int", "bad_request");
+        job->user = -1;
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "id", job->id);
+        fx_msg_str(&m, "user");
+        msgpack_pack_int(&m.pk, 7);
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        END();
+
+        BEGIN("model-array", "bad_request");
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "id", job->id);
+        kv_str(&m, "user", fx_user(fx, job->user));
+        fx_msg_str(&m, "model");
+        msgpack_pack_array(&m.pk, 1);
+        fx_msg_str(&m, "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        END();
+
+        BEGIN("input-str", "bad_request");
+        job_head(&m, fx, job, 1);
+        kv_str(&m, "input", "1,2,3,4,5,6,7,8");
+        END();
+
+        BEGIN("output-bad", "bad_request");
+        job_head(&m, fx, job, 2);
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        kv_str(&m, "output", "logits");
+        END();
+
+        BEGIN("ttl-zero", "bad_request");
+        job_head(&m, fx, job, 2);
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        kv_uint(&m, "ttl", 0);
+        END();
+
+        BEGIN("version-neg", "bad_request");
+        job_head(&m, fx, job, 2);
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        fx_msg_str(&m, "version");
+        msgpack_pack_int(&m.pk, -1);
+        END();
+
+        BEGIN("nan-f32", "bad_request");
+        job_head(&m, fx, job, 1);
+        kv_input_f32(&m, 1, FX_IN, nan_row, FX_IN);
+        END();
+
+        BEGIN("inf-f64", "bad_request");
+        job_head(&m, fx, job, 1);
+        fx_msg_str(&m, "input");
+        msgpack_pack_array(&m.pk, 1);
+        msgpack_pack_array(&m.pk, FX_IN);
+        for (int c = 0; c < FX_IN; c++)
+                msgpack_pack_double(&m.pk, c == 5 ? INFINITY : c);
+        END();
+
+        BEGIN("ninf-f32", "bad_request");
+        job_head(&m, fx, job, 1);
+        fx_msg_str(&m, "input");
+        msgpack_pack_array(&m.pk, 1);
+        msgpack_pack_array(&m.pk, FX_IN);
+        for (int c = 0; c < FX_IN; c++)
+                msgpack_pack_float(&m.pk, c == 0 ? -INFINITY : (float)c);
+        END();
+
+        BEGIN("f64-over-f32", "bad_request");
+        job_head(&m, fx, job, 1);
+        fx_msg_str(&m, "input");
+        msgpack_pack_array(&m.pk, 1);
+        msgpack_pack_array(&m.pk, FX_IN);
+        for (int c = 0; c < FX_IN; c++)
+                msgpack_pack_double(&m.pk, c == 3 ? 1e39 : c);
+        END();
+
+        BEGIN("ragged", "bad_request");
+        job_head(&m, fx, job, 1);
+        fx_msg_str(&m, "input");
+        msgpack_pack_array(&m.pk, 2);
+        msgpack_pack_array(&m.pk, FX_IN);
+        for (int c = 0; c < FX_IN; c++)
+                msgpack_pack_int(&m.pk, c);
+        msgpack_pack_array(&m.pk, 3);
+        for (int c = 0; c < 3; c++)
+                msgpack_pack_int(&m.pk, c);
+        END();
+
+        BEGIN("no-rows", "bad_request");
+        job_head(&m, fx, job, 1);
+        fx_msg_str(&m, "input");
+        msgpack_pack_array(&m.pk, 0);
+        END();
+
+        /* 10^9 rows declared in the f32 form: refused before allocating. */
+        BEGIN("rows-1e9", "too_large");
+        job_head(&m, fx, job, 1);
+        kv_input_f32(&m, 1000000000ULL, FX_IN, row, FX_IN);
+        END();
+
+        BEGIN("short-data", "bad_request");
+        job_head(&m, fx, job, 1);
+        kv_input_f32(&m, 2, FX_IN, row, 3);
+        END();
+
+        /* A non-string key after the id: the id is still readable. */
+        BEGIN("int-key", "bad_request");
+        job_head(&m, fx, job, 2);
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        msgpack_pack_int(&m.pk, 42);
+        msgpack_pack_int(&m.pk, 43);
+        END();
+
+        BEGIN("model-unknown", "unknown_model");
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "id", job->id);
+        kv_str(&m, "user", fx_user(fx, job->user));
+        kv_str(&m, "model", "nosuch");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        END();
+
+        BEGIN("version-7", "unknown_model");
+        job_head(&m, fx, job, 2);
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        kv_uint(&m, "version", 7);
+        END();
+
+        BEGIN("five-cols", "shape_mismatch");
+        job_head(&m, fx, job, 1);
+        kv_input_f32(&m, 1, 5, row, 5);
+        END();
+
+        BEGIN("expired", "expired");
+        job_head(&m, fx, job, 2);
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        kv_uint(&m, "deadline", 1); /* 1970 */
+        END();
+#undef BEGIN
+#undef END
+        return k;
+}
+
+/* Messages without a readable id: copied to the DLQ. */
+static void dlq_msg(fx_t *fx, int *k, const char *code, const void *bytes, size_t n)
+{
+        fx_job_t *job = fx_add_raw(fx);
+        job->dlq = 1;
+        job->want_error = code;
+        snprintf(job->key, sizeof(job->key), "%s-dlq-key-%d", fx->tag, (*k)++);
+        job->value = malloc(n ? n : 1);
+        assert_non_null(job->value);
+        if (n)
+                memcpy(job->value, bytes, n);
+        job->len = n;
+}
+
+static void dlq_msg_take(fx_t *fx, int *k, const char *code, fx_msg_t *m)
+{
+        dlq_msg(fx, k, code, m->sb.data, m->sb.size);
+        msgpack_sbuffer_destroy(&m->sb);
+}
+
+static int add_dlq_messages(fx_t *fx)
+{
+        static const unsigned char never_used[] = {0xc1};
+        static const unsigned char array32[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02};
+        static const unsigned char map32[] = {0xdf, 0xff, 0xff, 0xff, 0xff, 0xa1, 'v', 0x01};
+        static const unsigned char str32_id[] = {0x81, 0xa2, 'i', 'd', 0xdb, 0xff,
+                                                 0xff, 0xff, 0xff, 'a', 'b', 'c'};
+        static const unsigned char bin32_data[] = {0x82, 0xa2, 'i', 'd', 0xa3, 'x', 'y', 'z',
+                                                   0xa5, 'i', 'n', 'p', 'u', 't', 0xc6, 0xff,
+                                                   0xff, 0xff, 0xff, 0x00};
+        static const char not_msgpack[] = "{\"v\":1,\"id\":\"json-is-not-msgpack\"}";
+        float row[FX_IN] = {1, 2, 3, 4, 5, 6, 7, 8};
+        char long_id[140], *big;
+        fx_job_t *job;
+        fx_msg_t m;
+        int k = 0;
+
+        dlq_msg(fx, &k, "bad_request", never_used, sizeof(never_used));
+        dlq_msg(fx, &k, "bad_request", array32, sizeof(array32));
+        dlq_msg(fx, &k, "bad_request", map32, sizeof(map32));
+        dlq_msg(fx, &k, "bad_request", str32_id, sizeof(str32_id));
+        dlq_msg(fx, &k, "bad_request", bin32_data, sizeof(bin32_data));
+        dlq_msg(fx, &k, "bad_request", not_msgpack, strlen(not_msgpack));
+        dlq_msg(fx, &k, "bad_request", "", 0); /* an empty value */
+        job = fx_add_raw(fx);                    /* no value at all (a tombstone) */
+        job->dlq = 1;
+        job->want_error = "bad_request";
+        job->null_value = 1;
+        snprintf(job->key, sizeof(job->key), "%s-dlq-key-%d", fx->tag, k++);
+
+        /* A good job cut in half. */
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "id", "poison-truncated");
+        kv_str(&m, "user", fx_user(fx, 0));
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        m.sb.size /= 2;
+        dlq_msg_take(fx, &k, "bad_request", &m);
+
+        /* Nested deeper than any job may be. */
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 2);
+        kv_str(&m, "id", "poison-deep");
+        fx_msg_str(&m, "x");
+        for (int d = 0; d < 40; d++)
+                msgpack_pack_array(&m.pk, 1);
+        msgpack_pack_nil(&m.pk);
+        dlq_msg_take(fx, &k, "bad_request", &m);
+
+        /* Valid msgpack, but no usable id. */
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 4);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "user", fx_user(fx, 0));
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        dlq_msg_take(fx, &k, "bad_request", &m); /* missing id */
+
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "id", "spaces and ! are not id chars");
+        kv_str(&m, "user", fx_user(fx, 0));
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        dlq_msg_take(fx, &k, "bad_request", &m);
+
+        memset(long_id, 'a', 129);
+        long_id[129] = '\0';
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "id", long_id);
+        kv_str(&m, "user", fx_user(fx, 0));
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        dlq_msg_take(fx, &k, "bad_request", &m); /* 129 chars */
+
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        kv_uint(&m, "v", 1);
+        fx_msg_str(&m, "id");
+        msgpack_pack_uint64(&m.pk, 12345);
+        kv_str(&m, "user", fx_user(fx, 0));
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        dlq_msg_take(fx, &k, "bad_request", &m); /* id is a number */
+
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 6);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "id", "poison-dup-a");
+        kv_str(&m, "user", fx_user(fx, 0));
+        kv_str(&m, "id", "poison-dup-b");
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        dlq_msg_take(fx, &k, "bad_request", &m); /* id given twice */
+
+        fx_msg_init(&m);
+        msgpack_pack_array(&m.pk, 3);
+        msgpack_pack_int(&m.pk, 1);
+        fx_msg_str(&m, "id");
+        fx_msg_str(&m, "poison-array");
+        dlq_msg_take(fx, &k, "bad_request", &m); /* not a map */
+
+        /* Over --max-message-bytes: refused before decoding, so even a
+         * readable id does not count. */
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 6);
+        kv_uint(&m, "v", 1);
+        kv_str(&m, "id", "poison-oversize");
+        kv_str(&m, "user", fx_user(fx, 0));
+        kv_str(&m, "model", "mlp");
+        kv_input_f32(&m, 1, FX_IN, row, FX_IN);
+        big = malloc(3 * MAX_BYTES);
+        assert_non_null(big);
+        memset(big, 'p', 3 * MAX_BYTES - 1);
+        big[3 * MAX_BYTES - 1] = '\0';
+        kv_str(&m, "padding", big);
+        dlq_msg_take(fx, &k, "too_large", &m);
+        memset(big, 0xff, 2 * MAX_BYTES);
+        dlq_msg(fx, &k, "too_large", big, 2 * MAX_BYTES);
+        free(big);
+        return k;
+}
+
+/* ---- the DLQ check ---------------------------------------------------- */
+
+/* Every id-less message is on the DLQ with its key, value and headers, and
+ * nothing else is.  allow_dups: after crashes a message may be copied more
+ * than once (at least once), but never lost. */
+static void check_dlq(fx_t *fx, int n_dlq, const char *const *workers, int n_workers,
+                      int allow_dups)
+{
+        int n = 0, *seen = calloc((size_t)fx->n_jobs, sizeof(int));
+        fx_dlq_rec_t *recs = fx_dlq_read(fx, n_dlq, WAIT_MS, 3000, &n);
+
+        assert_non_null(seen);
+        print_message("%d messages on %s, %d expected\n", n, FX_DLQ_TOPIC, n_dlq);
+        for (int r = 0; r < n; r++) {
+                fx_dlq_rec_t *rec = &recs[r];
+                const fx_job_t *job = NULL;
+                int i, w;
+                for (i = 0; i < fx->n_jobs; i++) {
+                        char src[128];
+                        snprintf(src, sizeof(src), "%s/%d/%lld", FX_TOPIC,
+                                 (int)fx->jobs[i].partition, (long long)fx->jobs[i].offset);
+                        if (!strcmp(src, rec->source)) {
+                                job = &fx->jobs[i];
+                                break;
+                        }
+                }
+                if (!job) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("DLQ message with kinfer.source '%s' matches no message "
+                                 "produced (error '%s', reason '%s')",
+                                 rec->source, rec->error, rec->reason);
+                }
+                if (!job->dlq) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s (job %s) was dead-lettered (%s: %s) but has a readable id",
+                                 rec->source, job->id, rec->error, rec->reason);
+                }
+                if (seen[i]++ && !allow_dups) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s was dead-lettered %d times", rec->source, seen[i]);
+                }
+                if (strcmp(rec->error, job->want_error))
+                        fail_msg("%s (key %s): kinfer.error '%s', want %s (reason: %s)",
+                                 rec->source, job->key, rec->error, job->want_error, rec->reason);
+                if (!rec->reason[0])
+                        fail_msg("%s: no kinfer.reason", rec->source);
+                for (w = 0; w < n_workers && strcmp(rec->worker, workers[w]); w++)
+                        ;
+                if (w == n_workers)
+                        fail_msg("%s: kinfer.worker '%s' is none of the workers", rec->source,
+                                 rec->worker);
+                if (!rec->key || rec->key_len != strlen(job->key) ||
+                    memcmp(rec->key, job->key, rec->key_len))
+                        fail_msg("%s: key '%s', want the original '%s'", rec->source,
+                                 rec->key ? rec->key : "(null)", job->key);
+                if (job->null_value ? rec->value != NULL
+                                    : rec->value_len != job->len ||
+                                          (job->len && memcmp(rec->value, job->value, job->len)))
+                        fail_msg("%s (key %s): value of %zu bytes%s, want the original %zu%s",
+                                 rec->source, job->key, rec->value_len,
+                                 rec->value ? "" : " (null)", job->len,
+                                 job->null_value ? " (null)" : "");
+        }
+        for (int i = 0; i < fx->n_jobs; i++)
+                if (fx->jobs[i].dlq && !seen[i]) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("message %s/%d/%lld (key %s, %zu bytes, want %s) is not on the "
+                                 "DLQ",
+                                 FX_TOPIC, (int)fx->jobs[i].partition,
+                                 (long long)fx->jobs[i].offset, fx->jobs[i].key, fx->jobs[i].len,
+                                 fx->jobs[i].want_error);
+                }
+        {
+                int dups = 0;
+                for (int i = 0; i < fx->n_jobs; i++)
+                        dups += seen[i] > 1 ? seen[i] - 1 : 0;
+                if (dups)
+                        print_message("%d DLQ copies were duplicates (redelivered after a "
+                                      "crash)\n",
+                                      dups);
+        }
+        fx_dlq_free(recs, n);
+        free(seen);
+}
+
+/* ---- the case --------------------------------------------------------- */
+
+/* Poison interleaved with good jobs on every partition, two workers. */
+static void test_poison_mixed_into_good_traffic(void **state)
+{
+        fx_t *fx = *state;
+        const char *limit[] = {"--max-message-bytes", "2048", NULL};
+        const char *const names[] = {"poison-w1", "poison-w2"};
+        int w[2], n_err, n_dlq, n_good;
+        int i = 0;
+
+        fx_setup(fx, "poison", 1, 4, 4, NULL);
+        /* Good jobs first in each stretch, then a poison message, so every
+         * bad one sits between good ones on its partition. */
+        fx_add_good(fx, 100);
+        n_err = add_error_jobs(fx);
+        fx_add_good(fx, 100);
+        n_dlq = add_dlq_messages(fx);
+        fx_add_good(fx, 100);
+        for (int k = 0; k < 4; k++)
+                add_good_variants(fx, k);
+        fx_add_good(fx, 100);
+        n_good = fx->n_jobs - n_err - n_dlq;
+        print_message("%d good jobs, %d with a readable id but bad, %d without a usable id\n",
+                      n_good, n_err, n_dlq);
+        /* Interleave: shuffle deterministically so poison is spread out. */
+        for (i = fx->n_jobs - 1; i > 0; i--) {
+                int j = (int)((unsigned)(i * 2654435761u) % (unsigned)(i + 1));
+                fx_job_t tmp = fx->jobs[i];
+                fx->jobs[i] = fx->jobs[j];
+                fx->jobs[j] = tmp;
+        }
+
+        w[0] = fx_worker(fx, names[0], limit);
+        w[1] = fx_worker(fx, names[1], limit);
+        fx_stream_start(fx, 0, fx->n_jobs, 200);
+        fx_stream_join(fx);
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        check_dlq(fx, n_dlq, names, 2, 0);
+        fx_finish(fx, w, 2);
+}
+
+/* kinfer:stats undecodable, or -1. */
+static long long undecodable(fx_t *fx)
+{
+        redisReply *r = fx_redis(fx, "HGET kinfer:stats undecodable");
+        long long n = -1;
+        if (r) {
+                n = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+                freeReplyObject(r);
+        }
+        return n;
+}
+
+/* Waits until kinfer:stats undecodable reaches n: that many DLQ copies were
+ * acknowledged (the worker counts them after the broker's ack). */
+static void wait_undecodable(fx_t *fx, long long n)
+{
+        long long deadline = kt_now_ms() + WAIT_MS;
+        while (undecodable(fx) < n) {
+                if (kt_now_ms() > deadline) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("kinfer:stats undecodable stayed below %lld", n);
+                }
+                fx_sleep_ms(50);
+        }
+}
+
+/* Id-less messages (every tenth message) in a stream while the worker is
+ * SIGKILLed twice: the DLQ copy is acknowledged before the source offset is
+ * stored, so each message is on the DLQ at least once, however the crashes
+ * fall; redelivery may copy one twice. */
+static void test_dlq_across_sigkill(void **state)
+{
+        fx_t *fx = *state;
+        const char *const names[] = {"dlqkill-w1", "dlqkill-w2", "dlqkill-w3"};
+        static const unsigned char never_used[] = {0xc1};
+        int w, n_dlq = 0, k = 0;
+
+        fx_setup(fx, "dlqkill", 1, 4, 4, NULL);
+        fx->redelivered_dlq = 1;
+        for (int i = 0; i < 12000; i++) {
+                if (i % 10 == 9) {
+                        fx_msg_t m;
+                        switch (k % 3) {
+                        case 0:
+                                dlq_msg(fx, &k, "bad_request", never_used, sizeof(never_used));
+                                break;
+                        case 1: /* no id */
+                                fx_msg_init(&m);
+                                msgpack_pack_map(&m.pk, 2);
+                                kv_uint(&m, "v", 1);
+                                kv_str(&m, "user", fx_user(fx, 0));
+                                dlq_msg_take(fx, &k, "bad_request", &m);
+                                break;
+                        default: /* over the size limit */
+                                fx_msg_init(&m);
+                                for (int b = 0; b < 300; b++)
+                                        msgpack_pack_uint64(&m.pk, UINT64_MAX);
+                                dlq_msg_take(fx, &k, "too_large", &m);
+                                break;
+                        }
+                } else {
+                        fx_add_good(fx, 1);
+                }
+        }
+        fx_stream_start(fx, 0, fx->n_jobs, 150);
+
+        w = fx_worker(fx, names[0], (const char *[]){"--max-message-bytes", "2048", NULL});
+        wait_undecodable(fx, 5);
+        assert_int_equal(kt_stack_kill(&fx->stack, w, SIGKILL, 5000), 128 + SIGKILL);
+        print_message("kill 1: %lld copies acknowledged, %d messages produced\n",
+                      undecodable(fx), fx_produced(fx));
+        w = fx_worker(fx, names[1], (const char *[]){"--max-message-bytes", "2048", NULL});
+        wait_undecodable(fx, undecodable(fx) + 30);
+        assert_int_equal(kt_stack_kill(&fx->stack, w, SIGKILL, 5000), 128 + SIGKILL);
+        print_message("kill 2: %lld copies acknowledged, %d messages produced\n",
+                      undecodable(fx), fx_produced(fx));
+        w = fx_worker(fx, names[2], (const char *[]){"--max-message-bytes", "2048", NULL});
+        fx_wait_results(fx, fx->n_jobs, fx_count_results(fx, fx_produced(fx)) + 300, WAIT_MS);
+        fx_stream_stop(fx);
+        for (int i = 0; i < fx->n_jobs; i++)
+                n_dlq += fx->jobs[i].dlq;
+        fx_wait_all(fx, WAIT_MS);
+        wait_undecodable(fx, n_dlq);
+        fx_check(fx);
+        check_dlq(fx, n_dlq, names, 3, 1);
+        fx_finish(fx, &w, 1);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_poison_mixed_into_good_traffic, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_across_sigkill, setup, teardown),
+        };
+        return fx_run(tests);
+}
