@@ -166,10 +166,10 @@ asan-faults:
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" test-faults
 
 run: deps all
-	@deploy/run-demo.sh $(BUILD)
+	@bash deploy/run-demo.sh $(BUILD)
 
 deps:
-	@deploy/install-deps.sh
+	@bash deploy/install-deps.sh
 
 clean:
 	rm -rf build build-asan build-fuzz
