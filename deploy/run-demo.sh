@@ -82,5 +82,12 @@ echo "submitted $ID"
 say "a bad job gets an error result, the worker carries on"
 "$BIN/kinfer" submit --model xor --user carol --wait 1,2,3 || echo "(exit status $?: the job failed, as it should)"
 
+say "a quota: dave may run 2 jobs per hour; the third is refused, not charged"
+"$BIN/kinfer" quota set dave --jobs 2 --window 3600
+printf '[0,1]\n[1,0]\n[1,1]\n' > "$RUN/dave.jsonl"
+echo "\$ kinfer submit --model xor --user dave --file dave.jsonl --wait"
+"$BIN/kinfer" submit --model xor --user dave --file "$RUN/dave.jsonl" --wait ||
+  echo "(exit status $?: one job was over quota)"
+
 say "usage counters"
-for u in alice bob carol; do echo "-- $u"; "$BIN/kinfer" usage "$u"; done
+for u in alice bob carol dave; do echo "-- $u"; "$BIN/kinfer" usage "$u"; done

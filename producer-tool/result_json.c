@@ -57,6 +57,9 @@ json_t *kc_result_json(redisContext *c, const kc_conf_t *conf, const char *id)
                 return NULL;
         }
         o = json_object();
+        /* status and id first, whatever order the hash keeps its fields in */
+        json_object_set_new(o, "status", json_null());
+        json_object_set_new(o, "id", json_string(id));
         for (size_t i = 0; i + 1 < r->elements; i += 2) {
                 const char *k        = r->element[i]->str;
                 const redisReply *v = r->element[i + 1];
