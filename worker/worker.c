@@ -35,7 +35,7 @@
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 5000
-#define PAUSE_AFTER_MS 200 /* a full pipeline for this long pauses fetching */
+#define PAUSE_AFTER_MS 1000 /* a full pipeline for this long pauses fetching */
 
 struct kw_worker_s {
         const kw_config_t *conf;
@@ -54,6 +54,7 @@ struct kw_worker_s {
         pthread_t writer;
         kw_batch_t *cur;     /* loop thread: the batch being filled */
         int paused;          /* loop thread: the assignment is paused */
+        rd_kafka_topic_partition_list_t *rewind; /* loop thread: see rewind_later */
         int max_inflight;
         pthread_mutex_t lock; /* guards inflight, with `idle` */
         pthread_cond_t idle;  /* signalled when a batch leaves the pipeline */
@@ -246,26 +247,75 @@ static int dispatch_now(kw_worker_t *w)
         return 0;
 }
 
-/* Dispatches the current batch, waiting for room.  While the pipeline stays
- * full (Redis slow or away) the partitions are paused after PAUSE_AFTER_MS
- * and the consumer keeps being polled, so the group sees us alive; a message
- * fetched before the pause joins the batch, and a rebalance may take the
- * batch meanwhile (drain). */
+/* Forgets a message fetched while the partitions are paused and the
+ * pipeline is full: the first such offset of each partition is remembered,
+ * and resume() seeks back to it, so nothing is skipped and no batch grows
+ * past its bounds. */
+static void rewind_later(kw_worker_t *w, rd_kafka_message_t *rkm)
+{
+        const char *topic = rd_kafka_topic_name(rkm->rkt);
+        if (!w->rewind)
+                w->rewind = rd_kafka_topic_partition_list_new(8);
+        if (!rd_kafka_topic_partition_list_find(w->rewind, topic, rkm->partition))
+                rd_kafka_topic_partition_list_add(w->rewind, topic, rkm->partition)->offset =
+                    rkm->offset;
+        rd_kafka_message_destroy(rkm);
+}
+
+static void resume(kw_worker_t *w)
+{
+        if (w->rewind) {
+                rd_kafka_error_t *error = rd_kafka_seek_partitions(w->rk, w->rewind, 5000);
+                if (error) {
+                        kf_warn("seeking back to unprocessed messages: %s",
+                                rd_kafka_error_string(error));
+                        rd_kafka_error_destroy(error);
+                }
+                rd_kafka_topic_partition_list_destroy(w->rewind);
+                w->rewind = NULL;
+        }
+        set_paused(w, 0);
+}
+
+/* Dispatches the current batch, waiting for room.  A full pipeline (Redis
+ * slow or away) is waited out without polling at first: batches stay within
+ * their bounds.  After PAUSE_AFTER_MS the partitions are paused and the
+ * consumer polled, so the group sees us alive and rebalances are served; a
+ * message that still arrives is given back (rewind_later). */
 static void dispatch(kw_worker_t *w)
 {
         int64_t since = kf_mono_us();
         while (dispatch_now(w)) {
-                rd_kafka_message_t *rkm;
-                if (kf_mono_us() - since > PAUSE_AFTER_MS * 1000)
-                        set_paused(w, 1);
-                rkm = rd_kafka_consumer_poll(w->rk, w->paused ? 50 : 2);
-                if (rkm)
-                        take(w, rkm);
                 if (*w->stop)
                         return; /* drain() takes it from here */
+                if (kf_mono_us() - since < PAUSE_AFTER_MS * 1000) {
+                        struct timespec ts;
+                        pthread_mutex_lock(&w->lock);
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        ts.tv_nsec += 5 * 1000000L;
+                        if (ts.tv_nsec >= 1000000000L) {
+                                ts.tv_sec++;
+                                ts.tv_nsec -= 1000000000L;
+                        }
+                        if (w->inflight >= w->max_inflight)
+                                pthread_cond_timedwait(&w->idle, &w->lock, &ts);
+                        pthread_mutex_unlock(&w->lock);
+                } else {
+                        rd_kafka_message_t *rkm;
+                        set_paused(w, 1);
+                        rkm = rd_kafka_consumer_poll(w->rk, 50);
+                        if (rkm && rkm->err) {
+                                consumer_error(w, rkm);
+                                rd_kafka_message_destroy(rkm);
+                        } else if (rkm) {
+                                rewind_later(w, rkm);
+                        }
+                        if (w->cur == NULL) /* a rebalance drained it meanwhile */
+                                return;
+                }
         }
         if (w->paused)
-                set_paused(w, 0);
+                resume(w);
 }
 
 /* Waits until the current batch is dispatched and every dispatched batch is
@@ -331,6 +381,10 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 rd_kafka_err2str(err), inflight_get(w) + (w->cur && w->cur->n ? 1 : 0));
         drain(w, w->conf->grace_ms);
         kw_offsets_forget(w->offsets);
+        if (w->rewind) { /* the next owner starts at the committed offsets */
+                rd_kafka_topic_partition_list_destroy(w->rewind);
+                w->rewind = NULL;
+        }
         if (!rd_kafka_assignment_lost(rk))
                 rd_kafka_commit(rk, NULL, 0);
         rd_kafka_assign(rk, NULL);
@@ -528,6 +582,8 @@ void kw_worker_destroy(kw_worker_t *w)
                 pthread_join(w->writer, NULL);
         free(w->computers);
         kw_batch_free(w->cur);
+        if (w->rewind)
+                rd_kafka_topic_partition_list_destroy(w->rewind);
         if (w->rk)
                 rd_kafka_destroy(w->rk);
         kw_offsets_destroy(w->offsets);
