@@ -23,13 +23,15 @@ SAN       =
 COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_config.o \
               common/mp_bound.o common/job_codec.o common/model.o common/model_math.o \
               common/model_ensemble.o common/model_registry.o \
-              common/kf_redis.o common/kf_kafka.o common/kf_keys.o
+              common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/model_store_registry.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_registry.o \
-              producer-tool/cmd_quota.o
+              producer-tool/cmd_quota.o \
+              producer-tool/cmd_bench.o producer-tool/bench_cpu.o producer-tool/bench_compute.o \
+              producer-tool/bench_probe.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o
 HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o
 
@@ -167,6 +169,12 @@ asan-faults:
 
 run: deps all
 	@bash deploy/run-demo.sh $(BUILD)
+
+# Throughput and latency on this machine (not part of `make test`): a private
+# stack, the reference workloads W1-W3, the tables of docs/performance.md.
+# BENCH_SOAK_S=600 adds a long open-loop soak sampling the worker's RSS.
+bench: deps all
+	@bash deploy/bench.sh $(BUILD)
 
 deps:
 	@bash deploy/install-deps.sh

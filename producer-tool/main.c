@@ -21,6 +21,7 @@ static const struct {
     {"quota", kc_cmd_quota, "set, show or remove a user's quota"},
     {"model", kc_cmd_model, "model files (init, build, inspect) and the registry (push, list, "
                             "show, activate, rollback, rm)"},
+    {"bench", kc_cmd_bench, "load generator: drain/open-loop throughput and latency, compute limit"},
 };
 
 static void usage(FILE *fp)

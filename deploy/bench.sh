@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# bench.sh - `make bench`: throughput and latency of one kinfer-worker on this
+# machine.  Starts a private stack (redis-server on a free loopback port, the
+# dev broker, one worker), runs the reference workloads W1-W3 (drain, the
+# compute-only limit, open loop at 50% of drain), samples the worker's RSS,
+# prints a table.  Everything it starts is stopped by PID on exit.
+#
+# Settings (environment):
+#   BENCH_REPEAT=3         runs per measurement; the table quotes medians
+#   BENCH_CORES=$(nproc)   cores given to the worker: its --compute-threads (or,
+#                          for a worker without them, its --blas-threads), and
+#                          the same for the compute-only limit
+#   BENCH_BATCH_ROWS=256   the worker's --batch-max-rows and the compute batch
+#   BENCH_PARTITIONS=64    dev broker partitions (each keeps only ~5 MiB!)
+#   BENCH_W1_JOBS=300000 BENCH_W2_JOBS=60000 BENCH_W3_JOBS=960   drain sizes
+#   BENCH_OPEN_S=8         seconds of each open-loop run
+#   BENCH_OPEN_PCT=50      open-loop rates, in % of the measured drain throughput
+#   BENCH_SOAK_S=0         > 0: then an open-loop soak this long, RSS every 10 s
+#   BENCH_SOAK_PCT=25      the soak's rate, in % of the drain throughput
+#   BENCH_WORKER_ARGS=     extra worker arguments, e.g. "-X fetch.wait.max.ms=1"
+#   BENCH_ONLY="W1 W2 W3"  the workloads to run
+#   BENCH_PROFILE=1        also profile one more drain per workload: perf on the
+#                          worker (top symbols) and Redis' per-command times
+#   BENCH_KEEP=1           keep the run directory (logs, JSON lines)
+set -euo pipefail
+BIN=${1:-build}
+BIN=$(cd "$BIN" && pwd)
+REPEAT=${BENCH_REPEAT:-3}
+CORES=${BENCH_CORES:-$(nproc)}
+BATCH_ROWS=${BENCH_BATCH_ROWS:-256}
+PARTITIONS=${BENCH_PARTITIONS:-64}
+OPEN_S=${BENCH_OPEN_S:-8}
+OPEN_PCT=${BENCH_OPEN_PCT:-50}
+SOAK_PCT=${BENCH_SOAK_PCT:-25}
+SOAK_S=${BENCH_SOAK_S:-0}
+ONLY=${BENCH_ONLY:-W1 W2 W3}
+declare -A JOBS=([W1]=${BENCH_W1_JOBS:-300000} [W2]=${BENCH_W2_JOBS:-60000}
+                 [W3]=${BENCH_W3_JOBS:-960})
+declare -A MODEL=([W1]=tiny [W2]=mnist [W3]=mnist)
+declare -A ROWS=([W1]=1 [W2]=1 [W3]=64)
+declare -A WHAT=([W1]="MLP 16-32-4, 1 row/job" [W2]="MLP 784-512-512-10, 1 row/job"
+                 [W3]="MLP 784-512-512-10, 64 rows/job")
+RUN=$(mktemp -d /tmp/kinfer-bench-XXXXXX)
+PIDS=()
+PY=/usr/bin/python3
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+cleanup() {
+  local rc=$?
+  if [ -n "${SAMPLER_PID:-}" ]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi
+  # The worker first, and alone: SIGTERM makes it finish in-flight jobs,
+  # commit and leave the group, which needs the broker still up.  A worker
+  # that has not exited after 20 s gets a second SIGTERM (exit at once).
+  for pid in "${PIDS[@]}"; do
+    kill -CONT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || continue
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "bench: pid $pid did not stop within 20 s; signalling it again" >&2
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "${BENCH_KEEP:-0}" = 1 ] || [ $rc -ne 0 ]; then
+    echo "bench: logs and JSON lines kept in $RUN" >&2
+  else
+    rm -rf "$RUN"
+  fi
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+  $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# median FILE FIELD: the median of a numeric field over the JSON lines of FILE
+median() {
+  $PY -c 'import json,statistics,sys
+v=[json.loads(l).get(sys.argv[2]) for l in open(sys.argv[1]) if l.strip()]
+v=[x for x in v if x is not None]
+print(round(statistics.median(v), 3) if v else "-")' "$1" "$2"
+}
+
+# sum FILE FIELD: the sum of a numeric field over the JSON lines of FILE
+sum() {
+  $PY -c 'import json,sys
+print(sum(json.loads(l)[sys.argv[2]] for l in open(sys.argv[1]) if l.strip()))' "$1" "$2"
+}
+
+# median_cpu FILE PROC FIELD: the median of "cpu": {PROC: {FIELD: x}} (the CPU
+# kinfer bench --cpu-pids saw each process use while the jobs ran)
+median_cpu() {
+  $PY -c 'import json,statistics,sys
+v=[json.loads(l).get("cpu",{}).get(sys.argv[2],{}).get(sys.argv[3]) for l in open(sys.argv[1])]
+v=[x for x in v if x is not None]
+print(round(statistics.median(v), 2) if v else "-")' "$1" "$2" "$3"
+}
+
+rss_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+
+# busy_cores: how many cores the machine keeps busy over 2 s (/proc/stat)
+busy_cores() {
+  local a b
+  a=$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat)
+  sleep 2
+  b=$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat)
+  $PY -c "print(round(($b - $a) / $(getconf CLK_TCK) / 2, 2))"
+}
+
+# The numbers mean something only on an otherwise idle machine: wait up to
+# BENCH_QUIET_WAIT_S (60) seconds for it to become idle, then go on anyway.
+wait_quiet() {
+  local busy waited=0
+  while busy=$(busy_cores); [ "$($PY -c "print(int($busy > 0.2))")" = 1 ]; do
+    if [ "$waited" -ge "${BENCH_QUIET_WAIT_S:-60}" ]; then
+      echo "bench: the machine stays busy ($busy cores used by others): numbers will be" \
+        "unreliable" >&2
+      return
+    fi
+    echo "bench: the machine is busy ($busy cores); waiting for it to settle" >&2
+    sleep 3; waited=$((waited + 5))
+  done
+}
+
+# ---- the machine ------------------------------------------------------------
+say "machine"
+{
+  vm=$(lscpu | sed -n 's/^Hypervisor vendor: *\(.*\)/\1 guest/p')
+  echo "cpus:       $(nproc) ($(lscpu | sed -n 's/^Model name: *//p'), family $(lscpu |
+    sed -n 's/^CPU family: *//p') model $(lscpu | sed -n 's/^Model: *//p'), ${vm:-bare metal})"
+  echo "memory:     $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "kernel:     $(uname -r)"
+  echo "librdkafka: $(pkg-config --modversion rdkafka)  openblas: $(pkg-config --modversion \
+openblas) ($(OPENBLAS_VERBOSE=2 "$BIN/kinfer" --help 2>&1 | sed -n 's/^Core: //p')\
+ kernels)  hiredis: $(pkg-config --modversion hiredis)"
+  echo "redis:      $(redis-server --version | sed 's/^Redis server v=\([^ ]*\).*/\1/')"
+  echo "load:       $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, before the run)"
+} | tee "$RUN/machine.txt" >&2
+
+# ---- the stack ----------------------------------------------------------------
+say "starting redis-server, the dev broker ($PARTITIONS partitions), one worker"
+PORT=$(free_port)
+redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN" \
+  >"$RUN/redis.log" 2>&1 &
+REDIS_PID=$!
+for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+export KINFER_REDIS="redis://127.0.0.1:$PORT/0"
+
+"$BIN/kinfer-devbroker" --partitions "$PARTITIONS" </dev/null >"$RUN/broker.out" \
+  2>"$RUN/broker.log" &
+BROKER_PID=$!
+for _ in $(seq 50); do [ -s "$RUN/broker.out" ] && break; sleep 0.1; done
+KINFER_BROKERS=$(head -1 "$RUN/broker.out")
+export KINFER_BROKERS
+unset KINFER_TOPIC KINFER_PREFIX
+
+mkdir -p "$RUN/models"
+"$BIN/kinfer" model init tiny --dims 16,32,4 --seed 1 -o "$RUN/models/tiny.kmodel" 2>/dev/null
+"$BIN/kinfer" model init mnist --dims 784,512,512,10 --seed 1 -o "$RUN/models/mnist.kmodel" \
+  2>/dev/null
+
+# The cores go to compute threads with one OpenBLAS thread each when the
+# worker has them, else to OpenBLAS threads; the compute-only limit runs the
+# same way.
+if "$BIN/kinfer-worker" --help | grep -q -- '--compute-threads'; then
+  WORKER_THREADS=(--compute-threads "$CORES" --blas-threads 1)
+  COMPUTE_THREADS=(--threads "$CORES" --blas-threads 1)
+else
+  WORKER_THREADS=(--blas-threads "$CORES")
+  COMPUTE_THREADS=(--threads 1 --blas-threads "$CORES")
+fi
+
+# shellcheck disable=SC2086 # BENCH_WORKER_ARGS is a list of arguments
+"$BIN/kinfer-worker" --models "$RUN/models" --worker-id bench "${WORKER_THREADS[@]}" \
+  --batch-max-rows "$BATCH_ROWS" --log-level warn ${BENCH_WORKER_ARGS:-} >"$RUN/worker.log" 2>&1 &
+WORKER_PID=$!
+PIDS=("$WORKER_PID" "$BROKER_PID" "$REDIS_PID")
+CPU_PIDS="$WORKER_PID,$BROKER_PID,$REDIS_PID"
+echo "redis $KINFER_REDIS (pid $REDIS_PID), brokers $KINFER_BROKERS (pid $BROKER_PID)," \
+  "worker pid $WORKER_PID: ${WORKER_THREADS[*]} --batch-max-rows $BATCH_ROWS" \
+  "${BENCH_WORKER_ARGS:-}" >&2
+
+# Backlog sizing: a job is about rows*cols*4 bytes plus ~200 of msgpack, key
+# and framing; users are spread evenly, so each partition holds 1/PARTITIONS.
+for w in $ONLY; do
+  cols=$([ "${MODEL[$w]}" = tiny ] && echo 16 || echo 784)
+  per=$(( JOBS[$w] * (ROWS[$w] * cols * 4 + 200) / PARTITIONS ))
+  if [ "$per" -gt $((4 * 1024 * 1024)) ]; then
+    echo "bench: $w's backlog is ~$((per / 1024)) KiB per partition, over the dev broker's" \
+      "~5 MiB retention: raise BENCH_PARTITIONS or lower BENCH_${w}_JOBS" >&2
+    exit 2
+  fi
+done
+
+# The first join of a new consumer group takes the mock 3 s; a few jobs of
+# each model also load the models before anything is timed.
+wait_quiet
+say "warm-up (group join, model loads)"
+"$BIN/kinfer" bench -q --model-file "$RUN/models/tiny.kmodel" --jobs 200 --timeout 30 >/dev/null
+"$BIN/kinfer" bench -q --model-file "$RUN/models/mnist.kmodel" --jobs 200 --timeout 30 >/dev/null
+RSS_START=$(rss_kb "$WORKER_PID" VmRSS)
+
+# RSS sampler: every second during the runs
+( while kill -0 "$WORKER_PID" 2>/dev/null; do
+    echo "$(date +%s) $(rss_kb "$WORKER_PID" VmRSS) $(rss_kb "$WORKER_PID" VmHWM)"
+    sleep 1
+  done >"$RUN/rss.log" ) &
+SAMPLER_PID=$!
+
+# ---- drain and compute-only, interleaved so both see the same machine ------
+for w in $ONLY; do
+  say "$w: ${WHAT[$w]}: drain ${JOBS[$w]} jobs vs compute-only, $REPEAT times"
+  mf="$RUN/models/${MODEL[$w]}.kmodel"
+  for _ in $(seq "$REPEAT"); do
+    "$BIN/kinfer" bench --mode compute --model-file "$mf" --rows-per-job "${ROWS[$w]}" \
+      --jobs "${JOBS[$w]}" --batch-rows "$BATCH_ROWS" "${COMPUTE_THREADS[@]}" \
+      | tee -a "$RUN/$w.compute.json" >&2 || echo "bench: a $w compute run failed" >&2
+    "$BIN/kinfer" bench --mode drain --model-file "$mf" --rows-per-job "${ROWS[$w]}" \
+      --jobs "${JOBS[$w]}" --users "$PARTITIONS" --pause-pid "$WORKER_PID" --cpu-pids "$CPU_PIDS" \
+      | tee -a "$RUN/$w.drain.json" >&2 || echo "bench: a $w drain run failed" >&2
+  done
+  rss_kb "$WORKER_PID" VmRSS >"$RUN/$w.rss_after"
+done
+
+# ---- optional profile: one more drain each, perf on the worker ---------------
+if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+  for w in $ONLY; do
+    say "$w: profiling a drain (perf record -e cpu-clock on the worker, Redis commandstats)"
+    redis-cli -p "$PORT" CONFIG RESETSTAT >/dev/null
+    perf record -q -e cpu-clock -F 999 -o "$RUN/$w.perf" -p "$WORKER_PID" -- sleep 3600 \
+      2>"$RUN/$w.perf.log" &
+    perf_pid=$!
+    sleep 0.5
+    "$BIN/kinfer" bench -q --mode drain --model-file "$RUN/models/${MODEL[$w]}.kmodel" \
+      --rows-per-job "${ROWS[$w]}" --jobs "${JOBS[$w]}" --users "$PARTITIONS" \
+      --pause-pid "$WORKER_PID" --keep >/dev/null || true
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    top=$(perf report -i "$RUN/$w.perf" --sort dso,symbol --stdio 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | sed 's/ *- *- *$//' | head -20 || true)
+    { echo "== $w: worker CPU by symbol (perf, cpu-clock)"
+      echo "${top:-(perf recorded nothing: see $RUN/$w.perf.log)}"
+      echo "== $w: Redis time per command during the drain (INFO commandstats)"
+      redis-cli -p "$PORT" INFO commandstats | grep '^cmdstat' | tr -d '\r' |
+        sed 's/^cmdstat_//;s/,rejected_calls.*//'
+      redis-cli -p "$PORT" FLUSHALL >/dev/null
+    } >"$RUN/$w.profile.txt"
+  done
+fi
+
+# rate W PCT: PCT% of W's median drain throughput, in jobs/s
+rate() { $PY -c "print(max(1, int($(median "$RUN/$1.drain.json" jobs_per_s) * $2 / 100)))"; }
+
+# ---- open loop at a fraction of the measured drain throughput ----------------
+for w in $ONLY; do
+  for pct in $OPEN_PCT; do
+    r=$(rate "$w" "$pct")
+    say "$w: open loop at $r jobs/s ($pct% of drain) for $OPEN_S s, $REPEAT times"
+    for _ in $(seq "$REPEAT"); do
+      "$BIN/kinfer" bench --mode open --model-file "$RUN/models/${MODEL[$w]}.kmodel" \
+        --rows-per-job "${ROWS[$w]}" --rate "$r" --duration "$OPEN_S" --users "$PARTITIONS" \
+        --cpu-pids "$CPU_PIDS" | tee -a "$RUN/$w.open$pct.json" >&2 ||
+        echo "bench: a $w open-loop run failed" >&2
+    done
+  done
+done
+RSS_AFTER=$(rss_kb "$WORKER_PID" VmRSS)
+
+# ---- optional soak: W1..W3 in turn, 60 s open-loop runs, RSS every 10 s -----
+if [ "$SOAK_S" -gt 0 ]; then
+  say "soak: $SOAK_S s of open loop at $SOAK_PCT% of drain, W1/W2/W3 in turn, RSS every 10 s"
+  ( t0=$(date +%s)
+    while kill -0 "$WORKER_PID" 2>/dev/null; do
+      echo "$(( $(date +%s) - t0 )) $(rss_kb "$WORKER_PID" VmRSS) $(rss_kb "$WORKER_PID" VmHWM)"
+      sleep 10
+    done >"$RUN/soak_rss.log" ) &
+  SOAK_SAMPLER=$!
+  end=$(( $(date +%s) + SOAK_S )); k=0
+  read -r -a ws <<<"$ONLY"
+  while [ "$(date +%s)" -lt "$end" ]; do
+    w=${ws[$((k % ${#ws[@]}))]}
+    left=$(( end - $(date +%s) )); d=$(( left < 60 ? left : 60 ))
+    [ "$d" -lt 1 ] && break
+    "$BIN/kinfer" bench -q --mode open --model-file "$RUN/models/${MODEL[$w]}.kmodel" \
+      --rows-per-job "${ROWS[$w]}" --rate "$(rate "$w" "$SOAK_PCT")" --duration "$d" \
+      --users "$PARTITIONS" --cpu-pids "$CPU_PIDS" \
+      | tee -a "$RUN/soak.json" >&2 || echo "bench: a $w soak run failed" >&2
+    k=$((k + 1))
+  done
+  kill "$SOAK_SAMPLER" 2>/dev/null || true
+  wait "$SOAK_SAMPLER" 2>/dev/null || true
+fi
+kill "$SAMPLER_PID" 2>/dev/null || true
+wait "$SAMPLER_PID" 2>/dev/null || true
+SAMPLER_PID=
+
+# ---- the table ------------------------------------------------------------------
+say "results (medians of $REPEAT runs)"
+W=kinfer-worker K=kinfer-devbroke R=redis-server   # /proc/PID/comm names
+{
+  echo "Drain (a backlog published while the worker is stopped, then timed until every"
+  echo "result can be read; write lag: how long after the last \`done\`) against the"
+  echo "compute-only limit (the same rows through model_forward in"
+  echo "batches of $BATCH_ROWS rows, ${COMPUTE_THREADS[*]}, no queue or Redis).  Worker:"
+  echo "${WORKER_THREADS[*]}.  CPU: µs per job each process used during the drain; cores:"
+  echo "busy cores (worker, whole machine, and 'other': processes that are not part of the"
+  echo "benchmark: should be ~0)."
+  echo
+  echo "| workload | drain jobs/s | drain rows/s | compute-only rows/s | drain/compute |" \
+    "write lag ms | worker µs/job | broker µs/job | redis µs/job | worker cores |" \
+    "machine cores | other cores (drain/compute) | errors |"
+  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+  for w in $ONLY; do
+    d=$RUN/$w.drain.json c=$RUN/$w.compute.json
+    dr=$(median "$d" rows_per_s) cr=$(median "$c" rows_per_s)
+    printf '| %s (%s) | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n' \
+      "$w" "${WHAT[$w]}" "$(median "$d" jobs_per_s)" "$dr" "$cr" \
+      "$($PY -c "print(round(100 * $dr / $cr, 1) if $cr else 0)")" "$(median "$d" write_lag_ms)" \
+      "$(median_cpu "$d" $W us_per_job)" "$(median_cpu "$d" $K us_per_job)" \
+      "$(median_cpu "$d" $R us_per_job)" "$(median_cpu "$d" $W cores)" \
+      "$(median_cpu "$d" machine cores)" "$(median_cpu "$d" other cores)" \
+      "$(median_cpu "$c" other cores)" "$(( $(sum "$d" errors) + $(sum "$d" missing) ))"
+  done
+  echo
+  echo "Open loop at $OPEN_PCT% of the drain throughput, $OPEN_S s per run; latency = the"
+  echo "result's \`done\` (when it was computed) minus the job's scheduled produce time;"
+  echo "visible = until the result could be read (BLPOP on the done lists of 1000 jobs per"
+  echo "run).  ms; \`done\` has 1 ms resolution.  achieved < rate: the queue grew."
+  echo
+  echo "| workload | rate jobs/s | achieved jobs/s | p50 ms | p90 ms | p99 ms | max ms |" \
+    "visible p50 | visible p99 | worker cores | broker cores | machine cores | other cores |" \
+    "errors |"
+  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+  for w in $ONLY; do
+    for pct in $OPEN_PCT; do
+      o=$RUN/$w.open$pct.json
+      printf '| %s @%s%% | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+        "$w" "$pct" "$(median "$o" rate)" "$(median "$o" jobs_per_s)" "$(median "$o" p50_ms)" \
+        "$(median "$o" p90_ms)" "$(median "$o" p99_ms)" "$(median "$o" max_ms)" \
+        "$(median "$o" visible_p50_ms)" "$(median "$o" visible_p99_ms)" \
+        "$(median_cpu "$o" $W cores)" "$(median_cpu "$o" $K cores)" \
+        "$(median_cpu "$o" machine cores)" "$(median_cpu "$o" other cores)" \
+        "$(( $(sum "$o" errors) + $(sum "$o" missing) ))"
+    done
+  done
+  echo
+  echo "worker RSS: $((RSS_START / 1024)) MiB after warm-up, peak" \
+    "$(( $(awk 'BEGIN{m=0} $2>m{m=$2} END{print m}' "$RUN/rss.log") / 1024 )) MiB" \
+    "during the runs (VmHWM $(( $(tail -1 "$RUN/rss.log" | cut -d' ' -f3) / 1024 )) MiB)," \
+    "$((RSS_AFTER / 1024)) MiB after them;" \
+    "$(for w in $ONLY; do printf '%s ' "after $w $(( $(cat "$RUN/$w.rss_after") / 1024 )) MiB"; done)"
+  if [ "$SOAK_S" -gt 0 ]; then
+    echo
+    echo "soak ($SOAK_S s, $(wc -l <"$RUN/soak.json") open-loop runs, errors+missing" \
+      "$(( $(sum "$RUN/soak.json" errors) + $(sum "$RUN/soak.json" missing) ))), worker VmRSS" \
+      "MiB every 10 s:"
+    awk '{printf "%s%d", (NR > 1 ? " " : ""), $2 / 1024} END {print ""}' "$RUN/soak_rss.log"
+  fi
+  other=$(cat "$RUN"/W*.json 2>/dev/null | $PY -c 'import json,statistics,sys
+v=[json.loads(l).get("cpu",{}).get("other",{}).get("cores") for l in sys.stdin if l.strip()]
+v=[x for x in v if x is not None]
+print(round(statistics.median(v), 2) if v else 0)')
+  echo
+  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg); median CPU of other processes" \
+    "during the runs: $other cores"
+  if [ "$($PY -c "print(int($other > 0.1))")" = 1 ]; then
+    echo
+    echo "WARNING: other processes kept $other cores busy during the runs: these numbers are" \
+      "not reliable; rerun on an idle machine."
+  fi
+} | tee "$RUN/results.md"
+if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+  echo
+  cat "$RUN"/W*.profile.txt
+fi
+mkdir -p "$BIN/bench"
+cp "$RUN"/*.json "$RUN"/*.txt "$RUN"/results.md "$RUN"/rss.log "$BIN/bench/" 2>/dev/null || true
+rm -f "$RUN"/*.perf
+[ "$SOAK_S" -gt 0 ] && cp "$RUN/soak_rss.log" "$BIN/bench/"
+echo >&2
+echo "bench: JSON lines and this table are in $BIN/bench/" >&2
