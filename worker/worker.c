@@ -468,10 +468,6 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
              * when the broker does not answer fetches early (the dev
              * broker); real Kafka answers as soon as data arrives. */
             "fetch.wait.max.ms", "50",
-            /* librdkafka prefetches up to 64 MiB per consumer by default;
-             * the pipeline holds its own batches, so 16 MiB of prefetch is
-             * plenty and keeps the worker's memory small. */
-            "queued.max.messages.kbytes", "16384",
             NULL};
         rd_kafka_conf_t *kconf = NULL;
         rd_kafka_topic_partition_list_t *topics = NULL;
