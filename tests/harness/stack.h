@@ -76,8 +76,9 @@ int kt_stack_wait(kt_stack_t *s, int slot, int timeout_ms);
  * kt_stack_run does; for other signals returns 0 at once. */
 int kt_stack_kill(kt_stack_t *s, int slot, int sig, int timeout_ms);
 
-/* Same for the redis-server (e.g. SIGSTOP/SIGCONT, or SIGKILL then
- * kt_stack_start_redis again on the same port: pass keep_port = 1). */
+/* Same for the redis-server (e.g. SIGSTOP/SIGCONT).  kt_stack_restart_redis
+ * starts it again on the same port after a SIGKILL; with appendonly it may
+ * still be LOADING when this returns (poll INFO persistence loading:0). */
 int kt_stack_signal_redis(kt_stack_t *s, int sig);
 int kt_stack_restart_redis(kt_stack_t *s);
 
