@@ -2,7 +2,7 @@
 # bench.sh - `make bench`: throughput and latency of one kinfer-worker on this
 # machine.  Starts a private stack (redis-server on a free loopback port, the
 # dev broker, one worker), runs the reference workloads W1-W3 (drain, the
-# compute-only limit, open loop at 50% of drain), samples the worker's RSS,
+# compute-only limit, open loop at 10, 25 and 50% of drain), samples the worker's RSS,
 # prints a table.  Everything it starts is stopped by PID on exit.
 #
 # Settings (environment):
@@ -14,7 +14,13 @@
 #   BENCH_PARTITIONS=64    dev broker partitions (each keeps only ~5 MiB!)
 #   BENCH_W1_JOBS=300000 BENCH_W2_JOBS=60000 BENCH_W3_JOBS=960   drain sizes
 #   BENCH_OPEN_S=8         seconds of each open-loop run
-#   BENCH_OPEN_PCT=50      open-loop rates, in % of the measured drain throughput
+#   BENCH_OPEN_PCT="10 25 50"  open-loop rates, in % of the measured drain throughput
+#   BENCH_LINGER_MS=1      the open loop's producer linger.ms (kinfer submit: 5)
+#   BENCH_FETCH_WAIT_MS=5  the worker's fetch.wait.max.ms.  The dev broker holds
+#                          a fetch that found no data for all of it, even when
+#                          data arrives meanwhile; a real broker answers then.
+#                          5 ms (instead of the worker's 50) keeps that
+#                          artefact out of the latencies, at some broker CPU.
 #   BENCH_SOAK_S=0         > 0: then an open-loop soak this long, RSS every 10 s
 #   BENCH_SOAK_PCT=25      the soak's rate, in % of the drain throughput
 #   BENCH_WORKER_ARGS=     extra worker arguments, e.g. "-X fetch.wait.max.ms=1"
@@ -30,7 +36,9 @@ CORES=${BENCH_CORES:-$(nproc)}
 BATCH_ROWS=${BENCH_BATCH_ROWS:-256}
 PARTITIONS=${BENCH_PARTITIONS:-64}
 OPEN_S=${BENCH_OPEN_S:-8}
-OPEN_PCT=${BENCH_OPEN_PCT:-50}
+OPEN_PCT=${BENCH_OPEN_PCT:-10 25 50}
+LINGER_MS=${BENCH_LINGER_MS:-1}
+FETCH_WAIT_MS=${BENCH_FETCH_WAIT_MS:-5}
 SOAK_PCT=${BENCH_SOAK_PCT:-25}
 SOAK_S=${BENCH_SOAK_S:-0}
 ONLY=${BENCH_ONLY:-W1 W2 W3}
@@ -174,13 +182,14 @@ fi
 
 # shellcheck disable=SC2086 # BENCH_WORKER_ARGS is a list of arguments
 "$BIN/kinfer-worker" --models "$RUN/models" --worker-id bench "${WORKER_THREADS[@]}" \
-  --batch-max-rows "$BATCH_ROWS" --log-level warn ${BENCH_WORKER_ARGS:-} >"$RUN/worker.log" 2>&1 &
+  --batch-max-rows "$BATCH_ROWS" --log-level warn -X "fetch.wait.max.ms=$FETCH_WAIT_MS" \
+  ${BENCH_WORKER_ARGS:-} >"$RUN/worker.log" 2>&1 &
 WORKER_PID=$!
 PIDS=("$WORKER_PID" "$BROKER_PID" "$REDIS_PID")
 CPU_PIDS="$WORKER_PID,$BROKER_PID,$REDIS_PID"
 echo "redis $KINFER_REDIS (pid $REDIS_PID), brokers $KINFER_BROKERS (pid $BROKER_PID)," \
   "worker pid $WORKER_PID: ${WORKER_THREADS[*]} --batch-max-rows $BATCH_ROWS" \
-  "${BENCH_WORKER_ARGS:-}" >&2
+  "-X fetch.wait.max.ms=$FETCH_WAIT_MS ${BENCH_WORKER_ARGS:-}" >&2
 
 # Backlog sizing: a job is about rows*cols*4 bytes plus ~200 of msgpack, key
 # and framing; users are spread evenly, so each partition holds 1/PARTITIONS.
@@ -261,7 +270,7 @@ for w in $ONLY; do
     for _ in $(seq "$REPEAT"); do
       "$BIN/kinfer" bench --mode open --model-file "$RUN/models/${MODEL[$w]}.kmodel" \
         --rows-per-job "${ROWS[$w]}" --rate "$r" --duration "$OPEN_S" --users "$PARTITIONS" \
-        --cpu-pids "$CPU_PIDS" | tee -a "$RUN/$w.open$pct.json" >&2 ||
+        -X "linger.ms=$LINGER_MS" --cpu-pids "$CPU_PIDS" | tee -a "$RUN/$w.open$pct.json" >&2 ||
         echo "bench: a $w open-loop run failed" >&2
     done
   done
@@ -324,7 +333,8 @@ W=kinfer-worker K=kinfer-devbroke R=redis-server   # /proc/PID/comm names
       "$(median_cpu "$c" other cores)" "$(( $(sum "$d" errors) + $(sum "$d" missing) ))"
   done
   echo
-  echo "Open loop at $OPEN_PCT% of the drain throughput, $OPEN_S s per run; latency = the"
+  echo "Open loop at ${OPEN_PCT// /, }% of the drain throughput, $OPEN_S s per run, producer"
+  echo "linger.ms=$LINGER_MS, worker fetch.wait.max.ms=$FETCH_WAIT_MS; latency = the"
   echo "result's \`done\` (when it was computed) minus the job's scheduled produce time;"
   echo "visible = until the result could be read (BLPOP on the done lists of 1000 jobs per"
   echo "run).  ms; \`done\` has 1 ms resolution.  achieved < rate: the queue grew."
