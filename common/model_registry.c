@@ -279,6 +279,16 @@ static mreg_rc_t mreg_reply_error(const redisReply *r, char *errstr, size_t errs
                 mreg_rc_t rc;
         } tags[] = {{"REFUSED ", MREG_REFUSED}, {"NOTFOUND ", MREG_NOT_FOUND}};
 
+        /* Redis busy for now (loading its data after a restart, running a
+         * long script, a replica without its master): like a lost
+         * connection, worth another try, not a verdict on the model. */
+        static const char *const later[] = {"LOADING ", "BUSY ", "MASTERDOWN "};
+
+        for (size_t i = 0; i < sizeof(later) / sizeof(later[0]); i++)
+                if (r->len >= strlen(later[i]) && !memcmp(r->str, later[i], strlen(later[i]))) {
+                        kf_errf(errstr, errstr_size, "registry: %.*s", (int)r->len, r->str);
+                        return MREG_IO;
+                }
         for (size_t i = 0; i < sizeof(tags) / sizeof(tags[0]); i++) {
                 size_t tl = strlen(tags[i].tag);
                 if (r->len >= tl && !memcmp(r->str, tags[i].tag, tl)) {

@@ -113,15 +113,26 @@ oom:
         }
 }
 
-void kw_batch_resolve(kw_batch_t *b, ms_store_t *ms)
+int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, char *why, size_t why_size)
 {
+        int later = 0;
         for (int i = 0; i < b->n; i++) {
                 kw_job_t *j = &b->jobs[i];
                 kf_err_t err;
                 if (j->state != KW_JOB_NEW || j->model)
                         continue;
+                if (later) { /* one timeout per attempt, not one per job */
+                        later++;
+                        continue;
+                }
                 j->model = ms_store_get(ms, j->job.model, j->job.version, &err, j->errmsg,
                                         sizeof(j->errmsg));
+                if (!j->model && err == KF_OK) { /* the registry is away: ask again */
+                        if (!later++)
+                                kf_strlcpy(why, j->errmsg, why_size);
+                        j->errmsg[0] = '\0';
+                        continue;
+                }
                 if (!j->model) {
                         job_fail(j, err);
                         continue;
@@ -129,6 +140,7 @@ void kw_batch_resolve(kw_batch_t *b, ms_store_t *ms)
                 if (model_check_job(j->model, &j->job, &err, j->errmsg, sizeof(j->errmsg)))
                         job_fail(j, err);
         }
+        return later;
 }
 
 void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows)

@@ -68,10 +68,14 @@ typedef struct kw_compute_ctx_s {
  * memory (rkm destroyed, nothing added).  Loop thread. */
 int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim);
 
-/* Looks up the model of every NEW job (a reference kept in the job) and
- * checks its input shape; jobs that fail are DONE with their error.  Loop
- * thread: the model store is the loop thread's. */
-void kw_batch_resolve(kw_batch_t *b, ms_store_t *ms);
+/* Looks up the model of every NEW job without one (a reference kept in the
+ * job) and checks its input shape; jobs that fail are DONE with their error.
+ * Jobs whose model cannot be looked up because the registry is unreachable
+ * stay NEW without a model: returns how many (0: the batch is ready), with
+ * the first one's reason in why; call again later, and never compute or
+ * write the batch before it returns 0.  Loop thread: the model store is the
+ * loop thread's. */
+int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, char *why, size_t why_size);
 
 /* Computes every resolved NEW job, stacking the jobs of one model into one
  * forward pass of at most max_rows rows; each job ends DONE with an output

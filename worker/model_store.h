@@ -49,8 +49,10 @@ void ms_store_destroy(ms_store_t *ms); /* accepts NULL */
 /* Returns a new reference to the model (caller unrefs), or NULL with *err =
  * KF_ERR_UNKNOWN_MODEL (no such model or version, or no active version; the
  * message lists the versions that exist) or KF_ERR_INTERNAL (it exists but
- * cannot be loaded: corrupt, or the registry is unreachable; the message
- * says why, and it is logged).  version 0 = the active version.  Loop thread
+ * cannot be loaded: corrupt; the message says why, and it is logged), or
+ * NULL with *err = KF_OK: the registry cannot be reached (or Redis is busy
+ * loading), so there is no answer for the job yet; the message says why, and
+ * the caller asks again later.  version 0 = the active version.  Loop thread
  * only; in registry mode it takes the store's mutex briefly, and does Redis
  * I/O only for a name or version it has not loaded yet. */
 model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err_t *err,

@@ -867,7 +867,11 @@ model_t *msr_get(msr_t *r, const char *name, uint32_t version, kf_err_t *err, ch
                 name);
         return NULL;
 unavailable:
-        *err = KF_ERR_INTERNAL;
+        /* A lost connection (dropped by whoever saw the I/O error) means
+         * Redis is away: no verdict, ask again later.  Anything else that
+         * failed with the connection up (malformed metadata, no memory) is
+         * the job's answer: waiting would not change it. */
+        *err = r->fg.c ? KF_ERR_INTERNAL : KF_OK;
         kf_errf(errstr, errstr_size, "model '%s' cannot be loaded: model registry unavailable: %s",
                 name, why);
         return NULL;

@@ -10,8 +10,9 @@
  *                   backoff while Redis is away), kw_offsets_done
  *
  * At most compute_threads + 2 batches are in flight; when the pipeline is
- * full (Redis slow or away) the loop thread pauses its partitions and keeps
- * polling, so it stays in the group.  Rebalances and shutdown drain the
+ * full (Redis slow or away), or a batch waits for the model registry, the
+ * loop thread pauses its partitions and keeps polling, so it stays in the
+ * group.  Rebalances and shutdown drain the
  * pipeline first (see drain()). */
 #include "worker.h"
 
@@ -54,6 +55,8 @@ struct kw_worker_s {
         pthread_t writer;
         kw_batch_t *cur;     /* loop thread: the batch being filled */
         int paused;          /* loop thread: the assignment is paused */
+        int resolve_backoff_ms; /* loop thread: the registry is away (0: it is not) */
+        int64_t resolve_at_us;  /* loop thread: when to ask it again */
         rd_kafka_topic_partition_list_t *rewind; /* loop thread: see rewind_later */
         int max_inflight;
         pthread_mutex_t lock; /* guards inflight, with `idle` */
@@ -219,8 +222,44 @@ static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
         return 1;
 }
 
-/* Hands the current batch to the compute threads if the pipeline has room.
- * Returns 0 if dispatched (or nothing to dispatch), -1 if full. */
+/* Finds the models of the batch's jobs.  While the model registry is
+ * unreachable, jobs whose model is not cached cannot be answered: that is an
+ * outage, not their fault, so the batch waits here like it waits for a full
+ * pipeline (dispatch() pauses fetching meanwhile) and the registry is asked
+ * again with capped exponential backoff.  Returns 0 when every job has its
+ * model or its error, -1 while the batch must wait. */
+static int resolve(kw_worker_t *w, kw_batch_t *b)
+{
+        char why[256] = "";
+        int held;
+
+        if (w->resolve_backoff_ms && kf_mono_us() < w->resolve_at_us)
+                return -1;
+        held = kw_batch_resolve(b, w->models, why, sizeof(why));
+        if (!held) {
+                if (w->resolve_backoff_ms)
+                        kf_info("model registry reachable again: the %d held jobs go on", b->n);
+                w->resolve_backoff_ms = 0;
+                return 0;
+        }
+        if (!w->resolve_backoff_ms) {
+                kf_warn("model registry unreachable: %d jobs wait for their models, fetching "
+                        "pauses until it is back: %s",
+                        held, why);
+                w->resolve_backoff_ms = BACKOFF_MIN_MS;
+        } else {
+                kf_debug("model registry still unreachable (%d jobs wait): %s", held, why);
+                w->resolve_backoff_ms = w->resolve_backoff_ms * 2 > BACKOFF_MAX_MS
+                                            ? BACKOFF_MAX_MS
+                                            : w->resolve_backoff_ms * 2;
+        }
+        w->resolve_at_us = kf_mono_us() + (int64_t)w->resolve_backoff_ms * 1000;
+        return -1;
+}
+
+/* Hands the current batch to the compute threads if its models are known
+ * and the pipeline has room.  Returns 0 if dispatched (or nothing to
+ * dispatch), -1 if it must wait (pipeline full, or registry away). */
 static int dispatch_now(kw_worker_t *w)
 {
         kw_batch_t *b = w->cur;
@@ -228,6 +267,8 @@ static int dispatch_now(kw_worker_t *w)
 
         if (!b || b->n == 0)
                 return 0;
+        if (resolve(w, b))
+                return -1;
         pthread_mutex_lock(&w->lock);
         room = w->inflight < w->max_inflight;
         if (room)
@@ -235,7 +276,6 @@ static int dispatch_now(kw_worker_t *w)
         pthread_mutex_unlock(&w->lock);
         if (!room)
                 return -1;
-        kw_batch_resolve(b, w->models);
         kw_quota_precheck(&w->pre, b);
         for (int i = 0; i < b->n; i++) {
                 rd_kafka_message_t *rkm = b->jobs[i].rkm;
@@ -278,8 +318,8 @@ static void resume(kw_worker_t *w)
 }
 
 /* Dispatches the current batch, waiting for room.  A full pipeline (Redis
- * slow or away) is waited out without polling at first: batches stay within
- * their bounds.  After PAUSE_AFTER_MS the partitions are paused and the
+ * slow or away) or a registry outage is waited out without polling at
+ * first: batches stay within their bounds.  After PAUSE_AFTER_MS the partitions are paused and the
  * consumer polled, so the group sees us alive and rebalances are served; a
  * message that still arrives is given back (rewind_later). */
 static void dispatch(kw_worker_t *w)
@@ -297,7 +337,7 @@ static void dispatch(kw_worker_t *w)
                                 ts.tv_sec++;
                                 ts.tv_nsec -= 1000000000L;
                         }
-                        if (w->inflight >= w->max_inflight)
+                        if (w->inflight >= w->max_inflight || w->resolve_backoff_ms)
                                 pthread_cond_timedwait(&w->idle, &w->lock, &ts);
                         pthread_mutex_unlock(&w->lock);
                 } else {
@@ -333,10 +373,12 @@ static int drain(kw_worker_t *w, int64_t timeout_ms)
         while (w->inflight > 0 || (w->cur && w->cur->n)) {
                 struct timespec ts;
                 if (w->cur && w->cur->n && w->inflight < w->max_inflight) {
+                        int held;
                         pthread_mutex_unlock(&w->lock);
-                        dispatch_now(w);
+                        held = dispatch_now(w); /* -1: the registry is away */
                         pthread_mutex_lock(&w->lock);
-                        continue;
+                        if (!held)
+                                continue;
                 }
                 if (!rc && kf_mono_us() > until) {
                         int held = w->cur ? w->cur->n : 0;

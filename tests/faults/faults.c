@@ -457,12 +457,25 @@ void fx_teardown(fx_t *fx)
         fx->jobs = NULL;
 }
 
+void fx_push_model(fx_t *fx)
+{
+        char path[400], *out = NULL;
+        const char *argv[] = {"kinfer", "model", "push", path, "--activate", NULL};
+        int rc;
+        snprintf(path, sizeof(path), "%s/mlp.kmodel", fx->models_dir);
+        rc = kt_stack_run(&fx->stack, argv, NULL, &out, 30000);
+        if (rc != 0) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("kinfer model push %s: exit %d: %s", path, rc, out ? out : "");
+        }
+        free(out);
+        fx->registry = 1;
+}
+
 int fx_worker(fx_t *fx, const char *name, const char *const *extra)
 {
         static const char *const env[] = {"KINFER_DLQ_TOPIC=" FX_DLQ_TOPIC, NULL};
         const char *argv[48] = {"kinfer-worker",
-                                "--models",
-                                fx->models_dir,
                                 "--worker-id",
                                 name,
                                 "--redis-timeout-ms",
@@ -474,10 +487,14 @@ int fx_worker(fx_t *fx, const char *name, const char *const *extra)
                                 "-X",
                                 "heartbeat.interval.ms=500"};
         const char *debug = getenv("FAULTS_WORKER_DEBUG");
-        int n = 11, slot;
+        int n = 9, slot;
         char debug_prop[256];
         /* FAULTS_WORKER_DEBUG=fetch,cgrp: librdkafka's debug contexts for
          * the workers, into their logs in the kept test directory. */
+        if (!fx->registry) {
+                argv[n++] = "--models";
+                argv[n++] = fx->models_dir;
+        }
         if (debug && *debug) {
                 snprintf(debug_prop, sizeof(debug_prop), "debug=%s", debug);
                 argv[n++] = "-X";

@@ -90,6 +90,8 @@ typedef struct fx_s {
                                 kinfer:stats undecodable (a plain counter, not
                                 part of the idempotent step) may count some
                                 twice: fx_check then wants >= instead of == */
+        int registry;        /* 1: workers start without --models and load the
+                                model from the registry (fx_push_model) */
         uint64_t rng;
 } fx_t;
 
@@ -107,6 +109,11 @@ void fx_teardown(fx_t *fx);
  * (short session timeout, --redis-timeout-ms 1000, the DLQ topic) plus extra
  * (NULL-terminated, may be NULL).  Returns its slot. */
 int fx_worker(fx_t *fx, const char *name, const char *const *extra);
+
+/* Pushes the model into the stack's model registry and activates it
+ * (`kinfer model push`), as version 1; workers spawned afterwards load it
+ * from there instead of from a directory. */
+void fx_push_model(fx_t *fx);
 
 /* Stops the given worker slots with SIGTERM and asserts each exits 0; scans
  * every process log for sanitizer reports; marks the test passed. */

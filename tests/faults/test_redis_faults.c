@@ -311,6 +311,40 @@ static void test_maxmemory_oom(void **state)
         fx_finish(fx, w, 2);
 }
 
+/* A worker that loads models from the registry meets its first job while
+ * redis-server is frozen: it cannot load the model.  That is the registry's
+ * outage, not the job's fault: the jobs must wait for Redis like their
+ * writes do, and all get ok results when it is back, none `internal`. */
+static void test_registry_first_use_while_redis_paused(void **state)
+{
+        fx_t *fx = *state;
+        long long deadline;
+        int w;
+
+        fx_setup(fx, "rfirst", 1, 4, 8, NULL);
+        fx_push_model(fx);
+        fx_add_good(fx, 400);
+        w        = fx_worker(fx, "w1", NULL);
+        deadline = kt_now_ms() + WAIT_MS;
+        while (fx_log_count(fx, w, "assigned") == 0) { /* in the group, no job yet */
+                if (kt_now_ms() > deadline)
+                        fail_msg("the worker was never assigned partitions");
+                fx_sleep_ms(50);
+        }
+
+        assert_int_equal(kt_stack_signal_redis(&fx->stack, SIGSTOP), 0);
+        fx_produce(fx, 0, fx->n_jobs);
+        fx_sleep_ms(4000); /* four times --redis-timeout-ms; nothing may talk to Redis */
+        assert_int_equal(kt_stack_signal_redis(&fx->stack, SIGCONT), 0);
+        assert_int_equal(kt_stack_wait(&fx->stack, w, 0), -1); /* still running */
+
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        /* The outage was really met at first use (else this proves nothing). */
+        assert_true(fx_log_count(fx, w, "model registry unreachable") >= 1);
+        fx_finish(fx, &w, 1);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -318,6 +352,8 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_redis_paused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_script_flush, setup, teardown),
             cmocka_unit_test_setup_teardown(test_maxmemory_oom, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_registry_first_use_while_redis_paused, setup,
+                                            teardown),
         };
         return fx_run(tests);
 }

@@ -567,8 +567,10 @@ static void test_ensemble_follows(void **state)
         tm_free(&b2);
 }
 
-/* Redis goes away: cached models keep serving without delay; it comes back
- * (same data, appendonly): the reloader resubscribes and sees a change. */
+/* Redis goes away: cached models keep serving without delay, and what is
+ * not cached gets "no verdict yet" instead of an error; it comes back (same
+ * data, appendonly): those lookups get their answers, and the reloader
+ * resubscribes and sees a change. */
 static void test_redis_restart(void **state)
 {
         st_t *t = *state;
@@ -597,6 +599,11 @@ static void test_redis_restart(void **state)
         }
         print_message("Redis down: slowest lookup %lld ms\n", worst);
         assert_true(worst < 10);
+        /* What needs Redis gets no verdict (KF_OK, NULL: ask again later),
+         * not an error a job would keep: a name never seen, and a version
+         * never built. */
+        get_fails(t->ms, "never-seen", 0, KF_OK, "model registry unavailable");
+        get_fails(t->ms, "r", 2, KF_OK, "model registry unavailable");
         assert_int_equal(kt_stack_restart_redis(&t->stack), 0);
         assert_non_null(t->c = kt_stack_redis(&t->stack));
         for (long long until = kt_now_ms() + 10000;;) { /* redis replays its AOF first */
@@ -609,6 +616,11 @@ static void test_redis_restart(void **state)
                         fail_msg("redis still loading after 10 s");
                 sleep_ms(10);
         }
+        /* Back: the same lookups get their real answers. */
+        get_fails(t->ms, "never-seen", 0, KF_ERR_UNKNOWN_MODEL, "unknown model 'never-seen'");
+        m = get(t->ms, "r", 2);
+        assert_int_equal(m->version, 2);
+        model_unref(m);
         activate(t->c, "r", 2);
         t0 = kt_now_ms();
         wait_serving(t->ms, "r", 2, 12000);
