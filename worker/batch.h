@@ -4,7 +4,7 @@
  * WRITTEN (Redis acknowledged it).  The batch owns the Kafka messages until
  * kw_batch_reset(), so offsets can be stored from them after the write.
  * A batch belongs to one thread at a time: the loop thread fills it, a
- * compute thread computes it, the writer thread writes it (see worker.c). */
+ * compute thread computes it, a writer thread writes it (see worker.c). */
 #ifndef KW_BATCH_H
 #define KW_BATCH_H
 

@@ -8,7 +8,8 @@
  * result.  Redis connection state lives here: a context that saw an I/O
  * error is dropped and a new one made on the next attempt; NOSCRIPT (server
  * restarted or SCRIPT FLUSH) reloads the script and resends.
- * Owned by the worker's loop thread. */
+ * A kw_redis_t belongs to one thread: each writer thread has its own, and
+ * the loop thread one for the quota pre-check. */
 #ifndef KW_COMMIT_H
 #define KW_COMMIT_H
 

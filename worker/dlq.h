@@ -8,8 +8,9 @@
  *   kinfer.reason  the human message
  *   kinfer.worker  the worker id
  * It is produced idempotently with acks=all, and the source offset is stored
- * only after the broker acknowledged the copy.  Owned by the worker's loop
- * thread. */
+ * only after the broker acknowledged the copy.  Used by the writer threads,
+ * one at a time: a flush serves the delivery reports of every thread's
+ * copies, and they point into the batches (worker.c holds a lock). */
 #ifndef KW_DLQ_H
 #define KW_DLQ_H
 

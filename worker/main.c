@@ -47,6 +47,8 @@ const kf_opt_t kw_options[] = {
      "OpenBLAS threads per worker"},
     {"compute-threads", 0, "KINFER_COMPUTE_THREADS", KF_OPT_INT, O(compute_threads), 0, 256, "0",
      "N", "threads computing batches in parallel (0 = one per CPU)"},
+    {"writer-threads", 0, "KINFER_WRITER_THREADS", KF_OPT_INT, O(writer_threads), 1, 16, "2",
+     "N", "threads writing results to Redis, a connection each"},
     {"redis-timeout-ms", 0, "KINFER_REDIS_TIMEOUT_MS", KF_OPT_INT, O(redis_timeout_ms), 10,
      600000, "5000", "MS", "Redis connect and command timeout"},
     {"grace-ms", 0, "KINFER_GRACE_MS", KF_OPT_INT, O(grace_ms), 0, 3600000, "10000", "MS",

@@ -1,15 +1,21 @@
 /* worker.c - kinfer-worker's pipeline: the loop thread polls Kafka and forms
- * micro-batches, compute threads run the forward passes, one writer thread
- * commits results to Redis and only then lets the offsets be stored.
+ * micro-batches, compute threads run the forward passes, writer threads
+ * commit results to Redis and only then let the offsets be stored.
  *
  *   loop thread     poll, decode, resolve models, quota pre-check, track
  *                   offsets  --compute_q-->
  *   compute threads (compute_threads of them, OpenBLAS single-threaded each
  *                   unless --blas-threads says otherwise)  --write_q-->
- *   writer thread   dead-letter copies, pipelined Redis steps (retried with
+ *   writer threads  (writer_threads of them, a Redis connection each)
+ *                   dead-letter copies, pipelined Redis steps (retried with
  *                   backoff while Redis is away), kw_offsets_done
  *
- * At most compute_threads + 2 batches are in flight; when the pipeline is
+ * Two writers keep Redis busy: while Redis runs one writer's pipeline, the
+ * other builds its next one or reads its replies (with one, Redis idles
+ * for that time).  Each step is atomic, so writers need no order between
+ * them; offsets are tracked out of order anyway.
+ *
+ * At most compute_threads + writer_threads + 1 batches are in flight; when the pipeline is
  * full (Redis slow or away), or a batch waits for the model registry, the
  * loop thread pauses its partitions and keeps polling, so it stays in the
  * group.  Rebalances and shutdown drain the
@@ -38,6 +44,13 @@
 #define BACKOFF_MAX_MS 5000
 #define PAUSE_AFTER_MS 1000 /* a full pipeline for this long pauses fetching */
 
+typedef struct kw_writer_s {
+        kw_worker_t *w;
+        kw_redis_t redis; /* this writer's connection and step script */
+        pthread_t thread;
+        int started;
+} kw_writer_t;
+
 struct kw_worker_s {
         const kw_config_t *conf;
         volatile sig_atomic_t *stop;
@@ -46,13 +59,14 @@ struct kw_worker_s {
         rd_kafka_t *rk;
         ms_store_t *models;  /* loop thread */
         kw_redis_t pre;      /* loop thread: quota pre-check */
-        kw_redis_t redis;    /* writer thread: steps */
-        kw_dlq_t dlq;        /* writer thread */
+        kw_writer_t *writers;
+        int n_writers;
+        kw_dlq_t dlq;        /* writer threads, under dlq_lock */
+        pthread_mutex_t dlq_lock;
         kw_offsets_t *offsets;
         kw_queue_t compute_q, write_q;
         pthread_t *computers;
-        int n_computers, writer_started;
-        pthread_t writer;
+        int n_computers;
         kw_batch_t *cur;     /* loop thread: the batch being filled */
         int paused;          /* loop thread: the assignment is paused */
         int resolve_backoff_ms; /* loop thread: the registry is away (0: it is not) */
@@ -97,22 +111,29 @@ static void *compute_main(void *arg)
         return NULL;
 }
 
-/* --- writer thread ------------------------------------------------------ */
+/* --- writer threads ----------------------------------------------------- */
 
 /* One attempt to make a computed batch durable: dead-letter copies first,
  * then the steps.  A job the step hands back (quota window rolled over) is
  * computed here and written in the next round.  Returns 0 or -1. */
-static int write_once(kw_worker_t *w, kw_batch_t *b, kw_compute_ctx_t *ctx)
+static int write_once(kw_writer_t *wr, kw_batch_t *b, kw_compute_ctx_t *ctx)
 {
+        kw_worker_t *w = wr->w;
         char err[512];
-        if (kw_dlq_send_batch(&w->dlq, b, 10000, err, sizeof(err))) {
+        int rc;
+        /* One writer at a time: the delivery reports of a flush are served
+         * to whichever thread flushes, and they point into the batches. */
+        pthread_mutex_lock(&w->dlq_lock);
+        rc = kw_dlq_send_batch(&w->dlq, b, 10000, err, sizeof(err));
+        pthread_mutex_unlock(&w->dlq_lock);
+        if (rc) {
                 kf_warn("batch of %d jobs not done yet: %s", b->n, err);
                 return -1;
         }
         for (int round = 0; round < 3; round++) {
                 int left = 0;
                 kw_batch_compute(b, ctx, (uint32_t)w->conf->batch_max_rows);
-                if (kw_commit_batch(&w->redis, b, err, sizeof(err))) {
+                if (kw_commit_batch(&wr->redis, b, err, sizeof(err))) {
                         kf_warn("results of %d jobs not written yet: %s", b->n, err);
                         return -1;
                 }
@@ -136,13 +157,14 @@ static void backoff_sleep(kw_worker_t *w, int ms)
 
 static void *writer_main(void *arg)
 {
-        kw_worker_t *w       = arg;
+        kw_writer_t *wr      = arg;
+        kw_worker_t *w       = wr->w;
         kw_compute_ctx_t ctx = {0};
         kw_batch_t *b;
 
         while ((b = kw_queue_pop(&w->write_q, -1))) {
                 int backoff = BACKOFF_MIN_MS;
-                while (!atomic_load(&w->abandon) && write_once(w, b, &ctx)) {
+                while (!atomic_load(&w->abandon) && write_once(wr, b, &ctx)) {
                         backoff_sleep(w, backoff);
                         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
                 }
@@ -466,11 +488,19 @@ int kw_worker_run(kw_worker_t *w)
         if (drain(w, c->grace_ms))
                 rc = -1;
         rd_kafka_consumer_close(w->rk);
-        kf_info("stopped: %llu jobs, %llu batches, %llu written, %llu duplicates, "
-                "%llu undecodable (%llu dead-lettered), %llu abandoned",
-                w->jobs_seen, (unsigned long long)atomic_load(&w->batches), w->redis.written,
-                w->redis.duplicates, w->redis.undecodable, w->dlq.sent,
-                (unsigned long long)atomic_load(&w->abandoned));
+        {
+                unsigned long long written = 0, duplicates = 0, undecodable = 0;
+                for (int i = 0; i < w->n_writers; i++) {
+                        written += w->writers[i].redis.written;
+                        duplicates += w->writers[i].redis.duplicates;
+                        undecodable += w->writers[i].redis.undecodable;
+                }
+                kf_info("stopped: %llu jobs, %llu batches, %llu written, %llu duplicates, "
+                        "%llu undecodable (%llu dead-lettered), %llu abandoned",
+                        w->jobs_seen, (unsigned long long)atomic_load(&w->batches), written,
+                        duplicates, undecodable, w->dlq.sent,
+                        (unsigned long long)atomic_load(&w->abandoned));
+        }
         return rc;
 }
 
@@ -486,10 +516,12 @@ static int threads_start(kw_worker_t *w, char *errstr, size_t errstr_size)
         for (; w->n_computers < n; w->n_computers++)
                 if (pthread_create(&w->computers[w->n_computers], NULL, compute_main, w))
                         return kf_errf(errstr, errstr_size, "cannot start compute threads");
-        if (pthread_create(&w->writer, NULL, writer_main, w))
-                return kf_errf(errstr, errstr_size, "cannot start the writer thread");
-        w->writer_started = 1;
-        w->max_inflight   = n + 2;
+        for (int i = 0; i < w->n_writers; i++) {
+                if (pthread_create(&w->writers[i].thread, NULL, writer_main, &w->writers[i]))
+                        return kf_errf(errstr, errstr_size, "cannot start the writer threads");
+                w->writers[i].started = 1;
+        }
+        w->max_inflight = n + w->n_writers + 1;
         return 0;
 }
 
@@ -524,6 +556,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         w->conf = c;
         w->stop = stop;
         pthread_mutex_init(&w->lock, NULL);
+        pthread_mutex_init(&w->dlq_lock, NULL);
         pthread_cond_init(&w->idle, NULL);
         kw_queue_init(&w->compute_q);
         kw_queue_init(&w->write_q);
@@ -550,16 +583,24 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                         kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
-        w->redis.prefix = w->pre.prefix = c->prefix;
-        w->redis.worker_id = w->pre.worker_id = w->worker_id;
-        w->redis.topic = w->pre.topic = c->topic;
-        w->redis.quota_jobs = w->pre.quota_jobs = c->quota_jobs;
-        w->redis.quota_rows = w->pre.quota_rows = c->quota_rows;
-        w->redis.quota_window = w->pre.quota_window = c->quota_window;
-        if (kw_redis_init(&w->redis, c->redis_url, (int)c->redis_timeout_ms, errstr,
-                          errstr_size) ||
-            kw_redis_init(&w->pre, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size))
+        w->n_writers = (int)c->writer_threads;
+        if (!(w->writers = calloc((size_t)w->n_writers, sizeof(*w->writers)))) {
+                kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
+        }
+        for (int i = -1; i < w->n_writers; i++) {
+                kw_redis_t *r = i < 0 ? &w->pre : &w->writers[i].redis;
+                if (i >= 0)
+                        w->writers[i].w = w;
+                r->prefix       = c->prefix;
+                r->worker_id    = w->worker_id;
+                r->topic        = c->topic;
+                r->quota_jobs   = c->quota_jobs;
+                r->quota_rows   = c->quota_rows;
+                r->quota_window = c->quota_window;
+                if (kw_redis_init(r, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size))
+                        goto err;
+        }
         if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id, errstr,
                         errstr_size))
                 goto err;
@@ -593,10 +634,10 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         }
         rd_kafka_topic_partition_list_destroy(topics);
         kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s, "
-                "%d compute threads x %lld BLAS threads",
-                w->worker_id, c->group, c->topic, c->brokers, w->redis.url.host,
-                w->redis.url.port, c->models_dir ? c->models_dir : "(registry)", w->n_computers,
-                (long long)c->blas_threads);
+                "%d compute threads x %lld BLAS threads, %d writer threads",
+                w->worker_id, c->group, c->topic, c->brokers, w->pre.url.host, w->pre.url.port,
+                c->models_dir ? c->models_dir : "(registry)", w->n_computers,
+                (long long)c->blas_threads, w->n_writers);
         return w;
 err:
         if (topics)
@@ -616,8 +657,9 @@ void kw_worker_destroy(kw_worker_t *w)
         for (int i = 0; i < w->n_computers; i++)
                 pthread_join(w->computers[i], NULL);
         kw_queue_close(&w->write_q);
-        if (w->writer_started)
-                pthread_join(w->writer, NULL);
+        for (int i = 0; w->writers && i < w->n_writers; i++)
+                if (w->writers[i].started)
+                        pthread_join(w->writers[i].thread, NULL);
         free(w->computers);
         kw_batch_free(w->cur);
         if (w->rewind)
@@ -625,7 +667,9 @@ void kw_worker_destroy(kw_worker_t *w)
         if (w->rk)
                 rd_kafka_destroy(w->rk);
         kw_offsets_destroy(w->offsets);
-        kw_redis_close(&w->redis);
+        for (int i = 0; w->writers && i < w->n_writers; i++)
+                kw_redis_close(&w->writers[i].redis);
+        free(w->writers);
         kw_redis_close(&w->pre);
         kw_dlq_close(&w->dlq);
         ms_store_destroy(w->models);
@@ -633,5 +677,6 @@ void kw_worker_destroy(kw_worker_t *w)
         kw_queue_destroy(&w->write_q);
         pthread_cond_destroy(&w->idle);
         pthread_mutex_destroy(&w->lock);
+        pthread_mutex_destroy(&w->dlq_lock);
         free(w);
 }

@@ -36,6 +36,7 @@ typedef struct kw_config_s {
         int64_t batch_wait_us;
         int64_t blas_threads;
         int64_t compute_threads; /* 0 = one per online CPU */
+        int64_t writer_threads;  /* Redis writers, a connection each */
         int64_t redis_timeout_ms;
         int64_t grace_ms; /* shutdown: how long to keep retrying unwritten results */
         int64_t max_message_bytes;
