@@ -383,7 +383,10 @@ static void test_random_against_reference(void **state)
         (void)state;
         static const uint32_t d0[] = {3, 5, 2}, d1[] = {16, 32, 4}, d2[] = {784, 64, 10},
                               d3[] = {8, 16, 16, 16, 3}, d4[] = {5, 7}, d5[] = {10, 20, 1},
-                              d6[] = {12, 40, 6, 30, 9, 2};
+                              d6[] = {12, 40, 6, 30, 9, 2},
+                              /* widths of 8k + a tail: the bias/ReLU pass
+                               * runs 8 at a time, then the rest */
+                              d7[] = {13, 21, 11};
         static const model_act_t a0[] = {MODEL_ACT_RELU, MODEL_ACT_IDENTITY},
                                  a1[] = {MODEL_ACT_TANH, MODEL_ACT_SOFTMAX},
                                  a2[] = {MODEL_ACT_RELU, MODEL_ACT_SOFTMAX},
@@ -392,13 +395,14 @@ static void test_random_against_reference(void **state)
                                  a4[] = {MODEL_ACT_SIGMOID},
                                  a5[] = {MODEL_ACT_RELU, MODEL_ACT_SIGMOID},
                                  a6[] = {MODEL_ACT_SOFTMAX, MODEL_ACT_TANH, MODEL_ACT_RELU,
-                                         MODEL_ACT_SIGMOID, MODEL_ACT_IDENTITY};
+                                         MODEL_ACT_SIGMOID, MODEL_ACT_IDENTITY},
+                                 a7[] = {MODEL_ACT_RELU, MODEL_ACT_IDENTITY};
         static const struct {
                 uint32_t n;
                 const uint32_t *dims;
                 const model_act_t *acts;
         } shapes[] = {{2, d0, a0}, {2, d1, a1}, {2, d2, a2}, {4, d3, a3},
-                      {1, d4, a4}, {2, d5, a5}, {5, d6, a6}};
+                      {1, d4, a4}, {2, d5, a5}, {5, d6, a6}, {2, d7, a7}};
         static const uint32_t rows[] = {1, 7, 128};
         /* one scratch for everything: it must grow and be reused correctly
          * across models of different widths */
