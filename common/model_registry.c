@@ -271,28 +271,28 @@ int mreg_meta_parse(mreg_meta_t *meta, const char *name, size_t n, const char *c
 }
 
 /* Maps an error reply of a registry script ("REFUSED why", "NOTFOUND why")
- * or of Redis itself to a return code and a message. */
+ * or of Redis itself to a return code and a message.  Redis busy for now
+ * (loading its data after a restart, running a long script, a replica
+ * without its master) is MREG_IO: like a lost connection, worth another
+ * try, not a verdict on the model. */
 static mreg_rc_t mreg_reply_error(const redisReply *r, char *errstr, size_t errstr_size)
 {
         static const struct {
                 const char *tag;
                 mreg_rc_t rc;
-        } tags[] = {{"REFUSED ", MREG_REFUSED}, {"NOTFOUND ", MREG_NOT_FOUND}};
+        } tags[] = {{"REFUSED ", MREG_REFUSED}, {"NOTFOUND ", MREG_NOT_FOUND},
+                    {"LOADING ", MREG_IO},      {"BUSY ", MREG_IO},
+                    {"MASTERDOWN ", MREG_IO}};
 
-        /* Redis busy for now (loading its data after a restart, running a
-         * long script, a replica without its master): like a lost
-         * connection, worth another try, not a verdict on the model. */
-        static const char *const later[] = {"LOADING ", "BUSY ", "MASTERDOWN "};
-
-        for (size_t i = 0; i < sizeof(later) / sizeof(later[0]); i++)
-                if (r->len >= strlen(later[i]) && !memcmp(r->str, later[i], strlen(later[i]))) {
-                        kf_errf(errstr, errstr_size, "registry: %.*s", (int)r->len, r->str);
-                        return MREG_IO;
-                }
         for (size_t i = 0; i < sizeof(tags) / sizeof(tags[0]); i++) {
                 size_t tl = strlen(tags[i].tag);
                 if (r->len >= tl && !memcmp(r->str, tags[i].tag, tl)) {
-                        kf_errf(errstr, errstr_size, "%.*s", (int)(r->len - tl), r->str + tl);
+                        if (tags[i].rc == MREG_IO) /* Redis' own words, whole */
+                                kf_errf(errstr, errstr_size, "registry: %.*s", (int)r->len,
+                                        r->str);
+                        else
+                                kf_errf(errstr, errstr_size, "%.*s", (int)(r->len - tl),
+                                        r->str + tl);
                         return tags[i].rc;
                 }
         }

@@ -15,11 +15,11 @@
  * for that time).  Each step is atomic, so writers need no order between
  * them; offsets are tracked out of order anyway.
  *
- * At most compute_threads + writer_threads + 1 batches are in flight; when the pipeline is
- * full (Redis slow or away), or a batch waits for the model registry, the
- * loop thread pauses its partitions and keeps polling, so it stays in the
- * group.  Rebalances and shutdown drain the
- * pipeline first (see drain()). */
+ * At most compute_threads + writer_threads + 1 batches are in flight; when
+ * the pipeline is full (Redis slow or away), or a batch waits for the model
+ * registry, the loop thread pauses its partitions and keeps polling, so it
+ * stays in the group.  Rebalances and shutdown drain the pipeline first (see
+ * drain()). */
 #include "worker.h"
 
 #include <cblas.h>
@@ -111,6 +111,12 @@ static void *compute_main(void *arg)
         return NULL;
 }
 
+/* The next wait of a capped exponential backoff. */
+static int backoff_next(int ms)
+{
+        return ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
+}
+
 /* --- writer threads ----------------------------------------------------- */
 
 /* One attempt to make a computed batch durable: dead-letter copies first,
@@ -166,7 +172,7 @@ static void *writer_main(void *arg)
                 int backoff = BACKOFF_MIN_MS;
                 while (!atomic_load(&w->abandon) && write_once(wr, b, &ctx)) {
                         backoff_sleep(w, backoff);
-                        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+                        backoff = backoff_next(backoff);
                 }
                 if (atomic_load(&w->abandon)) {
                         /* Not stored, so redelivered to the partitions' next owner;
@@ -271,9 +277,7 @@ static int resolve(kw_worker_t *w, kw_batch_t *b)
                 w->resolve_backoff_ms = BACKOFF_MIN_MS;
         } else {
                 kf_debug("model registry still unreachable (%d jobs wait): %s", held, why);
-                w->resolve_backoff_ms = w->resolve_backoff_ms * 2 > BACKOFF_MAX_MS
-                                            ? BACKOFF_MAX_MS
-                                            : w->resolve_backoff_ms * 2;
+                w->resolve_backoff_ms = backoff_next(w->resolve_backoff_ms);
         }
         w->resolve_at_us = kf_mono_us() + (int64_t)w->resolve_backoff_ms * 1000;
         return -1;
@@ -341,9 +345,10 @@ static void resume(kw_worker_t *w)
 
 /* Dispatches the current batch, waiting for room.  A full pipeline (Redis
  * slow or away) or a registry outage is waited out without polling at
- * first: batches stay within their bounds.  After PAUSE_AFTER_MS the partitions are paused and the
- * consumer polled, so the group sees us alive and rebalances are served; a
- * message that still arrives is given back (rewind_later). */
+ * first: batches stay within their bounds.  After PAUSE_AFTER_MS the
+ * partitions are paused and the consumer polled, so the group sees us alive
+ * and rebalances are served; a message that still arrives is given back
+ * (rewind_later). */
 static void dispatch(kw_worker_t *w)
 {
         int64_t since = kf_mono_us();
@@ -395,11 +400,11 @@ static int drain(kw_worker_t *w, int64_t timeout_ms)
         while (w->inflight > 0 || (w->cur && w->cur->n)) {
                 struct timespec ts;
                 if (w->cur && w->cur->n && w->inflight < w->max_inflight) {
-                        int held;
+                        int waiting;
                         pthread_mutex_unlock(&w->lock);
-                        held = dispatch_now(w); /* -1: the registry is away */
+                        waiting = dispatch_now(w); /* -1: the registry is away */
                         pthread_mutex_lock(&w->lock);
-                        if (!held)
+                        if (!waiting)
                                 continue;
                 }
                 if (!rc && kf_mono_us() > until) {
@@ -525,6 +530,19 @@ static int threads_start(kw_worker_t *w, char *errstr, size_t errstr_size)
         return 0;
 }
 
+/* Sets up one of the worker's Redis connections (each thread has its own). */
+static int redis_open(kw_worker_t *w, kw_redis_t *r, char *errstr, size_t errstr_size)
+{
+        const kw_config_t *c = w->conf;
+        r->prefix            = c->prefix;
+        r->worker_id         = w->worker_id;
+        r->topic             = c->topic;
+        r->quota_jobs        = c->quota_jobs;
+        r->quota_rows        = c->quota_rows;
+        r->quota_window      = c->quota_window;
+        return kw_redis_init(r, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size);
+}
+
 kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, char *errstr,
                            size_t errstr_size)
 {
@@ -583,22 +601,16 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                         kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
-        w->n_writers = (int)c->writer_threads;
-        if (!(w->writers = calloc((size_t)w->n_writers, sizeof(*w->writers)))) {
+        if (!(w->writers = calloc((size_t)c->writer_threads, sizeof(*w->writers)))) {
                 kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
-        for (int i = -1; i < w->n_writers; i++) {
-                kw_redis_t *r = i < 0 ? &w->pre : &w->writers[i].redis;
-                if (i >= 0)
-                        w->writers[i].w = w;
-                r->prefix       = c->prefix;
-                r->worker_id    = w->worker_id;
-                r->topic        = c->topic;
-                r->quota_jobs   = c->quota_jobs;
-                r->quota_rows   = c->quota_rows;
-                r->quota_window = c->quota_window;
-                if (kw_redis_init(r, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size))
+        w->n_writers = (int)c->writer_threads;
+        if (redis_open(w, &w->pre, errstr, errstr_size))
+                goto err;
+        for (int i = 0; i < w->n_writers; i++) {
+                w->writers[i].w = w;
+                if (redis_open(w, &w->writers[i].redis, errstr, errstr_size))
                         goto err;
         }
         if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id, errstr,
@@ -657,7 +669,7 @@ void kw_worker_destroy(kw_worker_t *w)
         for (int i = 0; i < w->n_computers; i++)
                 pthread_join(w->computers[i], NULL);
         kw_queue_close(&w->write_q);
-        for (int i = 0; w->writers && i < w->n_writers; i++)
+        for (int i = 0; i < w->n_writers; i++)
                 if (w->writers[i].started)
                         pthread_join(w->writers[i].thread, NULL);
         free(w->computers);
@@ -667,7 +679,7 @@ void kw_worker_destroy(kw_worker_t *w)
         if (w->rk)
                 rd_kafka_destroy(w->rk);
         kw_offsets_destroy(w->offsets);
-        for (int i = 0; w->writers && i < w->n_writers; i++)
+        for (int i = 0; i < w->n_writers; i++)
                 kw_redis_close(&w->writers[i].redis);
         free(w->writers);
         kw_redis_close(&w->pre);
