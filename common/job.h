@@ -1,4 +1,4 @@
-/* job.h - the v1 inference job: its in-memory form and its msgpack codec.
+/* job.h - the v2 inference job: its in-memory form and its msgpack codec.
  *
  * The wire format is specified in docs/protocol.md; this header is the C
  * side of that contract.  Decoding never trusts the message: every declared
@@ -12,10 +12,11 @@
 
 #include "kf_error.h"
 
-#define JOB_PROTOCOL_VERSION 1
+#define JOB_PROTOCOL_VERSION 2
 #define JOB_ID_MAX           128 /* id: 1..128 chars of [A-Za-z0-9._:-] */
 #define JOB_USER_MAX         64  /* user: 1..64 chars, same set */
 #define JOB_MODEL_MAX        64  /* model name: 1..64 chars, same set */
+#define JOB_INBOX_MAX        64  /* inbox name: 1..64 chars, same set */
 #define JOB_TTL_DEFAULT      86400u
 #define JOB_TTL_MAX          (30u * 86400u) /* a result lives at most 30 days */
 
@@ -54,6 +55,7 @@ typedef struct job_s {
                                * when it is known); 0 otherwise */
         int64_t deadline_ms;  /* Unix ms; 0 = no deadline */
         uint32_t ttl_s;       /* result lifetime; default JOB_TTL_DEFAULT */
+        char inbox[JOB_INBOX_MAX + 1]; /* "" = none: the list that receives the id */
 } job_t;
 
 /* Decodes one job from a Kafka message value.
@@ -61,9 +63,10 @@ typedef struct job_s {
  * Returns KF_OK and a complete job, or an error code (KF_ERR_BAD_REQUEST or
  * KF_ERR_TOO_LARGE) with a message naming what was wrong in errstr, e.g.
  * "input row 3 has 5 values, row 0 has 4".  On error job->input is NULL, but
- * job->id (and user/model, ttl) hold whatever valid values could be read, so
- * the caller can still write an error result: job->id[0] == '\0' means the
- * message has no readable id.  Never allocates more than a small multiple of
+ * job->id (and user/model, ttl, inbox) hold whatever valid values could be
+ * read, so the caller can still write an error result: job->id[0] == '\0'
+ * means the message has no address for a result (no readable id, or no
+ * readable user: results are scoped by user).  Never allocates more than a small multiple of
  * len.  lim may be NULL for job_limits_default.
  * The caller owns job; call job_clear() afterwards in every case. */
 kf_err_t job_decode(const void *buf, size_t len, const job_limits_t *lim, job_t *job,
@@ -79,7 +82,7 @@ typedef enum {
         JOB_ENC_ROWS,    /* [[x,..],..] as msgpack float32 values */
 } job_encoding_t;
 
-/* Encodes job as a v1 msgpack map.  Optional fields are written only when
+/* Encodes job as a v2 msgpack map.  Optional fields are written only when
  * they differ from their defaults.  Returns 0 and a malloc'd buffer in
  * *out and *outlen (caller frees), or -1 with errstr set (invalid field). */
 int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen, char *errstr,

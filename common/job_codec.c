@@ -27,7 +27,10 @@ const job_limits_t job_limits_default = {
 };
 
 /* Top-level keys this worker reads; anything else is ignored. */
-enum { F_V, F_ID, F_USER, F_MODEL, F_VERSION, F_INPUT, F_OUTPUT, F_DEADLINE, F_TTL, F_K, F__CNT };
+enum {
+        F_V, F_ID, F_USER, F_MODEL, F_VERSION, F_INPUT, F_OUTPUT, F_DEADLINE, F_TTL, F_K, F_INBOX,
+        F__CNT
+};
 static const char *const job_fields[F__CNT] = {
     [F_V] = "v",
     [F_ID] = "id",
@@ -39,6 +42,7 @@ static const char *const job_fields[F__CNT] = {
     [F_DEADLINE] = "deadline",
     [F_TTL] = "ttl",
     [F_K] = "k",
+    [F_INBOX] = "inbox",
 };
 
 /* Keys of the {dtype, shape, data} input form. */
@@ -287,6 +291,12 @@ static int dec_v(job_dec_t *d, const msgpack_object *o)
 {
         if (!o)
                 return dec_fail(d, KF_ERR_BAD_REQUEST, "missing required field 'v'");
+        if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 == 1)
+                return dec_fail(d, KF_ERR_BAD_REQUEST,
+                                "protocol version 1 is no longer accepted: this worker speaks "
+                                "v=%d, where results and counters are scoped by user "
+                                "(docs/protocol.md, \"What changed from version 1\")",
+                                JOB_PROTOCOL_VERSION);
         if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 != JOB_PROTOCOL_VERSION)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
                                 "unsupported protocol version %llu (this worker speaks v=%d)",
@@ -625,6 +635,13 @@ kf_err_t job_decode(const void *buf, size_t len, const job_limits_t *lim, job_t 
         dec_name(&d, val[F_MODEL], "model", JOB_MODEL_MAX, job->model);
         if (val[F_TTL] && dec_uint(&d, val[F_TTL], "ttl", 1, JOB_TTL_MAX, &u) == 0)
                 job->ttl_s = (uint32_t)u;
+        if (val[F_INBOX])
+                dec_name(&d, val[F_INBOX], "inbox", JOB_INBOX_MAX, job->inbox);
+        /* A result is addressed by user and id (docs/protocol.md, "Redis
+         * keys"): without a readable user there is no address, so the
+         * message is undecodable like one without an id. */
+        if (!job->user[0])
+                job->id[0] = '\0';
         if (val[F_VERSION] && dec_uint(&d, val[F_VERSION], "version", 0, UINT32_MAX, &u) == 0)
                 job->version = (uint32_t)u;
         if (val[F_OUTPUT])
@@ -736,6 +753,11 @@ static int enc_check(const job_t *job, job_encoding_t enc, char *errstr, size_t 
                             "field '%s' must be a string of 1..%zu chars of " NAME_CHARSET,
                             names[i].field, names[i].max);
         }
+        if (job->inbox[0] &&
+            !job_name_valid(job->inbox, strnlen(job->inbox, JOB_INBOX_MAX + 1), JOB_INBOX_MAX))
+                return kf_errf(errstr, errstr_size,
+                               "field 'inbox' must be a string of 1..%d chars of " NAME_CHARSET,
+                               JOB_INBOX_MAX);
         if (enc != JOB_ENC_F32 && enc != JOB_ENC_ROWS)
                 return kf_errf(errstr, errstr_size, "unknown input encoding %d", (int)enc);
         if ((unsigned)job->output > JOB_OUTPUT_TOPK)
@@ -780,7 +802,8 @@ int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen,
         /* ttl 0 is what a zero-initialised job_t holds: treat it as the default. */
         int write_ttl = job->ttl_s != 0 && job->ttl_s != JOB_TTL_DEFAULT;
         size_t nkeys = 5 + (job->version != 0) + (job->output != JOB_OUTPUT_RAW) +
-                       (job->output == JOB_OUTPUT_TOPK) + (job->deadline_ms != 0) + write_ttl;
+                       (job->output == JOB_OUTPUT_TOPK) + (job->deadline_ms != 0) + write_ttl +
+                       (job->inbox[0] != '\0');
         int rc;
 
         *out = NULL;
@@ -815,6 +838,8 @@ int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen,
                 rc |= pk_key(&pk, "ttl");
                 rc |= msgpack_pack_uint32(&pk, job->ttl_s);
         }
+        if (job->inbox[0])
+                rc |= pk_kv_str(&pk, "inbox", job->inbox);
         if (rc != 0) {
                 msgpack_sbuffer_destroy(&sb);
                 return kf_errf(errstr, errstr_size, "out of memory encoding job %s", job->id);

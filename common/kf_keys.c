@@ -2,10 +2,40 @@
 #include "kf_keys.h"
 
 #include <stdio.h>
+#include <string.h>
+
+#include "job.h"
+#include "kf_util.h"
+
+int kf_prefix_valid(const char *prefix, char *errstr, size_t errstr_size)
+{
+        size_t n = strnlen(prefix, KF_PREFIX_MAX + 1);
+
+        if (!job_name_valid(prefix, n, KF_PREFIX_MAX))
+                return kf_errf(errstr, errstr_size,
+                               "key prefix must be 1..%d chars of [A-Za-z0-9._:-] (no braces: "
+                               "they would move the users' hash tags), got %zu%s chars",
+                               KF_PREFIX_MAX, n, n > KF_PREFIX_MAX ? "+" : "");
+        return 0;
+}
 
 int kf_key(char *buf, const char *prefix, const char *kind, const char *name)
 {
         int n = name ? snprintf(buf, KF_KEY_MAX, "%s%s:%s", prefix, kind, name)
                      : snprintf(buf, KF_KEY_MAX, "%s%s", prefix, kind);
+        return n < 0 || n >= KF_KEY_MAX ? -1 : n;
+}
+
+int kf_user_key(char *buf, const char *prefix, const char *user, const char *kind,
+                const char *name)
+{
+        int n;
+
+        /* The longest name of any kind: a job id. */
+        if (!job_name_valid(user, strnlen(user, JOB_USER_MAX + 1), JOB_USER_MAX) ||
+            (name && !job_name_valid(name, strnlen(name, JOB_ID_MAX + 1), JOB_ID_MAX)))
+                return -1;
+        n = name ? snprintf(buf, KF_KEY_MAX, "%s{%s}:%s:%s", prefix, user, kind, name)
+                 : snprintf(buf, KF_KEY_MAX, "%s{%s}:%s", prefix, user, kind);
         return n < 0 || n >= KF_KEY_MAX ? -1 : n;
 }

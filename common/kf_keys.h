@@ -1,22 +1,57 @@
-/* kf_keys.h - the Redis key names of the wire contract (docs/protocol.md).
+/* kf_keys.h - the Redis key names of the wire contract (docs/protocol.md,
+ * "Redis keys"): the one place that builds them.
  *
  * Every key starts with a configurable prefix (default "kinfer:"), so one
- * Redis can serve several kinfer deployments:
- *   {prefix}result:{id}   hash, the job's result
- *   {prefix}done:{id}     list, one element pushed when the result exists
- *   {prefix}usage:{user}  hash, the user's lifetime counters
- *   {prefix}stats         hash, pool-wide counters (e.g. undecodable messages) */
+ * Redis can serve several kinfer deployments.  A user's keys carry the user
+ * as a Redis Cluster hash tag right after the prefix:
+ *   {prefix}{USER}:result:ID       string, job ID's result (msgpack map)
+ *   {prefix}{USER}:inbox:NAME      list, ids of finished jobs
+ *   {prefix}{USER}:charged:START   hash, charge records of one period
+ *   {prefix}{USER}:usage           hash, lifetime counters
+ *   {prefix}{USER}:usage:window:S  hash, one quota window's counters
+ *   {prefix}{USER}:usage:models    hash, per-model counters (COUNTER:MODEL)
+ *   {prefix}{USER}:quota           hash, the user's quota
+ * and the pool's own keys have no brace after the prefix:
+ *   {prefix}stats, {prefix}model:..., {prefix}model-meta:... (registry)
+ *
+ * Why no name can reach another user's key: users, ids, models and inbox
+ * names are drawn from [A-Za-z0-9._:-] (no braces), so the user is exactly
+ * what lies between the first '{' and the first '}'; what follows is a fixed
+ * kind word and at most one variable part, always last.  The prefix is
+ * restricted to the same set, so it can hold neither a brace (which would
+ * move the hash tag) nor a glob character (SCAN patterns stay literal). */
 #ifndef KF_KEYS_H
 #define KF_KEYS_H
 
 #include <stddef.h>
 
 #define KF_PREFIX_DEFAULT "kinfer:"
-#define KF_KEY_MAX        256 /* prefix (<= 64) + kind + a 128-char id */
+#define KF_PREFIX_MAX     64
+#define KF_KEY_MAX        320 /* prefix + {64-char user} + kind + a 128-char id */
 
-/* Writes "{prefix}{kind}:{name}" (or "{prefix}{kind}" when name is NULL)
- * into buf of size KF_KEY_MAX.  Returns the length, or -1 if it does not
- * fit (never for valid ids and a prefix of at most 64 chars). */
+/* Kinds of per-user keys (the fixed words after "{USER}:"). */
+#define KF_K_RESULT  "result"
+#define KF_K_INBOX   "inbox"
+#define KF_K_CHARGED "charged"
+#define KF_K_USAGE   "usage"
+#define KF_K_WINDOW  "usage:window"
+#define KF_K_MODELS  "usage:models"
+#define KF_K_QUOTA   "quota"
+
+/* 0 if prefix is 1..KF_PREFIX_MAX chars of [A-Za-z0-9._:-]; else -1 with
+ * errstr saying why. */
+int kf_prefix_valid(const char *prefix, char *errstr, size_t errstr_size);
+
+/* Writes "{prefix}{kind}:{name}" (or "{prefix}{kind}" when name is NULL), a
+ * pool-wide key, into buf of size KF_KEY_MAX.  Returns the length, or -1 if
+ * it does not fit. */
 int kf_key(char *buf, const char *prefix, const char *kind, const char *name);
+
+/* Writes "{prefix}{" user "}:" kind, then ":" name unless name is NULL, into
+ * buf of size KF_KEY_MAX.  Returns the length, or -1 if user is not a valid
+ * user name, name is not a valid name (NULL is allowed) or it does not fit.
+ * Every caller must check: a key that was not built must not be used. */
+int kf_user_key(char *buf, const char *prefix, const char *user, const char *kind,
+                const char *name);
 
 #endif

@@ -9,7 +9,9 @@
 
 #include "kf_keys.h"
 #include "kf_log.h"
+#include "kf_quota.h"
 #include "kf_util.h"
+#include <msgpack.h>
 
 /* worker/step.lua, made a C string at build time (see the Makefile). */
 static const char step_lua[] =
@@ -17,13 +19,26 @@ static const char step_lua[] =
     ;
 
 #define GROUP_MAX_JOBS 128 /* jobs of one user per script call */
-#define JOB_MAX_ARGS   32  /* ARGV entries one job adds, at most */
 
-/* The text one job's step arguments point into (stable while sent). */
+/* What the step script answers for each job (see step.lua). */
+typedef enum {
+        KW_STEP_DUPLICATE = 0, /* (user, id) already decided: nothing written or charged */
+        KW_STEP_OK        = 1, /* ok result written and charged */
+        KW_STEP_QUOTA     = 2, /* quota_exceeded result written */
+        KW_STEP_ERROR     = 3, /* error result written */
+        KW_STEP_RECOMPUTE = 4, /* pre-checked over quota, fits now: compute it */
+        KW_STEP_DAMAGED   = 5, /* internal result: the user's counters are damaged */
+} kw_step_code_t;
+
+#define JOB_ARGS 10 /* ARGV entries per job (step.lua) */
+
+/* The text one job's step arguments point into.  The result value itself
+ * is in the group's value buffer, at voff (the buffer may move while the
+ * group's values are packed, so pointers are taken afterwards). */
 typedef struct step_text_s {
-        char k_result[KF_KEY_MAX], k_done[KF_KEY_MAX];
-        char ttl[16], rows[16], flops[24], version[16], shape[32], source[320];
-        char enq[24], started[24], done[24], ncommon[8], nown[8];
+        char k_result[KF_KEY_MAX];
+        char ttl[16], rows[16], flops[24], clen[16], ncommon[8];
+        size_t voff, vlen;
 } step_text_t;
 
 /* One script call's arguments: KEYS then ARGV. */
@@ -62,76 +77,122 @@ static void sarg(step_call_t *c, const char *s)
         arg(c, s, strlen(s));
 }
 
-/* Appends job j's block of ARGV entries (see step.lua), its text in t. */
-static void step_job_args(kw_redis_t *r, const kw_job_t *j, step_text_t *t, step_call_t *c)
+static int pk_str(msgpack_packer *pk, const char *s)
+{
+        return msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+static int pk_kv_str(msgpack_packer *pk, const char *k, const char *v)
+{
+        int rc = pk_str(pk, k);
+        return rc | pk_str(pk, v);
+}
+
+static int pk_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
+{
+        int rc = pk_str(pk, k);
+        return rc | msgpack_pack_uint64(pk, v);
+}
+
+/* float32 values as little-endian bytes, whatever the host's order. */
+static int pk_f32_le(msgpack_packer *pk, const float *v, size_t n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        return msgpack_pack_bin_body(pk, v, n * sizeof(float));
+#else
+        int rc = 0;
+        for (size_t i = 0; i < n && rc == 0; i++) {
+                uint32_t u;
+                unsigned char b[4];
+                memcpy(&u, &v[i], 4);
+                b[0] = (unsigned char)u;
+                b[1] = (unsigned char)(u >> 8);
+                b[2] = (unsigned char)(u >> 16);
+                b[3] = (unsigned char)(u >> 24);
+                rc = msgpack_pack_bin_body(pk, b, 4);
+        }
+        return rc;
+#endif
+}
+
+/* Packs job j's result value (docs/protocol.md, "Result") into sb: a map16
+ * header, the pairs every result has (clen bytes, ncommon pairs), then the
+ * kind's own.  The step needs the common part apart to build the results it
+ * decides itself (quota_exceeded, damaged counters), and appends `window`
+ * to an ok result, which the header already counts. */
+static int pack_value(kw_redis_t *r, const kw_job_t *j, msgpack_sbuffer *sb, step_text_t *t)
 {
         const job_t *job = &j->job;
         int ok           = j->err == KF_OK;
         rd_kafka_timestamp_type_t tstype;
         int64_t enq = rd_kafka_message_timestamp(j->rkm, &tstype);
-        int at_counts, first;
+        unsigned char hdr[3] = {0xde, 0, 0};
+        msgpack_packer pk;
+        size_t hpos = sb->size, cpos;
+        char source[320];
+        int ncommon = 8 + (job->model[0] != '\0');
+        int nown    = ok ? 5 : j->over_quota ? 0 : 3;
+        int rc;
+
+        msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+        t->voff = hpos;
+        snprintf(source, sizeof(source), "%s/%d/%lld", rd_kafka_topic_name(j->rkm->rkt),
+                 (int)j->rkm->partition, (long long)j->rkm->offset);
+        hdr[1] = (unsigned char)((ncommon + nown) >> 8);
+        hdr[2] = (unsigned char)(ncommon + nown);
+        rc = msgpack_sbuffer_write(sb, (const char *)hdr, sizeof(hdr));
+        cpos = sb->size;
+        rc |= pk_kv_u64(&pk, "v", JOB_PROTOCOL_VERSION);
+        rc |= pk_kv_str(&pk, "id", job->id);
+        rc |= pk_kv_str(&pk, "user", job->user);
+        if (job->model[0])
+                rc |= pk_kv_str(&pk, "model", job->model);
+        rc |= pk_kv_str(&pk, "worker", r->worker_id);
+        rc |= pk_kv_str(&pk, "source", source);
+        rc |= pk_kv_u64(&pk, "enqueued", (uint64_t)(enq > 0 ? enq : j->started_ms));
+        rc |= pk_kv_u64(&pk, "started", (uint64_t)j->started_ms);
+        rc |= pk_kv_u64(&pk, "done", (uint64_t)j->done_ms);
+        snprintf(t->clen, sizeof(t->clen), "%zu", sb->size - cpos);
+        snprintf(t->ncommon, sizeof(t->ncommon), "%d", ncommon);
+        if (ok) {
+                size_t n = (size_t)j->out_rows * j->out_cols;
+                rc |= pk_kv_str(&pk, "status", "ok");
+                rc |= pk_kv_u64(&pk, "version", j->model_version);
+                rc |= pk_str(&pk, "shape");
+                rc |= msgpack_pack_array(&pk, 2);
+                rc |= msgpack_pack_uint32(&pk, j->out_rows);
+                rc |= msgpack_pack_uint32(&pk, j->out_cols);
+                rc |= pk_str(&pk, "output");
+                rc |= msgpack_pack_bin(&pk, n * sizeof(float));
+                rc |= pk_f32_le(&pk, j->output, n);
+        } else if (!j->over_quota) {
+                rc |= pk_kv_str(&pk, "status", "error");
+                rc |= pk_kv_str(&pk, "error", kf_err_name(j->err));
+                rc |= pk_kv_str(&pk, "message", j->errmsg);
+        }
+        t->vlen = sb->size - hpos;
+        return rc ? -1 : 0;
+}
+
+/* Appends job j's JOB_ARGS entries (see step.lua); the value's pointer is
+ * set by the caller once the group's buffer no longer moves. */
+static void step_job_args(const kw_job_t *j, step_text_t *t, step_call_t *c)
+{
+        const job_t *job = &j->job;
 
         snprintf(t->ttl, sizeof(t->ttl), "%u", job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT);
         snprintf(t->rows, sizeof(t->rows), "%u", job->rows);
-        snprintf(t->flops, sizeof(t->flops), "%" PRIu64, ok ? j->flops : 0);
-        snprintf(t->source, sizeof(t->source), "%s/%d/%lld", rd_kafka_topic_name(j->rkm->rkt),
-                 (int)j->rkm->partition, (long long)j->rkm->offset);
-        snprintf(t->enq, sizeof(t->enq), "%lld", (long long)(enq > 0 ? enq : j->started_ms));
-        snprintf(t->started, sizeof(t->started), "%lld", (long long)j->started_ms);
-        snprintf(t->done, sizeof(t->done), "%lld", (long long)j->done_ms);
-
-        sarg(c, ok ? "ok" : j->over_quota ? "over" : "error");
+        snprintf(t->flops, sizeof(t->flops), "%" PRIu64, j->err == KF_OK ? j->flops : 0);
+        sarg(c, j->err == KF_OK ? "ok" : j->over_quota ? "over" : "error");
+        sarg(c, job->id);
         sarg(c, t->ttl);
         sarg(c, t->rows);
         sarg(c, t->flops);
         sarg(c, job->model);
-        at_counts = c->argc;
-        sarg(c, ""); /* ncommon and nown, filled in below */
-        sarg(c, "");
-        first = c->argc;
-
-        sarg(c, "id");
-        sarg(c, job->id);
-        if (job->user[0]) {
-                sarg(c, "user");
-                sarg(c, job->user);
-        }
-        if (job->model[0]) {
-                sarg(c, "model");
-                sarg(c, job->model);
-        }
-        sarg(c, "worker");
-        sarg(c, r->worker_id);
-        sarg(c, "source");
-        sarg(c, t->source);
-        sarg(c, "enqueued");
-        sarg(c, t->enq);
-        sarg(c, "started");
-        sarg(c, t->started);
-        sarg(c, "done");
-        sarg(c, t->done);
-        snprintf(t->ncommon, sizeof(t->ncommon), "%d", c->argc - first);
-        first = c->argc;
-        if (ok) {
-                snprintf(t->version, sizeof(t->version), "%u", j->model_version);
-                snprintf(t->shape, sizeof(t->shape), "%u,%u", j->out_rows, j->out_cols);
-                sarg(c, "version");
-                sarg(c, t->version);
-                sarg(c, "shape");
-                sarg(c, t->shape);
-                sarg(c, "output");
-                arg(c, (const char *)j->output, (size_t)j->out_rows * j->out_cols * sizeof(float));
-        } else if (!j->over_quota) {
-                sarg(c, "error");
-                sarg(c, kf_err_name(j->err));
-                sarg(c, "message");
-                sarg(c, j->errmsg);
-        }
-        snprintf(t->nown, sizeof(t->nown), "%d", c->argc - first);
-        c->argv[at_counts]     = t->ncommon;
-        c->len[at_counts]      = strlen(t->ncommon);
-        c->argv[at_counts + 1] = t->nown;
-        c->len[at_counts + 1]  = strlen(t->nown);
+        sarg(c, job->inbox);
+        arg(c, NULL, 0); /* the value */
+        sarg(c, t->clen);
+        sarg(c, t->ncommon);
 }
 
 static void redis_drop(kw_redis_t *r)
@@ -175,72 +236,96 @@ void kw_redis_close(kw_redis_t *r)
 /* Applies a job's code from its group's reply (see step.lua). */
 static void step_code(kw_redis_t *r, kw_job_t *j, long long code)
 {
-        if (code == 4) { /* the window rolled over since the pre-check */
+        switch (code) {
+        case KW_STEP_RECOMPUTE: /* the window rolled over since the pre-check */
                 j->state         = KW_JOB_NEW;
                 j->over_quota    = 0;
                 j->err           = KF_OK;
                 j->precheck_done = 1;
                 return;
+        case KW_STEP_DUPLICATE:
+                r->duplicates++;
+                kf_debug("job %s of user %s: already decided (redelivery or reused id), "
+                         "not charged again",
+                         j->job.id, j->job.user);
+                break;
+        case KW_STEP_OK:
+        case KW_STEP_QUOTA:
+        case KW_STEP_ERROR:
+                r->written++;
+                break;
+        case KW_STEP_DAMAGED:
+                r->written++;
+                kf_error("job %s of user %s: answered internal, the user's usage records in "
+                         "Redis are damaged (see the step's warning)",
+                         j->job.id, j->job.user);
+                break;
+        default:
+                kf_error("job %s: unexpected code %lld from the step script", j->job.id, code);
         }
         j->state = KW_JOB_WRITTEN;
-        if (code == 0) {
-                r->duplicates++;
-                kf_debug("job %s: result already exists (redelivery), not charged again",
-                         j->job.id);
-        } else {
-                r->written++;
-        }
-        if (code < 0 || code > 4)
-                kf_error("job %s: unexpected code %lld from the step script", j->job.id, code);
 }
 
-/* Builds and appends one script call for jobs[idx[0..n-1]], all of one user
- * (or all without a readable user). */
+/* Builds and appends one script call for jobs[idx[0..n-1]], all of one
+ * user.  vals is the group's value buffer (reset here). */
 static int append_group(kw_redis_t *r, kw_batch_t *b, const int *idx, int n, step_text_t *text,
-                        step_call_t *call)
+                        msgpack_sbuffer *vals, step_call_t *call)
 {
         const char *user = b->jobs[idx[0]].job.user;
-        char usage[KF_KEY_MAX], quota[KF_KEY_MAX], wprefix[KF_KEY_MAX + 16];
-        char mprefix[KF_KEY_MAX + 16], qj[24], qr[24], qw[24], nj[16];
+        char usage[KF_KEY_MAX], quota[KF_KEY_MAX], models[KF_KEY_MAX], base[KF_KEY_MAX];
+        char qj[24], qr[24], qw[24], hz[24], nj[16];
+        int first_job;
 
         call->argc = 0;
-        if (call_reserve(call, 2 + 2 * n + 6 + JOB_MAX_ARGS * n))
+        vals->size = 0;
+        if (call_reserve(call, 3 + n + 6 + JOB_ARGS * n))
                 return -1;
-        if (user[0]) {
-                kf_key(usage, r->prefix, "usage", user);
-                kf_key(quota, r->prefix, "quota", user);
-                snprintf(wprefix, sizeof(wprefix), "%s:window:", usage);
-                snprintf(mprefix, sizeof(mprefix), "%s:model:", usage);
-        } else { /* error results of jobs whose user is unreadable */
-                kf_key(usage, r->prefix, "stats", NULL);
-                kf_key(quota, r->prefix, "quota", "-");
-                wprefix[0] = mprefix[0] = '\0';
-        }
+        /* The decoder admits only valid users and ids, so these cannot fail;
+         * a key that was not built is never sent. */
+        if (kf_user_key(usage, r->prefix, user, KF_K_USAGE, NULL) < 0 ||
+            kf_user_key(quota, r->prefix, user, KF_K_QUOTA, NULL) < 0 ||
+            kf_user_key(models, r->prefix, user, KF_K_MODELS, NULL) < 0 ||
+            snprintf(base, sizeof(base), "%s{%s}:", r->prefix, user) >= (int)sizeof(base))
+                return -2;
         snprintf(qj, sizeof(qj), "%lld", (long long)r->quota_jobs);
         snprintf(qr, sizeof(qr), "%lld", (long long)r->quota_rows);
         snprintf(qw, sizeof(qw), "%lld", (long long)r->quota_window);
+        snprintf(hz, sizeof(hz), "%lld", (long long)r->charge_horizon);
         snprintf(nj, sizeof(nj), "%d", n);
 
         sarg(call, usage);
         sarg(call, quota);
+        sarg(call, models);
         for (int i = 0; i < n; i++) {
-                kf_key(text[i].k_result, r->prefix, "result", b->jobs[idx[i]].job.id);
-                kf_key(text[i].k_done, r->prefix, "done", b->jobs[idx[i]].job.id);
+                if (kf_user_key(text[i].k_result, r->prefix, user, KF_K_RESULT,
+                                b->jobs[idx[i]].job.id) < 0)
+                        return -2;
                 sarg(call, text[i].k_result);
-                sarg(call, text[i].k_done);
         }
         call->nkeys = call->argc;
         sarg(call, qj);
         sarg(call, qr);
         sarg(call, qw);
-        sarg(call, wprefix);
-        sarg(call, mprefix);
+        sarg(call, hz);
+        sarg(call, base);
         sarg(call, nj);
-        for (int i = 0; i < n; i++)
-                step_job_args(r, &b->jobs[idx[i]], &text[i], call);
+        first_job = call->argc;
+        for (int i = 0; i < n; i++) {
+                if (pack_value(r, &b->jobs[idx[i]], vals, &text[i]))
+                        return -1;
+                step_job_args(&b->jobs[idx[i]], &text[i], call);
+        }
+        for (int i = 0; i < n; i++) {
+                int a        = first_job + i * JOB_ARGS + 7;
+                call->argv[a] = vals->data + text[i].voff;
+                call->len[a]  = text[i].vlen;
+        }
         /* hiredis copies the arguments into its output buffer here, so the
-         * text can be reused for the next group */
-        return kf_script_append(r->c, &r->step, call->nkeys, call->argc, call->argv, call->len);
+         * text and values can be reused for the next group */
+        return kf_script_append(r->c, &r->step, call->nkeys, call->argc, call->argv, call->len) ==
+                       REDIS_OK
+                   ? 0
+                   : -1;
 }
 
 /* A pipelined request of one round: a script call for a group of jobs, or
@@ -260,9 +345,11 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
         entry_t *ents     = malloc(sizeof(entry_t) * (size_t)(b->n + 1));
         step_text_t *text = malloc(sizeof(step_text_t) * GROUP_MAX_JOBS);
         step_call_t call  = {0};
+        msgpack_sbuffer vals;
         char stats[KF_KEY_MAX];
         int nord = 0, nents = 0, rc = 0, again = 0;
 
+        msgpack_sbuffer_init(&vals);
         if (!order || !grouped || !ents || !text) {
                 rc = kf_errf(errstr, errstr_size, "out of memory");
                 goto out;
@@ -297,7 +384,15 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
                         grouped[k]    = 1;
                         e->n++;
                 }
-                if (append_group(r, b, order + e->first, e->n, text, &call) != REDIS_OK) {
+                switch (append_group(r, b, order + e->first, e->n, text, &vals, &call)) {
+                case 0:
+                        break;
+                case -2: /* cannot happen for decoded jobs; never write a wrong key */
+                        rc = kf_errf(errstr, errstr_size,
+                                     "job %s: cannot build the Redis keys of user '%s'",
+                                     j->job.id, j->job.user);
+                        goto out;
+                default:
                         rc = kf_errf(errstr, errstr_size, "out of memory");
                         goto out;
                 }
@@ -358,6 +453,7 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
                         redis_drop(r);
         }
 out:
+        msgpack_sbuffer_destroy(&vals);
         free(order);
         free(grouped);
         free(ents);
@@ -375,11 +471,21 @@ typedef struct pre_user_s {
 } pre_user_t;
 
 /* A quota setting as the step reads it: invalid values mean the default. */
-static int64_t pre_setting(const redisReply *v, int64_t def, int64_t lo, int64_t hi)
+static int64_t pre_setting(const redisReply *v, kf_quota_field_t f, int64_t def)
 {
         int64_t n;
-        if (v->type != REDIS_REPLY_STRING || kf_parse_i64(v->str, lo, hi, &n))
+        if (v->type != REDIS_REPLY_STRING || kf_quota_parse(f, v->str, v->len, &n, NULL, 0))
                 return def;
+        return n;
+}
+
+/* A usage counter; anything but a plain integer counts as 0 here (the step
+ * reports damaged counters). */
+static int64_t pre_used(const redisReply *v)
+{
+        int64_t n;
+        if (v->type != REDIS_REPLY_STRING || kf_parse_i64(v->str, 0, INT64_MAX, &n))
+                return 0;
         return n;
 }
 
@@ -412,7 +518,8 @@ void kw_quota_precheck(kw_redis_t *r, kw_batch_t *b)
                         ;
                 if (u == nusers) {
                         users[nusers++].user = j->job.user;
-                        kf_key(key, r->prefix, "quota", j->job.user);
+                        if (kf_user_key(key, r->prefix, j->job.user, KF_K_QUOTA, NULL) < 0)
+                                key[0] = '\0'; /* no such user: reads nothing */
                         redisAppendCommand(r->c, "HMGET %s jobs rows window", key);
                 }
         }
@@ -421,18 +528,23 @@ void kw_quota_precheck(kw_redis_t *r, kw_batch_t *b)
                 if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep)
                         goto io_error;
                 if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3) {
-                        users[u].max_jobs = pre_setting(rep->element[0], r->quota_jobs, 0, 1e15);
-                        users[u].max_rows = pre_setting(rep->element[1], r->quota_rows, 0, 1e15);
-                        users[u].window = pre_setting(rep->element[2], r->quota_window, 1, 31622400);
+                        users[u].max_jobs =
+                            pre_setting(rep->element[0], KF_QUOTA_JOBS, r->quota_jobs);
+                        users[u].max_rows =
+                            pre_setting(rep->element[1], KF_QUOTA_ROWS, r->quota_rows);
+                        users[u].window =
+                            pre_setting(rep->element[2], KF_QUOTA_WINDOW, r->quota_window);
                 } else {
                         users[u].max_jobs = users[u].max_rows = -1;
                 }
                 freeReplyObject(rep);
                 if (users[u].max_jobs < 0 && users[u].max_rows < 0)
                         continue; /* unlimited: nothing to estimate */
-                kf_key(key, r->prefix, "usage", users[u].user);
-                redisAppendCommand(r->c, "HMGET %s:window:%lld jobs rows", key,
-                                   (long long)(now - now % users[u].window));
+                char start[24];
+                snprintf(start, sizeof(start), "%lld", (long long)(now - now % users[u].window));
+                if (kf_user_key(key, r->prefix, users[u].user, KF_K_WINDOW, start) < 0)
+                        key[0] = '\0';
+                redisAppendCommand(r->c, "HMGET %s jobs rows", key);
                 sent++;
         }
         for (int u = 0; u < nusers && sent; u++) {
@@ -442,8 +554,8 @@ void kw_quota_precheck(kw_redis_t *r, kw_batch_t *b)
                 if (redisGetReply(r->c, (void **)&rep) != REDIS_OK || !rep)
                         goto io_error;
                 if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
-                        users[u].used_jobs = pre_setting(rep->element[0], 0, 0, INT64_MAX);
-                        users[u].used_rows = pre_setting(rep->element[1], 0, 0, INT64_MAX);
+                        users[u].used_jobs = pre_used(rep->element[0]);
+                        users[u].used_rows = pre_used(rep->element[1]);
                 }
                 freeReplyObject(rep);
         }

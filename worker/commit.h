@@ -1,11 +1,12 @@
-/* commit.h - writes a batch's results to Redis: one atomic, idempotent Lua
- * step per job, all of a batch's steps pipelined in one round trip.
+/* commit.h - writes a batch's results to Redis (protocol v2): one atomic,
+ * idempotent Lua step per group of one user's jobs, all of a batch's steps
+ * pipelined in one round trip.
  *
- * The step (see commit.c) writes the result hash, charges the user's usage
- * counters and pushes the done-notification, and does nothing at all if the
- * result already exists: a redelivered job, or a late write from a worker
- * that lost its partition, is charged once and never overwrites the first
- * result.  Redis connection state lives here: a context that saw an I/O
+ * The step (step.lua) writes each result as one value, records the job id
+ * in the user's charge record, charges the usage counters and pushes the ids
+ * onto the jobs' inboxes, and does nothing for a (user, id) already decided:
+ * a redelivered job, a reused id, or a late write from a worker that lost
+ * its partition, is charged once and never overwrites the first result.  Redis connection state lives here: a context that saw an I/O
  * error is dropped and a new one made on the next attempt; NOSCRIPT (server
  * restarted or SCRIPT FLUSH) reloads the script and resends.
  * A kw_redis_t belongs to one thread: each writer thread has its own, and
@@ -29,6 +30,7 @@ typedef struct kw_redis_s {
         int64_t quota_jobs;    /* defaults for users without a quota entry: */
         int64_t quota_rows;    /*   max jobs/rows per window, -1 = unlimited */
         int64_t quota_window;  /*   window length, seconds */
+        int64_t charge_horizon; /* seconds a charge record lasts at least */
         int64_t quota_warned_us; /* last "bad quota settings" log, rate limit */
         int64_t retry_us;        /* last reconnect attempt of the pre-check */
         /* counters since start, for logs */

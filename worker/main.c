@@ -67,6 +67,10 @@ const kf_opt_t kw_options[] = {
      "-1", "N", "default max rows per user per window (-1 = unlimited)"},
     {"quota-window", 0, "KINFER_QUOTA_WINDOW", KF_OPT_INT, O(quota_window), 1, 31622400, "3600",
      "S", "default quota window length (windows are aligned to Unix time)"},
+    {"charge-horizon", 0, "KINFER_CHARGE_HORIZON", KF_OPT_INT, O(charge_horizon), 60, 30 * 86400,
+     "3600", "S",
+     "a job id is never charged twice within S s (records live S to 2S s); the same on "
+     "every worker"},
     {"log-level", 'l', "KINFER_LOG_LEVEL", KF_OPT_LOG, O(log_level), 0, 0, "info", "LEVEL",
      "error, warn, info or debug"},
     {NULL},
@@ -121,6 +125,11 @@ int main(int argc, char **argv)
                 return 2;
         }
         kf_log_init("kinfer-worker", (kf_log_level_t)conf.log_level);
+        if (kf_prefix_valid(conf.prefix, err, sizeof(err))) {
+                fprintf(stderr, "kinfer-worker: --prefix: %s\n", err);
+                kf_config_free(kw_options, &conf, &conf.props);
+                return 2;
+        }
 
         /* hiredis 0.14 writes without MSG_NOSIGNAL: a Redis restart would
          * otherwise kill the worker with SIGPIPE. */

@@ -1,180 +1,287 @@
--- step.lua - the atomic Redis step for a group of jobs of one user: quota
--- decisions, charges, results, done-notifications.  Compiled into
--- kinfer-worker (commit.c), loaded once with SCRIPT LOAD, run with EVALSHA.
+-- step.lua - the atomic Redis step for a group of jobs of one user (protocol
+-- v2, docs/protocol.md): duplicate detection, quota decisions, results,
+-- charge records, counters and inbox pushes.  Compiled into kinfer-worker
+-- (commit.c), loaded once with SCRIPT LOAD, run with EVALSHA.
 --
 -- One call covers up to a few hundred jobs of the same user from one batch:
--- the fixed costs (the call itself, reading the quota, the clock and the
--- window's usage, updating the counters) are paid once per group instead of
--- once per job.  The whole group is atomic, so each job's effects are too.
+-- the fixed costs (the call, the quota, the clock, the counters, the charge
+-- record, the inbox pushes) are paid once per group; per job there is one
+-- write, the result's SET NX EX.  The whole group is atomic.
 --
--- KEYS[1] the user's lifetime usage hash    KEYS[2] the user's quota hash
--- KEYS[1 + 2i] job i's result hash          KEYS[2 + 2i] job i's done list
+-- Every key is the user's: KEYS are declared, and the keys whose names depend
+-- on the clock or the quota (the window's counters, the charge records) or on
+-- a job (its inbox) are built here from ARGV[5], the user's key base
+-- "{prefix}{USER}:", so they share the declared keys' hash tag and slot.
+--
+-- KEYS[1] usage hash   KEYS[2] quota hash   KEYS[3] per-model usage hash
+-- KEYS[3 + i] job i's result key
 -- ARGV[1] default max jobs per window (-1 = unlimited)
 -- ARGV[2] default max rows per window (-1 = unlimited)
 -- ARGV[3] default window length (s)
--- ARGV[4] window usage key prefix ("" = no per-user counters: unknown user)
--- ARGV[5] per-model usage key prefix ("" = none)
+-- ARGV[4] charge horizon H (s): records live H to 2H
+-- ARGV[5] the user's key base "{prefix}{USER}:"
 -- ARGV[6] the number of jobs
--- then per job, in order:
+-- then 10 entries per job, in order:
 --   kind: "ok" (computed), "error" (an error result), or "over" (the
 --         worker's pre-check found the user over quota and did not compute)
---   ttl (s), rows, flops, model name ("" = unknown),
---   ncommon and nown, then ncommon field/value entries written into every
---   result, then nown entries written only into an ok result (kind ok) or
---   an error result (kind error)
+--   id, ttl (s), rows, flops, model ("" = unknown), inbox ("" = none),
+--   value: the result as a msgpack map: a map16 header (3 bytes), then
+--         ncommon "common" pairs (clen bytes), then the kind's own pairs;
+--         for kind ok the header counts one more pair, `window`, which is
+--         appended here
+--   clen, ncommon
 --
--- Returns {warning, code_1, ..., code_n}: code 0 = the result already
--- existed (a redelivery: nothing changed, nothing charged), 1 = ok result
--- written and charged, 2 = quota_exceeded result written, 3 = error result
--- written, 4 = kind "over" but within quota now (the window rolled over):
--- nothing written; compute the job and run it again.  warning names quota
--- settings that were invalid and replaced by the defaults.
+-- Returns {warning, code_1, ..., code_n}; the codes are kw_step_code_t in
+-- commit.c: 0 duplicate (nothing written or charged; the id is announced
+-- again), 1 ok result written and charged, 2 quota_exceeded result written,
+-- 3 error result written, 4 kind "over" but within quota now (the window
+-- rolled over): nothing written, compute the job and run it again,
+-- 5 internal error result written because the user's counters are damaged
+-- (nothing charged).  warning names settings that were invalid and replaced
+-- by defaults, and damaged keys.
 --
--- Every read and check comes before the first write: Redis does not roll
--- back a script's earlier writes when a later command fails (OOM), so the
--- first write fails the whole step or the step completes.  The window key
--- is built here, not passed in KEYS, because its name depends on the quota
--- read here: kinfer needs a non-cluster Redis.
+-- Every check comes before the first write: Redis does not roll back a
+-- script's earlier writes when a later command fails, but it refuses (OOM)
+-- only a script's first write, so once the first SET succeeded every later
+-- write does too, given that the reads below proved each key has the right
+-- type and each counter can take its increment.
 
 local warning = ''
+local COUNTERS = {'jobs', 'rows', 'flops', 'errors'}
 
+-- Quota settings: decimal integers, digits only (kf_quota.c has the same rule).
 local function setting(value, default, lo, hi, name)
   if not value then
     return default
   end
-  local n = tonumber(value)
-  if not n or n ~= math.floor(n) or n < lo or n > hi then
-    warning = warning .. name .. '="' .. value .. '" is not in ' ..
-              string.format('%d..%d', lo, hi) .. ', using the default ' ..
-              string.format('%d', default) .. '; '
+  local n = nil
+  if #value <= 16 and string.match(value, '^%d+$') then
+    n = tonumber(value)
+  end
+  if not n or n < lo or n > hi then
+    warning = warning .. 'quota ' .. name .. '="' .. string.sub(value, 1, 40) ..
+              '" is not a decimal integer in ' .. string.format('%d..%d', lo, hi) ..
+              ', using the default ' .. string.format('%d', default) .. '; '
     return default
   end
   return n
 end
 
-local window_prefix, model_prefix = ARGV[4], ARGV[5]
-local njobs = tonumber(ARGV[6])
-
--- Reads: the quota, the clock, the window's usage, which results exist.
-local q = redis.call('HMGET', KEYS[2], 'jobs', 'rows', 'window')
-local max_jobs = setting(q[1], tonumber(ARGV[1]), 0, 1e15, 'jobs')
-local max_rows = setting(q[2], tonumber(ARGV[2]), 0, 1e15, 'rows')
-local window = setting(q[3], tonumber(ARGV[3]), 1, 31622400, 'window')
-local now = tonumber(redis.call('TIME')[1])
-local wstart = now - now % window
-local wend = wstart + window
-local wkey = window_prefix .. wstart
-local used_jobs, used_rows = 0, 0
-if window_prefix ~= '' then
-  local u = redis.call('HMGET', wkey, 'jobs', 'rows')
-  used_jobs, used_rows = tonumber(u[1]) or 0, tonumber(u[2]) or 0
-end
-
--- Decisions, in job order, against the running usage.
-local codes = {warning}
-local plan = {}
-local pos = 7
-local total = {jobs = 0, rows = 0, flops = 0, errors = 0}
-local per_model = {}
-local seen = {}
-local function charge(model, field, by)
-  total[field] = total[field] + by
-  if model ~= '' and model_prefix ~= '' then
-    per_model[model] = per_model[model] or {jobs = 0, rows = 0, flops = 0, errors = 0}
-    per_model[model][field] = per_model[model][field] + by
+local damaged = nil
+local function damage(what)
+  if not damaged then
+    damaged = what
+    warning = warning .. what .. '; '
   end
 end
 
+-- A counter the step will increment: missing, or a decimal integer far from
+-- overflow (increments of one step stay below 10^18 too).
+local function counter(key, field, v)
+  if v and not (#v <= 18 and string.match(v, '^%-?%d+$')) then
+    damage('counter ' .. key .. ' field ' .. field .. ' holds "' .. string.sub(v, 1, 40) ..
+           '", not a decimal integer below 10^18')
+    return 0
+  end
+  return tonumber(v) or 0
+end
+
+-- HMGET that reports a key of the wrong type instead of failing the step.
+local function hmget(key, fields)
+  local ok, r = pcall(redis.call, 'HMGET', key, unpack(fields))
+  if not ok then
+    damage('key ' .. key .. ' is not a hash')
+    return {}
+  end
+  return r
+end
+
+local qjobs_def, qrows_def, qwin_def = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local horizon, base, njobs = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+
+-- ---- Reads -----------------------------------------------------------------
+local q = hmget(KEYS[2], {'jobs', 'rows', 'window'})
+if damaged then -- a quota that is not a hash: the defaults, and say so
+  damaged = nil
+  q = {}
+end
+local max_jobs = setting(q[1], qjobs_def, 0, 1e15, 'jobs')
+local max_rows = setting(q[2], qrows_def, 0, 1e15, 'rows')
+local window = setting(q[3], qwin_def, 1, 31622400, 'window')
+local now = tonumber(redis.call('TIME')[1])
+local wstart = now - now % window
+local wend = wstart + window
+local wkey = base .. 'usage:window:' .. wstart
+local bstart = now - now % horizon
+local ckey, cprev = base .. 'charged:' .. bstart, base .. 'charged:' .. (bstart - horizon)
+
+local u = hmget(KEYS[1], COUNTERS)
+for i, f in ipairs(COUNTERS) do counter(KEYS[1], f, u[i]) end
+u = hmget(wkey, COUNTERS)
+local used_jobs = counter(wkey, 'jobs', u[1])
+local used_rows = counter(wkey, 'rows', u[2])
+counter(wkey, 'flops', u[3])
+counter(wkey, 'errors', u[4])
+
+local jobs, ids, mfields, models = {}, {}, {}, {}
+local pos = 7
 for i = 1, njobs do
-  local kind, ttl, rows, flops, model = ARGV[pos], tonumber(ARGV[pos + 1]),
-      tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]), ARGV[pos + 4]
-  local ncommon, nown = tonumber(ARGV[pos + 5]), tonumber(ARGV[pos + 6])
-  local first = pos + 7
-  local job = {kind = kind, ttl = ttl, first = first, ncommon = ncommon, nown = nown,
-               result = KEYS[1 + 2 * i], done = KEYS[2 + 2 * i]}
-  pos = first + ncommon + nown
-  if seen[job.result] or redis.call('EXISTS', job.result) == 1 then
-    -- a redelivery; or the same job twice in this call, whose first copy
-    -- will be written below
-    codes[i + 1] = 0
-  elseif kind == 'error' then
-    codes[i + 1] = 3
-    charge(model, 'errors', 1)
+  local j = {kind = ARGV[pos], id = ARGV[pos + 1], ttl = tonumber(ARGV[pos + 2]),
+             rows = tonumber(ARGV[pos + 3]), flops = tonumber(ARGV[pos + 4]),
+             model = ARGV[pos + 5], inbox = ARGV[pos + 6], vpos = pos + 7,
+             clen = tonumber(ARGV[pos + 8]), ncommon = tonumber(ARGV[pos + 9]),
+             result = KEYS[3 + i]}
+  pos = pos + 10
+  jobs[i] = j
+  ids[i] = j.id
+  if j.model ~= '' and not models[j.model] then
+    models[j.model] = true
+    for _, f in ipairs(COUNTERS) do mfields[#mfields + 1] = f .. ':' .. j.model end
+  end
+end
+if #mfields > 0 then
+  local m = hmget(KEYS[3], mfields)
+  for i, f in ipairs(mfields) do counter(KEYS[3], f, m[i]) end
+end
+local seen_cur = hmget(ckey, ids)
+local seen_prev = hmget(cprev, ids)
+local inbox_ok = {}
+for _, j in ipairs(jobs) do
+  if j.inbox ~= '' and inbox_ok[j.inbox] == nil then
+    local t = redis.call('TYPE', base .. 'inbox:' .. j.inbox)['ok']
+    inbox_ok[j.inbox] = (t == 'none' or t == 'list')
+    if not inbox_ok[j.inbox] then
+      warning = warning .. 'inbox ' .. base .. 'inbox:' .. j.inbox .. ' is a ' .. t ..
+                ', not a list: not announced; '
+    end
+  end
+end
+
+-- ---- Decisions and results, in job order ------------------------------------
+local pack = cmsgpack.pack
+local function value_with(j, npairs, tail)
+  local v = ARGV[j.vpos]
+  return struct.pack('>BI2', 0xde, j.ncommon + npairs) .. string.sub(v, 4, 3 + j.clen) .. tail
+end
+
+local codes = {warning}
+local total = {jobs = 0, rows = 0, flops = 0, errors = 0}
+local per_model = {}
+local written = {}
+local decided = {}
+local function charge(model, field, by)
+  total[field] = total[field] + by
+  if model ~= '' then
+    local k = field .. ':' .. model
+    per_model[k] = (per_model[k] or 0) + by
+  end
+end
+
+for i, j in ipairs(jobs) do
+  local code, value
+  if decided[j.id] or seen_cur[i] or seen_prev[i] then
+    code = 0 -- a redelivery, a reused id, or the same job twice in this call
+  elseif damaged then
+    code = 5
+    value = value_with(j, 3, pack('status') .. pack('error') .. pack('error') ..
+                             pack('internal') .. pack('message') ..
+                             pack('the user\'s usage records are damaged (' .. damaged ..
+                                  '); an operator must repair them; not charged'))
+  elseif j.kind == 'error' then
+    code, value = 3, ARGV[j.vpos]
   else
     local over
     if max_jobs >= 0 and used_jobs + 1 > max_jobs then
       over = 'used ' .. used_jobs .. ' of ' .. max_jobs .. ' jobs'
-    elseif max_rows >= 0 and used_rows + rows > max_rows then
-      over = 'used ' .. used_rows .. ' of ' .. max_rows .. ' rows and this job has ' .. rows
+    elseif max_rows >= 0 and used_rows + j.rows > max_rows then
+      over = 'used ' .. used_rows .. ' of ' .. max_rows .. ' rows and this job has ' .. j.rows
     end
     if over then
-      codes[i + 1] = 2
-      job.over = over
-      charge(model, 'errors', 1)
-    elseif kind == 'over' then
-      codes[i + 1] = 4
+      code = 2
+      value = value_with(j, 5, pack('status') .. pack('error') .. pack('error') ..
+          pack('quota_exceeded') .. pack('message') ..
+          pack('quota exceeded: ' .. over .. ' in the ' .. window .. ' s window starting at ' ..
+               wstart .. '; it resets at ' .. wend .. ' (in ' .. (wend - now) .. ' s)') ..
+          pack('retry_after') .. pack(wend - now) .. pack('window') .. pack(wstart))
+    elseif j.kind == 'over' then
+      code = 4
     else
-      codes[i + 1] = 1
-      used_jobs, used_rows = used_jobs + 1, used_rows + rows
-      charge(model, 'jobs', 1)
-      charge(model, 'rows', rows)
-      charge(model, 'flops', flops)
+      code, value = 1, ARGV[j.vpos] .. pack('window') .. pack(wstart)
     end
   end
-  plan[i] = job
-  seen[job.result] = true
+  if value then
+    -- NX: a result outlives its charge record when its ttl is longer than
+    -- the horizon; the result is then the proof of the earlier decision.
+    if redis.call('SET', j.result, value, 'NX', 'EX', j.ttl) then
+      decided[j.id] = true
+      written[#written + 1] = j.id
+      written[#written + 1] = code == 1 and 'ok' or 'error'
+      if code == 1 then
+        used_jobs, used_rows = used_jobs + 1, used_rows + j.rows
+        charge(j.model, 'jobs', 1)
+        charge(j.model, 'rows', j.rows)
+        charge(j.model, 'flops', j.flops)
+      elseif code ~= 5 then
+        charge(j.model, 'errors', 1)
+      end
+    else
+      code = 0
+    end
+  end
+  codes[i + 1] = code
 end
 
--- Writes.  One HSET per result, its arguments unpacked straight from ARGV
--- (a job's common and own entries are contiguous there): no copying into
--- Lua tables, which costs more than the commands themselves.
-local function finish(job, status)
-  redis.call('EXPIRE', job.result, job.ttl)
-  redis.call('RPUSH', job.done, status)
-  redis.call('EXPIRE', job.done, job.ttl)
-end
-
-for i = 1, njobs do
-  local job, code = plan[i], codes[i + 1]
-  if code == 1 then
-    redis.call('HSET', job.result, 'status', 'ok', 'window', wstart,
-               unpack(ARGV, job.first, job.first + job.ncommon + job.nown - 1))
-    finish(job, 'ok')
-  elseif code == 2 then
-    redis.call('HSET', job.result, 'status', 'error', 'error', 'quota_exceeded',
-               'message', 'quota exceeded: ' .. job.over .. ' in the ' .. window ..
-                          ' s window starting at ' .. wstart .. '; it resets at ' .. wend ..
-                          ' (in ' .. (wend - now) .. ' s)',
-               'retry_after', wend - now, 'window', wstart,
-               unpack(ARGV, job.first, job.first + job.ncommon - 1))
-    finish(job, 'error')
-  elseif code == 3 then
-    redis.call('HSET', job.result, 'status', 'error',
-               unpack(ARGV, job.first, job.first + job.ncommon + job.nown - 1))
-    finish(job, 'error')
+-- ---- Group writes: charge record, inboxes, counters -------------------------
+if #written > 0 then
+  local ok = pcall(redis.call, 'HSET', ckey, unpack(written))
+  if ok then
+    redis.call('EXPIREAT', ckey, bstart + 2 * horizon)
+  else
+    warning = warning .. 'charge record ' .. ckey .. ' is not a hash: not recorded; '
   end
 end
 
-local touched = false
-for _, field in ipairs({'jobs', 'rows', 'flops', 'errors'}) do
-  if total[field] ~= 0 then
-    touched = true
-    redis.call('HINCRBY', KEYS[1], field, total[field])
-    if window_prefix ~= '' then
+local pushes, order = {}, {}
+for i, j in ipairs(jobs) do
+  if j.inbox ~= '' and inbox_ok[j.inbox] and codes[i + 1] ~= 4 then
+    local p = pushes[j.inbox]
+    if not p then
+      p = {ids = {}, ttl = 0}
+      pushes[j.inbox] = p
+      order[#order + 1] = j.inbox
+    end
+    p.ids[#p.ids + 1] = j.id
+    if j.ttl > p.ttl then p.ttl = j.ttl end
+  end
+end
+for _, name in ipairs(order) do
+  local p, key = pushes[name], base .. 'inbox:' .. name
+  if redis.call('RPUSH', key, unpack(p.ids)) == #p.ids then
+    redis.call('EXPIRE', key, p.ttl) -- a new list
+  else
+    redis.call('EXPIRE', key, p.ttl, 'GT') -- never shorten a waiting client's inbox
+  end
+end
+
+if not damaged then
+  local touched = false
+  for _, field in ipairs(COUNTERS) do
+    if total[field] ~= 0 then
+      touched = true
+      redis.call('HINCRBY', KEYS[1], field, total[field])
       redis.call('HINCRBY', wkey, field, total[field])
     end
   end
-end
-for model, c in pairs(per_model) do
-  for field, by in pairs(c) do
+  for k, by in pairs(per_model) do
     if by ~= 0 then
-      redis.call('HINCRBY', model_prefix .. model, field, by)
+      redis.call('HINCRBY', KEYS[3], k, by)
     end
   end
+  if touched then
+    -- kept one more window after it ends, so the last one stays readable
+    redis.call('EXPIRE', wkey, wend - now + window)
+    redis.call('HSET', KEYS[1], 'window_start', wstart, 'window_s', window)
+  end
 end
-if touched and window_prefix ~= '' then
-  -- kept one more window after it ends, so the last one stays readable
-  redis.call('EXPIRE', wkey, wend - now + window)
-  redis.call('HSET', KEYS[1], 'window_start', wstart, 'window_s', window)
-end
+codes[1] = warning
 return codes

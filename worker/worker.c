@@ -540,6 +540,7 @@ static int redis_open(kw_worker_t *w, kw_redis_t *r, char *errstr, size_t errstr
         r->quota_jobs        = c->quota_jobs;
         r->quota_rows        = c->quota_rows;
         r->quota_window      = c->quota_window;
+        r->charge_horizon    = c->charge_horizon;
         return kw_redis_init(r, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size);
 }
 
