@@ -26,16 +26,28 @@ int kf_key(char *buf, const char *prefix, const char *kind, const char *name)
         return n < 0 || n >= KF_KEY_MAX ? -1 : n;
 }
 
-int kf_user_key(char *buf, const char *prefix, const char *user, const char *kind,
+static const struct {
+        const char *word;
+        int named;
+} kinds[] = {
+    [KF_K_RESULT] = {"result", 1}, [KF_K_INBOX] = {"inbox", 1},
+    [KF_K_CHARGED] = {"charged", 1}, [KF_K_WINDOW] = {"usage:window", 1},
+    [KF_K_USAGE] = {"usage", 0}, [KF_K_MODELS] = {"usage:models", 0},
+    [KF_K_QUOTA] = {"quota", 0},
+};
+
+int kf_user_key(char *buf, const char *prefix, const char *user, kf_kind_t kind,
                 const char *name)
 {
         int n;
 
+        if ((unsigned)kind >= sizeof(kinds) / sizeof(kinds[0]) || !kinds[kind].named != !name)
+                return -1;
         /* The longest name of any kind: a job id. */
         if (!job_name_valid(user, strnlen(user, JOB_USER_MAX + 1), JOB_USER_MAX) ||
             (name && !job_name_valid(name, strnlen(name, JOB_ID_MAX + 1), JOB_ID_MAX)))
                 return -1;
-        n = name ? snprintf(buf, KF_KEY_MAX, "%s{%s}:%s:%s", prefix, user, kind, name)
-                 : snprintf(buf, KF_KEY_MAX, "%s{%s}:%s", prefix, user, kind);
+        n = name ? snprintf(buf, KF_KEY_MAX, "%s{%s}:%s:%s", prefix, user, kinds[kind].word, name)
+                 : snprintf(buf, KF_KEY_MAX, "%s{%s}:%s", prefix, user, kinds[kind].word);
         return n < 0 || n >= KF_KEY_MAX ? -1 : n;
 }

@@ -29,14 +29,19 @@
 #define KF_PREFIX_MAX     64
 #define KF_KEY_MAX        320 /* prefix + {64-char user} + kind + a 128-char id */
 
-/* Kinds of per-user keys (the fixed words after "{USER}:"). */
-#define KF_K_RESULT  "result"
-#define KF_K_INBOX   "inbox"
-#define KF_K_CHARGED "charged"
-#define KF_K_USAGE   "usage"
-#define KF_K_WINDOW  "usage:window"
-#define KF_K_MODELS  "usage:models"
-#define KF_K_QUOTA   "quota"
+/* Kinds of per-user keys: the fixed words after "{USER}:".  The ones that
+ * take a name end, with their ':', in a word no other kind begins with
+ * ("result:", "inbox:", "charged:", "usage:window:"); the others never take
+ * a name.  So a key names one (kind, name) pair. */
+typedef enum {
+        KF_K_RESULT,  /* + job id */
+        KF_K_INBOX,   /* + inbox name */
+        KF_K_CHARGED, /* + period start */
+        KF_K_WINDOW,  /* + window start */
+        KF_K_USAGE,   /* no name */
+        KF_K_MODELS,  /* no name */
+        KF_K_QUOTA,   /* no name */
+} kf_kind_t;
 
 /* 0 if prefix is 1..KF_PREFIX_MAX chars of [A-Za-z0-9._:-]; else -1 with
  * errstr saying why. */
@@ -47,11 +52,12 @@ int kf_prefix_valid(const char *prefix, char *errstr, size_t errstr_size);
  * it does not fit. */
 int kf_key(char *buf, const char *prefix, const char *kind, const char *name);
 
-/* Writes "{prefix}{" user "}:" kind, then ":" name unless name is NULL, into
- * buf of size KF_KEY_MAX.  Returns the length, or -1 if user is not a valid
- * user name, name is not a valid name (NULL is allowed) or it does not fit.
- * Every caller must check: a key that was not built must not be used. */
-int kf_user_key(char *buf, const char *prefix, const char *user, const char *kind,
+/* Writes "{prefix}{" user "}:" kind's word, then ":" name for the kinds that
+ * take one, into buf of size KF_KEY_MAX.  Returns the length, or -1 if user
+ * or name is not a valid name, a name is missing or given where the kind
+ * takes none, or it does not fit.  Every caller must check: a key that was
+ * not built must not be used. */
+int kf_user_key(char *buf, const char *prefix, const char *user, kf_kind_t kind,
                 const char *name);
 
 #endif

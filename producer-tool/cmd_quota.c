@@ -8,14 +8,11 @@
 #include <strings.h>
 
 #include "kf_keys.h"
+#include "kf_quota.h"
 #include "kf_util.h"
 #include "kinfer.h"
 
 #define O(f) offsetof(kc_conf_t, f)
-
-/* The longest window accepted: a leap year. Longer is a typo, not a policy. */
-#define QUOTA_WINDOW_MAX 31622400
-#define QUOTA_LIMIT_MAX  1000000000000000LL
 
 static const kf_opt_t set_opts[] = {
     KC_OPTS_CONN,
@@ -39,29 +36,32 @@ static const kf_opt_t rm_opts[] = {KC_OPTS_CONN, {NULL}};
 
 static const char *const counters[] = {"jobs", "rows", "flops", "errors", NULL};
 
-/* Reads an optional limit flag: "unlimited" -> *unlimited, else a number. */
-static int parse_limit(const char *flag, const char *v, int64_t max, int64_t min, int64_t *out,
-                       int *unlimited)
+/* Reads an optional limit flag: "unlimited" -> *unlimited (jobs and rows
+ * only), else a value in the one grammar workers accept (kf_quota.h). */
+static int parse_limit(kf_quota_field_t f, const char *v, int64_t *out, int *unlimited)
 {
+        char err[256];
         *unlimited = 0;
         if (!v)
                 return 0;
-        if (!strcasecmp(v, "unlimited") && min == 0) {
+        if (!strcasecmp(v, "unlimited") && f != KF_QUOTA_WINDOW) {
                 *unlimited = 1;
                 return 0;
         }
-        if (kf_parse_i64(v, min, max, out)) {
-                kc_err("quota set: --%s '%s' must be a whole number in %lld..%lld%s", flag, v,
-                       (long long)min, (long long)max, min == 0 ? " or 'unlimited'" : "");
+        if (kf_quota_parse(f, v, strlen(v), out, err, sizeof(err))) {
+                kc_err("quota set: --%s: %s%s", kf_quota_field_names[f], err,
+                       f != KF_QUOTA_WINDOW ? ", or 'unlimited'" : "");
                 return -1;
         }
         return 0;
 }
 
-static void key_of(char *key, const kc_conf_t *c, const char *kind, const char *user)
+/* A key of the user's (kf_keys.h); name may be NULL. */
+static void key_of(char *key, const kc_conf_t *c, kf_kind_t kind, const char *user,
+                   const char *name)
 {
-        if (kf_key(key, c->prefix, kind, user) < 0) {
-                kc_err("key for user '%s' is too long", user);
+        if (kf_user_key(key, c->prefix, user, kind, name) < 0) {
+                kc_err("cannot build a key of user '%s'", user);
                 exit(KC_EXIT_USAGE);
         }
 }
@@ -107,12 +107,12 @@ static int quota_set(int argc, char **argv)
                 kc_err("quota set: give at least one of --jobs, --rows, --window");
                 goto out;
         }
-        if (parse_limit("jobs", c.q_jobs, QUOTA_LIMIT_MAX, 0, &jobs, &ujobs) ||
-            parse_limit("rows", c.q_rows, QUOTA_LIMIT_MAX, 0, &rows, &urows) ||
-            parse_limit("window", c.q_window, QUOTA_WINDOW_MAX, 1, &window, &uwin))
+        if (parse_limit(KF_QUOTA_JOBS, c.q_jobs, &jobs, &ujobs) ||
+            parse_limit(KF_QUOTA_ROWS, c.q_rows, &rows, &urows) ||
+            parse_limit(KF_QUOTA_WINDOW, c.q_window, &window, &uwin))
                 goto out;
         r = kc_redis(&c);
-        key_of(key, &c, "quota", argv[first]);
+        key_of(key, &c, KF_K_QUOTA, argv[first], NULL);
         /* One transaction: a reader never sees half of the new settings. */
         freeReplyObject(cmd(r, "MULTI"));
         if (c.q_jobs)
@@ -144,7 +144,7 @@ static int quota_rm(int argc, char **argv)
                 return KC_EXIT_USAGE;
         }
         r = kc_redis(&c);
-        key_of(key, &c, "quota", argv[first]);
+        key_of(key, &c, KF_K_QUOTA, argv[first], NULL);
         freeReplyObject(cmd(r, "DEL %s", key));
         redisFree(r);
         kf_config_free(rm_opts, &c, NULL);
@@ -168,7 +168,8 @@ static json_t *read_counters(redisContext *r, const char *key)
 }
 
 /* The current window's counters, from where the last step left them. */
-static json_t *read_window(redisContext *r, const char *usage_key)
+static json_t *read_window(redisContext *r, const kc_conf_t *c, const char *user,
+                           const char *usage_key)
 {
         redisReply *rep = cmd(r, "HMGET %s window_start window_s", usage_key);
         long long start = 0, len = 0, now = kf_now_ms() / 1000;
@@ -180,14 +181,64 @@ static json_t *read_window(redisContext *r, const char *usage_key)
         }
         freeReplyObject(rep);
         if (len > 0 && start + len > now) {
-                char wkey[KF_KEY_MAX + 32];
-                snprintf(wkey, sizeof(wkey), "%s:window:%lld", usage_key, start);
+                char wkey[KF_KEY_MAX], name[24];
+                snprintf(name, sizeof(name), "%lld", start);
+                key_of(wkey, c, KF_K_WINDOW, user, name);
                 o = read_counters(r, wkey);
                 json_object_set_new(o, "start", json_integer(start));
                 json_object_set_new(o, "length", json_integer(len));
                 json_object_set_new(o, "resets_in", json_integer(start + len - now));
         }
         return o;
+}
+
+/* {model: {counter: number}} from the user's per-model hash, whose fields
+ * are COUNTER:MODEL: the counter names hold no ':', so the model is all
+ * after the first one, whatever it contains.  With --model, that model's. */
+static json_t *read_models(redisContext *r, const kc_conf_t *c, const char *user)
+{
+        char key[KF_KEY_MAX];
+        json_t *models = json_object();
+        redisReply *rep;
+
+        key_of(key, c, KF_K_MODELS, user, NULL);
+        if (c->model) {
+                json_t *o = json_object();
+                rep       = cmd(r, "HMGET %s jobs:%s rows:%s flops:%s errors:%s", key, c->model,
+                                c->model, c->model, c->model);
+                for (int i = 0; counters[i]; i++) {
+                        const redisReply *v = rep->element[i];
+                        json_object_set_new(o, counters[i],
+                                            json_integer(v->type == REDIS_REPLY_STRING
+                                                             ? strtoll(v->str, NULL, 10)
+                                                             : 0));
+                }
+                json_object_set_new(models, c->model, o);
+                freeReplyObject(rep);
+                return models;
+        }
+        rep = cmd(r, "HGETALL %s", key);
+        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+                const char *f     = rep->element[i]->str;
+                const char *colon = strchr(f, ':');
+                json_t *m;
+                int k;
+                if (!colon)
+                        continue;
+                for (k = 0; counters[k] && strncmp(f, counters[k], (size_t)(colon - f)); k++)
+                        ;
+                if (!counters[k] || strlen(counters[k]) != (size_t)(colon - f))
+                        continue; /* not a field kinfer writes */
+                if (!(m = json_object_get(models, colon + 1))) {
+                        m = json_pack("{s:i,s:i,s:i,s:i}", "jobs", 0, "rows", 0, "flops", 0,
+                                      "errors", 0);
+                        json_object_set_new(models, colon + 1, m);
+                }
+                json_object_set_new(m, counters[k],
+                                    json_integer(strtoll(rep->element[i + 1]->str, NULL, 10)));
+        }
+        freeReplyObject(rep);
+        return models;
 }
 
 static void print_counters(const char *title, json_t *o)
@@ -215,7 +266,7 @@ static int quota_get(int argc, char **argv)
                 return KC_EXIT_USAGE;
         }
         r = kc_redis(&c);
-        key_of(key, &c, "quota", argv[first]);
+        key_of(key, &c, KF_K_QUOTA, argv[first], NULL);
         rep = cmd(r, "HMGET %s jobs rows window", key);
         q   = json_object();
         for (int i = 0; limits[i]; i++) {
@@ -223,15 +274,14 @@ static int quota_get(int argc, char **argv)
                 int64_t n;
                 if (v->type != REDIS_REPLY_STRING)
                         json_object_set_new(q, limits[i], json_null());
-                else if (kf_parse_i64(v->str, i == 2 ? 1 : 0,
-                                      i == 2 ? QUOTA_WINDOW_MAX : QUOTA_LIMIT_MAX, &n) == 0)
+                else if (kf_quota_parse((kf_quota_field_t)i, v->str, v->len, &n, NULL, 0) == 0)
                         json_object_set_new(q, limits[i], json_integer(n));
                 else /* workers treat it as unset and log it */
                         json_object_set_new(q, limits[i], json_string(v->str));
         }
         freeReplyObject(rep);
-        key_of(key, &c, "usage", argv[first]);
-        win = read_window(r, key);
+        key_of(key, &c, KF_K_USAGE, argv[first], NULL);
+        win = read_window(r, &c, argv[first], key);
         o   = json_pack("{s:s,s:o,s:o}", "user", argv[first], "quota", q, "window",
                         win ? win : json_null());
         if (c.json) {
@@ -279,7 +329,7 @@ int kc_cmd_quota(int argc, char **argv)
 int kc_cmd_usage(int argc, char **argv)
 {
         kc_conf_t c = {0};
-        char key[KF_KEY_MAX], mkey[KF_KEY_MAX * 2];
+        char key[KF_KEY_MAX];
         redisContext *r;
         json_t *o, *models, *win;
         int first = kc_parse(show_opts, &c, 0, argc, argv,
@@ -291,26 +341,10 @@ int kc_cmd_usage(int argc, char **argv)
                 return KC_EXIT_USAGE;
         }
         r = kc_redis(&c);
-        key_of(key, &c, "usage", argv[first]);
-        models = json_object();
-        if (c.model) {
-                snprintf(mkey, sizeof(mkey), "%s:model:%s", key, c.model);
-                json_object_set_new(models, c.model, read_counters(r, mkey));
-        } else { /* SCAN, not KEYS: never block the server for a report */
-                char cursor[32] = "0";
-                do {
-                        redisReply *rep = cmd(r, "SCAN %s MATCH %s:model:* COUNT 1000", cursor, key);
-                        const redisReply *keys = rep->element[1];
-                        snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
-                        for (size_t i = 0; i < keys->elements; i++)
-                                json_object_set_new(models,
-                                                    keys->element[i]->str + strlen(key) + 7,
-                                                    read_counters(r, keys->element[i]->str));
-                        freeReplyObject(rep);
-                } while (strcmp(cursor, "0"));
-        }
+        key_of(key, &c, KF_K_USAGE, argv[first], NULL);
+        models = read_models(r, &c, argv[first]);
         o   = read_counters(r, key);
-        win = read_window(r, key);
+        win = read_window(r, &c, argv[first], key);
         json_object_set_new(o, "user", json_string(argv[first]));
         json_object_set_new(o, "window", win ? win : json_null());
         json_object_set_new(o, "models", models);

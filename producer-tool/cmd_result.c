@@ -11,70 +11,80 @@
 
 #define O(f) offsetof(kc_conf_t, f)
 
-static const kf_opt_t get_opts[] = {KC_OPTS_CONN, {NULL}};
+#define KC_OPT_USER                                                                                \
+        {"user", 'u', "KINFER_USER", KF_OPT_STR, O(user), 0, 0, NULL, "ID",                       \
+         "whose jobs (results are kept per user; required)"}
+
+static const kf_opt_t get_opts[] = {KC_OPTS_CONN, KC_OPT_USER, {NULL}};
 
 static const kf_opt_t wait_opts[] = {
     KC_OPTS_CONN,
+    KC_OPT_USER,
+    {"inbox", 0, NULL, KF_OPT_STR, O(inbox), 0, 0, NULL, "NAME",
+     "the inbox the jobs announce themselves on (default: the one `kinfer submit` gave "
+     "them, read from their ids)"},
     {"timeout", 0, NULL, KF_OPT_INT, O(timeout_s), 0, 30LL * 86400, "60", "S",
      "give up after S seconds in all (0 = never)"},
     {NULL},
 };
 
-/* Prints a result; returns 1 if it is not an ok result. */
-static int print_result(json_t *res)
-{
-        const char *status = json_string_value(json_object_get(res, "status"));
-        kc_print_json(res);
-        return !status || strcmp(status, "ok");
-}
-
 static int get_or_wait(int argc, char **argv, int wait)
 {
-        kc_conf_t c = {0};
+        kc_conf_t c          = {0};
         const kf_opt_t *opts = wait ? wait_opts : get_opts;
+        kc_printer_t p       = {NULL, KC_EXIT_OK};
+        char inbox[JOB_INBOX_MAX + 1];
         redisContext *r;
-        int first, rc = KC_EXIT_OK;
-        int64_t until;
+        int first;
 
         first = kc_parse(opts, &c, 0, argc, argv,
-                         wait ? "wait [--timeout S] ID...\n\nWaits for each job's result "
-                                "(no polling: BLPOP on its done list) and prints\nthem as "
-                                "JSON lines.  Exit 1 if any job failed or timed out."
-                              : "get ID...\n\nPrints the results of jobs as JSON lines.  Exit 1 "
-                                "if any job has no result\nor an error result.");
-        if (first >= argc) {
-                kc_err("%s: give at least one job id", argv[0]);
+                         wait ? "wait --user ID [--inbox NAME] [--timeout S] JOB_ID...\n\nWaits "
+                                "for each job's result (BLPOP on the jobs' inbox, no polling)\nand "
+                                "prints them as JSON lines, in the order given.  Exit 1 if any\n"
+                                "job failed or timed out."
+                              : "get --user ID JOB_ID...\n\nPrints the results of jobs as JSON "
+                                "lines.  Exit 1 if any job has no result\nor an error result.");
+        if (first >= argc || !c.user) {
+                kc_err("%s: give --user and at least one job id", argv[0]);
                 kf_config_free(opts, &c, NULL);
                 return KC_EXIT_USAGE;
         }
-        r     = kc_redis(&c);
-        until = c.timeout_s ? kf_now_ms() + c.timeout_s * 1000 : 0;
-        for (int i = first; i < argc; i++) {
-                json_t *res;
+        if (!job_name_valid(c.user, strlen(c.user), JOB_USER_MAX) ||
+            (c.inbox && !job_name_valid(c.inbox, strlen(c.inbox), JOB_INBOX_MAX))) {
+                kc_err("%s: --user and --inbox must be 1..64 chars of [A-Za-z0-9._:-]", argv[0]);
+                kf_config_free(opts, &c, NULL);
+                return KC_EXIT_USAGE;
+        }
+        for (int i = first; i < argc; i++)
                 if (!job_name_valid(argv[i], strlen(argv[i]), JOB_ID_MAX)) {
-                        kc_err("'%s' is not a valid job id", argv[i]);
-                        rc = KC_EXIT_FAIL;
-                        continue;
+                        kc_err("'%s' is not a valid job id (1..128 chars of [A-Za-z0-9._:-])",
+                               argv[i]);
+                        kf_config_free(opts, &c, NULL);
+                        return KC_EXIT_USAGE;
                 }
-                if (wait) {
-                        int64_t left = until ? (until - kf_now_ms() + 999) / 1000 : 0;
-                        res = kc_result_wait(r, &c, argv[i], until && left < 1 ? 1 : left);
-                } else {
-                        res = kc_result_json(r, &c, argv[i]);
+        r     = kc_redis(&c);
+        p.ids = argv + first;
+        if (wait) {
+                const char *ib = c.inbox;
+                if (!ib && kc_inbox_from_id(argv[first], inbox) == 0)
+                        ib = inbox;
+                kc_results_wait(r, &c, c.user, ib, argv + first, (size_t)(argc - first),
+                                c.timeout_s, kc_print_result, &p);
+        } else {
+                for (int i = first; i < argc; i++) {
+                        json_t *res = kc_result_json(r, &c, c.user, argv[i]);
+                        if (!res) {
+                                kc_err("job %s of user %s: no result (yet)", argv[i], c.user);
+                                p.rc = KC_EXIT_FAIL;
+                                continue;
+                        }
+                        kc_print_result((size_t)(i - first), res, &p);
+                        json_decref(res);
                 }
-                if (!res) {
-                        kc_err("job %s: %s", argv[i],
-                               wait ? "no result before the timeout" : "no result (yet)");
-                        rc = KC_EXIT_FAIL;
-                        continue;
-                }
-                if (print_result(res))
-                        rc = KC_EXIT_FAIL;
-                json_decref(res);
         }
         redisFree(r);
         kf_config_free(opts, &c, NULL);
-        return rc;
+        return p.rc;
 }
 
 int kc_cmd_get(int argc, char **argv)

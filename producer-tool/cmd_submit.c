@@ -37,6 +37,9 @@ static const kf_opt_t submit_opts[] = {
     {"id", 0, NULL, KF_OPT_STR, O(id), 0, 0, NULL, "ID", "job id (single job only)"},
     {"id-prefix", 0, NULL, KF_OPT_STR, O(id_prefix), 0, 0, NULL, "STR",
      "prefix of generated job ids (default: the user)"},
+    {"inbox", 0, NULL, KF_OPT_STR, O(inbox), 0, 0, NULL, "NAME",
+     "the inbox the jobs announce themselves on (default: a new one per run, which "
+     "`kinfer wait` finds from the ids)"},
     {"wait", 'w', NULL, KF_OPT_BOOL, O(wait), 0, 0, "0", NULL,
      "wait for the results and print them as JSON lines"},
     {"timeout", 0, NULL, KF_OPT_INT, O(timeout_s), 0, 30LL * 86400, "60", "S",
@@ -50,6 +53,7 @@ typedef struct submit_s {
         job_encoding_t enc;
         job_output_t output;
         char run[17]; /* random part of generated ids */
+        char inbox[JOB_INBOX_MAX + 1];
         char **ids;   /* every job's id, in submission order */
         int *failed;  /* per job: delivery failed */
         size_t n, cap;
@@ -115,6 +119,7 @@ static int submit_one(const kc_matrix_t *m, void *opaque)
         job.k           = (uint32_t)c->k;
         job.ttl_s       = (uint32_t)c->ttl;
         job.deadline_ms = c->deadline_ms ? kf_now_ms() + c->deadline_ms : 0;
+        kf_strlcpy(job.inbox, s->inbox, sizeof(job.inbox));
         if (job_encode(&job, s->enc, &buf, &len, err, sizeof(err))) {
                 kc_err("job %zu: %s", s->n + 1, err);
                 return -1;
@@ -208,6 +213,15 @@ int kc_cmd_submit(int argc, char **argv)
                 goto out;
         }
         kf_random_hex(s.run, 8);
+        if (c.inbox && !job_name_valid(c.inbox, strlen(c.inbox), JOB_INBOX_MAX)) {
+                kc_err("submit: --inbox must be 1..64 chars of [A-Za-z0-9._:-]");
+                rc = KC_EXIT_USAGE;
+                goto out;
+        }
+        if (c.inbox)
+                kf_strlcpy(s.inbox, c.inbox, sizeof(s.inbox));
+        else
+                kc_inbox_name(s.run, s.inbox);
 
         if (!(kconf = kf_kafka_conf_new(c.brokers, pdefaults, &c.props, err, sizeof(err)))) {
                 kc_err("%s", err);
@@ -251,28 +265,22 @@ int kc_cmd_submit(int argc, char **argv)
 
         if (c.wait) {
                 redisContext *rc_redis = kc_redis(&c);
-                int64_t until = c.timeout_s ? kf_now_ms() + c.timeout_s * 1000 : 0;
-                for (size_t i = 0; i < s.n; i++) {
-                        json_t *res;
-                        int64_t left = until ? (until - kf_now_ms() + 999) / 1000 : 0;
-                        const char *status;
-                        if (s.failed[i])
-                                continue;
-                        if (until && left < 1)
-                                left = 1; /* still look once, briefly */
-                        res = kc_result_wait(rc_redis, &c, s.ids[i], left);
-                        if (!res) {
-                                kc_err("job %s: no result after %lld s", s.ids[i],
-                                       (long long)c.timeout_s);
-                                rc = KC_EXIT_FAIL;
-                                continue;
-                        }
-                        status = json_string_value(json_object_get(res, "status"));
-                        if (!status || strcmp(status, "ok"))
-                                rc = KC_EXIT_FAIL;
-                        kc_print_json(res);
-                        json_decref(res);
+                char **ids             = malloc(sizeof(*ids) * (s.n + 1));
+                size_t n               = 0;
+                kc_printer_t wt        = {ids, KC_EXIT_OK};
+                if (!ids) {
+                        kc_err("out of memory");
+                        rc = KC_EXIT_FAIL;
+                } else {
+                        for (size_t i = 0; i < s.n; i++)
+                                if (!s.failed[i])
+                                        ids[n++] = s.ids[i];
+                        kc_results_wait(rc_redis, &c, c.user, s.inbox, ids, n, c.timeout_s,
+                                        kc_print_result, &wt);
+                        if (wt.rc)
+                                rc = wt.rc;
                 }
+                free(ids);
                 redisFree(rc_redis);
         } else {
                 for (size_t i = 0; i < s.n; i++)

@@ -22,7 +22,7 @@
 typedef struct kc_conf_s {
         char *brokers, *redis_url, *topic, *prefix;
         /* submit */
-        char *model, *user, *output, *file, *format, *encoding, *id, *id_prefix;
+        char *model, *user, *output, *file, *format, *encoding, *id, *id_prefix, *inbox;
         int64_t version, ttl, deadline_ms, rows_per_job, timeout_s;
         int64_t k; /* --output topk */
         int wait, quiet;
@@ -61,14 +61,38 @@ redisContext *kc_redis(const kc_conf_t *conf);
 /* Prints "kinfer: <message>" to stderr. */
 void kc_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Reads the result of job id into a JSON object (caller decrefs).  Returns
- * NULL if there is no result (yet); exits 3 if Redis fails. */
-json_t *kc_result_json(redisContext *c, const kc_conf_t *conf, const char *id);
+/* Reads the result of user's job id into a JSON object (caller decrefs).
+ * Returns NULL if there is no result (yet); a value that cannot be decoded
+ * is rendered with status "unreadable".  Exits 3 if Redis fails. */
+json_t *kc_result_json(redisContext *c, const kc_conf_t *conf, const char *user, const char *id);
 
-/* Waits for job id's result (BLPOP on its done list after checking whether
- * the result exists already) for at most timeout_s seconds (0 = forever).
- * Returns its JSON or NULL on timeout. */
-json_t *kc_result_wait(redisContext *c, const kc_conf_t *conf, const char *id, int64_t timeout_s);
+/* Receives result i of a wait, in the order of ids; res is NULL when it did
+ * not come before the timeout.  res is borrowed. */
+typedef void(kc_result_cb)(size_t i, json_t *res, void *opaque);
+
+/* Waits for the results of user's jobs ids[0..n-1] for at most timeout_s
+ * seconds in all (0 = forever), and calls cb for each, in order, as soon as
+ * it and those before it are there.  Without polling when the jobs announce
+ * themselves on inbox (BLPOP); at most every 5 s the results are read again,
+ * since another client may take an id from a shared inbox.  inbox NULL:
+ * reads the results every 200 ms.  Returns how many did not come. */
+size_t kc_results_wait(redisContext *c, const kc_conf_t *conf, const char *user,
+                       const char *inbox, char **ids, size_t n, int64_t timeout_s,
+                       kc_result_cb *cb, void *opaque);
+
+/* A kc_result_cb that prints each result as a JSON line and sets rc to
+ * KC_EXIT_FAIL for a missing or non-ok one; opaque is a kc_printer_t. */
+typedef struct kc_printer_s {
+        char **ids; /* the ids waited for, to name a missing one */
+        int rc;
+} kc_printer_t;
+void kc_print_result(size_t i, json_t *res, void *opaque);
+
+/* The inbox `kinfer submit` gives the jobs of one run (RUN: 16 hex digits),
+ * and the one a job id made by submit (PREFIX-RUN-N) was announced on:
+ * 0, or -1 if id is not of that form.  buf holds JOB_INBOX_MAX + 1. */
+void kc_inbox_name(const char *run, char *buf);
+int kc_inbox_from_id(const char *id, char *buf);
 
 /* Prints a JSON value on one line on stdout. */
 void kc_print_json(json_t *j);

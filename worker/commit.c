@@ -439,7 +439,7 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
                                 int64_t now = kf_mono_us();
                                 if (now - r->quota_warned_us > 10000000) { /* every 10 s */
                                         r->quota_warned_us = now;
-                                        kf_warn("user %s: bad quota settings in Redis: %s",
+                                        kf_warn("user %s: bad data in Redis: %s",
                                                 b->jobs[order[e->first]].job.user, warn->str);
                                 }
                         }

@@ -4,6 +4,7 @@
 
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void pk_str(msgpack_packer *pk, const char *s)
@@ -20,7 +21,7 @@ void kt_job_pack(msgpack_sbuffer *sb, const char *id, const char *user, const ch
         msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
         msgpack_pack_map(&pk, extra_key ? 6 : 5);
         pk_str(&pk, "v");
-        msgpack_pack_uint8(&pk, 1);
+        msgpack_pack_uint8(&pk, 2);
         pk_str(&pk, "id");
         pk_str(&pk, id);
         pk_str(&pk, "user");
@@ -108,7 +109,7 @@ int kt_write_model(const char *path, const char *name, int n_layers, const int *
         pk_str(&pk, "format");
         pk_str(&pk, "kinfer-model");
         pk_str(&pk, "v");
-        msgpack_pack_uint8(&pk, 1);
+        msgpack_pack_uint8(&pk, 1); /* the model file format, not the protocol */
         pk_str(&pk, "name");
         pk_str(&pk, name);
         pk_str(&pk, "kind");
@@ -139,4 +140,52 @@ int kt_write_model(const char *path, const char *name, int n_layers, const int *
         }
         msgpack_sbuffer_destroy(&sb);
         return rc;
+}
+
+int kt_result_get(redisContext *c, const char *user, const char *id, kf_result_t *r)
+{
+        redisReply *rep = redisCommand(c, "GET kinfer:{%s}:result:%s", user, id);
+        char err[256];
+        int rc;
+
+        memset(r, 0, sizeof(*r));
+        if (!rep || rep->type == REDIS_REPLY_ERROR) {
+                fprintf(stderr, "kt_result_get: redis: %s\n", rep ? rep->str : c->errstr);
+                freeReplyObject(rep);
+                return -1;
+        }
+        if (rep->type != REDIS_REPLY_STRING) {
+                freeReplyObject(rep);
+                return 0;
+        }
+        rc = kf_result_decode(rep->str, rep->len, r, err, sizeof(err)) ? -1 : 1;
+        if (rc < 0)
+                fprintf(stderr, "kt_result_get: %s/%s: %s\n", user, id, err);
+        freeReplyObject(rep);
+        return rc;
+}
+
+long long kt_usage(redisContext *c, const char *user, const char *window, const char *field)
+{
+        redisReply *rep;
+        long long v = 0;
+        char *end;
+
+        if (!window)
+                rep = redisCommand(c, "HGET kinfer:{%s}:usage %s", user, field);
+        else if (!strcmp(window, "models"))
+                rep = redisCommand(c, "HGET kinfer:{%s}:usage:models %s", user, field);
+        else
+                rep = redisCommand(c, "HGET kinfer:{%s}:usage:window:%s %s", user, window, field);
+        if (!rep)
+                return -1;
+        if (rep->type == REDIS_REPLY_STRING) {
+                v = strtoll(rep->str, &end, 10);
+                if (*end)
+                        v = -1;
+        } else if (rep->type != REDIS_REPLY_NIL) {
+                v = -1;
+        }
+        freeReplyObject(rep);
+        return v;
 }

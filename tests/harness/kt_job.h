@@ -7,10 +7,13 @@
 #ifndef KT_JOB_H
 #define KT_JOB_H
 
+#include <hiredis.h>
 #include <msgpack.h>
 #include <stddef.h>
 
-/* Packs a v1 job with input in the rows form (float64 values) into sb
+#include "kf_result.h"
+
+/* Packs a v2 job with input in the rows form (float64 values) into sb
  * (initialised by the caller).  extra_key/extra_val add one uint field
  * (e.g. "ttl", "deadline", "version") when extra_key is not NULL. */
 void kt_job_pack(msgpack_sbuffer *sb, const char *id, const char *user, const char *model,
@@ -33,5 +36,17 @@ int kt_produce(const char *brokers, const char *topic, const kt_msg_t *msgs, int
  * (dims[i] x dims[i+1], row-major) and b[i] (dims[i+1]).  Returns 0 or -1. */
 int kt_write_model(const char *path, const char *name, int n_layers, const int *dims,
                    const char *const *acts, const float *const *W, const float *const *b);
+
+/* Reads user's result of job id: GET kinfer:{USER}:result:ID, spelled here
+ * from docs/protocol.md, and decodes it.  Returns 1 and fills r (clear it
+ * with kf_result_clear), 0 if there is none, -1 (message on stderr) if the
+ * value cannot be decoded or Redis fails. */
+int kt_result_get(redisContext *c, const char *user, const char *id, kf_result_t *r);
+
+/* One counter of a user's usage hash (kinfer:{USER}:usage, or with window
+ * set kinfer:{USER}:usage:window:WINDOW): 0 when missing, -1 if not an
+ * integer.  field "jobs:MODEL" etc. with window "models" reads the
+ * per-model hash. */
+long long kt_usage(redisContext *c, const char *user, const char *window, const char *field);
 
 #endif

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../harness/kt_job.h"
 #include "../harness/stack.h"
 
 #define N_JOBS  1000
@@ -215,11 +216,9 @@ static long long jobs_done(redisContext *c, const char *tag)
 {
         long long n = 0;
         for (int u = 0; u < N_USERS; u++) {
-                redisReply *r = redisCommand(c, "HGET kinfer:usage:%s-user%d jobs", tag, u);
-                assert_non_null(r);
-                if (r->type == REDIS_REPLY_STRING)
-                        n += atoll(r->str);
-                freeReplyObject(r);
+                char user[64];
+                snprintf(user, sizeof(user), "%s-user%d", tag, u);
+                n += kt_usage(c, user, NULL, "jobs");
         }
         return n;
 }
@@ -247,28 +246,22 @@ static void check_results(e2e_t *t, redisContext *c, const char *tag, char worke
 
         for (int j = 0; j < N_JOBS; j++) {
                 const ref_job_t *job = &t->jobs[j];
-                redisReply *r = redisCommand(c, "HMGET kinfer:result:%s status shape output "
-                                                "version worker message",
-                                             job->id);
-                char shape[32];
-                assert_non_null(r);
-                assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-                if (r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "ok"))
-                        fail_msg("job %s: status %s: %s", job->id,
-                                 r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str
-                                                                           : "(none)",
-                                 r->element[5]->type == REDIS_REPLY_STRING ? r->element[5]->str
-                                                                           : "");
-                snprintf(shape, sizeof(shape), "%d,%d", job->rows, OUT);
-                assert_string_equal(r->element[1]->str, shape);
-                assert_string_equal(r->element[3]->str, "1");
-                assert_int_equal(r->element[2]->len, (size_t)job->rows * OUT * 4);
+                kf_result_t r;
+                char user[64];
+                snprintf(user, sizeof(user), "%s-user%d", tag, job->user);
+                if (kt_result_get(c, user, job->id, &r) != 1)
+                        fail_msg("job %s of %s: no readable result", job->id, user);
+                if (!r.ok)
+                        fail_msg("job %s: status error: %s: %s", job->id, r.error, r.message);
+                assert_int_equal(r.rows, job->rows);
+                assert_int_equal(r.cols, OUT);
+                assert_int_equal(r.version, 1);
+                assert_string_equal(r.user, user);
                 for (int row = 0; row < job->rows; row++) {
                         double y[OUT];
                         reference(&t->model, job->x + row * IN, y);
                         for (int k = 0; k < OUT; k++) {
-                                float got;
-                                memcpy(&got, r->element[2]->str + (row * OUT + k) * 4, 4);
+                                float got = r.output[row * OUT + k];
                                 if (fabs(got - y[k]) > 1e-5 * fmax(1.0, fabs(y[k])))
                                         fail_msg("job %s row %d col %d: got %.9g, reference "
                                                  "%.9g",
@@ -276,20 +269,18 @@ static void check_results(e2e_t *t, redisContext *c, const char *tag, char worke
                         }
                 }
                 for (int w = 0; w < n_workers; w++)
-                        if (!strcmp(r->element[4]->str, workers[w]))
+                        if (!strcmp(r.worker, workers[w]))
                                 per_worker[w]++;
                 rows[job->user] += job->rows;
-                freeReplyObject(r);
+                kf_result_clear(&r);
         }
         for (int u = 0; u < N_USERS; u++) {
-                redisReply *r = redisCommand(c, "HMGET kinfer:usage:%s-user%d jobs rows flops errors",
-                                             tag, u);
-                assert_non_null(r);
-                assert_int_equal(atoll(r->element[0]->str), N_JOBS / N_USERS);
-                assert_int_equal(atoll(r->element[1]->str), rows[u]);
-                assert_int_equal(atoll(r->element[2]->str), rows[u] * flops_per_row);
-                assert_null(r->element[3]->str); /* no errors field: no error results */
-                freeReplyObject(r);
+                char user[64];
+                snprintf(user, sizeof(user), "%s-user%d", tag, u);
+                assert_int_equal(kt_usage(c, user, NULL, "jobs"), N_JOBS / N_USERS);
+                assert_int_equal(kt_usage(c, user, NULL, "rows"), rows[u]);
+                assert_int_equal(kt_usage(c, user, NULL, "flops"), rows[u] * flops_per_row);
+                assert_int_equal(kt_usage(c, user, NULL, "errors"), 0);
         }
 }
 

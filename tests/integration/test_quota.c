@@ -122,7 +122,7 @@ static void wait_settled(qt_t *t, const char *user, long long n, int timeout_ms)
 {
         char key[128];
         long long deadline = kt_now_ms() + timeout_ms, got = 0;
-        snprintf(key, sizeof(key), "kinfer:usage:%s", user);
+        snprintf(key, sizeof(key), "kinfer:{%s}:usage", user);
         while (kt_now_ms() < deadline) {
                 got = hget_ll(t->c, key, "jobs") + hget_ll(t->c, key, "errors");
                 if (got >= n)
@@ -142,26 +142,25 @@ static void count_results(qt_t *t, const char *user, int first, int n, int *ok, 
 {
         *ok = *over = 0;
         for (int i = first; i < first + n; i++) {
-                redisReply *r = redisCommand(t->c, "HMGET kinfer:result:%s-%d status error "
-                                                   "output worker",
-                                             user, i);
-                assert_non_null(r);
-                if (r->element[0]->type != REDIS_REPLY_STRING)
-                        fail_msg("job %s-%d has no result", user, i);
-                if (!strcmp(r->element[0]->str, "ok")) {
-                        float y[2], x[2];
+                kf_result_t r;
+                char id[96];
+                snprintf(id, sizeof(id), "%s-%d", user, i);
+                if (kt_result_get(t->c, user, id, &r) != 1)
+                        fail_msg("job %s has no result", id);
+                if (r.ok) {
+                        float x[2];
                         job_input(i, x);
-                        assert_int_equal(r->element[2]->len, 8);
-                        memcpy(y, r->element[2]->str, 8);
-                        assert_true(y[0] == 2 * x[0] + 1 && y[1] == 3 * x[1] + 1);
+                        assert_int_equal(r.rows * r.cols, 2);
+                        assert_true(r.output[0] == 2 * x[0] + 1 && r.output[1] == 3 * x[1] + 1);
                         (*ok)++;
                 } else {
-                        assert_string_equal(r->element[1]->str, "quota_exceeded");
+                        if (strcmp(r.error, "quota_exceeded"))
+                                fail_msg("job %s: %s: %s", id, r.error, r.message);
                         (*over)++;
                 }
                 if (worker_of)
-                        worker_of[i - first] = strdup(r->element[3]->str);
-                freeReplyObject(r);
+                        worker_of[i - first] = strdup(r.worker);
+                kf_result_clear(&r);
         }
 }
 
@@ -189,7 +188,7 @@ static void test_limit_exact_and_replay(void **state)
         w2 = spawn_worker(t, "q-w2", "kinfer-workers");
         produce_jobs(t, "qa", 0, 1000);
         /* kill one worker as soon as results start to appear */
-        while (hget_ll(t->c, "kinfer:usage:qa", "jobs") + hget_ll(t->c, "kinfer:usage:qa",
+        while (hget_ll(t->c, "kinfer:{qa}:usage", "jobs") + hget_ll(t->c, "kinfer:{qa}:usage",
                                                                   "errors") == 0)
                 sleep_ms(2);
         assert_int_equal(kt_stack_kill(&t->stack, w1, SIGKILL, 5000), 128 + SIGKILL);
@@ -200,13 +199,13 @@ static void test_limit_exact_and_replay(void **state)
         count_results(t, "qa", 0, 2000, &ok, &over, worker_of);
         assert_int_equal(ok, 500);
         assert_int_equal(over, 1500);
-        assert_int_equal(hget_ll(t->c, "kinfer:usage:qa", "jobs"), 500);
-        assert_int_equal(hget_ll(t->c, "kinfer:usage:qa", "rows"), 500);
-        assert_int_equal(hget_ll(t->c, "kinfer:usage:qa", "flops"), 500 * 2 * 4);
-        assert_int_equal(hget_ll(t->c, "kinfer:usage:qa", "errors"), 1500);
-        assert_int_equal(hget_ll(t->c, "kinfer:usage:qa:model:lin", "jobs"), 500);
+        assert_int_equal(hget_ll(t->c, "kinfer:{qa}:usage", "jobs"), 500);
+        assert_int_equal(hget_ll(t->c, "kinfer:{qa}:usage", "rows"), 500);
+        assert_int_equal(hget_ll(t->c, "kinfer:{qa}:usage", "flops"), 500 * 2 * 4);
+        assert_int_equal(hget_ll(t->c, "kinfer:{qa}:usage", "errors"), 1500);
+        assert_int_equal(hget_ll(t->c, "kinfer:{qa}:usage:models", "jobs:lin"), 500);
         for (int i = 0; i < 4; i++)
-                before[i] = hget_ll(t->c, "kinfer:usage:qa", fields[i]);
+                before[i] = hget_ll(t->c, "kinfer:{qa}:usage", fields[i]);
 
         /* Replay: a worker in a new group reads every job again, and 200 jobs
          * are produced a second time with the same ids. */
@@ -233,7 +232,7 @@ static void test_limit_exact_and_replay(void **state)
                 wait_settled(t, "sentinel", PARTS, 60000);
         }
         for (int i = 0; i < 4; i++)
-                assert_int_equal(hget_ll(t->c, "kinfer:usage:qa", fields[i]), before[i]);
+                assert_int_equal(hget_ll(t->c, "kinfer:{qa}:usage", fields[i]), before[i]);
         {
                 char **again = calloc(2000, sizeof(char *));
                 count_results(t, "qa", 0, 2000, &ok, &over, again);
@@ -272,25 +271,27 @@ static void test_window_rollover(void **state)
         wait_settled(t, "qw", 16, 60000);
 
         for (int i = 0; i < 16; i++) {
-                redisReply *r = redisCommand(t->c, "HMGET kinfer:result:qw-%d status window", i);
+                kf_result_t r;
+                char id[32];
                 long long w;
                 int k;
-                assert_non_null(r);
-                assert_int_equal(r->element[1]->type, REDIS_REPLY_STRING);
-                w = atoll(r->element[1]->str);
+                snprintf(id, sizeof(id), "qw-%d", i);
+                assert_int_equal(kt_result_get(t->c, "qw", id, &r), 1);
+                assert_true(r.has_window); /* ok and quota_exceeded results both say */
+                w = (long long)r.window;
                 assert_true(w % 3 == 0); /* aligned to Unix time */
                 for (k = 0; k < nwin && starts[k] != w; k++)
                         ;
                 if (k == nwin)
                         starts[nwin++] = w;
-                if (!strcmp(r->element[0]->str, "ok"))
+                if (r.ok)
                         per_window_ok[k]++;
-                freeReplyObject(r);
+                kf_result_clear(&r);
         }
         assert_true(nwin >= 2); /* the two bursts used different windows */
         for (int k = 0; k < nwin; k++) {
                 char key[128];
-                snprintf(key, sizeof(key), "kinfer:usage:qw:window:%lld", starts[k]);
+                snprintf(key, sizeof(key), "kinfer:{qw}:usage:window:%lld", starts[k]);
                 assert_true(per_window_ok[k] <= 5);
                 assert_true(per_window_ok[k] >= 1);
                 /* the counter of a window is exactly its ok results, even
@@ -302,7 +303,7 @@ static void test_window_rollover(void **state)
                 long long total_ok = 0;
                 for (int k = 0; k < nwin; k++)
                         total_ok += per_window_ok[k];
-                assert_int_equal(hget_ll(t->c, "kinfer:usage:qw", "jobs"), total_ok);
+                assert_int_equal(hget_ll(t->c, "kinfer:{qw}:usage", "jobs"), total_ok);
                 assert_true(total_ok >= 10); /* 5 in each burst's window at least */
         }
         /* windows end and their keys expire one window later: within ~7 s */
@@ -310,7 +311,7 @@ static void test_window_rollover(void **state)
                 char key[128];
                 long long deadline = kt_now_ms() + 15000;
                 redisReply *r;
-                snprintf(key, sizeof(key), "kinfer:usage:qw:window:%lld", starts[0]);
+                snprintf(key, sizeof(key), "kinfer:{qw}:usage:window:%lld", starts[0]);
                 r = redisCommand(t->c, "TTL %s", key);
                 assert_non_null(r);
                 assert_true(r->integer <= 6); /* never a key without expiry */
@@ -337,12 +338,15 @@ static void test_bad_settings(void **state)
         static const struct {
                 const char *flag, *value, *says;
         } bad[] = {
-            {"--jobs", "-5", "--jobs '-5' must be a whole number"},
-            {"--jobs", "lots", "--jobs 'lots' must be a whole number"},
-            {"--rows", "1.5", "--rows '1.5' must be a whole number"},
-            {"--window", "0", "--window '0' must be a whole number in 1..31622400"},
-            {"--window", "999999999", "--window '999999999' must be a whole number in 1..31622400"},
-            {"--window", "unlimited", "--window 'unlimited' must be a whole number"},
+            {"--jobs", "-5", "--jobs: quota jobs \"-5\" is not a decimal integer in 0.."},
+            {"--jobs", "lots", "--jobs: quota jobs \"lots\" is not a decimal integer"},
+            {"--jobs", "0x10", "--jobs: quota jobs \"0x10\" is not a decimal integer"},
+            {"--jobs", "1e3", "--jobs: quota jobs \"1e3\" is not a decimal integer"},
+            {"--rows", "1.5", "--rows: quota rows \"1.5\" is not a decimal integer"},
+            {"--rows", " 7", "--rows: quota rows \" 7\" is not a decimal integer"},
+            {"--window", "0", "--window: quota window \"0\" is not a decimal integer in 1..31622400"},
+            {"--window", "999999999", "quota window \"999999999\" is not a decimal integer in 1..31622400"},
+            {"--window", "unlimited", "--window: quota window \"unlimited\" is not a decimal"},
         };
         char *out = NULL, log[600], *text;
         FILE *fp;
@@ -369,14 +373,14 @@ static void test_bad_settings(void **state)
                 free(text);
         }
         {
-                redisReply *r = redisCommand(t->c, "EXISTS kinfer:quota:qb");
+                redisReply *r = redisCommand(t->c, "EXISTS kinfer:{qb}:quota");
                 assert_int_equal(r->integer, 0); /* nothing was written */
                 freeReplyObject(r);
         }
 
         /* Garbage written behind the CLI's back: the worker carries on with
          * its default (unlimited) and says why in its log. */
-        freeReplyObject(redisCommand(t->c, "HSET kinfer:quota:qb jobs abc rows -3 window 0"));
+        freeReplyObject(redisCommand(t->c, "HSET kinfer:{qb}:quota jobs abc rows -3 window 0"));
         spawn_worker(t, "b-w1", "kinfer-workers");
         produce_jobs(t, "qb", 0, 20);
         wait_settled(t, "qb", 20, 60000);
@@ -388,8 +392,8 @@ static void test_bad_settings(void **state)
         text = calloc(1, 1 << 20);
         assert_true(fread(text, 1, (1 << 20) - 1, fp) > 0);
         fclose(fp);
-        assert_non_null(strstr(text, "bad quota settings"));
-        assert_non_null(strstr(text, "jobs=\"abc\""));
+        assert_non_null(strstr(text, "quota jobs=\"abc\" is not a decimal integer"));
+        assert_non_null(strstr(text, "quota window=\"0\""));
         free(text);
         {
                 const char *argv[] = {"kinfer", "quota", "get", "qb", "--json", NULL};

@@ -89,7 +89,7 @@ static void base(msg_t *m, const char *skip, uint32_t extra)
         msg_init(m);
         msgpack_pack_map(&m->pk, n);
         if (!skip || strcmp(skip, "v"))
-                kv_u(m, "v", 1);
+                kv_u(m, "v", 2);
         if (!skip || strcmp(skip, "id"))
                 kv_s(m, "id", "job-1");
         if (!skip || strcmp(skip, "user"))
@@ -176,7 +176,7 @@ static void test_hand_written_bytes(void **state)
         job_t job;
         (void)state;
         assert_int_equal(DEC_BYTES("\x86"
-                                   "\xa1v\x01"
+                                   "\xa1v\x02"
                                    "\xa2id\xa2j1"
                                    "\xa4user\xa1u"
                                    "\xa5model\xa1m"
@@ -427,7 +427,7 @@ static void test_encode_exact_bytes(void **state)
 
         msg_init(&m);
         msgpack_pack_map(&m.pk, 9);
-        kv_u(&m, "v", 1);
+        kv_u(&m, "v", 2);
         kv_s(&m, "id", "a");
         kv_s(&m, "user", "b");
         kv_s(&m, "model", "c");
@@ -450,7 +450,7 @@ static void test_encode_exact_bytes(void **state)
 
         msg_init(&m);
         msgpack_pack_map(&m.pk, 9);
-        kv_u(&m, "v", 1);
+        kv_u(&m, "v", 2);
         kv_s(&m, "id", "a");
         kv_s(&m, "user", "b");
         kv_s(&m, "model", "c");
@@ -589,8 +589,9 @@ static void test_missing_required(void **state)
                 base(&m, req[i], 0);
                 snprintf(want, sizeof(want), "missing required field '%s'", req[i]);
                 assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST, want);
-                /* the id is still there for the error result, unless it is what is missing */
-                assert_string_equal(job.id, i == 1 ? "" : "job-1");
+                /* the id is still there for the error result, unless it or the
+                 * user (the result's address is both) is what is missing */
+                assert_string_equal(job.id, i == 1 || i == 2 ? "" : "job-1");
                 job_clear(&job);
         }
 }
@@ -661,9 +662,9 @@ static void test_wrong_types(void **state)
                 pack_fn val;
                 const char *want;
         } cases[] = {
-            {"v", pk_str_1, "field 'v' must be an unsigned integer (1), got string"},
-            {"v", pk_neg, "field 'v' must be an unsigned integer (1), got negative integer"},
-            {"v", pk_dbl, "field 'v' must be an unsigned integer (1), got float64"},
+            {"v", pk_str_1, "field 'v' must be an unsigned integer (2), got string"},
+            {"v", pk_neg, "field 'v' must be an unsigned integer (2), got negative integer"},
+            {"v", pk_dbl, "field 'v' must be an unsigned integer (2), got float64"},
             {"id", pk_int_5, "field 'id' must be a string of 1..128 chars"},
             {"user", pk_arr,
              "field 'user' must be a string of 1..64 chars of [A-Za-z0-9._:-], "
@@ -700,7 +701,7 @@ static void test_wrong_types(void **state)
                 s(&m, k);
                 cases[i].val(&m.pk);
                 assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST, cases[i].want);
-                assert_string_equal(job.id, strcmp(k, "id") ? "job-1" : "");
+                assert_string_equal(job.id, strcmp(k, "id") && strcmp(k, "user") ? "job-1" : "");
                 job_clear(&job);
         }
 }
@@ -752,8 +753,8 @@ static void test_name_charset_and_length(void **state)
         long_user[70] = '\0';
         assert_err(one_field("user", long_user, &job), KF_ERR_BAD_REQUEST,
                    "field 'user' must be a string of 1..64 chars of [A-Za-z0-9._:-], got 70 chars");
-        /* another field bad: the id is still reported */
-        assert_string_equal(job.id, "job-1");
+        /* a bad user leaves no address for a result: no id either (v2) */
+        assert_string_equal(job.id, "");
         assert_string_equal(job.user, "");
         assert_string_equal(job.model, "iris");
         job_clear(&job);
@@ -799,7 +800,7 @@ static void test_ttl_filled_after_earlier_error(void **state)
         kv_s(&m, "user", "no spaces please");
         kv_u(&m, "ttl", 300);
         assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST, "field 'user'");
-        assert_string_equal(job.id, "job-1");
+        assert_string_equal(job.id, ""); /* no user, no address (v2) */
         assert_string_equal(job.user, "");
         assert_string_equal(job.model, "iris");
         assert_int_equal(job.ttl_s, 300);
@@ -812,10 +813,20 @@ static void test_unsupported_version(void **state)
         job_t job;
         (void)state;
         base(&m, "v", 1);
-        kv_u(&m, "v", 2);
+        kv_u(&m, "v", 3);
         assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST,
-                   "unsupported protocol version 2 (this worker speaks v=1)");
+                   "unsupported protocol version 3 (this worker speaks v=2)");
         assert_string_equal(job.id, "job-1");
+        job_clear(&job);
+        /* v1 is refused by name, with where to read what changed; its
+         * address is kept so the client gets an error result. */
+        base(&m, "v", 1);
+        kv_u(&m, "v", 1);
+        assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST,
+                   "protocol version 1 is no longer accepted: this worker speaks v=2, where "
+                   "results and counters are scoped by user");
+        assert_string_equal(job.id, "job-1");
+        assert_string_equal(job.user, "alice");
         job_clear(&job);
         base(&m, "v", 1);
         kv_u(&m, "v", 0);
@@ -837,7 +848,7 @@ static void test_duplicate_keys(void **state)
         base(&m, NULL, 1);
         kv_s(&m, "user", "alice");
         assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST, "duplicate key \"user\"");
-        assert_string_equal(job.id, "job-1");
+        assert_string_equal(job.id, ""); /* which user? neither, so no address */
         job_clear(&job);
 
         /* unknown keys too, even among many (the sorted path) */
@@ -1169,7 +1180,7 @@ static void prefix(msg_t *m)
 {
         msg_init(m);
         msgpack_pack_map(&m->pk, 5);
-        kv_u(m, "v", 1);
+        kv_u(m, "v", 2);
         kv_s(m, "id", "job-1");
         kv_s(m, "user", "alice");
         kv_s(m, "model", "iris");
@@ -1405,6 +1416,58 @@ static void test_clear_zeroed_and_null(void **state)
         job_clear(&job);
 }
 
+/* inbox (v2): optional, same charset as ids, checked after ttl; written by
+ * the encoder only when set. */
+static void test_inbox(void **state)
+{
+        msg_t m;
+        job_t job;
+        char *buf, ebuf[256];
+        size_t len;
+        (void)state;
+        base(&m, NULL, 1);
+        kv_s(&m, "inbox", "alice-run:7");
+        assert_int_equal(dec(&m, &job), KF_OK);
+        assert_string_equal(job.inbox, "alice-run:7");
+        /* round trip through the encoder */
+        assert_int_equal(job_encode(&job, JOB_ENC_F32, &buf, &len, ebuf, sizeof(ebuf)), 0);
+        job_clear(&job);
+        assert_int_equal(job_decode(buf, len, NULL, &job, ebuf, sizeof(ebuf)), KF_OK);
+        assert_string_equal(job.inbox, "alice-run:7");
+        free(buf);
+        job_clear(&job);
+
+        base(&m, NULL, 0);
+        assert_int_equal(dec(&m, &job), KF_OK);
+        assert_string_equal(job.inbox, ""); /* absent: none */
+        job_clear(&job);
+
+        /* braces would let an inbox name pose as another user's hash tag */
+        base(&m, NULL, 1);
+        kv_s(&m, "inbox", "x}:result:y");
+        assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST,
+                   "field 'inbox' must be a string of 1..64 chars of [A-Za-z0-9._:-], got byte "
+                   "0x7d at position 1");
+        assert_string_equal(job.id, "job-1"); /* still addressable: an error result */
+        job_clear(&job);
+
+        base(&m, NULL, 1);
+        kv_u(&m, "inbox", 5);
+        assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST, "field 'inbox' must be a string");
+        job_clear(&job);
+
+        /* the encoder refuses what the decoder would */
+        memset(&job, 0, sizeof(job));
+        strcpy(job.id, "a");
+        strcpy(job.user, "b");
+        strcpy(job.model, "c");
+        strcpy(job.inbox, "{b}");
+        job.rows = job.cols = 1;
+        job.input = (float[]){1.0f};
+        assert_int_equal(job_encode(&job, JOB_ENC_F32, &buf, &len, ebuf, sizeof(ebuf)), -1);
+        assert_non_null(strstr(ebuf, "field 'inbox'"));
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1443,6 +1506,7 @@ int main(void)
             cmocka_unit_test(test_too_deep),
             cmocka_unit_test(test_name_valid),
             cmocka_unit_test(test_clear_zeroed_and_null),
+            cmocka_unit_test(test_inbox),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
