@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../harness/kt_job.h"
 #include "../harness/stack.h"
 
 #define TOPIC "kinfer.jobs"
@@ -384,6 +385,7 @@ typedef struct tjob_s {
         int rows, cols;
         float x[4 * 32];
         long long sent_ms; /* wall clock, just before produce */
+        char user[16];     /* who produced it: results are the user's */
 } tjob_t;
 
 static long long wall_ms(void)
@@ -399,11 +401,12 @@ static void produce(reg_t *t, tjob_t *j, const char *user)
         msgpack_packer pk;
         rd_kafka_resp_err_t err;
 
+        snprintf(j->user, sizeof(j->user), "%s", user);
         msgpack_sbuffer_init(&sb);
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         msgpack_pack_map(&pk, 5 + (j->version != 0) + (j->output != NULL) + (j->k != 0));
         pk_str(&pk, "v");
-        msgpack_pack_uint32(&pk, 1);
+        msgpack_pack_uint32(&pk, 2);
         pk_str(&pk, "id");
         pk_str(&pk, j->id);
         pk_str(&pk, "user");
@@ -458,52 +461,45 @@ static void job_fill(tjob_t *j, const char *tag, int n, const char *model, int r
 }
 
 typedef struct tres_s {
-        char status[16], error[32], message[512];
+        char status[16], error[32], message[1024];
         unsigned version;
         int rows, cols;
         long long enqueued, started;
         float out[4 * 64];
 } tres_t;
 
-/* Reads a result; 0 if there is none yet. */
-static int result(reg_t *t, const char *id, tres_t *r)
+/* Reads job j's result; 0 if there is none yet. */
+static int result(reg_t *t, const tjob_t *j, tres_t *r)
 {
-        redisReply *rep = redisCommand(t->c,
-                                       "HMGET kinfer:result:%s status version shape output error "
-                                       "message enqueued started",
-                                       id);
-        assert_non_null(rep);
+        kf_result_t res;
+        int rc = kt_result_get(t->c, j->user, j->id, &res);
+
         memset(r, 0, sizeof(*r));
-        if (rep->element[0]->type != REDIS_REPLY_STRING) {
-                freeReplyObject(rep);
+        assert_true(rc >= 0);
+        if (rc == 0)
                 return 0;
-        }
-        snprintf(r->status, sizeof(r->status), "%s", rep->element[0]->str);
-        if (rep->element[1]->str)
-                r->version = (unsigned)atoi(rep->element[1]->str);
-        if (rep->element[2]->str)
-                sscanf(rep->element[2]->str, "%d,%d", &r->rows, &r->cols);
-        if (rep->element[3]->str && rep->element[3]->len <= sizeof(r->out))
-                memcpy(r->out, rep->element[3]->str, rep->element[3]->len);
-        if (rep->element[4]->str)
-                snprintf(r->error, sizeof(r->error), "%s", rep->element[4]->str);
-        if (rep->element[5]->str)
-                snprintf(r->message, sizeof(r->message), "%s", rep->element[5]->str);
-        if (rep->element[6]->str)
-                r->enqueued = atoll(rep->element[6]->str);
-        if (rep->element[7]->str)
-                r->started = atoll(rep->element[7]->str);
-        freeReplyObject(rep);
+        snprintf(r->status, sizeof(r->status), "%s", res.ok ? "ok" : "error");
+        r->version = (unsigned)res.version;
+        r->rows    = (int)res.rows;
+        r->cols    = (int)res.cols;
+        if (res.output && (size_t)res.rows * res.cols <= sizeof(r->out) / sizeof(r->out[0]))
+                memcpy(r->out, res.output, (size_t)res.rows * res.cols * sizeof(float));
+        snprintf(r->error, sizeof(r->error), "%s", res.error);
+        snprintf(r->message, sizeof(r->message), "%s", res.message);
+        r->enqueued = (long long)res.enqueued;
+        r->started  = (long long)res.started;
+        kf_result_clear(&res);
         return 1;
 }
 
-static void wait_result(reg_t *t, const char *id, tres_t *r, int timeout_ms)
+static void wait_result(reg_t *t, const tjob_t *j, tres_t *r, int timeout_ms)
 {
         long long until = kt_now_ms() + timeout_ms;
-        while (!result(t, id, r)) {
+        while (!result(t, j, r)) {
                 if (kt_now_ms() > until) {
                         kt_stack_fail(&t->stack);
-                        fail_msg("no result for job %s after %d ms", id, timeout_ms);
+                        fail_msg("no result for job %s of %s after %d ms", j->id, j->user,
+                                 timeout_ms);
                 }
                 usleep(5000);
         }
@@ -748,7 +744,7 @@ static void test_shapes(void **state)
         flush_producer(t);
         for (int i = 0; i < n; i++) {
                 const tm_t *mm = &m[i / 12];
-                wait_result(t, jobs[i].id, &r, 90000);
+                wait_result(t, &jobs[i], &r, 90000);
                 expect_ok(t, &jobs[i], &r, 1, 1, &mm, &one);
         }
 
@@ -765,7 +761,7 @@ static void test_shapes(void **state)
                 flush_producer(t);
                 for (int i = 0; i < 3; i++) {
                         tjob_t *j = &jobs[n + i];
-                        wait_result(t, j->id, &r, 30000);
+                        wait_result(t, j, &r, 30000);
                         assert_string_equal(r.status, "ok");
                         assert_int_equal(r.rows, 3);
                         assert_int_equal(r.cols, i == 0 ? 10 : i == 1 ? 1 : 6);
@@ -814,11 +810,11 @@ static void test_shapes(void **state)
         jobs[n + 1].k = 11;
         produce(t, &jobs[n + 1], "shapes");
         flush_producer(t);
-        wait_result(t, jobs[n].id, &r, 30000);
+        wait_result(t, &jobs[n], &r, 30000);
         assert_string_equal(r.status, "error");
         assert_string_equal(r.error, "unknown_model");
         assert_string_equal(r.message, "model 's1' has no version 7 (versions: 1)");
-        wait_result(t, jobs[n + 1].id, &r, 30000);
+        wait_result(t, &jobs[n + 1], &r, 30000);
         assert_string_equal(r.error, "bad_request");
         assert_non_null(strstr(r.message, "k = 11, but model 's3' version 1 has 10 outputs"));
         for (int i = 0; i < 3; i++)
@@ -860,7 +856,7 @@ static void test_ensemble(void **state)
         }
         flush_producer(t);
         for (int i = 0; i < 20; i++) {
-                wait_result(t, jobs[i].id, &r, 90000);
+                wait_result(t, &jobs[i], &r, 90000);
                 expect_ok(t, &jobs[i], &r, 1, 3, before, w);
         }
 
@@ -875,7 +871,7 @@ static void test_ensemble(void **state)
         }
         flush_producer(t);
         for (int i = 20; i < 40; i++) {
-                wait_result(t, jobs[i].id, &r, 30000);
+                wait_result(t, &jobs[i], &r, 30000);
                 assert_true(r.enqueued >= switched + 1000);
                 expect_ok(t, &jobs[i], &r, 1, 3, after, w);
         }
@@ -935,7 +931,7 @@ static void test_hot_swap_under_load(void **state)
         job_fill(&warm, "warm", 0, "live", 1, 10);
         produce(t, &warm, "load0");
         flush_producer(t);
-        wait_result(t, warm.id, &r, 90000);
+        wait_result(t, &warm, &r, 90000);
         usleep(3000 * 1000);
 
         l.jobs = calloc(LOAD_MAX, sizeof(*l.jobs));
@@ -963,7 +959,7 @@ static void test_hot_swap_under_load(void **state)
 
         for (int i = 0; i < n; i++) {
                 tjob_t *j = &l.jobs[i];
-                wait_result(t, j->id, &r, 60000);
+                wait_result(t, j, &r, 60000);
                 if (strcmp(r.status, "ok")) {
                         kt_stack_fail(&t->stack);
                         fail_msg("job %s failed: %s: %s", j->id, r.error, r.message);
@@ -1072,7 +1068,7 @@ static void test_corrupt_blob(void **state)
         job_fill(&jobs[0], "corrupt", 0, "hand", 2, 6);
         produce(t, &jobs[0], "c");
         flush_producer(t);
-        wait_result(t, jobs[0].id, &r, 90000);
+        wait_result(t, &jobs[0], &r, 90000);
         expect_ok(t, &jobs[0], &r, 1, 1, &mg, &one);
 
         /* v2: correct metadata, a blob cut short */
@@ -1109,10 +1105,10 @@ static void test_corrupt_blob(void **state)
         flush_producer(t);
         /* every job without a version: the last good one, computed right */
         for (int i = 1; i < 29; i++) {
-                wait_result(t, jobs[i].id, &r, 30000);
+                wait_result(t, &jobs[i], &r, 30000);
                 expect_ok(t, &jobs[i], &r, 1, 1, &mg, &one);
         }
-        wait_result(t, jobs[29].id, &r, 30000);
+        wait_result(t, &jobs[29], &r, 30000);
         assert_string_equal(r.error, "internal");
         assert_non_null(strstr(r.message, "model 'hand' version 3 cannot be loaded: layer 0: "
                                           "W[0] is NaN"));
@@ -1210,7 +1206,7 @@ static void test_convert(void **state)
         flush_producer(t);
         for (int v = 0; v < 2; v++)
                 for (int i = 0; i < 16; i++) {
-                        wait_result(t, jobs[v * 16 + i].id, &r, 90000);
+                        wait_result(t, &jobs[v * 16 + i], &r, 90000);
                         assert_string_equal(r.status, "ok");
                         assert_int_equal(r.version, v + 1);
                         assert_int_equal(r.cols, 5);
