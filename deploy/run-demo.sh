@@ -77,7 +77,8 @@ echo "\$ kinfer submit --model iris --user alice --file iris-like.csv --output a
 say "asynchronous: submit now, fetch later"
 ID=$("$BIN/kinfer" submit --model xor --user carol 1,1)
 echo "submitted $ID"
-"$BIN/kinfer" wait "$ID"
+echo "\$ kinfer wait --user carol $ID"
+"$BIN/kinfer" wait --user carol "$ID"
 
 say "a bad job gets an error result, the worker carries on"
 "$BIN/kinfer" submit --model xor --user carol --wait 1,2,3 || echo "(exit status $?: the job failed, as it should)"
