@@ -138,12 +138,14 @@ FUZZ_MODEL_SRCS  = common/model.c common/model_math.c common/model_ensemble.c $(
 
 $(FUZZ_BUILD)/fuzz_job_decode: tests/fuzz/fuzz_job_decode.c $(FUZZ_JOB_SRCS)
 $(FUZZ_BUILD)/fuzz_model_decode: tests/fuzz/fuzz_model_decode.c $(FUZZ_MODEL_SRCS)
+$(FUZZ_BUILD)/fuzz_result_decode: tests/fuzz/fuzz_result_decode.c common/kf_result.c \
+                                  common/mp_bound.c common/kf_util.c
 $(FUZZ_BUILD)/fuzz_%:
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(KF_LIBS)
 
-fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode
-	@set -e; for f in job model; do \
+fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode
+	@set -e; for f in job model result; do \
 	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
 	    echo "== fuzz_$${f}_decode for $(FUZZ_SECONDS) s"; \
 	    UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_$${f}_decode \

@@ -5,7 +5,8 @@
  *     limits, every input value is finite, optional fields are in range,
  *     and the job survives job_encode -> job_decode unchanged (both forms);
  *   - error: a known code, a message, no input, and an id that is either
- *     empty or valid (it addresses the error result).
+ *     empty or valid and comes with a valid user (together they address the
+ *     error result).
  * Limits are tight (64 KiB, 64 x 64, 1024 values) so inputs stay small and
  * the limit paths are reachable by mutation.  Built and run by `make fuzz`. */
 #include <math.h>
@@ -124,6 +125,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 CHECK(job.model[0] == '\0' || name_ok(job.model, JOB_MODEL_MAX),
                       "bad model '%s'", job.model);
                 CHECK(job.ttl_s >= 1 && job.ttl_s <= JOB_TTL_MAX, "ttl %u on error", job.ttl_s);
+                /* v2: a result's address is user and id, both or neither */
+                CHECK(job.id[0] == '\0' || job.user[0] != '\0', "id '%s' without a user",
+                      job.id);
+                CHECK(job.inbox[0] == '\0' || name_ok(job.inbox, JOB_INBOX_MAX),
+                      "bad inbox '%s'", job.inbox);
         }
         job_clear(&job);
         CHECK(job.input == NULL, "job_clear left input");

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""make_corpus.py - writes the fuzzers' seed corpora (tests/fuzz/corpus/{job,model}/).
+"""make_corpus.py - writes the fuzzers' seed corpora (tests/fuzz/corpus/{job,model,result}/).
 
 A few valid inputs and one of each kind of edge case the decoders must refuse,
 so libFuzzer starts from the interesting shapes instead of from nothing. The
@@ -24,7 +24,7 @@ def pack(obj):
 
 
 def job(**over):
-    j = {"v": 1, "id": "alice-1", "user": "alice", "model": "xor",
+    j = {"v": 2, "id": "alice-1", "user": "alice", "model": "xor",
          "input": {"dtype": "f32", "shape": [2, 2], "data": f32(0, 1, 1, 0)}}
     for k, v in over.items():
         if v is None:
@@ -56,8 +56,12 @@ JOBS = {
     "id_bad_char": job(id="bad id!"),
     "id_129_chars": job(id="a" * 129),
     "user_int": job(user=7),
-    "v2": job(v=2),
-    "v_str": job(v="1"),
+    "v1": job(v=1),
+    "v3": job(v=3),
+    "v_str": job(v="2"),
+    "inbox": job(inbox="alice-run"),
+    "inbox_brace": job(inbox="a}b"),
+    "user_brace": job(user="{alice}"),
     "ttl_zero": job(ttl=0),
     "version_neg": job(version=-1),
     "output_bad": job(output="logits"),
@@ -77,7 +81,7 @@ JOBS = {
     "int_key": b"\x81\x01\x02",
 }
 # A key twice, which a dict cannot hold: packed by hand.
-JOBS["duplicate_id"] = (b"\x86" + pack("v") + pack(1) + pack("id") + pack("a") + pack("id") +
+JOBS["duplicate_id"] = (b"\x86" + pack("v") + pack(2) + pack("id") + pack("a") + pack("id") +
                         pack("b") + pack("user") + pack("u") + pack("model") + pack("m") +
                         pack("input") + pack([[1]]))
 
@@ -125,6 +129,37 @@ MODELS = {
 }
 
 
+def result(**over):
+    r = {"v": 2, "status": "ok", "id": "alice-1", "user": "alice", "model": "xor",
+         "worker": "vm:1", "source": "kinfer.jobs/0/7", "enqueued": 1795419200519,
+         "started": 1795419200520, "done": 1795419200521, "version": 1, "shape": [2, 1],
+         "output": f32(0, 1), "window": 1795417200}
+    for k, v in over.items():
+        if v is None:
+            r.pop(k, None)
+        else:
+            r[k] = v
+    return pack(r)
+
+
+ERR = dict(status="error", version=None, shape=None, output=None, window=None,
+           error="shape_mismatch", message="input has 3 columns")
+RESULTS = {
+    "ok": result(),
+    "error": result(**ERR),
+    "quota": result(**dict(ERR, error="quota_exceeded", retry_after=5, window=1795417200)),
+    "shape_mismatch": result(shape=[3, 3]),
+    "shape_huge": result(shape=[2**32 - 1, 2**32 - 1]),
+    "shape_neg": result(shape=[-1, 1]),
+    "no_user": result(user=None),
+    "id_int": result(id=5),
+    "status_bad": result(status="maybe"),
+    "unknown_field": result(extra={"a": [1, 2, 3]}),
+    "not_map": pack([1, 2]),
+    "map32_huge": b"\xdf\xff\xff\xff\xff\xa6status",
+}
+
+
 def write(sub, seeds):
     d = os.path.join(HERE, "corpus", sub)
     os.makedirs(d, exist_ok=True)
@@ -136,3 +171,4 @@ def write(sub, seeds):
 if __name__ == "__main__":
     write("job", JOBS)
     write("model", MODELS)
+    write("result", RESULTS)
