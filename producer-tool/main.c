@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kf_log.h"
+#include "kf_keys.h"
 #include "kinfer.h"
 
 static const struct {
@@ -76,6 +77,11 @@ int kc_parse(const kf_opt_t *opts, kc_conf_t *conf, int with_props, int argc, ch
         }
         if (rc != KF_CONFIG_OK) {
                 kc_err("%s %s", argv[0], err);
+                exit(KC_EXIT_USAGE);
+        }
+        /* Every subcommand that names keys has --prefix: one check for all. */
+        if (conf->prefix && kf_prefix_valid(conf->prefix, err, sizeof(err))) {
+                kc_err("%s --prefix: %s", argv[0], err);
                 exit(KC_EXIT_USAGE);
         }
         return first;

@@ -453,6 +453,24 @@ static void test_damaged_counters(void **state)
         free(text);
 }
 
+/* A prefix that could move the hash tag (braces) or not fit the key
+ * buffers is refused at start by both programs, before any key is built. */
+static void test_prefix_refused(void **state)
+{
+        tt_t *t = *state;
+        char long_prefix[80];
+        const char *bad[] = {"a{b", "x}", long_prefix, "a*", ""};
+        memset(long_prefix, 'p', 65);
+        long_prefix[65] = '\0';
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                const char *w[] = {"kinfer-worker", "--models", t->models, "--prefix", bad[i],
+                                   NULL};
+                const char *g[] = {"kinfer", "get", "--user", "u", "--prefix", bad[i], "j", NULL};
+                assert_int_equal(kt_stack_run(&t->stack, w, NULL, NULL, 30000), 2);
+                assert_int_equal(kt_stack_run(&t->stack, g, NULL, NULL, 30000), 2);
+        }
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -460,6 +478,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_same_id_two_users, setup, teardown),
             cmocka_unit_test_setup_teardown(test_charge_once_after_result_gone, setup, teardown),
             cmocka_unit_test_setup_teardown(test_damaged_counters, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_prefix_refused, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
