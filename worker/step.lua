@@ -190,13 +190,22 @@ for i, j in ipairs(jobs) do
   elseif j.kind == 'error' then
     code, value = 3, ARGV[j.vpos]
   else
-    local over
-    if max_jobs >= 0 and used_jobs + 1 > max_jobs then
+    local over, never
+    if max_rows >= 0 and j.rows > max_rows then
+      -- no window will ever take it: say so, and no retry_after
+      never = 'this job has ' .. j.rows .. ' rows, more than the ' .. max_rows ..
+              ' rows the quota allows per window: it cannot run until the quota is raised'
+    elseif max_jobs >= 0 and used_jobs + 1 > max_jobs then
       over = 'used ' .. used_jobs .. ' of ' .. max_jobs .. ' jobs'
     elseif max_rows >= 0 and used_rows + j.rows > max_rows then
       over = 'used ' .. used_rows .. ' of ' .. max_rows .. ' rows and this job has ' .. j.rows
     end
-    if over then
+    if never then
+      code = 2
+      value = value_with(j, 4, pack('status') .. pack('error') .. pack('error') ..
+          pack('quota_exceeded') .. pack('message') .. pack('quota exceeded: ' .. never) ..
+          pack('window') .. pack(wstart))
+    elseif over then
       code = 2
       value = value_with(j, 5, pack('status') .. pack('error') .. pack('error') ..
           pack('quota_exceeded') .. pack('message') ..

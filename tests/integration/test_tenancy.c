@@ -453,6 +453,31 @@ static void test_damaged_counters(void **state)
         free(text);
 }
 
+/* A job with more rows than the quota allows per window can never run:
+ * quota_exceeded without retry_after, saying so; a job that fits is
+ * still served. */
+static void test_never_fits_quota(void **state)
+{
+        tt_t *t = *state;
+        const char *set[] = {"kinfer", "quota", "set", "big", "--rows", "2", NULL};
+        const char *argv[] = {"kinfer", "submit", "--model", "lin", "--user", "big", "--id",
+                              "b-3", "--wait", "1,1", "2,2", "3,3", NULL};
+        const char *ok[] = {"kinfer", "submit", "--model", "lin", "--user", "big", "--id",
+                            "b-2", "--wait", "1,1", "2,2", NULL};
+        char *out = NULL;
+        assert_int_equal(kt_stack_run(&t->stack, set, NULL, NULL, 30000), 0);
+        assert_int_equal(kt_stack_run(&t->stack, argv, NULL, &out, 60000), 1);
+        assert_non_null(strstr(out, "\"error\":\"quota_exceeded\""));
+        assert_non_null(strstr(out, "this job has 3 rows, more than the 2 rows the quota "
+                                    "allows per window"));
+        assert_null(strstr(out, "retry_after"));
+        free(out);
+        assert_int_equal(kt_stack_run(&t->stack, ok, NULL, &out, 60000), 0);
+        assert_non_null(strstr(out, "\"status\":\"ok\""));
+        free(out);
+        assert_int_equal(kt_usage(t->c, "big", NULL, "rows"), 2);
+}
+
 /* A prefix that could move the hash tag (braces) or not fit the key
  * buffers is refused at start by both programs, before any key is built. */
 static void test_prefix_refused(void **state)
@@ -479,6 +504,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_charge_once_after_result_gone, setup, teardown),
             cmocka_unit_test_setup_teardown(test_damaged_counters, setup, teardown),
             cmocka_unit_test_setup_teardown(test_prefix_refused, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_never_fits_quota, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
