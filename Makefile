@@ -33,7 +33,7 @@ KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_
               producer-tool/cmd_bench.o producer-tool/bench_cpu.o producer-tool/bench_compute.o \
               producer-tool/bench_probe.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o
-HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o
+HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o tests/harness/kt_proxy.o
 
 UNIT_TESTS        = $(patsubst %.c,%,$(wildcard tests/unit/test_*.c))
 INTEGRATION_TESTS = $(patsubst %.c,%,$(wildcard tests/integration/test_*.c))

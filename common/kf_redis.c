@@ -224,3 +224,16 @@ int kf_reply_is_noscript(const redisReply *r)
 {
         return r && r->type == REDIS_REPLY_ERROR && r->len >= 8 && !strncmp(r->str, "NOSCRIPT", 8);
 }
+
+int kf_reply_is_role_change(const redisReply *r)
+{
+        static const char *const codes[] = {"READONLY", "MASTERDOWN", "LOADING", NULL};
+        if (!r || r->type != REDIS_REPLY_ERROR)
+                return 0;
+        for (int i = 0; codes[i]; i++) {
+                size_t n = strlen(codes[i]);
+                if (r->len >= n && !strncmp(r->str, codes[i], n))
+                        return 1;
+        }
+        return 0;
+}

@@ -50,6 +50,12 @@ int kf_script_append(redisContext *c, const kf_script_t *s, int numkeys, int arg
  * restart or SCRIPT FLUSH); load the script again and resend. */
 int kf_reply_is_noscript(const redisReply *r);
 
+/* 1 if r is an error reply that says this server cannot take writes now
+ * because of its role (READONLY: a replica, e.g. the old master after a
+ * failover; MASTERDOWN; LOADING): drop the connection and connect again,
+ * which through a moved address or proxy reaches the new master. */
+int kf_reply_is_role_change(const redisReply *r);
+
 /* Runs one command and checks the reply type; returns the reply (caller
  * frees) or NULL with errstr (I/O error: c is then unusable; or an error
  * reply). */

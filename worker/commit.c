@@ -347,7 +347,7 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
         step_call_t call  = {0};
         msgpack_sbuffer vals;
         char stats[KF_KEY_MAX];
-        int nord = 0, nents = 0, rc = 0, again = 0;
+        int nord = 0, nents = 0, rc = 0, again = 0, role_change = 0;
 
         msgpack_sbuffer_init(&vals);
         if (!order || !grouped || !ents || !text) {
@@ -412,8 +412,12 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
                         /* OOM, BUSY, READONLY...: the step made no write (it fails
                          * on its first write or before), so retrying is safe. */
                         if (rc == 0)
-                                kf_errf(errstr, errstr_size, "redis refused a result write: %.*s",
-                                        (int)rep->len, rep->str);
+                                kf_errf(errstr, errstr_size, "redis %s:%d refused a result "
+                                        "write: %.*s",
+                                        r->url.host, r->url.port, (int)rep->len, rep->str);
+                        /* this server will not take writes in its role: a new
+                         * connection may reach the new master */
+                        role_change |= kf_reply_is_role_change(rep);
                         rc = -1;
                 } else if (e->undecodable) {
                         kw_job_t *j = &b->jobs[order[e->first]];
@@ -445,6 +449,12 @@ static int commit_round(kw_redis_t *r, kw_batch_t *b, char *errstr, size_t errst
                         }
                 }
                 freeReplyObject(rep);
+        }
+        if (role_change) {
+                kf_warn("redis %s:%d cannot take writes in its role (failover?): "
+                        "reconnecting",
+                        r->url.host, r->url.port);
+                redis_drop(r);
         }
         if (rc == 0 && again) {
                 kf_warn("redis lost the step script (restart or SCRIPT FLUSH): reloading");
