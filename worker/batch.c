@@ -53,6 +53,10 @@ int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim
         return 0;
 }
 
+/* Buffers a compute thread keeps between batches, at most (floats each):
+ * 4M (16 MiB) holds a full batch of 256 rows through layers of 16k. */
+#define KW_SCRATCH_KEEP ((size_t)4 << 20)
+
 static int grow(float **buf, size_t *cap, size_t need)
 {
         float *n;
@@ -81,7 +85,6 @@ static void compute_group(kw_compute_ctx_t *ctx, model_t *m, kw_job_t **grp, int
         }
         if (model_forward(m, ctx->X, rows, ctx->Y, &ctx->scratch))
                 goto oom;
-        done = kf_now_ms();
         for (int i = 0; i < n; i++) {
                 kw_job_t *j    = grp[i];
                 uint32_t ocols = model_output_cols_k(j->job.output, j->job.k, m->output_dim);
@@ -94,6 +97,7 @@ static void compute_group(kw_compute_ctx_t *ctx, model_t *m, kw_job_t **grp, int
                 }
                 model_postprocess_k(j->job.output, j->job.k, ctx->Y + yo, j->job.rows,
                                     m->output_dim, j->output);
+                done = kf_now_ms(); /* `done` includes post-processing (protocol.md) */
                 yo += (size_t)j->job.rows * m->output_dim;
                 j->out_rows      = j->job.rows;
                 j->out_cols      = ocols;
@@ -113,7 +117,41 @@ oom:
         }
 }
 
-int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, char *why, size_t why_size)
+/* Bounds a job's output and scratch before anything is allocated: a small
+ * input against a wide model could otherwise ask for gigabytes, or an output
+ * Redis can never take (its bulk limit is 512 MiB). */
+static int check_costs(kw_job_t *j, const kw_compute_limits_t *lim)
+{
+        const model_t *m = j->model;
+        uint64_t rows    = j->job.rows;
+        uint64_t ocols   = model_output_cols_k(j->job.output, j->job.k, m->output_dim);
+        uint64_t out     = rows * ocols;
+        /* the raw output and the stacked input are no wider than this */
+        uint64_t scratch = rows * m->max_width;
+
+        if (out > lim->max_output_elements) {
+                snprintf(j->errmsg, sizeof(j->errmsg),
+                         "the output would be %llu x %llu = %llu values, limit "
+                         "max_output_elements is %llu",
+                         (unsigned long long)rows, (unsigned long long)ocols,
+                         (unsigned long long)(rows * ocols),
+                         (unsigned long long)lim->max_output_elements);
+                return -1;
+        }
+        if (scratch > lim->max_scratch_elements) {
+                snprintf(j->errmsg, sizeof(j->errmsg),
+                         "computing %llu rows through model '%s' version %u (widest layer %u) "
+                         "needs %llu scratch values, limit max_scratch_elements is %llu",
+                         (unsigned long long)rows, m->name, m->version, m->max_width,
+                         (unsigned long long)scratch,
+                         (unsigned long long)lim->max_scratch_elements);
+                return -1;
+        }
+        return 0;
+}
+
+int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, const kw_compute_limits_t *lim, char *why,
+                     size_t why_size)
 {
         int later = 0;
         for (int i = 0; i < b->n; i++) {
@@ -139,6 +177,8 @@ int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, char *why, size_t why_size)
                 }
                 if (model_check_job(j->model, &j->job, &err, j->errmsg, sizeof(j->errmsg)))
                         job_fail(j, err);
+                else if (check_costs(j, lim))
+                        job_fail(j, KF_ERR_TOO_LARGE);
         }
         return later;
 }
@@ -178,6 +218,19 @@ void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows)
                 compute_group(ctx, m, grp, n, rows);
         }
         free(grp);
+        /* A rare wide job must not pin its buffers for the thread's life. */
+        if (ctx->scratch.cap + ctx->scratch.ecap > KW_SCRATCH_KEEP)
+                model_scratch_free(&ctx->scratch);
+        if (ctx->xcap > KW_SCRATCH_KEEP) {
+                free(ctx->X);
+                ctx->X    = NULL;
+                ctx->xcap = 0;
+        }
+        if (ctx->ycap > KW_SCRATCH_KEEP) {
+                free(ctx->Y);
+                ctx->Y    = NULL;
+                ctx->ycap = 0;
+        }
 }
 
 void kw_batch_reset(kw_batch_t *b)

@@ -68,6 +68,14 @@ typedef struct kw_compute_ctx_s {
  * memory (rkm destroyed, nothing added).  Loop thread. */
 int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim);
 
+/* What one job may cost in memory once its model is known (input limits
+ * are checked when it is decoded): its output, and the forward pass's
+ * scratch, which is rows x the model's widest layer. */
+typedef struct kw_compute_limits_s {
+        uint64_t max_output_elements;  /* rows x output columns */
+        uint64_t max_scratch_elements; /* rows x widest layer */
+} kw_compute_limits_t;
+
 /* Looks up the model of every NEW job without one (a reference kept in the
  * job) and checks its input shape; jobs that fail are DONE with their error.
  * Jobs whose model cannot be looked up because the registry is unreachable
@@ -75,7 +83,8 @@ int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim
  * the first one's reason in why; call again later, and never compute or
  * write the batch before it returns 0.  Loop thread: the model store is the
  * loop thread's. */
-int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, char *why, size_t why_size);
+int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, const kw_compute_limits_t *lim, char *why,
+                     size_t why_size);
 
 /* Computes every resolved NEW job, stacking the jobs of one model into one
  * forward pass of at most max_rows rows; each job ends DONE with an output

@@ -56,6 +56,7 @@ struct kw_worker_s {
         volatile sig_atomic_t *stop;
         char worker_id[256];
         job_limits_t limits;
+        kw_compute_limits_t costs; /* output and scratch bounds per job */
         rd_kafka_t *rk;
         ms_store_t *models;  /* loop thread */
         kw_redis_t pre;      /* loop thread: quota pre-check */
@@ -263,7 +264,7 @@ static int resolve(kw_worker_t *w, kw_batch_t *b)
 
         if (w->resolve_backoff_ms && kf_mono_us() < w->resolve_at_us)
                 return -1;
-        held = kw_batch_resolve(b, w->models, why, sizeof(why));
+        held = kw_batch_resolve(b, w->models, &w->costs, why, sizeof(why));
         if (!held) {
                 if (w->resolve_backoff_ms)
                         kf_info("model registry reachable again: the %d held jobs go on", b->n);
@@ -589,6 +590,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         }
         w->limits = (job_limits_t){(size_t)c->max_message_bytes, (uint32_t)c->max_rows,
                                    (uint32_t)c->max_cols, (uint64_t)c->max_elements};
+        w->costs  = (kw_compute_limits_t){(uint64_t)c->max_output_elements,
+                                          (uint64_t)c->max_scratch_elements};
         openblas_set_num_threads((int)c->blas_threads);
 
         if (c->models_dir)

@@ -43,6 +43,8 @@ typedef struct kw_config_s {
         int64_t max_rows;
         int64_t max_cols;
         int64_t max_elements;
+        int64_t max_output_elements;  /* rows x output columns of one job */
+        int64_t max_scratch_elements; /* rows x widest layer of one job */
         int64_t quota_jobs;   /* default quota: max jobs per window, -1 = unlimited */
         int64_t quota_rows;   /* default quota: max rows per window, -1 = unlimited */
         int64_t quota_window; /* default quota window, seconds */
