@@ -62,8 +62,9 @@ const kf_opt_t kw_options[] = {
     {"max-elements", 0, "KINFER_MAX_ELEMENTS", KF_OPT_INT, O(max_elements), 1, 1LL << 32,
      "16777216", "N", "most input values (rows x cols) per job"},
     {"max-output-elements", 0, "KINFER_MAX_OUTPUT_ELEMENTS", KF_OPT_INT, O(max_output_elements),
-     1, 1LL << 32, "16777216", "N",
-     "most output values (rows x columns) per job: 64 MiB of float32"},
+     1, 120000000, "16777216", "N",
+     "most output values (rows x columns) per job: 64 MiB of float32 (at most 120M: a "
+     "result must stay under Redis' 512 MiB value limit)"},
     {"max-scratch-elements", 0, "KINFER_MAX_SCRATCH_ELEMENTS", KF_OPT_INT,
      O(max_scratch_elements), 1, 1LL << 34, "67108864", "N",
      "most values of a job's forward-pass scratch (rows x widest layer): 256 MiB"},
