@@ -73,6 +73,7 @@ int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
                 STR("message", r->message)
                 UINT("v", r->v) UINT("enqueued", r->enqueued) UINT("started", r->started)
                 UINT("done", r->done) UINT("version", r->version)
+                UINT("nonfinite", r->nonfinite)
                 else if (key_is(k, "window")) {
                         if (get_uint(v, &r->window))
                                 bad = "window";

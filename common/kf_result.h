@@ -25,6 +25,7 @@ typedef struct kf_result_s {
         uint64_t version;
         uint32_t rows, cols;
         float *output;                 /* rows*cols, malloc'd (NULL on error results) */
+        uint64_t nonfinite;            /* ok: how many output values are NaN or +-Inf */
         uint64_t window;               /* ok and quota_exceeded: window start, Unix s */
         int has_window;
         /* error */

@@ -1,6 +1,7 @@
 /* result_json.c - reads jobs' results from Redis (protocol v2: one msgpack
  * value per job under the user's keys), renders them as JSON, and waits for
  * them on an inbox list. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,10 +69,16 @@ static json_t *result_to_json(const kf_result_t *r)
         for (uint32_t i = 0; i < r->rows; i++) {
                 json_t *row = json_array();
                 for (uint32_t j = 0; j < r->cols; j++)
-                        json_array_append_new(row, json_real(r->output[(size_t)i * r->cols + j]));
+                {
+                        float v = r->output[(size_t)i * r->cols + j];
+                        /* JSON has no NaN or Inf: null, visibly not a number */
+                        json_array_append_new(row, isfinite(v) ? json_real(v) : json_null());
+                }
                 json_array_append_new(mat, row);
         }
         json_object_set_new(o, "output", mat);
+        if (r->nonfinite)
+                json_object_set_new(o, "nonfinite", json_integer((json_int_t)r->nonfinite));
         return o;
 }
 
@@ -272,6 +279,6 @@ void kc_print_result(size_t i, json_t *res, void *opaque)
                 return;
         }
         kc_print_json(res);
-        if (!status || strcmp(status, "ok"))
+        if (!status || strcmp(status, "ok") || json_object_get(res, "nonfinite"))
                 p->rc = KC_EXIT_FAIL;
 }

@@ -3,6 +3,7 @@
 #include "commit.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,9 +132,14 @@ static int pack_value(kw_redis_t *r, const kw_job_t *j, msgpack_sbuffer *sb, ste
         size_t hpos = sb->size, cpos;
         char source[320];
         int ncommon = 8 + (job->model[0] != '\0');
-        int nown    = ok ? 5 : j->over_quota ? 0 : 3;
+        uint64_t nonfinite = 0;
+        int nown;
         int rc;
 
+        if (ok) /* an overflowing forward pass: say so, never pass it off as numbers */
+                for (size_t i = 0; i < (size_t)j->out_rows * j->out_cols; i++)
+                        nonfinite += !isfinite(j->output[i]);
+        nown = ok ? 5 + (nonfinite > 0) : j->over_quota ? 0 : 3;
         msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
         t->voff = hpos;
         snprintf(source, sizeof(source), "%s/%d/%lld", rd_kafka_topic_name(j->rkm->rkt),
@@ -165,6 +171,8 @@ static int pack_value(kw_redis_t *r, const kw_job_t *j, msgpack_sbuffer *sb, ste
                 rc |= pk_str(&pk, "output");
                 rc |= msgpack_pack_bin(&pk, n * sizeof(float));
                 rc |= pk_f32_le(&pk, j->output, n);
+                if (nonfinite)
+                        rc |= pk_kv_u64(&pk, "nonfinite", nonfinite);
         } else if (!j->over_quota) {
                 rc |= pk_kv_str(&pk, "status", "error");
                 rc |= pk_kv_str(&pk, "error", kf_err_name(j->err));
