@@ -191,8 +191,11 @@ for i, j in ipairs(jobs) do
     code, value = 3, ARGV[j.vpos]
   else
     local over, never
-    if max_rows >= 0 and j.rows > max_rows then
-      -- no window will ever take it: say so, and no retry_after
+    -- no window will ever take these: say so, and no retry_after
+    if max_jobs == 0 then
+      never = 'the quota allows 0 jobs per window: no job of this user can run ' ..
+              'until the quota is raised'
+    elseif max_rows >= 0 and j.rows > max_rows then
       never = 'this job has ' .. j.rows .. ' rows, more than the ' .. max_rows ..
               ' rows the quota allows per window: it cannot run until the quota is raised'
     elseif max_jobs >= 0 and used_jobs + 1 > max_jobs then

@@ -120,7 +120,7 @@ static char *pack_job(const char *output, int64_t k, size_t *len)
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         msgpack_pack_map(&pk, 5 + (output != NULL) + (k != INT64_MIN));
         msgpack_pack_str_with_body(&pk, "v", 1);
-        msgpack_pack_uint32(&pk, 1);
+        msgpack_pack_uint32(&pk, 2);
         msgpack_pack_str_with_body(&pk, "id", 2);
         msgpack_pack_str_with_body(&pk, "j1", 2);
         msgpack_pack_str_with_body(&pk, "user", 4);
