@@ -1,5 +1,6 @@
 /* test_redact.c - secrets never reach a message: the redaction helpers
- * (kf_redact.h). */
+ * (kf_redact.h), and the errors of the modules that handle secrets (Redis
+ * URLs) for inputs that are wrong. */
 /* cmocka.h needs these first, in this order */
 /* clang-format off */
 #include <stdarg.h>
@@ -16,6 +17,7 @@
 
 #include "kf_log.h"
 #include "kf_redact.h"
+#include "kf_redis.h"
 
 #define SECRET "S3cretPw-u11"
 
@@ -130,6 +132,56 @@ static void test_log_scrubs(void **state)
         check_msg("log line", buf, "server said: bad password '***' (7)\n");
 }
 
+/* ---- the modules that handle secrets ---- */
+
+/* Every way kf_redis_url_parse refuses a URL that holds a password. */
+static void test_url_parse_errors(void **state)
+{
+        static const struct {
+                const char *url, *want;
+        } bad[] = {
+            {"rediss://kinfer:" SECRET "@db.example:6380/0", "db.example:6380"},
+            {"kinfer:" SECRET "@db.example:6380", "db.example:6380"},
+            {"redis://kinfer:" SECRET "@db.example:99999/0", "99999"},
+            {"redis://kinfer:" SECRET "@db.example:/0", "bad port"},
+            {"redis://:" SECRET "@db.example:6380/zero", "zero"},
+            {"redis://" SECRET "@:6380/0", "host"},
+            {"redis://kinfer:" SECRET "%zz@db.example:6380/0", "escaped"},
+        };
+        char err[512];
+        kf_redis_url_t u;
+        (void)state;
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                err[0] = '\0';
+                if (kf_redis_url_parse(bad[i].url, &u, err, sizeof(err)) == 0)
+                        fail_msg("%s was accepted", bad[i].url);
+                check_msg(bad[i].url, err, bad[i].want);
+        }
+}
+
+/* The password is everything between the scheme and the last '@' (host,
+ * port and database never hold one), so an unescaped '/' or '@' in it is
+ * part of the password, not the start of the database. */
+static void test_url_parse_password_chars(void **state)
+{
+        char err[512] = "";
+        kf_redis_url_t u;
+        (void)state;
+        if (kf_redis_url_parse("redis://kinfer:pa/" SECRET "@db.example:6380/3", &u, err,
+                               sizeof(err)))
+                fail_msg("refused: %s", err);
+        check_msg("parse", err, NULL);
+        assert_string_equal(u.user, "kinfer");
+        assert_string_equal(u.pass, "pa/" SECRET);
+        assert_string_equal(u.host, "db.example");
+        assert_int_equal(u.port, 6380);
+        assert_int_equal(u.db, 3);
+        assert_int_equal(kf_redis_url_parse("redis://:a@b@db.example", &u, err, sizeof(err)), 0);
+        assert_string_equal(u.pass, "a@b");
+        assert_string_equal(u.host, "db.example");
+        assert_int_equal(u.port, 6379);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -138,6 +190,8 @@ int main(void)
             cmocka_unit_test(test_redact_value),
             cmocka_unit_test(test_secret_registry),
             cmocka_unit_test(test_log_scrubs),
+            cmocka_unit_test(test_url_parse_errors),
+            cmocka_unit_test(test_url_parse_password_chars),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
