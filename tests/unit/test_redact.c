@@ -1,6 +1,6 @@
 /* test_redact.c - secrets never reach a message: the redaction helpers
  * (kf_redact.h), and the errors of the modules that handle secrets (Redis
- * URLs) for inputs that are wrong. */
+ * URLs, -X librdkafka properties) for inputs that are wrong. */
 /* cmocka.h needs these first, in this order */
 /* clang-format off */
 #include <stdarg.h>
@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kf_config.h"
+#include "kf_kafka.h"
 #include "kf_log.h"
 #include "kf_redact.h"
 #include "kf_redis.h"
@@ -109,6 +111,22 @@ static void test_secret_registry(void **state)
         assert_string_equal(line, "abc");
 }
 
+/* Parsing a URL or a secret -X property registers the secret. */
+static void test_parse_registers(void **state)
+{
+        kf_props_t props = {0};
+        kf_redis_url_t u;
+        char line[128], err[256];
+        (void)state;
+        assert_int_equal(kf_redis_url_parse("redis://k:Url%40Pw-123@db", &u, err, sizeof(err)), 0);
+        assert_int_equal(kf_props_add(&props, "sasl.password=XPw-456", err, sizeof(err)), 0);
+        assert_int_equal(kf_props_add(&props, "client.id=Plain-789", err, sizeof(err)), 0);
+        snprintf(line, sizeof(line), "Url@Pw-123 XPw-456 Plain-789");
+        kf_redact_secrets(line);
+        assert_string_equal(line, "*** *** Plain-789");
+        kf_props_free(&props);
+}
+
 /* Every kf_log line is scrubbed, whatever it quotes. */
 static void test_log_scrubs(void **state)
 {
@@ -182,6 +200,46 @@ static void test_url_parse_password_chars(void **state)
         assert_int_equal(u.port, 6379);
 }
 
+/* librdkafka refuses these; the message names the property, not its value. */
+static void test_kafka_conf_errors(void **state)
+{
+        static const char *const kv[] = {
+            "sasl.passwrod=" SECRET,                  /* unknown: a typo of a secret */
+            "ssl_key=" SECRET,                        /* known, never settable */
+            "sasl.oauthbearer.client.secret=" SECRET, /* refused without libcurl */
+        };
+        static const char *const names[] = {"sasl.passwrod", "ssl_key",
+                                            "sasl.oauthbearer.client.secret"};
+        char err[512];
+        (void)state;
+        for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
+                kf_props_t props = {0};
+                rd_kafka_conf_t *conf;
+                assert_int_equal(kf_props_add(&props, kv[i], err, sizeof(err)), 0);
+                err[0] = '\0';
+                conf   = kf_kafka_conf_new("127.0.0.1:9092", NULL, &props, err, sizeof(err));
+                if (conf) { /* a librdkafka built with libcurl takes the last one */
+                        rd_kafka_conf_destroy(conf);
+                        assert_int_equal(i, 2);
+                } else {
+                        check_msg(kv[i], err, names[i]);
+                }
+                kf_props_free(&props);
+        }
+}
+
+/* -X without '=': the argument may be "name:value" or "name value". */
+static void test_props_add_errors(void **state)
+{
+        kf_props_t props = {0};
+        char err[512]    = "";
+        (void)state;
+        assert_int_equal(kf_props_add(&props, "sasl.password:" SECRET, err, sizeof(err)), -1);
+        check_msg("props_add", err, "sasl.password");
+        assert_int_equal(props.cnt, 0);
+        kf_props_free(&props);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -189,9 +247,12 @@ int main(void)
             cmocka_unit_test(test_prop_is_secret),
             cmocka_unit_test(test_redact_value),
             cmocka_unit_test(test_secret_registry),
+            cmocka_unit_test(test_parse_registers),
             cmocka_unit_test(test_log_scrubs),
             cmocka_unit_test(test_url_parse_errors),
             cmocka_unit_test(test_url_parse_password_chars),
+            cmocka_unit_test(test_kafka_conf_errors),
+            cmocka_unit_test(test_props_add_errors),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
