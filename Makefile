@@ -23,7 +23,8 @@ SAN       =
 COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_config.o \
               common/mp_bound.o common/job_codec.o common/model.o common/model_math.o \
               common/model_ensemble.o common/model_registry.o \
-              common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o common/kf_quota.o common/kf_result.o
+              common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
+              common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/model_store_registry.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \

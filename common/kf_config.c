@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "kf_log.h"
+#include "kf_redact.h"
 #include "kf_util.h"
 
 #define KF_MAX_OPTS 96
@@ -64,9 +65,15 @@ int kf_props_add(kf_props_t *props, const char *kv, char *errstr, size_t errstr_
         const char *eq = strchr(kv, '=');
         char **nk, **nv;
 
-        if (!eq || eq == kv)
+        if (!eq || eq == kv) {
+                /* Only the name: without '=' the rest may be a value typed
+                 * after another separator ("sasl.password:hunter2"). */
+                size_t nl = strspn(kv, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                       "0123456789._-");
                 return kf_errf(errstr, errstr_size,
-                               "-X '%s': expected key=value (a librdkafka property)", kv);
+                               "-X '%.*s%s': expected key=value (a librdkafka property)",
+                               (int)nl, kv, kv[nl] ? "..." : "");
+        }
         nk = realloc(props->keys, sizeof(*nk) * (size_t)(props->cnt + 1));
         if (!nk)
                 return kf_errf(errstr, errstr_size, "out of memory");
@@ -82,6 +89,9 @@ int kf_props_add(kf_props_t *props, const char *kv, char *errstr, size_t errstr_
                 free(props->vals[props->cnt]);
                 return kf_errf(errstr, errstr_size, "out of memory");
         }
+        /* librdkafka may quote it in its own log lines: scrubbed there. */
+        if (kf_prop_is_secret(props->keys[props->cnt]))
+                kf_secret_add(props->vals[props->cnt]);
         props->cnt++;
         return 0;
 }

@@ -61,7 +61,9 @@ void kf_config_free(const kf_opt_t *opts, void *conf, kf_props_t *props);
 /* Frees a property list (kf_config_free does this for the parsed one). */
 void kf_props_free(kf_props_t *props);
 
-/* Adds one "key=value" property; -1 with errstr if there is no '='. */
+/* Adds one "key=value" property; -1 with errstr if there is no '='.  The
+ * value of a secret property (kf_prop_is_secret) is registered with
+ * kf_secret_add, so no log line shows it. */
 int kf_props_add(kf_props_t *props, const char *kv, char *errstr, size_t errstr_size);
 
 #endif

@@ -1,16 +1,43 @@
 /* kf_kafka.c - one place where kinfer's librdkafka defaults meet the user's
- * -X overrides. */
+ * -X overrides, and where librdkafka's log lines join kinfer's. */
 #include "kf_kafka.h"
 
+#include "kf_log.h"
+#include "kf_redact.h"
 #include "kf_util.h"
 
 static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *errstr,
                     size_t errstr_size)
 {
-        char err[512];
-        if (rd_kafka_conf_set(conf, k, v, err, sizeof(err)) != RD_KAFKA_CONF_OK)
-                return kf_errf(errstr, errstr_size, "kafka property %s=%s: %s", k, v, err);
-        return 0;
+        char err[512], clean[512];
+        rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, k, v, err, sizeof(err));
+
+        if (res == RD_KAFKA_CONF_OK)
+                return 0;
+        /* An unknown name may be a secret's name mistyped (sasl.passwrod):
+         * its value is never shown, and is not needed to fix the name. */
+        if (res == RD_KAFKA_CONF_UNKNOWN)
+                return kf_errf(errstr, errstr_size, "kafka property %s: %s", k, err);
+        if (kf_prop_is_secret(k))
+                return kf_errf(errstr, errstr_size, "kafka property %s=" KF_REDACTED ": %s", k,
+                               kf_redact_value(clean, sizeof(clean), err, v));
+        return kf_errf(errstr, errstr_size, "kafka property %s=%s: %s", k, v, err);
+}
+
+/* librdkafka's log lines, in kinfer's line format and through kf_log's
+ * scrubbing: librdkafka quotes some property values in them (an unparsable
+ * sasl.oauthbearer.config, for one).  Written whatever kinfer's log level:
+ * librdkafka already filtered them by its own log_level and -X debug, as
+ * when it printed them itself.  Any librdkafka thread calls this. */
+static void kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+        /* syslog levels: 0-3 errors, 4 warning, 5 notice (CONFWARN and the
+         * like), 6 info, 7 debug. */
+        kf_log_level_t lvl = level <= 3   ? KF_LOG_ERROR
+                             : level <= 5 ? KF_LOG_WARN
+                             : level == 6 ? KF_LOG_INFO
+                                          : KF_LOG_DEBUG;
+        kf_log_write(lvl, "kafka %s %s: %s", rd_kafka_name(rk), fac, buf);
 }
 
 rd_kafka_conf_t *kf_kafka_conf_new(const char *brokers, const char *const *defaults,
@@ -18,6 +45,7 @@ rd_kafka_conf_t *kf_kafka_conf_new(const char *brokers, const char *const *defau
 {
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
 
+        rd_kafka_conf_set_log_cb(conf, kafka_log);
         if (conf_set(conf, "bootstrap.servers", brokers, errstr, errstr_size))
                 goto err;
         for (int i = 0; defaults && defaults[i]; i += 2)

@@ -11,7 +11,10 @@
  * defaults (NULL-terminated key, value pairs), then the user's -X
  * properties, which override both.  Returns a conf the caller owns (pass it
  * to rd_kafka_new, which takes ownership on success) or NULL with errstr
- * naming the property librdkafka refused. */
+ * naming the property librdkafka refused (with its value, unless the
+ * property is unknown or a secret: kf_prop_is_secret).  librdkafka's log
+ * lines go to kf_log (one line format, secrets scrubbed); a program may
+ * set its own log callback after this. */
 rd_kafka_conf_t *kf_kafka_conf_new(const char *brokers, const char *const *defaults,
                                    const kf_props_t *props, char *errstr, size_t errstr_size);
 

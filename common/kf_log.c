@@ -2,9 +2,12 @@
 #include "kf_log.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "kf_redact.h"
 
 int kf_log_threshold = KF_LOG_INFO;
 static const char *log_progname = "kinfer";
@@ -54,6 +57,11 @@ void kf_log_write(kf_log_level_t level, const char *fmt, ...)
                 return;
         if ((size_t)n >= sizeof(line) - 1)
                 n = (int)sizeof(line) - 2; /* truncated: keep the newline */
+        line[n] = '\0';
+        /* Whatever a message quotes (a librdkafka line, a server's reply),
+         * no registered password or secret property value gets out. */
+        kf_redact_secrets(line);
+        n           = (int)strlen(line);
         line[n]     = '\n';
         line[n + 1] = '\0';
         fputs(line, stderr);

@@ -4,7 +4,9 @@
  *   2026-11-23T07:23:31.123Z kinfer-worker[4242] WARN  message
  * The level is checked before anything is formatted (KF_LOG), so debug
  * logging in hot paths costs one comparison when it is off.
- * Thread-safe: each line is written with a single fputs under stdio's lock. */
+ * Thread-safe: each line is written with a single fputs under stdio's lock.
+ * Every line is scrubbed of the secrets registered with kf_secret_add()
+ * (kf_redact.h): passwords of Redis URLs, secret -X property values. */
 #ifndef KF_LOG_H
 #define KF_LOG_H
 

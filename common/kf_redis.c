@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kf_redact.h"
 #include "kf_util.h"
 
 /* Decodes %XX escapes so a password may hold ':', '@' or '/'. */
@@ -44,56 +45,66 @@ static int url_unescape(char *dst, size_t dstsize, const char *src, size_t len)
 int kf_redis_url_parse(const char *url, kf_redis_url_t *u, char *errstr, size_t errstr_size)
 {
         const char *p, *at, *slash, *hostend, *colon;
+        char shown[512]; /* the URL as errors show it: without the password */
         int64_t v;
 
         memset(u, 0, sizeof(*u));
         u->port = 6379;
+        kf_redact_url(url, shown, sizeof(shown));
         if (strncmp(url, "redis://", 8))
                 return kf_errf(errstr, errstr_size,
                                "redis URL '%s' must start with redis:// "
                                "(redis://[user:password@]host:port[/db])",
-                               url);
-        p     = url + 8;
-        slash = strchr(p, '/');
-        at    = memrchr(p, '@', slash ? (size_t)(slash - p) : strlen(p));
-        if (at) {
+                               shown);
+        p = url + 8;
+        /* The last '@' ends the password: host, port and database never
+         * hold one, a password may hold '@' or '/' unescaped (taking the
+         * first '/' as the database would print a piece of it as a port). */
+        if ((at = strrchr(p, '@'))) {
                 const char *c = memchr(p, ':', (size_t)(at - p));
                 if (c) {
                         if (url_unescape(u->user, sizeof(u->user), p, (size_t)(c - p)) ||
                             url_unescape(u->pass, sizeof(u->pass), c + 1, (size_t)(at - c - 1)))
                                 return kf_errf(errstr, errstr_size,
-                                               "redis URL: user or password too long or badly "
-                                               "%%-escaped");
+                                               "redis URL '%s': user or password too long or "
+                                               "badly %%-escaped",
+                                               shown);
                 } else if (url_unescape(u->pass, sizeof(u->pass), p, (size_t)(at - p))) {
                         return kf_errf(errstr, errstr_size,
-                                       "redis URL: password too long or badly %%-escaped");
+                                       "redis URL '%s': password too long or badly %%-escaped",
+                                       shown);
                 }
+                /* Kept out of every log line from now on (kf_log scrubs it):
+                 * a server or proxy may quote it in an error reply. */
+                kf_secret_add(u->pass);
                 p = at + 1;
         }
+        slash   = strchr(p, '/');
         hostend = slash ? slash : p + strlen(p);
         colon   = memrchr(p, ':', (size_t)(hostend - p));
         if (colon) {
                 char port[16];
                 size_t pl = (size_t)(hostend - colon - 1);
                 if (pl == 0 || pl >= sizeof(port))
-                        return kf_errf(errstr, errstr_size, "redis URL '%s': bad port", url);
+                        return kf_errf(errstr, errstr_size, "redis URL '%s': bad port", shown);
                 memcpy(port, colon + 1, pl);
                 port[pl] = '\0';
                 if (kf_parse_i64(port, 1, 65535, &v))
                         return kf_errf(errstr, errstr_size,
-                                       "redis URL '%s': port '%s' is not in 1..65535", url, port);
+                                       "redis URL '%s': port '%s' is not in 1..65535", shown,
+                                       port);
                 u->port = (int)v;
                 hostend = colon;
         }
         if (hostend == p || (size_t)(hostend - p) >= sizeof(u->host))
                 return kf_errf(errstr, errstr_size, "redis URL '%s': missing or too long host",
-                               url);
+                               shown);
         memcpy(u->host, p, (size_t)(hostend - p));
         u->host[hostend - p] = '\0';
         if (slash && slash[1]) {
                 if (kf_parse_i64(slash + 1, 0, 1 << 20, &v))
                         return kf_errf(errstr, errstr_size,
-                                       "redis URL '%s': database '%s' is not a number", url,
+                                       "redis URL '%s': database '%s' is not a number", shown,
                                        slash + 1);
                 u->db = (int)v;
         }
@@ -139,13 +150,16 @@ redisContext *kf_redis_connect(const kf_redis_url_t *u, int timeout_ms, char *er
                 goto err;
         }
         if (u->pass[0]) {
+                char clean[256];
                 if (u->user[0])
                         r = kf_redis_cmd(c, err, sizeof(err), "AUTH %s %s", u->user, u->pass);
                 else
                         r = kf_redis_cmd(c, err, sizeof(err), "AUTH %s", u->pass);
                 if (!r) {
+                        /* Redis never quotes the password back; a proxy might,
+                         * and a short one is not scrubbed by kf_log. */
                         kf_errf(errstr, errstr_size, "redis %s:%d: AUTH failed: %s", u->host,
-                                u->port, err);
+                                u->port, kf_redact_value(clean, sizeof(clean), err, u->pass));
                         goto err;
                 }
                 freeReplyObject(r);

@@ -21,12 +21,15 @@ typedef struct kf_redis_url_s {
 } kf_redis_url_t;
 
 /* Parses redis://[[user]:password@]host[:port][/db]; port defaults to 6379,
- * db to 0.  Returns 0, or -1 with errstr saying which part is wrong. */
+ * db to 0.  The password ends at the last '@' and may be %-escaped.
+ * Returns 0, or -1 with errstr saying which part is wrong; errors show the
+ * URL without its password (kf_redact_url), and the password is registered
+ * with kf_secret_add so that no log line shows it. */
 int kf_redis_url_parse(const char *url, kf_redis_url_t *u, char *errstr, size_t errstr_size);
 
 /* Connects (timeout_ms bounds connect and every later command), AUTHs and
  * SELECTs.  Returns a context the caller frees with redisFree, or NULL with
- * errstr naming host:port and the reason. */
+ * errstr naming host:port and the reason (never the password). */
 redisContext *kf_redis_connect(const kf_redis_url_t *u, int timeout_ms, char *errstr,
                                size_t errstr_size);
 

@@ -58,7 +58,8 @@ int kc_parse(const kf_opt_t *opts, kc_conf_t *conf, int with_props, int argc, ch
 /* Connects to conf->redis_url or exits 3 with a message. */
 redisContext *kc_redis(const kc_conf_t *conf);
 
-/* Prints "kinfer: <message>" to stderr. */
+/* Prints "kinfer: <message>" to stderr, scrubbed of registered secrets
+ * (kf_redact.h); at most 2 KiB of message. */
 void kc_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Reads the result of user's job id into a JSON object (caller decrefs).

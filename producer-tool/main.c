@@ -8,6 +8,7 @@
 
 #include "kf_log.h"
 #include "kf_keys.h"
+#include "kf_redact.h"
 #include "kinfer.h"
 
 static const struct {
@@ -53,12 +54,15 @@ int main(int argc, char **argv)
 
 void kc_err(const char *fmt, ...)
 {
+        char line[2048];
         va_list ap;
-        fputs("kinfer: ", stderr);
         va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
+        vsnprintf(line, sizeof(line), fmt, ap);
         va_end(ap);
-        fputc('\n', stderr);
+        /* Like kf_log's lines: a message quoting a server's reply or a
+         * librdkafka error must not show a registered secret. */
+        kf_redact_secrets(line);
+        fprintf(stderr, "kinfer: %s\n", line);
 }
 
 int kc_parse(const kf_opt_t *opts, kc_conf_t *conf, int with_props, int argc, char **argv,

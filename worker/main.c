@@ -9,6 +9,7 @@
 
 #include "kf_keys.h"
 #include "kf_log.h"
+#include "kf_redact.h"
 #include "worker.h"
 
 #define O(f) offsetof(kw_config_t, f)
@@ -127,6 +128,7 @@ int main(int argc, char **argv)
                 return 0;
         }
         if (rc != KF_CONFIG_OK) {
+                kf_redact_secrets(err); /* printed without kf_log, which scrubs its lines */
                 fprintf(stderr, "kinfer-worker: %s\n", err);
                 kf_config_free(kw_options, &conf, &conf.props);
                 return 2;

@@ -87,52 +87,132 @@ void ms_store_destroy(ms_store_t *ms)
         free(ms);
 }
 
-/* Lists the versions of name on disk, ascending, into vers (at most max).
- * Returns the count. */
-static int ms_scan(const ms_store_t *ms, const char *name, uint32_t *vers, int max)
+/* The versions of one name found on disk, ascending. */
+typedef struct ms_vers_s {
+        uint32_t *v; /* owned; NULL while n == 0 */
+        size_t n, cap;
+} ms_vers_t;
+
+static void ms_vers_free(ms_vers_t *vl)
+{
+        free(vl->v);
+        memset(vl, 0, sizeof(*vl));
+}
+
+static int ms_vers_add(ms_vers_t *vl, uint32_t v)
+{
+        if (vl->n == vl->cap) {
+                size_t cap = vl->cap ? vl->cap * 2 : 16;
+                uint32_t *grown = realloc(vl->v, cap * sizeof(*grown));
+                if (!grown)
+                        return -1;
+                vl->v   = grown;
+                vl->cap = cap;
+        }
+        vl->v[vl->n++] = v;
+        return 0;
+}
+
+static int ms_u32_cmp(const void *a, const void *b)
+{
+        uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+/* The version a directory entry "VERSION.kmodel" names, or 0.  Only the
+ * canonical spelling counts ("7.kmodel", not "07.kmodel" or "+7.kmodel"):
+ * the file opened for version v is always "v.kmodel", so a version found
+ * under another spelling could be listed but never loaded. */
+static uint32_t ms_entry_version(const char *fname)
+{
+        const char *dot = strrchr(fname, '.');
+        size_t len      = dot ? (size_t)(dot - fname) : 0;
+        char num[16];
+        int64_t v;
+
+        if (!dot || strcmp(dot, ".kmodel") || len == 0 || len >= sizeof(num) || fname[0] == '0')
+                return 0;
+        for (size_t i = 0; i < len; i++)
+                if (fname[i] < '0' || fname[i] > '9')
+                        return 0;
+        memcpy(num, fname, len);
+        num[len] = '\0';
+        return kf_parse_i64(num, 1, UINT32_MAX, &v) == 0 ? (uint32_t)v : 0;
+}
+
+/* DIR/NAME followed by tail ("", ".kmodel", "/7.kmodel").  Returns 0, or
+ * -1 if it does not fit: a cut path would name another file. */
+static int ms_path(char *buf, size_t size, const char *dir, const char *name, const char *tail)
+{
+        int n = snprintf(buf, size, "%s/%s%s", dir, name, tail);
+        return n < 0 || (size_t)n >= size ? -1 : 0;
+}
+
+/* Fills vl with every version of name on disk, ascending.  There is no cap:
+ * readdir() returns entries in the file system's order, so keeping only the
+ * first N of them can miss the highest version.  Returns 0, or -1 with
+ * errstr (out of memory, or the path does not fit). */
+static int ms_scan(const ms_store_t *ms, const char *name, ms_vers_t *vl, char *errstr,
+                   size_t errstr_size)
 {
         char path[4096];
         struct stat st;
         struct dirent *de;
         DIR *d;
-        int n = 0;
+        int rc = 0;
 
-        snprintf(path, sizeof(path), "%s/%s", ms->dir, name);
+        vl->n = 0;
+        if (ms_path(path, sizeof(path), ms->dir, name, ""))
+                return kf_errf(errstr, errstr_size, "model directory path too long");
         if ((d = opendir(path))) {
-                while ((de = readdir(d)) && n < max) {
-                        int64_t v;
-                        char num[32];
-                        const char *dot = strrchr(de->d_name, '.');
-                        size_t len      = dot ? (size_t)(dot - de->d_name) : 0;
-                        if (!dot || strcmp(dot, ".kmodel") || len == 0 || len >= sizeof(num))
-                                continue;
-                        memcpy(num, de->d_name, len);
-                        num[len] = '\0';
-                        if (kf_parse_i64(num, 1, UINT32_MAX, &v) == 0)
-                                vers[n++] = (uint32_t)v;
+                while ((de = readdir(d))) {
+                        uint32_t v = ms_entry_version(de->d_name);
+                        if (v && ms_vers_add(vl, v)) {
+                                rc = kf_errf(errstr, errstr_size, "out of memory");
+                                break;
+                        }
                 }
                 closedir(d);
+                if (rc)
+                        return rc;
         }
-        if (n == 0) {
-                snprintf(path, sizeof(path), "%s/%s.kmodel", ms->dir, name);
-                if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
-                        vers[n++] = 1;
+        if (vl->n == 0) {
+                if (ms_path(path, sizeof(path), ms->dir, name, ".kmodel"))
+                        return kf_errf(errstr, errstr_size, "model directory path too long");
+                if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && ms_vers_add(vl, 1))
+                        return kf_errf(errstr, errstr_size, "out of memory");
         }
-        for (int i = 1; i < n; i++) /* insertion sort: a handful of versions */
-                for (int j = i; j > 0 && vers[j - 1] > vers[j]; j--) {
-                        uint32_t t  = vers[j];
-                        vers[j]     = vers[j - 1];
-                        vers[j - 1] = t;
-                }
-        return n;
+        if (vl->n > 1) /* qsort's pointer must not be NULL, even for 0 items */
+                qsort(vl->v, vl->n, sizeof(*vl->v), ms_u32_cmp);
+        return 0;
 }
 
-static void ms_versions_str(const uint32_t *vers, int n, char *buf, size_t size)
+/* "1, 2, 3" for an error message; a long list keeps its ends, since the
+ * highest versions are the ones an operator is looking for. */
+static void ms_versions_str(const ms_vers_t *vl, char *buf, size_t size)
 {
-        size_t o = 0;
+        size_t o = 0, n = vl->n;
         buf[0]   = '\0';
-        for (int i = 0; i < n && o + 12 < size; i++)
-                o += (size_t)snprintf(buf + o, size - o, "%s%u", i ? ", " : "", vers[i]);
+        for (size_t i = 0; i < n && o + 12 < size; i++) {
+                if (n > 8 && i == 3) {
+                        o += (size_t)snprintf(buf + o, size - o, ", ...");
+                        i = n - 4; /* then the last three */
+                        continue;
+                }
+                o += (size_t)snprintf(buf + o, size - o, "%s%u", i ? ", " : "", vl->v[i]);
+        }
+        if (n > 8 && o < size)
+                snprintf(buf + o, size - o, "; %zu in all", n);
+}
+
+/* A model name the directory store can use: a job name (letters, digits,
+ * '.', '_', ':', '-', so never a '/') that does not start with '.'.  The
+ * charset allows "." and "..", which would make DIR/../7.kmodel a file
+ * outside DIR; a leading '.' otherwise only names hidden entries. */
+static int ms_dir_name_ok(const char *name)
+{
+        return job_name_valid(name, strnlen(name, JOB_MODEL_MAX + 1), JOB_MODEL_MAX) &&
+               name[0] != '.';
 }
 
 static ms_active_t *ms_active_get(ms_store_t *ms, const char *name)
@@ -152,9 +232,10 @@ static ms_active_t *ms_active_get(ms_store_t *ms, const char *name)
 model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err_t *err,
                       char *errstr, size_t errstr_size)
 {
-        uint32_t vers[256];
+        ms_vers_t vl = {0};
         char path[4096], list[256];
-        int nvers = -1;
+        int scanned = 0;
+        model_t *ret = NULL;
         ms_entry_t *e;
 
         if (ms->reg)
@@ -165,6 +246,15 @@ model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err
                         "unknown model '%s': this worker has no model directory", name);
                 return NULL;
         }
+        /* Before any path is built from it, and before it takes a cache slot. */
+        if (!ms_dir_name_ok(name)) {
+                *err = KF_ERR_UNKNOWN_MODEL;
+                kf_errf(errstr, errstr_size,
+                        "unknown model '%.*s': the name is not a plain name for the model "
+                        "directory (letters, digits, '.', '_', ':', '-', not starting with '.')",
+                        JOB_MODEL_MAX, name);
+                return NULL;
+        }
 
         if (version == 0) {
                 ms_active_t *a = ms_active_get(ms, name);
@@ -172,17 +262,21 @@ model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err
                 if (!a) {
                         *err = KF_ERR_INTERNAL;
                         kf_errf(errstr, errstr_size, "out of memory");
-                        return NULL;
+                        goto out;
                 }
                 if (a->version == 0 || now - a->checked_us > MS_RESCAN_US) {
-                        nvers         = ms_scan(ms, name, vers, 256);
-                        a->version    = nvers ? vers[nvers - 1] : 0;
+                        if (ms_scan(ms, name, &vl, errstr, errstr_size)) {
+                                *err = KF_ERR_INTERNAL;
+                                goto out;
+                        }
+                        scanned       = 1;
+                        a->version    = vl.n ? vl.v[vl.n - 1] : 0;
                         a->checked_us = now;
                 }
                 if (a->version == 0) {
                         *err = KF_ERR_UNKNOWN_MODEL;
                         kf_errf(errstr, errstr_size, "unknown model '%s'", name);
-                        return NULL;
+                        goto out;
                 }
                 version = a->version;
         }
@@ -192,22 +286,29 @@ model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err
                         break;
         if (!e) {
                 model_t *m;
-                char why[256];
-                snprintf(path, sizeof(path), "%s/%s/%u.kmodel", ms->dir, name, version);
-                if (access(path, F_OK) != 0 && version == 1)
-                        snprintf(path, sizeof(path), "%s/%s.kmodel", ms->dir, name);
+                char why[256], tail[32];
+                snprintf(tail, sizeof(tail), "/%u.kmodel", version);
+                if (ms_path(path, sizeof(path), ms->dir, name, tail) ||
+                    (access(path, F_OK) != 0 && version == 1 &&
+                     ms_path(path, sizeof(path), ms->dir, name, ".kmodel"))) {
+                        *err = KF_ERR_INTERNAL;
+                        kf_errf(errstr, errstr_size, "model directory path too long");
+                        goto out;
+                }
                 if (access(path, F_OK) != 0) {
-                        if (nvers < 0)
-                                nvers = ms_scan(ms, name, vers, 256);
-                        ms_versions_str(vers, nvers, list, sizeof(list));
+                        if (!scanned && ms_scan(ms, name, &vl, errstr, errstr_size)) {
+                                *err = KF_ERR_INTERNAL;
+                                goto out;
+                        }
+                        ms_versions_str(&vl, list, sizeof(list));
                         *err = KF_ERR_UNKNOWN_MODEL;
-                        if (nvers)
+                        if (vl.n)
                                 kf_errf(errstr, errstr_size,
                                         "model '%s' has no version %u (versions: %s)", name,
                                         version, list);
                         else
                                 kf_errf(errstr, errstr_size, "unknown model '%s'", name);
-                        return NULL;
+                        goto out;
                 }
                 m = model_load_file(path, why, sizeof(why));
                 if (m && strcmp(m->name, name)) {
@@ -220,7 +321,7 @@ model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err
                         model_unref(m);
                         *err = KF_ERR_INTERNAL;
                         kf_errf(errstr, errstr_size, "out of memory");
-                        return NULL;
+                        goto out;
                 }
                 kf_strlcpy(e->name, name, sizeof(e->name));
                 e->version = version;
@@ -244,8 +345,11 @@ model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err
                 *err = KF_ERR_INTERNAL;
                 kf_errf(errstr, errstr_size, "model '%s' version %u cannot be loaded: %s", name,
                         version, e->errmsg);
-                return NULL;
+                goto out;
         }
         *err = KF_OK;
-        return model_ref(e->model);
+        ret  = model_ref(e->model);
+out:
+        ms_vers_free(&vl);
+        return ret;
 }

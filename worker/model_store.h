@@ -13,10 +13,12 @@
  * follow their own active version (rebuilt when that changes).
  *
  * Directory (ms_store_new): DIR/NAME.kmodel (version 1) or
- * DIR/NAME/VERSION.kmodel (VERSION a positive integer).  A job without a
- * version gets the highest version on disk.  A model is loaded on first use
- * and kept; a name not found is looked up again on the next job, so models
- * dropped into the directory appear without a restart.  MLPs only.
+ * DIR/NAME/VERSION.kmodel (VERSION a positive integer without leading zeros;
+ * every version is scanned).  NAME must not start with '.': "." and ".." are
+ * valid job names but would leave DIR, so they get unknown_model.  A job
+ * without a version gets the highest version on disk.  A model is loaded on
+ * first use and kept; a name not found is looked up again on the next job,
+ * so models dropped into the directory appear without a restart.  MLPs only.
  *
  * ms_store_get is called from the worker's loop thread only; the models it
  * returns are immutable and reference-counted and may travel elsewhere. */

@@ -2,7 +2,9 @@
  * process, against a real redis-server: first use, hot swaps seen within a
  * second and never waited for, corrupt blobs refused while the last good
  * version keeps serving, ensembles that follow a member, a Redis restart.
- * Expected outputs come from the test's own weights with plain double loops. */
+ * Expected outputs come from the test's own weights with plain double loops.
+ * The directory store (--models DIR) is tested here too: every version is
+ * scanned, and names cannot leave DIR. */
 /* cmocka.h needs these first, in this order */
 /* clang-format off */
 #include <stdarg.h>
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "../../worker/model_store.h"
@@ -629,6 +632,151 @@ static void test_redis_restart(void **state)
         tm_free(&m2);
 }
 
+/* ---- the directory store (--models DIR) ---- */
+
+typedef struct dt_s {
+        kt_stack_t stack;
+        char dir[512]; /* <stack dir>/models: the store's DIR */
+        ms_store_t *ms;
+} dt_t;
+
+static int setup_dir(void **state)
+{
+        dt_t *t = calloc(1, sizeof(*t));
+        assert_non_null(t);
+        assert_int_equal(kt_stack_init(&t->stack), 0);
+        snprintf(t->dir, sizeof(t->dir), "%s/models", t->stack.dir);
+        assert_int_equal(mkdir(t->dir, 0755), 0);
+        assert_non_null(t->ms = ms_store_new(t->dir));
+        *state = t;
+        return 0;
+}
+
+static int teardown_dir(void **state)
+{
+        dt_t *t = *state;
+        ms_store_destroy(t->ms);
+        kt_stack_stop(&t->stack);
+        free(t);
+        return 0;
+}
+
+/* Writes len bytes (none if blob is NULL) to path. */
+static void write_path(const char *path, const void *blob, size_t len)
+{
+        FILE *fp = fopen(path, "wb");
+        if (!fp)
+                fail_msg("cannot create %s", path);
+        if (len && fwrite(blob, 1, len, fp) != len)
+                fail_msg("cannot write %s", path);
+        assert_int_equal(fclose(fp), 0);
+}
+
+/* Writes t, its file naming it name, to path. */
+static void write_tm(const char *path, const tm_t *t, const char *name)
+{
+        size_t len;
+        char *blob = tm_blob(t, name, &len);
+        write_path(path, blob, len);
+        free(blob);
+}
+
+#define DT_MODELS   32
+#define DT_VERSIONS 300
+
+/* DT_MODELS models with DT_VERSIONS version files each: every one serves
+ * its highest version.  Only the highest file holds a model (the others
+ * are empty, so serving one of them fails loudly).  Many models, each
+ * with its own version numbers, because readdir's order depends on the
+ * names and the file system: a scan that keeps only some of the entries
+ * finds every highest version only by luck, and 32 times in a row almost
+ * never. */
+static void test_dir_all_versions(void **state)
+{
+        dt_t *t = *state;
+        const int dims[] = {2, 3, 1};
+        char name[32], path[700], list[64];
+        tm_t tm;
+        model_t *m;
+
+        tm_init(&tm, 2, dims);
+        for (int k = 0; k < DT_MODELS; k++) {
+                uint32_t base = (uint32_t)k * 1000, top = base + DT_VERSIONS;
+                snprintf(name, sizeof(name), "wide%d", k);
+                snprintf(path, sizeof(path), "%s/%s", t->dir, name);
+                assert_int_equal(mkdir(path, 0755), 0);
+                for (uint32_t v = base + 1; v < top; v++) {
+                        snprintf(path, sizeof(path), "%s/%s/%u.kmodel", t->dir, name, v);
+                        write_path(path, NULL, 0);
+                }
+                snprintf(path, sizeof(path), "%s/%s/%u.kmodel", t->dir, name, top);
+                write_tm(path, &tm, name);
+        }
+        for (int k = 0; k < DT_MODELS; k++) {
+                const tm_t *one[1] = {&tm};
+                const double w1[1] = {1};
+                uint32_t top = (uint32_t)k * 1000 + DT_VERSIONS;
+                snprintf(name, sizeof(name), "wide%d", k);
+                m = get(t->ms, name, 0);
+                if (m->version != top)
+                        fail_msg("%s: served version %u, the highest is %u", name, m->version,
+                                 top);
+                check_outputs(m, 1, one, w1);
+                model_unref(m);
+        }
+        /* the versions a missing pin reports include the highest one */
+        snprintf(list, sizeof(list), "%u, %u", DT_VERSIONS - 1, DT_VERSIONS);
+        get_fails(t->ms, "wide0", 7777, KF_ERR_UNKNOWN_MODEL, list);
+        tm_free(&tm);
+}
+
+/* Job names may hold '.', so ".." and "." are valid names, and the store
+ * must not turn them into DIR/../N.kmodel (outside DIR) or DIR/./N.kmodel.
+ * Each trap below is a valid model file whose embedded name matches, so
+ * only the name check keeps it from being served. */
+static void test_dir_names_stay_inside(void **state)
+{
+        dt_t *t = *state;
+        const int dims[] = {2, 2};
+        static const char *const bad[] = {"..", ".", "...", ".hidden", "../models/ok",
+                                          "ok/../ok", "/etc/passwd", "", NULL};
+        char path[700];
+        tm_t tm;
+        model_t *m;
+
+        tm_init(&tm, 1, dims);
+        /* outside DIR: <stack dir>/1.kmodel and <stack dir>/..kmodel */
+        snprintf(path, sizeof(path), "%s/1.kmodel", t->stack.dir);
+        write_tm(path, &tm, "..");
+        snprintf(path, sizeof(path), "%s/..kmodel", t->stack.dir);
+        write_tm(path, &tm, ".");
+        /* inside DIR, reachable only through "." and hidden names */
+        snprintf(path, sizeof(path), "%s/1.kmodel", t->dir);
+        write_tm(path, &tm, ".");
+        snprintf(path, sizeof(path), "%s/..kmodel", t->dir);
+        write_tm(path, &tm, ".");
+        snprintf(path, sizeof(path), "%s/....kmodel", t->dir);
+        write_tm(path, &tm, "...");
+        snprintf(path, sizeof(path), "%s/.hidden.kmodel", t->dir);
+        write_tm(path, &tm, ".hidden");
+        /* a plain name with dots is fine */
+        snprintf(path, sizeof(path), "%s/ok.v2.kmodel", t->dir);
+        write_tm(path, &tm, "ok.v2");
+        snprintf(path, sizeof(path), "%s/ok.kmodel", t->dir);
+        write_tm(path, &tm, "ok");
+
+        for (int i = 0; bad[i]; i++) {
+                get_fails(t->ms, bad[i], 0, KF_ERR_UNKNOWN_MODEL, "is not a plain name");
+                get_fails(t->ms, bad[i], 1, KF_ERR_UNKNOWN_MODEL, "is not a plain name");
+        }
+        m = get(t->ms, "ok.v2", 0);
+        assert_int_equal(m->version, 1);
+        model_unref(m);
+        m = get(t->ms, "ok", 1);
+        model_unref(m);
+        tm_free(&tm);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -637,6 +785,8 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_corrupt_keeps_last_good, setup, teardown),
             cmocka_unit_test_setup_teardown(test_ensemble_follows, setup, teardown),
             cmocka_unit_test_setup_teardown(test_redis_restart, setup_aof, teardown),
+            cmocka_unit_test_setup_teardown(test_dir_all_versions, setup_dir, teardown_dir),
+            cmocka_unit_test_setup_teardown(test_dir_names_stay_inside, setup_dir, teardown_dir),
         };
         kf_log_init("test_model_store", KF_LOG_WARN);
         if (getenv("KT_TEST")) /* e.g. KT_TEST='test_corrupt*' runs only those */
