@@ -397,7 +397,7 @@ static void test_damaged_counters(void **state)
                 await_announce(t, cases[i].user, "ib", "d-2", 1, &seen, 60000);
                 for (int k = 1; k <= 2; k++) {
                         kf_result_t r;
-                        char id[8];
+                        char id[16];
                         snprintf(id, sizeof(id), "d-%d", k);
                         assert_int_equal(kt_result_get(t->c, cases[i].user, id, &r), 1);
                         if (r.ok || strcmp(r.error, "internal") ||
