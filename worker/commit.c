@@ -31,14 +31,20 @@ typedef enum {
         KW_STEP_DAMAGED   = 5, /* internal result: the user's counters are damaged */
 } kw_step_code_t;
 
-#define JOB_ARGS 10 /* ARGV entries per job (step.lua) */
+#define JOB_ARGS 5 /* ARGV entries per job (step.lua) */
+
+/* A job's meta argument: struct '<BI4I4dI4B' in step.lua. */
+#define STEP_META_LEN 22
+enum { STEP_KIND_OK = 1, STEP_KIND_ERROR = 2, STEP_KIND_OVER = 3 };
 
 /* The text one job's step arguments point into.  The result value itself
  * is in the group's value buffer, at voff (the buffer may move while the
  * group's values are packed, so pointers are taken afterwards). */
 typedef struct step_text_s {
         char k_result[KF_KEY_MAX];
-        char ttl[16], rows[16], flops[24], clen[16], ncommon[8];
+        unsigned char meta[STEP_META_LEN];
+        uint32_t clen;
+        uint8_t ncommon;
         size_t voff, vlen;
 } step_text_t;
 
@@ -158,8 +164,8 @@ static int pack_value(kw_redis_t *r, const kw_job_t *j, msgpack_sbuffer *sb, ste
         rc |= pk_kv_u64(&pk, "enqueued", (uint64_t)(enq > 0 ? enq : j->started_ms));
         rc |= pk_kv_u64(&pk, "started", (uint64_t)j->started_ms);
         rc |= pk_kv_u64(&pk, "done", (uint64_t)j->done_ms);
-        snprintf(t->clen, sizeof(t->clen), "%zu", sb->size - cpos);
-        snprintf(t->ncommon, sizeof(t->ncommon), "%d", ncommon);
+        t->clen    = (uint32_t)(sb->size - cpos);
+        t->ncommon = (uint8_t)ncommon;
         if (ok) {
                 size_t n = (size_t)j->out_rows * j->out_cols;
                 rc |= pk_kv_str(&pk, "status", "ok");
@@ -182,25 +188,34 @@ static int pack_value(kw_redis_t *r, const kw_job_t *j, msgpack_sbuffer *sb, ste
         return rc ? -1 : 0;
 }
 
+static unsigned char *put_le(unsigned char *p, uint64_t v, int n)
+{
+        for (int i = 0; i < n; i++)
+                *p++ = (unsigned char)(v >> (8 * i));
+        return p;
+}
+
 /* Appends job j's JOB_ARGS entries (see step.lua); the value's pointer is
  * set by the caller once the group's buffer no longer moves. */
 static void step_job_args(const kw_job_t *j, step_text_t *t, step_call_t *c)
 {
         const job_t *job = &j->job;
+        double flops     = j->err == KF_OK ? (double)j->flops : 0.0;
+        uint64_t fbits;
+        unsigned char *p = t->meta;
 
-        snprintf(t->ttl, sizeof(t->ttl), "%u", job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT);
-        snprintf(t->rows, sizeof(t->rows), "%u", job->rows);
-        snprintf(t->flops, sizeof(t->flops), "%" PRIu64, j->err == KF_OK ? j->flops : 0);
-        sarg(c, j->err == KF_OK ? "ok" : j->over_quota ? "over" : "error");
+        memcpy(&fbits, &flops, sizeof(fbits));
+        *p++ = j->err == KF_OK ? STEP_KIND_OK : j->over_quota ? STEP_KIND_OVER : STEP_KIND_ERROR;
+        p    = put_le(p, job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT, 4);
+        p    = put_le(p, job->rows, 4);
+        p    = put_le(p, fbits, 8);
+        p    = put_le(p, t->clen, 4);
+        *p++ = t->ncommon;
+        arg(c, (const char *)t->meta, STEP_META_LEN);
         sarg(c, job->id);
-        sarg(c, t->ttl);
-        sarg(c, t->rows);
-        sarg(c, t->flops);
         sarg(c, job->model);
         sarg(c, job->inbox);
         arg(c, NULL, 0); /* the value */
-        sarg(c, t->clen);
-        sarg(c, t->ncommon);
 }
 
 static void redis_drop(kw_redis_t *r)
@@ -324,7 +339,7 @@ static int append_group(kw_redis_t *r, kw_batch_t *b, const int *idx, int n, ste
                 step_job_args(&b->jobs[idx[i]], &text[i], call);
         }
         for (int i = 0; i < n; i++) {
-                int a        = first_job + i * JOB_ARGS + 7;
+                int a        = first_job + i * JOB_ARGS + 4;
                 call->argv[a] = vals->data + text[i].voff;
                 call->len[a]  = text[i].vlen;
         }

@@ -21,15 +21,17 @@
 -- ARGV[4] charge horizon H (s): records live H to 2H
 -- ARGV[5] the user's key base "{prefix}{USER}:"
 -- ARGV[6] the number of jobs
--- then 10 entries per job, in order:
---   kind: "ok" (computed), "error" (an error result), or "over" (the
---         worker's pre-check found the user over quota and did not compute)
---   id, ttl (s), rows, flops, model ("" = unknown), inbox ("" = none),
+-- then 5 entries per job, in order:
+--   meta: struct '<BI4I4dI4B' (little-endian): kind (1 "ok" computed,
+--         2 "error" an error result, 3 "over": the worker's pre-check found
+--         the user over quota and did not compute), ttl (s), rows, flops,
+--         clen, ncommon (see value).  Binary, so one argument per job
+--         carries what would be six strings for Lua to intern.
+--   id, model ("" = unknown), inbox ("" = none),
 --   value: the result as a msgpack map: a map16 header (3 bytes), then
 --         ncommon "common" pairs (clen bytes), then the kind's own pairs;
 --         for kind ok the header counts one more pair, `window`, which is
 --         appended here
---   clen, ncommon
 --
 -- Returns {warning, code_1, ..., code_n}; the codes are kw_step_code_t in
 -- commit.c: 0 duplicate (nothing written or charged; the id is announced
@@ -123,20 +125,25 @@ local used_rows = counter(wkey, 'rows', u[2])
 counter(wkey, 'flops', u[3])
 counter(wkey, 'errors', u[4])
 
-local jobs, ids, mfields, models = {}, {}, {}, {}
-local pos = 7
+-- Per job: ARGV[p] meta, p+1 id, p+2 model, p+3 inbox, p+4 value, with
+-- p = 7 + 5 (i - 1).  Read where needed, never copied into per-job tables:
+-- at a hundred jobs a call, Lua's own work is most of the step's cost.
+local ids, mfields, models, inbox_ok = {}, {}, {}, {}
 for i = 1, njobs do
-  local j = {kind = ARGV[pos], id = ARGV[pos + 1], ttl = tonumber(ARGV[pos + 2]),
-             rows = tonumber(ARGV[pos + 3]), flops = tonumber(ARGV[pos + 4]),
-             model = ARGV[pos + 5], inbox = ARGV[pos + 6], vpos = pos + 7,
-             clen = tonumber(ARGV[pos + 8]), ncommon = tonumber(ARGV[pos + 9]),
-             result = KEYS[3 + i]}
-  pos = pos + 10
-  jobs[i] = j
-  ids[i] = j.id
-  if j.model ~= '' and not models[j.model] then
-    models[j.model] = true
-    for _, f in ipairs(COUNTERS) do mfields[#mfields + 1] = f .. ':' .. j.model end
+  local p = 2 + 5 * i
+  ids[i] = ARGV[p + 1]
+  local model, inbox = ARGV[p + 2], ARGV[p + 3]
+  if model ~= '' and not models[model] then
+    models[model] = {0, 0, 0, 0}
+    for _, f in ipairs(COUNTERS) do mfields[#mfields + 1] = f .. ':' .. model end
+  end
+  if inbox ~= '' and inbox_ok[inbox] == nil then
+    local key = base .. 'inbox:' .. inbox
+    local t = redis.call('TYPE', key)['ok']
+    inbox_ok[inbox] = (t == 'none' or t == 'list')
+    if not inbox_ok[inbox] then
+      warning = warning .. 'inbox ' .. key .. ' is a ' .. t .. ', not a list: not announced; '
+    end
   end
 end
 if #mfields > 0 then
@@ -145,106 +152,105 @@ if #mfields > 0 then
 end
 local seen_cur = hmget(ckey, ids)
 local seen_prev = hmget(cprev, ids)
-local inbox_ok = {}
-for _, j in ipairs(jobs) do
-  if j.inbox ~= '' and inbox_ok[j.inbox] == nil then
-    local t = redis.call('TYPE', base .. 'inbox:' .. j.inbox)['ok']
-    inbox_ok[j.inbox] = (t == 'none' or t == 'list')
-    if not inbox_ok[j.inbox] then
-      warning = warning .. 'inbox ' .. base .. 'inbox:' .. j.inbox .. ' is a ' .. t ..
-                ', not a list: not announced; '
-    end
-  end
-end
 
 -- ---- Decisions and results, in job order ------------------------------------
-local pack = cmsgpack.pack
-local function value_with(j, npairs, tail)
-  local v = ARGV[j.vpos]
-  return struct.pack('>BI2', 0xde, j.ncommon + npairs) .. string.sub(v, 4, 3 + j.clen) .. tail
+local pack, unpackmeta, sub = cmsgpack.pack, struct.unpack, string.sub
+local wtail = pack('window') .. pack(wstart)
+local function value_with(p, clen, ncommon, npairs, tail)
+  return struct.pack('>BI2', 0xde, ncommon + npairs) .. sub(ARGV[p + 4], 4, 3 + clen) .. tail
 end
 
 local codes = {warning}
-local total = {jobs = 0, rows = 0, flops = 0, errors = 0}
-local per_model = {}
-local written = {}
+local total = {0, 0, 0, 0} -- COUNTERS order: jobs rows flops errors
+local written, nwritten = {}, 0
 local decided = {}
-local function charge(model, field, by)
-  total[field] = total[field] + by
-  if model ~= '' then
-    local k = field .. ':' .. model
-    per_model[k] = (per_model[k] or 0) + by
-  end
-end
+local pushes, order = {}, {}
 
-for i, j in ipairs(jobs) do
+for i = 1, njobs do
+  local p = 2 + 5 * i
+  local kind, ttl, rows, flops, clen, ncommon = unpackmeta('<BI4I4dI4B', ARGV[p])
+  local id, model = ids[i], ARGV[p + 2]
   local code, value
-  if decided[j.id] or seen_cur[i] or seen_prev[i] then
+  if decided[id] or seen_cur[i] or seen_prev[i] then
     code = 0 -- a redelivery, a reused id, or the same job twice in this call
   elseif damaged then
     code = 5
-    value = value_with(j, 3, pack('status') .. pack('error') .. pack('error') ..
-                             pack('internal') .. pack('message') ..
-                             pack('the user\'s usage records are damaged (' .. damaged ..
-                                  '); an operator must repair them; not charged'))
-  elseif j.kind == 'error' then
-    code, value = 3, ARGV[j.vpos]
+    value = value_with(p, clen, ncommon, 3, pack('status') .. pack('error') .. pack('error') ..
+                       pack('internal') .. pack('message') ..
+                       pack('the user\'s usage records are damaged (' .. damaged ..
+                            '); an operator must repair them; not charged'))
+  elseif kind == 2 then
+    code, value = 3, ARGV[p + 4]
   else
     local over, never
     -- no window will ever take these: say so, and no retry_after
     if max_jobs == 0 then
       never = 'the quota allows 0 jobs per window: no job of this user can run ' ..
               'until the quota is raised'
-    elseif max_rows >= 0 and j.rows > max_rows then
-      never = 'this job has ' .. j.rows .. ' rows, more than the ' .. max_rows ..
+    elseif max_rows >= 0 and rows > max_rows then
+      never = 'this job has ' .. rows .. ' rows, more than the ' .. max_rows ..
               ' rows the quota allows per window: it cannot run until the quota is raised'
     elseif max_jobs >= 0 and used_jobs + 1 > max_jobs then
       over = 'used ' .. used_jobs .. ' of ' .. max_jobs .. ' jobs'
-    elseif max_rows >= 0 and used_rows + j.rows > max_rows then
-      over = 'used ' .. used_rows .. ' of ' .. max_rows .. ' rows and this job has ' .. j.rows
+    elseif max_rows >= 0 and used_rows + rows > max_rows then
+      over = 'used ' .. used_rows .. ' of ' .. max_rows .. ' rows and this job has ' .. rows
     end
     if never then
       code = 2
-      value = value_with(j, 4, pack('status') .. pack('error') .. pack('error') ..
-          pack('quota_exceeded') .. pack('message') .. pack('quota exceeded: ' .. never) ..
-          pack('window') .. pack(wstart))
+      value = value_with(p, clen, ncommon, 4, pack('status') .. pack('error') ..
+          pack('error') .. pack('quota_exceeded') .. pack('message') ..
+          pack('quota exceeded: ' .. never) .. wtail)
     elseif over then
       code = 2
-      value = value_with(j, 5, pack('status') .. pack('error') .. pack('error') ..
-          pack('quota_exceeded') .. pack('message') ..
+      value = value_with(p, clen, ncommon, 5, pack('status') .. pack('error') ..
+          pack('error') .. pack('quota_exceeded') .. pack('message') ..
           pack('quota exceeded: ' .. over .. ' in the ' .. window .. ' s window starting at ' ..
                wstart .. '; it resets at ' .. wend .. ' (in ' .. (wend - now) .. ' s)') ..
-          pack('retry_after') .. pack(wend - now) .. pack('window') .. pack(wstart))
-    elseif j.kind == 'over' then
+          pack('retry_after') .. pack(wend - now) .. wtail)
+    elseif kind == 3 then
       code = 4
     else
-      code, value = 1, ARGV[j.vpos] .. pack('window') .. pack(wstart)
+      code, value = 1, ARGV[p + 4] .. wtail
     end
   end
   if value then
     -- NX: a result outlives its charge record when its ttl is longer than
     -- the horizon; the result is then the proof of the earlier decision.
-    if redis.call('SET', j.result, value, 'NX', 'EX', j.ttl) then
-      decided[j.id] = true
-      written[#written + 1] = j.id
-      written[#written + 1] = code == 1 and 'ok' or 'error'
+    if redis.call('SET', KEYS[3 + i], value, 'NX', 'EX', ttl) then
+      decided[id] = true
+      written[nwritten + 1] = id
+      written[nwritten + 2] = code == 1 and 'ok' or 'error'
+      nwritten = nwritten + 2
+      local m = model ~= '' and models[model]
       if code == 1 then
-        used_jobs, used_rows = used_jobs + 1, used_rows + j.rows
-        charge(j.model, 'jobs', 1)
-        charge(j.model, 'rows', j.rows)
-        charge(j.model, 'flops', j.flops)
+        used_jobs, used_rows = used_jobs + 1, used_rows + rows
+        total[1], total[2], total[3] = total[1] + 1, total[2] + rows, total[3] + flops
+        if m then m[1], m[2], m[3] = m[1] + 1, m[2] + rows, m[3] + flops end
       elseif code ~= 5 then
-        charge(j.model, 'errors', 1)
+        total[4] = total[4] + 1
+        if m then m[4] = m[4] + 1 end
       end
     else
       code = 0
     end
   end
   codes[i + 1] = code
+  local inbox = ARGV[p + 3]
+  if inbox ~= '' and inbox_ok[inbox] and code ~= 4 then
+    local q = pushes[inbox]
+    if not q then
+      q = {n = 0, ttl = 0}
+      pushes[inbox] = q
+      order[#order + 1] = inbox
+    end
+    q.n = q.n + 1
+    q[q.n] = id
+    if ttl > q.ttl then q.ttl = ttl end
+  end
 end
 
 -- ---- Group writes: charge record, inboxes, counters -------------------------
-if #written > 0 then
+if nwritten > 0 then
   local ok = pcall(redis.call, 'HSET', ckey, unpack(written))
   if ok then
     redis.call('EXPIREAT', ckey, bstart + 2 * horizon)
@@ -253,40 +259,29 @@ if #written > 0 then
   end
 end
 
-local pushes, order = {}, {}
-for i, j in ipairs(jobs) do
-  if j.inbox ~= '' and inbox_ok[j.inbox] and codes[i + 1] ~= 4 then
-    local p = pushes[j.inbox]
-    if not p then
-      p = {ids = {}, ttl = 0}
-      pushes[j.inbox] = p
-      order[#order + 1] = j.inbox
-    end
-    p.ids[#p.ids + 1] = j.id
-    if j.ttl > p.ttl then p.ttl = j.ttl end
-  end
-end
 for _, name in ipairs(order) do
-  local p, key = pushes[name], base .. 'inbox:' .. name
-  if redis.call('RPUSH', key, unpack(p.ids)) == #p.ids then
-    redis.call('EXPIRE', key, p.ttl) -- a new list
+  local q, key = pushes[name], base .. 'inbox:' .. name
+  if redis.call('RPUSH', key, unpack(q, 1, q.n)) == q.n then
+    redis.call('EXPIRE', key, q.ttl) -- a new list
   else
-    redis.call('EXPIRE', key, p.ttl, 'GT') -- never shorten a waiting client's inbox
+    redis.call('EXPIRE', key, q.ttl, 'GT') -- never shorten a waiting client's inbox
   end
 end
 
 if not damaged then
   local touched = false
-  for _, field in ipairs(COUNTERS) do
-    if total[field] ~= 0 then
+  for k, field in ipairs(COUNTERS) do
+    if total[k] ~= 0 then
       touched = true
-      redis.call('HINCRBY', KEYS[1], field, total[field])
-      redis.call('HINCRBY', wkey, field, total[field])
+      redis.call('HINCRBY', KEYS[1], field, total[k])
+      redis.call('HINCRBY', wkey, field, total[k])
     end
   end
-  for k, by in pairs(per_model) do
-    if by ~= 0 then
-      redis.call('HINCRBY', KEYS[3], k, by)
+  for model, c in pairs(models) do
+    for k, field in ipairs(COUNTERS) do
+      if c[k] ~= 0 then
+        redis.call('HINCRBY', KEYS[3], field .. ':' .. model, c[k])
+      end
     end
   end
   if touched then
