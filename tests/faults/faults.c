@@ -11,6 +11,8 @@
 
 #include "faults.h"
 
+#include "../harness/kt_job.h"
+
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -77,19 +79,24 @@ void fx_msg_take(fx_msg_t *m, fx_job_t *job)
         msgpack_sbuffer_destroy(&m->sb);
 }
 
-/* A good job as the protocol's f32 form, packed here (not with job_encode). */
+/* A good job as the protocol's f32 form (v2), packed here (not with
+ * job_encode). */
 static void fx_pack_good(fx_t *fx, const fx_job_t *job, fx_msg_t *m)
 {
         fx_msg_init(m);
-        msgpack_pack_map(&m->pk, 5);
+        msgpack_pack_map(&m->pk, job->inbox ? 6 : 5);
         fx_msg_str(m, "v");
-        msgpack_pack_uint32(&m->pk, 1);
+        msgpack_pack_uint32(&m->pk, 2);
         fx_msg_str(m, "id");
         fx_msg_str(m, job->id);
         fx_msg_str(m, "user");
         fx_msg_str(m, fx_user(fx, job->user));
         fx_msg_str(m, "model");
         fx_msg_str(m, "mlp");
+        if (job->inbox) {
+                fx_msg_str(m, "inbox");
+                fx_msg_str(m, FX_INBOX);
+        }
         fx_msg_str(m, "input");
         msgpack_pack_map(&m->pk, 3);
         fx_msg_str(m, "dtype");
@@ -396,6 +403,7 @@ int fx_add_good(fx_t *fx, int n)
                 fx_job_t *job = fx_job_new(fx);
                 snprintf(job->id, sizeof(job->id), "%s-%05d", fx->tag, i);
                 job->user = i % fx->n_users;
+                job->inbox = 1;
                 job->rows = 1 + (int)((fx->rng >> 33) % FX_MAXROWS);
                 for (int v = 0; v < job->rows * FX_IN; v++)
                         job->x[v] = (float)(fx_rnd(fx) * 2.0);
@@ -621,10 +629,17 @@ long long fx_redis_info(fx_t *fx, const char *section, const char *field)
         return v;
 }
 
+/* A message with a readable id and user has an address: it gets a result.
+ * One without either is dead-lettered (fx_check refuses a job slot that
+ * claims an id but no user and no DLQ copy: a test bug). */
 static int fx_expects_result(const fx_job_t *job)
 {
-        return !job->dlq && job->id[0];
+        return !job->dlq && job->id[0] && job->user >= 0;
 }
+
+/* The result key of a job: kinfer:{USER}:result:ID (docs/protocol.md, "Redis
+ * keys"), spelled here, not with the worker's kf_keys. */
+#define FX_RESULT_FMT "kinfer:{%s}:result:%s"
 
 static long long fx_count_results_once(fx_t *fx, int upto)
 {
@@ -638,7 +653,8 @@ static long long fx_count_results_once(fx_t *fx, int upto)
                 return -1;
         for (int i = 0; i < upto; i++)
                 if (fx_expects_result(&fx->jobs[i])) {
-                        redisAppendCommand(fx->rc, "EXISTS kinfer:result:%s", fx->jobs[i].id);
+                        redisAppendCommand(fx->rc, "EXISTS " FX_RESULT_FMT,
+                                           fx_user(fx, fx->jobs[i].user), fx->jobs[i].id);
                         sent++;
                 }
         for (int s = 0; s < sent; s++) {
@@ -669,19 +685,25 @@ long long fx_count_by_worker(fx_t *fx, int upto, const char *worker)
                 return -1;
         for (int i = 0; i < upto; i++)
                 if (fx_expects_result(&fx->jobs[i])) {
-                        redisAppendCommand(fx->rc, "HGET kinfer:result:%s worker",
-                                           fx->jobs[i].id);
+                        redisAppendCommand(fx->rc, "GET " FX_RESULT_FMT,
+                                           fx_user(fx, fx->jobs[i].user), fx->jobs[i].id);
                         sent++;
                 }
         for (int s = 0; s < sent; s++) {
                 redisReply *r;
+                kf_result_t res;
+                char err[256];
                 if (redisGetReply(fx->rc, (void **)&r) != REDIS_OK || !r) {
                         redisFree(fx->rc);
                         fx->rc = NULL;
                         return -1;
                 }
-                if (r->type == REDIS_REPLY_STRING && !strcmp(r->str, worker))
+                memset(&res, 0, sizeof(res));
+                if (r->type == REDIS_REPLY_STRING &&
+                    kf_result_decode(r->str, r->len, &res, err, sizeof(err)) == 0 &&
+                    !strcmp(res.worker, worker))
                         n++;
+                kf_result_clear(&res);
                 freeReplyObject(r);
         }
         return n;
@@ -723,7 +745,7 @@ static void fx_report_missing(fx_t *fx, char *out, size_t out_size)
                 redisReply *r;
                 if (!fx_expects_result(job))
                         continue;
-                r = fx_redis(fx, "EXISTS kinfer:result:%s", job->id);
+                r = fx_redis(fx, "EXISTS " FX_RESULT_FMT, fx_user(fx, job->user), job->id);
                 if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
                         if (shown++ < 20)
                                 print_error("missing result: %s (user %s, %s/%d/%lld)\n", job->id,
@@ -787,56 +809,71 @@ static long long fx_elem_ll(const redisReply *r, size_t i)
                 fail_msg(__VA_ARGS__);                                                     \
         } while (0)
 
-/* One job's result against what it must be. */
-static void fx_check_job(fx_t *fx, const fx_job_t *job, const redisReply *h, const redisReply *d,
-                         const redisReply *ttl)
+static const char *fx_model_of(const fx_job_t *job)
 {
-        /* h: status id user model version shape output error message worker source */
-        const char *status = fx_elem(h, 0), *want = job->want_error ? "error" : "ok";
+        return job->model ? job->model : "mlp";
+}
+
+int fx_text_matches(const char *text, const char *want)
+{
+        if (!text || !text[0])
+                return 0;
+        if (!want)
+                return 1;
+        if (want[0] == '^')
+                return !strncmp(text, want + 1, strlen(want + 1));
+        return strstr(text, want) != NULL;
+}
+
+/* One job's decoded result against what it must be. */
+static void fx_check_job(fx_t *fx, const fx_job_t *job, const kf_result_t *r, long long ttl)
+{
+        const char *want = job->want_error ? "error" : "ok";
         char source[128];
 
-        if (!status)
-                FX_FAIL(fx, "job %s: no result", job->id);
-        if (strcmp(status, want))
-                FX_FAIL(fx, "job %s: status %s (%s: %s), want %s%s%s", job->id, status,
-                        fx_elem(h, 7) ? fx_elem(h, 7) : "-", fx_elem(h, 8) ? fx_elem(h, 8) : "-",
+        if (r->ok != !job->want_error)
+                FX_FAIL(fx, "job %s: status %s (%s: %s), want %s%s%s", job->id,
+                        r->ok ? "ok" : "error", r->ok ? "-" : r->error, r->ok ? "-" : r->message,
                         want, job->want_error ? " " : "", job->want_error ? job->want_error : "");
-        if (!fx_elem(h, 1) || strcmp(fx_elem(h, 1), job->id))
-                FX_FAIL(fx, "job %s: result id '%s'", job->id, fx_elem(h, 1));
-        if (job->user >= 0 && (!fx_elem(h, 2) || strcmp(fx_elem(h, 2), fx_user(fx, job->user))))
-                FX_FAIL(fx, "job %s: result user '%s', want %s", job->id, fx_elem(h, 2),
+        if (r->v != 2)
+                FX_FAIL(fx, "job %s: result v %llu, want 2", job->id, (unsigned long long)r->v);
+        if (strcmp(r->id, job->id))
+                FX_FAIL(fx, "job %s: result id '%s'", job->id, r->id);
+        if (strcmp(r->user, fx_user(fx, job->user)))
+                FX_FAIL(fx, "job %s: result user '%s', want %s", job->id, r->user,
                         fx_user(fx, job->user));
-        if (!fx_elem(h, 9) || !fx_elem(h, 9)[0])
+        if (strcmp(r->model, fx_model_of(job)))
+                FX_FAIL(fx, "job %s: result model '%s', want '%s'", job->id, r->model,
+                        fx_model_of(job));
+        if (!r->worker[0])
                 FX_FAIL(fx, "job %s: no worker field", job->id);
         snprintf(source, sizeof(source), "%s/%d/%lld", FX_TOPIC, (int)job->partition,
                  (long long)job->offset);
-        if (!fx_elem(h, 10) || strcmp(fx_elem(h, 10), source))
-                FX_FAIL(fx, "job %s: source '%s', want %s", job->id, fx_elem(h, 10), source);
+        if (strcmp(r->source, source))
+                FX_FAIL(fx, "job %s: source '%s', want %s", job->id, r->source, source);
         if (job->want_error) {
-                if (!fx_elem(h, 7) || strcmp(fx_elem(h, 7), job->want_error))
-                        FX_FAIL(fx, "job %s: error '%s' (%s), want %s", job->id, fx_elem(h, 7),
-                                fx_elem(h, 8) ? fx_elem(h, 8) : "no message", job->want_error);
-                if (!fx_elem(h, 8) || !fx_elem(h, 8)[0])
-                        FX_FAIL(fx, "job %s: error %s without a message", job->id,
-                                job->want_error);
+                if (strcmp(r->error, job->want_error))
+                        FX_FAIL(fx, "job %s: error '%s' (%s), want %s", job->id, r->error,
+                                r->message[0] ? r->message : "no message", job->want_error);
+                if (!fx_text_matches(r->message, job->want_message))
+                        FX_FAIL(fx, "job %s: error %s with message '%s', want %s%s", job->id,
+                                job->want_error, r->message,
+                                job->want_message ? "one with " : "one",
+                                job->want_message ? job->want_message : "");
         } else {
-                char shape[32];
-                snprintf(shape, sizeof(shape), "%d,%d", job->rows, FX_OUT);
-                if (!fx_elem(h, 5) || strcmp(fx_elem(h, 5), shape))
-                        FX_FAIL(fx, "job %s: shape '%s', want %s", job->id, fx_elem(h, 5), shape);
-                if (!fx_elem(h, 4) || strcmp(fx_elem(h, 4), "1"))
-                        FX_FAIL(fx, "job %s: version '%s'", job->id, fx_elem(h, 4));
-                if (h->element[6]->type != REDIS_REPLY_STRING ||
-                    h->element[6]->len != (size_t)job->rows * FX_OUT * 4)
-                        FX_FAIL(fx, "job %s: output of %zu bytes, want %d", job->id,
-                                h->element[6]->type == REDIS_REPLY_STRING ? h->element[6]->len : 0,
-                                job->rows * FX_OUT * 4);
+                if (r->rows != (uint32_t)job->rows || r->cols != FX_OUT)
+                        FX_FAIL(fx, "job %s: shape [%u, %u], want [%d, %d]", job->id, r->rows,
+                                r->cols, job->rows, FX_OUT);
+                if (r->version != 1)
+                        FX_FAIL(fx, "job %s: version %llu, want 1", job->id,
+                                (unsigned long long)r->version);
+                if (!r->output)
+                        FX_FAIL(fx, "job %s: ok result without output", job->id);
                 for (int row = 0; row < job->rows; row++) {
                         double y[FX_OUT];
                         fx_reference(fx, job->x + row * FX_IN, y);
                         for (int k = 0; k < FX_OUT; k++) {
-                                float got;
-                                memcpy(&got, h->element[6]->str + (row * FX_OUT + k) * 4, 4);
+                                float got = r->output[row * FX_OUT + k];
                                 if (!(fabs(got - y[k]) <= 1e-5 * fmax(1.0, fabs(y[k]))))
                                         FX_FAIL(fx,
                                                 "job %s row %d col %d: got %.9g, reference %.9g",
@@ -844,175 +881,326 @@ static void fx_check_job(fx_t *fx, const fx_job_t *job, const redisReply *h, con
                         }
                 }
         }
-        /* One atomic step per job: exactly one done element, the status. */
-        if (d->type != REDIS_REPLY_ARRAY || d->elements != 1)
-                FX_FAIL(fx, "job %s: done list has %zu elements, want 1 (written twice?)", job->id,
-                        d->type == REDIS_REPLY_ARRAY ? d->elements : 0);
-        if (d->element[0]->type != REDIS_REPLY_STRING || strcmp(d->element[0]->str, status))
-                FX_FAIL(fx, "job %s: done list holds '%s', status is %s", job->id,
-                        d->element[0]->type == REDIS_REPLY_STRING ? d->element[0]->str : "?",
-                        status);
-        if (ttl->type != REDIS_REPLY_INTEGER || ttl->integer <= 0)
-                FX_FAIL(fx, "job %s: result TTL %lld, want > 0", job->id,
-                        ttl->type == REDIS_REPLY_INTEGER ? ttl->integer : -99);
+        if (ttl <= 0)
+                FX_FAIL(fx, "job %s: result TTL %lld, want > 0", job->id, ttl);
 }
 
-/* The per-model hash and the quota-window hashes count the same charges as
- * the lifetime hash (docs/protocol.md, Usage counters). */
-static void fx_check_usage_split(fx_t *fx, int u, long long jobs, long long rows)
+static int fx_cmp_str(const void *a, const void *b)
 {
-        long long wj = 0, wr = 0, wf = 0;
-        redisReply *keys, *r = fx_redis(fx, "HMGET kinfer:usage:%s:model:mlp jobs rows flops",
-                                        fx_user(fx, u));
+        return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The user's inbox FX_INBOX announces every job of the user that named it
+ * (at least once: a redelivered or duplicate job is pushed again) and
+ * nothing else, and lives (a TTL).  Returns how many ids were announced more
+ * than once. */
+static long long fx_check_inbox(fx_t *fx, int u)
+{
+        const char **want = calloc((size_t)fx->n_jobs + 1, sizeof(*want));
+        const char **got;
+        long long extra = 0;
+        size_t n_want = 0, w = 0, g = 0;
+        redisReply *l, *t;
+
+        assert_non_null(want);
+        for (int i = 0; i < fx->n_jobs; i++)
+                if (fx_expects_result(&fx->jobs[i]) && fx->jobs[i].user == u &&
+                    fx->jobs[i].inbox)
+                        want[n_want++] = fx->jobs[i].id;
+        l = fx_redis(fx, "LRANGE kinfer:{%s}:inbox:" FX_INBOX " 0 -1", fx_user(fx, u));
+        assert_non_null(l);
+        if (l->type != REDIS_REPLY_ARRAY)
+                FX_FAIL(fx, "inbox of %s: LRANGE answered type %d (%s)", fx_user(fx, u), l->type,
+                        l->type == REDIS_REPLY_ERROR ? l->str : "not a list");
+        got = calloc(l->elements + 1, sizeof(*got));
+        assert_non_null(got);
+        for (size_t k = 0; k < l->elements; k++) {
+                if (l->element[k]->type != REDIS_REPLY_STRING)
+                        FX_FAIL(fx, "inbox of %s: element %zu is not a string", fx_user(fx, u),
+                                k);
+                got[k] = l->element[k]->str;
+        }
+        qsort(want, n_want, sizeof(*want), fx_cmp_str);
+        qsort(got, l->elements, sizeof(*got), fx_cmp_str);
+        /* Merge the two sorted lists: every wanted id at least once, no other. */
+        while (w < n_want || g < l->elements) {
+                int c = w == n_want ? 1 : g == l->elements ? -1 : strcmp(want[w], got[g]);
+                size_t same = 0;
+                if (c < 0)
+                        FX_FAIL(fx, "job %s of %s: its id is not on kinfer:{%s}:inbox:" FX_INBOX
+                                    " (%zu ids there): its result was never announced",
+                                want[w], fx_user(fx, u), fx_user(fx, u), l->elements);
+                if (c > 0)
+                        FX_FAIL(fx, "kinfer:{%s}:inbox:" FX_INBOX " holds '%s', the id of no "
+                                    "job of %s that names this inbox",
+                                fx_user(fx, u), got[g], fx_user(fx, u));
+                while (g < l->elements && !strcmp(want[w], got[g])) {
+                        g++;
+                        same++;
+                }
+                extra += same > 1;
+                w++;
+        }
+        if (n_want) {
+                t = fx_redis(fx, "TTL kinfer:{%s}:inbox:" FX_INBOX, fx_user(fx, u));
+                assert_non_null(t);
+                if (t->type != REDIS_REPLY_INTEGER || t->integer <= 0)
+                        FX_FAIL(fx, "kinfer:{%s}:inbox:" FX_INBOX ": TTL %lld, want > 0",
+                                fx_user(fx, u),
+                                t->type == REDIS_REPLY_INTEGER ? t->integer : -99LL);
+                freeReplyObject(t);
+        }
+        freeReplyObject(l);
+        free(got);
+        free(want);
+        return extra;
+}
+
+/* What one user's ok and error results add up to, per model. */
+#define FX_MAX_MODELS 8
+typedef struct fx_usage_s {
+        long long jobs, rows, errors;
+        struct {
+                const char *model;
+                long long jobs, rows, errors;
+        } m[FX_MAX_MODELS];
+        int n_models;
+} fx_usage_t;
+
+static void fx_usage_add(fx_usage_t *us, const char *model, int ok, long long rows)
+{
+        int k;
+        if (ok) {
+                us->jobs++;
+                us->rows += rows;
+        } else {
+                us->errors++;
+        }
+        if (!model[0]) /* no readable model: the lifetime counters only */
+                return;
+        for (k = 0; k < us->n_models && strcmp(us->m[k].model, model); k++)
+                ;
+        if (k == us->n_models) {
+                assert_true(k < FX_MAX_MODELS);
+                us->m[us->n_models++].model = model;
+        }
+        if (ok) {
+                us->m[k].jobs++;
+                us->m[k].rows += rows;
+        } else {
+                us->m[k].errors++;
+        }
+}
+
+/* kinfer:{USER}:usage:models holds exactly the per-model counters the
+ * results add up to (fields jobs:MODEL rows:MODEL flops:MODEL errors:MODEL),
+ * and the quota-window hashes add up to the lifetime ones
+ * (docs/protocol.md, Usage counters). */
+static void fx_check_usage_split(fx_t *fx, int u, const fx_usage_t *us)
+{
+        static const char *const counters[] = {"jobs", "rows", "flops", "errors"};
+        long long wj = 0, wr = 0, wf = 0, we = 0;
+        int matched = 0, want_fields = 0;
+        redisReply *keys, *r = fx_redis(fx, "HGETALL kinfer:{%s}:usage:models", fx_user(fx, u));
+
         assert_non_null(r);
-        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-        if (fx_elem_ll(r, 0) != jobs || fx_elem_ll(r, 1) != rows ||
-            fx_elem_ll(r, 2) != rows * FX_FLOPS_PER_ROW)
-                FX_FAIL(fx, "usage of %s for model mlp: jobs %lld rows %lld flops %lld, want "
-                            "%lld %lld %lld",
-                        fx_user(fx, u), fx_elem_ll(r, 0), fx_elem_ll(r, 1), fx_elem_ll(r, 2), jobs,
-                        rows, rows * FX_FLOPS_PER_ROW);
+        if (r->type != REDIS_REPLY_ARRAY)
+                FX_FAIL(fx, "kinfer:{%s}:usage:models: HGETALL answered type %d", fx_user(fx, u),
+                        r->type);
+        for (int k = 0; k < us->n_models; k++)
+                want_fields += (us->m[k].jobs != 0) + (us->m[k].rows != 0) +
+                               (us->m[k].rows * FX_FLOPS_PER_ROW != 0) + (us->m[k].errors != 0);
+        for (size_t e = 0; e + 1 < r->elements; e += 2) {
+                const char *field = fx_elem(r, e), *colon = field ? strchr(field, ':') : NULL;
+                long long got = fx_elem_ll(r, e + 1), want = 0;
+                size_t c;
+                int k;
+                if (!colon)
+                        FX_FAIL(fx, "kinfer:{%s}:usage:models: field '%s' is not COUNTER:MODEL",
+                                fx_user(fx, u), field ? field : "?");
+                for (c = 0; c < 4 && (strlen(counters[c]) != (size_t)(colon - field) ||
+                                      strncmp(field, counters[c], (size_t)(colon - field)));
+                     c++)
+                        ;
+                for (k = 0; k < us->n_models && strcmp(us->m[k].model, colon + 1); k++)
+                        ;
+                if (c < 4 && k < us->n_models) {
+                        long long v[4] = {us->m[k].jobs, us->m[k].rows,
+                                          us->m[k].rows * FX_FLOPS_PER_ROW, us->m[k].errors};
+                        want = v[c];
+                        matched += want != 0;
+                }
+                if (got != want)
+                        FX_FAIL(fx, "usage of %s per model: %s is %lld, want %lld (a lost or "
+                                    "doubled charge)",
+                                fx_user(fx, u), field, got, want);
+        }
+        if (matched != want_fields) {
+                for (int k = 0; k < us->n_models; k++)
+                        print_error("want for %s: jobs:%s %lld rows %lld errors %lld\n",
+                                    fx_user(fx, u), us->m[k].model, us->m[k].jobs, us->m[k].rows,
+                                    us->m[k].errors);
+                FX_FAIL(fx, "usage of %s per model: %d of the %d non-zero counters wanted in "
+                            "kinfer:{%s}:usage:models",
+                        fx_user(fx, u), matched, want_fields, fx_user(fx, u));
+        }
         freeReplyObject(r);
-        keys = fx_redis(fx, "KEYS kinfer:usage:%s:window:*", fx_user(fx, u));
+
+        keys = fx_redis(fx, "KEYS kinfer:{%s}:usage:window:*", fx_user(fx, u));
         assert_non_null(keys);
         assert_int_equal(keys->type, REDIS_REPLY_ARRAY);
         for (size_t k = 0; k < keys->elements; k++) {
-                r = fx_redis(fx, "HMGET %s jobs rows flops", keys->element[k]->str);
+                r = fx_redis(fx, "HMGET %s jobs rows flops errors", keys->element[k]->str);
                 assert_non_null(r);
+                assert_int_equal(r->type, REDIS_REPLY_ARRAY);
                 wj += fx_elem_ll(r, 0);
                 wr += fx_elem_ll(r, 1);
                 wf += fx_elem_ll(r, 2);
+                we += fx_elem_ll(r, 3);
                 freeReplyObject(r);
         }
-        if (wj != jobs || wr != rows || wf != rows * FX_FLOPS_PER_ROW)
+        if (wj != us->jobs || wr != us->rows || wf != us->rows * FX_FLOPS_PER_ROW ||
+            we != us->errors)
                 FX_FAIL(fx, "usage of %s over its %zu quota windows: jobs %lld rows %lld flops "
-                            "%lld, want %lld %lld %lld",
-                        fx_user(fx, u), keys->elements, wj, wr, wf, jobs, rows,
-                        rows * FX_FLOPS_PER_ROW);
+                            "%lld errors %lld, want %lld %lld %lld %lld",
+                        fx_user(fx, u), keys->elements, wj, wr, wf, we, us->jobs, us->rows,
+                        us->rows * FX_FLOPS_PER_ROW, us->errors);
         freeReplyObject(keys);
 }
 
 void fx_check(fx_t *fx)
 {
-        long long jobs[FX_MAX_USERS] = {0}, rows[FX_MAX_USERS] = {0}, errs[FX_MAX_USERS] = {0};
-        long long stats_errors = 0, undecodable = 0, ok = 0, errors = 0;
+        fx_usage_t *usage = calloc(FX_MAX_USERS, sizeof(*usage));
+        long long undecodable = 0, ok = 0, errors = 0, announced_again = 0, *ttl;
         redisReply *r;
-        int sent = 0;
 
+        assert_non_null(usage);
         assert_false(fx->streaming);
         if (!fx->rc)
                 assert_int_equal(fx_reconnect(fx), 0);
+        ttl = calloc((size_t)fx->n_jobs + 1, sizeof(*ttl));
+        assert_non_null(ttl);
+        /* The TTLs pipelined, then each result read with kt_result_get. */
         for (int i = 0; i < fx->n_jobs; i++) {
                 const fx_job_t *job = &fx->jobs[i];
-                if (!fx_expects_result(job))
+                if (!job->dlq && job->id[0] && job->user < 0)
+                        fail_msg("test bug: job %s has an id but no user, so no address: it "
+                                 "must be expected on the DLQ (dlq = 1)",
+                                 job->id);
+                if (fx_expects_result(job))
+                        redisAppendCommand(fx->rc, "TTL " FX_RESULT_FMT, fx_user(fx, job->user),
+                                           job->id);
+        }
+        for (int i = 0; i < fx->n_jobs; i++) {
+                redisReply *t;
+                if (!fx_expects_result(&fx->jobs[i]))
                         continue;
-                redisAppendCommand(fx->rc,
-                                   "HMGET kinfer:result:%s status id user model version shape "
-                                   "output error message worker source",
-                                   job->id);
-                redisAppendCommand(fx->rc, "LRANGE kinfer:done:%s 0 -1", job->id);
-                redisAppendCommand(fx->rc, "TTL kinfer:result:%s", job->id);
-                sent++;
+                assert_int_equal(redisGetReply(fx->rc, (void **)&t), REDIS_OK);
+                ttl[i] = t->type == REDIS_REPLY_INTEGER ? t->integer : -99;
+                freeReplyObject(t);
         }
         for (int i = 0; i < fx->n_jobs; i++) {
                 const fx_job_t *job = &fx->jobs[i];
-                redisReply *h, *d, *t;
+                kf_result_t res;
+                int rc;
                 if (job->dlq) {
                         undecodable++;
                         continue;
                 }
                 if (!fx_expects_result(job))
                         continue;
-                assert_int_equal(redisGetReply(fx->rc, (void **)&h), REDIS_OK);
-                assert_int_equal(redisGetReply(fx->rc, (void **)&d), REDIS_OK);
-                assert_int_equal(redisGetReply(fx->rc, (void **)&t), REDIS_OK);
-                assert_int_equal(h->type, REDIS_REPLY_ARRAY);
-                fx_check_job(fx, job, h, d, t);
-                freeReplyObject(h);
-                freeReplyObject(d);
-                freeReplyObject(t);
-                if (!job->want_error) {
-                        jobs[job->user]++;
-                        rows[job->user] += job->rows;
-                        ok++;
-                } else if (job->user >= 0) {
-                        errs[job->user]++;
-                        errors++;
-                } else {
-                        stats_errors++;
-                        errors++;
+                rc = kt_result_get(fx->rc, fx_user(fx, job->user), job->id, &res);
+                if (rc != 1) {
+                        kf_result_clear(&res);
+                        FX_FAIL(fx, "job %s of %s: %s", job->id, fx_user(fx, job->user),
+                                rc == 0 ? "no result" : "the result cannot be read (above)");
                 }
+                fx_check_job(fx, job, &res, ttl[i]);
+                kf_result_clear(&res);
+                fx_usage_add(&usage[job->user], fx_model_of(job), !job->want_error, job->rows);
+                if (!job->want_error)
+                        ok++;
+                else
+                        errors++;
         }
-        (void)sent;
+        free(ttl);
 
         for (int u = 0; u < fx->n_users; u++) {
-                r = fx_redis(fx, "HMGET kinfer:usage:%s jobs rows flops errors", fx_user(fx, u));
+                const fx_usage_t *us = &usage[u];
+                r = fx_redis(fx, "HMGET kinfer:{%s}:usage jobs rows flops errors",
+                             fx_user(fx, u));
                 assert_non_null(r);
                 assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-                if (fx_elem_ll(r, 0) != jobs[u] || fx_elem_ll(r, 1) != rows[u] ||
-                    fx_elem_ll(r, 2) != rows[u] * FX_FLOPS_PER_ROW || fx_elem_ll(r, 3) != errs[u])
+                if (fx_elem_ll(r, 0) != us->jobs || fx_elem_ll(r, 1) != us->rows ||
+                    fx_elem_ll(r, 2) != us->rows * FX_FLOPS_PER_ROW ||
+                    fx_elem_ll(r, 3) != us->errors)
                         FX_FAIL(fx,
                                 "usage of %s: jobs %lld rows %lld flops %lld errors %lld, want "
                                 "%lld %lld %lld %lld (a lost or doubled charge)",
                                 fx_user(fx, u), fx_elem_ll(r, 0), fx_elem_ll(r, 1),
-                                fx_elem_ll(r, 2), fx_elem_ll(r, 3), jobs[u], rows[u],
-                                rows[u] * FX_FLOPS_PER_ROW, errs[u]);
+                                fx_elem_ll(r, 2), fx_elem_ll(r, 3), us->jobs, us->rows,
+                                us->rows * FX_FLOPS_PER_ROW, us->errors);
                 freeReplyObject(r);
-                fx_check_usage_split(fx, u, jobs[u], rows[u]);
+                fx_check_usage_split(fx, u, us);
+                announced_again += fx_check_inbox(fx, u);
         }
-        r = fx_redis(fx, "HMGET kinfer:stats errors undecodable");
+        free(usage);
+        r = fx_redis(fx, "HGET kinfer:stats undecodable");
         assert_non_null(r);
-        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-        if (fx_elem_ll(r, 0) != stats_errors)
-                FX_FAIL(fx, "kinfer:stats errors %lld, want %lld", fx_elem_ll(r, 0), stats_errors);
-        if (fx->redelivered_dlq ? fx_elem_ll(r, 1) < undecodable
-                                : fx_elem_ll(r, 1) != undecodable)
-                FX_FAIL(fx, "kinfer:stats undecodable %lld, want %lld", fx_elem_ll(r, 1),
-                        undecodable);
+        {
+                long long got = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+                if (fx->redelivered_dlq ? got < undecodable : got != undecodable)
+                        FX_FAIL(fx, "kinfer:stats undecodable %lld, want %s%lld", got,
+                                fx->redelivered_dlq ? ">= " : "", undecodable);
+        }
         freeReplyObject(r);
         print_message("%s: %lld ok results, %lld error results, %lld dead-lettered: all exactly "
-                      "once, usage exact\n",
-                      fx->tag, ok, errors, undecodable);
+                      "once, usage exact, every announced (%lld more than once)\n",
+                      fx->tag, ok, errors, undecodable, announced_again);
 }
 
 /* ---- snapshots -------------------------------------------------------- */
+
+/* "worker started done" of job i's result, "" when it has none. */
+static void fx_snapshot_of(fx_t *fx, int i, char *out, size_t size)
+{
+        const fx_job_t *job = &fx->jobs[i];
+        kf_result_t r;
+        int rc;
+
+        out[0] = '\0';
+        if (!fx->rc)
+                assert_int_equal(fx_reconnect(fx), 0);
+        rc = kt_result_get(fx->rc, fx_user(fx, job->user), job->id, &r);
+        if (rc < 0)
+                FX_FAIL(fx, "job %s: the result cannot be read (above)", job->id);
+        if (rc == 1)
+                snprintf(out, size, "%s %llu %llu", r.worker, (unsigned long long)r.started,
+                         (unsigned long long)r.done);
+        kf_result_clear(&r);
+}
 
 void fx_snapshot_take(fx_t *fx, fx_snapshot_t *snap)
 {
         snap->n = fx->n_jobs;
         snap->val = calloc((size_t)fx->n_jobs + 1, sizeof(*snap->val));
         assert_non_null(snap->val);
-        for (int i = 0; i < fx->n_jobs; i++) {
-                redisReply *r;
-                if (!fx_expects_result(&fx->jobs[i]))
-                        continue;
-                r = fx_redis(fx, "HMGET kinfer:result:%s worker started done", fx->jobs[i].id);
-                assert_non_null(r);
-                assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-                if (fx_elem(r, 0))
-                        snprintf(snap->val[i], sizeof(snap->val[i]), "%s %s %s", fx_elem(r, 0),
-                                 fx_elem(r, 1) ? fx_elem(r, 1) : "-",
-                                 fx_elem(r, 2) ? fx_elem(r, 2) : "-");
-                freeReplyObject(r);
-        }
+        for (int i = 0; i < fx->n_jobs; i++)
+                if (fx_expects_result(&fx->jobs[i]))
+                        fx_snapshot_of(fx, i, snap->val[i], sizeof(snap->val[i]));
 }
 
 void fx_snapshot_check(fx_t *fx, const fx_snapshot_t *snap)
 {
         for (int i = 0; i < snap->n; i++) {
-                redisReply *r;
-                char now[96];
+                char now[320];
                 if (!snap->val[i][0])
                         continue;
-                r = fx_redis(fx, "HMGET kinfer:result:%s worker started done", fx->jobs[i].id);
-                assert_non_null(r);
-                snprintf(now, sizeof(now), "%s %s %s", fx_elem(r, 0) ? fx_elem(r, 0) : "-",
-                         fx_elem(r, 1) ? fx_elem(r, 1) : "-", fx_elem(r, 2) ? fx_elem(r, 2) : "-");
-                freeReplyObject(r);
+                fx_snapshot_of(fx, i, now, sizeof(now));
                 if (strcmp(now, snap->val[i]))
                         FX_FAIL(fx, "job %s: result replaced: was '%s' (worker started done), "
                                     "now '%s'",
-                                fx->jobs[i].id, snap->val[i], now);
+                                fx->jobs[i].id, snap->val[i], now[0] ? now : "(none)");
         }
 }
 

@@ -2,19 +2,24 @@
  *
  * A fault test is: a private stack (real redis-server + dev broker, see
  * tests/harness/stack.h), a test-packed model, a known set of jobs produced
- * straight to Kafka with librdkafka (idempotent, acks=all; each job's
- * partition/offset recorded from its delivery report), workers, a fault, and
- * then the one check every case shares (fx_check):
- *   - every job that has a readable id has exactly one result: the expected
- *     status, the output within 1e-5 of a double-precision reference computed
- *     here with plain loops, `source` = the job's own partition/offset, and a
- *     done list holding exactly one element;
- *   - every user's usage counters equal what the ok results add up to
- *     (jobs, rows, flops = rows x 2 x sum in*out), errors equal the error
- *     results: a duplicate charge or a lost job cannot hide;
- *   - kinfer:stats counts the id-less messages and the user-less errors.
- * Messages without a readable id are checked against the dead-letter topic
- * with fx_dlq_read.
+ * straight to Kafka with librdkafka (acks=all; each job's partition/offset
+ * recorded from its delivery report), workers, a fault, and then the one
+ * check every case shares (fx_check), against docs/protocol.md (v2):
+ *   - every job that has a readable id and user has exactly one result, the
+ *     value at kinfer:{USER}:result:ID (read and decoded with kt_result_get):
+ *     the expected status and error code, output within 1e-5 of a
+ *     double-precision reference computed here with plain loops, `source` =
+ *     the job's own partition/offset, a TTL; and every job that names the
+ *     inbox FX_INBOX has its id on kinfer:{USER}:inbox:fx at least once (a
+ *     redelivery or duplicate pushes it again, as documented), and that inbox
+ *     holds no id of anything else;
+ *   - every user's usage counters (lifetime, per model, summed over the quota
+ *     windows) equal what the ok results add up to (jobs, rows, flops = rows
+ *     x 2 x sum in*out), errors equal the error results: a duplicate charge
+ *     or a lost job cannot hide;
+ *   - kinfer:stats undecodable counts the messages without an address.
+ * Messages without a readable id or user are checked against the dead-letter
+ * topic with fx_dlq_read.
  *
  * Everything here asserts with cmocka; call it from the test thread only.
  * Waits poll a condition with generous timeouts: no fixed sleeps. */
@@ -39,15 +44,25 @@
 #define FX_TOPIC     "kinfer.jobs"
 #define FX_DLQ_TOPIC "kinfer.dlq"
 #define FX_GROUP     "kinfer-workers"
+#define FX_INBOX     "fx" /* the inbox every good job names */
 
 /* One message the test produces, and what it must become. */
 typedef struct fx_job_s {
         char id[160];       /* the job id a result is keyed by; "" = none readable */
-        int user;           /* index of its user; -1 = no readable user */
+        int user;           /* index of its user; -1 = no readable user (then the
+                               message has no address: dlq must be 1) */
         int rows;           /* input rows (good jobs) */
         float x[FX_MAXROWS * FX_IN];
         const char *want_error; /* NULL: an ok result; else the error code expected
                                    (on the result, or in kinfer.error on the DLQ) */
+        const char *want_message; /* NULL: any non-empty message; else text the
+                                     result's message (or the DLQ copy's
+                                     kinfer.reason) contains; a leading '^'
+                                     means it must start with the rest */
+        const char *model;  /* the model the result names and is charged to:
+                               NULL = "mlp", "" = none readable */
+        int inbox;          /* 1: the message names the inbox FX_INBOX, so its id
+                               must be pushed onto kinfer:{USER}:inbox:fx */
         int dlq;            /* 1: no result possible; expect a DLQ copy instead */
         char *value;        /* a hand-made message value (malloc'd), or NULL to
                                encode the good job from id/user/rows/x */
@@ -86,7 +101,7 @@ typedef struct fx_s {
         atomic_int produced; /* jobs [0, produced) have been handed to librdkafka */
         atomic_int stream_stop;
         int passed;          /* set by fx_finish; else teardown keeps logs */
-        int redelivered_dlq; /* 1: id-less messages may have been redelivered, so
+        int redelivered_dlq; /* 1: address-less messages may have been redelivered, so
                                 kinfer:stats undecodable (a plain counter, not
                                 part of the idempotent step) may count some
                                 twice: fx_check then wants >= instead of == */
@@ -119,11 +134,12 @@ void fx_push_model(fx_t *fx);
  * every process log for sanitizer reports; marks the test passed. */
 void fx_finish(fx_t *fx, const int *slots, int n_slots);
 
-/* Appends n good jobs (random 1..3 rows, users round-robin).  Returns the
- * index of the first. */
+/* Appends n good jobs (random 1..3 rows, users round-robin, inbox
+ * FX_INBOX).  Returns the index of the first. */
 int fx_add_good(fx_t *fx, int n);
 
-/* Appends one job slot for a hand-made message; the caller fills it. */
+/* Appends one job slot for a hand-made message (user -1, no id, no inbox);
+ * the caller fills it: an id and a user for a result, or dlq = 1. */
 fx_job_t *fx_add_raw(fx_t *fx);
 
 /* Produces jobs [from, to) and waits for every delivery report. */
@@ -147,11 +163,12 @@ int fx_produced(fx_t *fx);
 #define fx_run(tests) fx_run_group(__FILE__, tests, sizeof(tests) / sizeof((tests)[0]))
 int fx_run_group(const char *name, const struct CMUnitTest *tests, size_t n);
 
-/* How many of jobs [0, upto) have a result hash (pipelined EXISTS), or -1 if
- * Redis did not answer. */
+/* How many of jobs [0, upto) have a result (pipelined EXISTS of
+ * kinfer:{USER}:result:ID), or -1 if Redis did not answer. */
 long long fx_count_results(fx_t *fx, int upto);
 
-/* How many results of jobs [0, upto) name `worker` as their writer. */
+/* How many results of jobs [0, upto) name `worker` as their writer
+ * (pipelined GETs, each value decoded with kf_result_decode). */
 long long fx_count_by_worker(fx_t *fx, int upto, const char *worker);
 
 /* Waits until at least n of jobs [0, upto) have a result.  Fails after
@@ -169,7 +186,7 @@ void fx_check(fx_t *fx);
  * show later that none was replaced (fx_snapshot_check). */
 typedef struct fx_snapshot_s {
         int n;
-        char (*val)[96];
+        char (*val)[320];
 } fx_snapshot_t;
 void fx_snapshot_take(fx_t *fx, fx_snapshot_t *snap);
 void fx_snapshot_check(fx_t *fx, const fx_snapshot_t *snap);
@@ -207,6 +224,10 @@ void fx_msg_raw(fx_msg_t *m, const void *bytes, size_t n);
 void fx_msg_f32(fx_msg_t *m, const float *v, size_t n); /* bin of LE float32 */
 /* Moves the bytes into job->value/len and frees the buffer. */
 void fx_msg_take(fx_msg_t *m, fx_job_t *job);
+
+/* Whether text matches want (see fx_job_t.want_message): NULL wants any
+ * non-empty text, "^abc" a text starting with abc, "abc" one containing it. */
+int fx_text_matches(const char *text, const char *want);
 
 /* The user name of index u. */
 const char *fx_user(fx_t *fx, int u);

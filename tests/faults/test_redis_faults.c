@@ -2,7 +2,7 @@
  * killed and restarted (with an append-only file, so what it acknowledged
  * survives), frozen past the workers' command timeout, its script cache
  * flushed, and out of memory.  Each case ends with fx_check: every job
- * exactly one result, usage exact (see faults.h). */
+ * exactly one result, announced on its inbox, usage exact (see faults.h). */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +17,8 @@
 #include <string.h>
 
 #include "faults.h"
+
+#include "../harness/kt_job.h"
 
 #define WAIT_MS 120000
 
@@ -182,22 +184,23 @@ static void test_script_flush(void **state)
         fx_finish(fx, w, 2);
 }
 
-/* Reads every user's lifetime usage and every produced job's result status
+/* Reads every user's lifetime usage and every produced job's result value
  * in one read-only script, an atomic snapshot that Redis serves even when it
  * is out of memory (MULTI would not be: it refuses to queue then), and checks
- * that the usage equals what the present ok results add up to: no step
- * charged without writing its result, or wrote without charging. */
+ * that the usage equals what the present ok results (decoded here with
+ * kf_result_decode) add up to: no step charged without writing its result,
+ * or wrote without charging. */
 static void check_no_partial_charge(fx_t *fx)
 {
         static const char snapshot_lua[] =
             "#!lua flags=no-writes\n"
             "local out = {}\n"
             "for i = 1, tonumber(ARGV[1]) do\n"
-            "  local h = redis.call('HMGET', KEYS[i], 'jobs', 'rows', 'flops')\n"
-            "  for k = 1, 3 do out[#out + 1] = h[k] or '0' end\n"
+            "  local h = redis.call('HMGET', KEYS[i], 'jobs', 'rows', 'flops', 'errors')\n"
+            "  for k = 1, 4 do out[#out + 1] = h[k] or '0' end\n"
             "end\n"
             "for i = tonumber(ARGV[1]) + 1, #KEYS do\n"
-            "  out[#out + 1] = redis.call('HGET', KEYS[i], 'status') or ''\n"
+            "  out[#out + 1] = redis.call('GET', KEYS[i]) or ''\n"
             "end\n"
             "return out\n";
         long long jobs[FX_MAX_USERS] = {0}, rows[FX_MAX_USERS] = {0};
@@ -214,12 +217,12 @@ static void check_no_partial_charge(fx_t *fx)
         argv[argc++] = snapshot_lua;
         argv[argc++] = numkeys;
         for (int u = 0; u < fx->n_users; u++) {
-                snprintf(keys[u], sizeof(keys[u]), "kinfer:usage:%s", fx_user(fx, u));
+                snprintf(keys[u], sizeof(keys[u]), "kinfer:{%s}:usage", fx_user(fx, u));
                 argv[argc++] = keys[u];
         }
         for (int i = 0; i < n; i++) {
-                snprintf(keys[fx->n_users + i], sizeof(keys[0]), "kinfer:result:%s",
-                         fx->jobs[i].id);
+                snprintf(keys[fx->n_users + i], sizeof(keys[0]), "kinfer:{%s}:result:%s",
+                         fx_user(fx, fx->jobs[i].user), fx->jobs[i].id);
                 argv[argc++] = keys[fx->n_users + i];
         }
         argv[argc++] = nusers;
@@ -230,23 +233,39 @@ static void check_no_partial_charge(fx_t *fx)
         assert_non_null(res);
         if (res->type != REDIS_REPLY_ARRAY)
                 fail_msg("snapshot script: %s", res->type == REDIS_REPLY_ERROR ? res->str : "?");
-        assert_int_equal(res->elements, (size_t)(3 * fx->n_users + n));
+        assert_int_equal(res->elements, (size_t)(4 * fx->n_users + n));
         for (int i = 0; i < n; i++) {
-                const redisReply *st = res->element[3 * fx->n_users + i];
-                if (st->type == REDIS_REPLY_STRING && !strcmp(st->str, "ok")) {
-                        jobs[fx->jobs[i].user]++;
-                        rows[fx->jobs[i].user] += fx->jobs[i].rows;
+                const redisReply *v = res->element[4 * fx->n_users + i];
+                kf_result_t r;
+                char err[256];
+                if (v->type != REDIS_REPLY_STRING || v->len == 0)
+                        continue; /* no result yet */
+                if (kf_result_decode(v->str, v->len, &r, err, sizeof(err))) {
+                        kf_result_clear(&r);
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("during OOM, the result of %s cannot be decoded: %s",
+                                 fx->jobs[i].id, err);
                 }
+                if (!r.ok) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("during OOM, job %s got an error result: %s: %s",
+                                 fx->jobs[i].id, r.error, r.message);
+                }
+                jobs[fx->jobs[i].user]++;
+                rows[fx->jobs[i].user] += fx->jobs[i].rows;
+                kf_result_clear(&r);
         }
         for (int u = 0; u < fx->n_users; u++) {
-                long long j = atoll(res->element[3 * u]->str);
-                long long rw = atoll(res->element[3 * u + 1]->str);
-                long long fl = atoll(res->element[3 * u + 2]->str);
-                if (j != jobs[u] || rw != rows[u] || fl != rows[u] * FX_FLOPS_PER_ROW) {
+                long long j = atoll(res->element[4 * u]->str);
+                long long rw = atoll(res->element[4 * u + 1]->str);
+                long long fl = atoll(res->element[4 * u + 2]->str);
+                long long er = atoll(res->element[4 * u + 3]->str);
+                if (j != jobs[u] || rw != rows[u] || fl != rows[u] * FX_FLOPS_PER_ROW ||
+                    er != 0) {
                         kt_stack_fail(&fx->stack);
-                        fail_msg("during OOM, %s is charged jobs %lld rows %lld flops %lld but "
-                                 "its results add up to %lld %lld %lld",
-                                 fx_user(fx, u), j, rw, fl, jobs[u], rows[u],
+                        fail_msg("during OOM, %s is charged jobs %lld rows %lld flops %lld "
+                                 "errors %lld but its results add up to %lld %lld %lld 0",
+                                 fx_user(fx, u), j, rw, fl, er, jobs[u], rows[u],
                                  rows[u] * FX_FLOPS_PER_ROW);
                 }
         }
