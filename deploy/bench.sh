@@ -3,7 +3,9 @@
 # machine.  Starts a private stack (redis-server on a free loopback port, the
 # dev broker, one worker), runs the reference workloads W1-W3 (drain, the
 # compute-only limit, open loop at 10, 25 and 50% of drain), samples the worker's RSS,
-# prints a table.  Everything it starts is stopped by PID on exit.
+# prints a table.  Everything it starts is stopped by PID on exit.  The CPU
+# figures come from kinfer bench --cpu-pids WORKER,BROKER,REDIS (/proc/PID/stat
+# of each process, all its threads); Redis' us/job is the redis-server line.
 #
 # Settings (environment):
 #   BENCH_REPEAT=3         runs per measurement; the table quotes medians
@@ -28,6 +30,28 @@
 #   BENCH_PROFILE=1        also profile one more drain per workload: perf on the
 #                          worker (top symbols) and Redis' per-command times
 #   BENCH_KEEP=1           keep the run directory (logs, JSON lines)
+#   BENCH_OUT=DIR          where the JSON lines and the table go (default BIN/bench)
+#   BENCH_RATE_FROM=DIR    take the open-loop rates from the drain JSON lines in DIR
+#                          (W1.drain.json, ...) instead of this run's drains
+#   BENCH_BIN_OLD=DIR      old against new in one run: see "Old against new" below
+#
+# The charge records of a run are found (memory report) and deleted at the
+# periods of the workers' charge horizon: to change it, set
+# KINFER_CHARGE_HORIZON (worker and kinfer bench both read it) rather than
+# passing --charge-horizon in BENCH_WORKER_ARGS.
+#
+# Old against new (BENCH_BIN_OLD=/path/to/old/build): each build is driven by
+# its own kinfer CLI (a build of another protocol version cannot read the
+# other's results), so this script runs itself once per workload and build,
+# each time with a fresh stack of that build's worker and broker: for W1 the
+# old build, then the new one, then W2 old, W2 new, ...  The new build's open
+# loops run at the old build's rates (BENCH_RATE_FROM), so both see the same
+# offered load.  Alternating per workload spreads slow changes of the machine
+# over both; the old build always goes first within a workload.  Each run
+# prints its own table as it ends; a side-by-side table closes, and all of it
+# stays in /tmp/kinfer-bench-ab-*/.  The old build's kinfer bench must take
+# this script's options (those of before protocol v2 do); its JSON lines lack
+# the Redis memory figures (-).  BENCH_SOAK_S is ignored there.
 set -euo pipefail
 BIN=${1:-build}
 BIN=$(cd "$BIN" && pwd)
@@ -48,9 +72,76 @@ declare -A MODEL=([W1]=tiny [W2]=mnist [W3]=mnist)
 declare -A ROWS=([W1]=1 [W2]=1 [W3]=64)
 declare -A WHAT=([W1]="MLP 16-32-4, 1 row/job" [W2]="MLP 784-512-512-10, 1 row/job"
                  [W3]="MLP 784-512-512-10, 64 rows/job")
+PY=/usr/bin/python3
+
+# ---- old against new: this script once per workload and build --------------
+if [ -n "${BENCH_BIN_OLD:-}" ]; then
+  OLD=$(cd "$BENCH_BIN_OLD" && pwd)
+  AB=$(mktemp -d /tmp/kinfer-bench-ab-XXXXXX)
+  rc=0
+  for w in $ONLY; do
+    for side in old new; do
+      bin=$([ $side = old ] && echo "$OLD" || echo "$BIN")
+      from=$([ $side = new ] && echo "$AB/old/$w" || echo "")
+      printf '\n======== %s, %s build (%s)\n' "$w" "$side" "$bin" >&2
+      BENCH_BIN_OLD= BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from BENCH_SOAK_S=0 \
+        bash "$0" "$bin" || { echo "bench: the $side build's $w run failed" >&2; rc=1; }
+    done
+  done
+  # the side-by-side table, from both builds' JSON lines
+  $PY - "$AB" "$ONLY" "$OPEN_PCT" "$OLD" "$BIN" <<'PYEOF' | tee "$AB/compare.md"
+import json, os, statistics, sys
+ab, only, pcts = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+def lines(side, w, kind):
+    f = os.path.join(ab, side, w, "%s.%s.json" % (w, kind))
+    return [json.loads(l) for l in open(f) if l.strip()] if os.path.exists(f) else []
+def med(js, *path):
+    v = []
+    for j in js:
+        for p in path:
+            j = j.get(p) if isinstance(j, dict) else None
+        if isinstance(j, (int, float)):
+            v.append(j)
+    return round(statistics.median(v), 2) if v else "-"
+W, K, R = "kinfer-worker", "kinfer-devbroke", "redis-server"
+print("\nOld (%s) against new (%s): medians; each build on its own stack, per workload the "
+      "old one first." % (sys.argv[4], sys.argv[5]))
+print("\n| workload | build | drain jobs/s | write lag ms | worker µs/job | broker µs/job | "
+      "redis µs/job | redis B/result | B/charge record | machine cores | other cores | "
+      "errors |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+for w in only:
+    for side in ("old", "new"):
+        d = lines(side, w, "drain")
+        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            w, side, med(d, "jobs_per_s"), med(d, "write_lag_ms"),
+            med(d, "cpu", W, "us_per_job"), med(d, "cpu", K, "us_per_job"),
+            med(d, "cpu", R, "us_per_job"), med(d, "redis_bytes_per_result"),
+            med(d, "redis_bytes_per_charge_record"), med(d, "cpu", "machine", "cores"),
+            med(d, "cpu", "other", "cores"),
+            sum(j.get("errors", 0) + j.get("missing", 0) for j in d) if d else "-"))
+print("\nOpen loop, both builds at the old build's rates:")
+print("\n| workload | build | rate jobs/s | achieved | p50 ms | p99 ms | visible p50 | "
+      "visible p99 | redis µs/job | machine cores | other cores | errors |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+for w in only:
+    for pct in pcts:
+        for side in ("old", "new"):
+            o = lines(side, w, "open" + pct)
+            print("| %s @%s%% | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                w, pct, side, med(o, "rate"), med(o, "jobs_per_s"), med(o, "p50_ms"),
+                med(o, "p99_ms"), med(o, "visible_p50_ms"), med(o, "visible_p99_ms"),
+                med(o, "cpu", R, "us_per_job"), med(o, "cpu", "machine", "cores"),
+                med(o, "cpu", "other", "cores"),
+                sum(j.get("errors", 0) + j.get("missing", 0) for j in o) if o else "-"))
+PYEOF
+  echo "bench: old against new: JSON lines and tables in $AB/{old,new}/W*/, this table in" \
+    "$AB/compare.md" >&2
+  exit $rc
+fi
+
 RUN=$(mktemp -d /tmp/kinfer-bench-XXXXXX)
 PIDS=()
-PY=/usr/bin/python3
 
 say() { printf '\n== %s\n' "$*" >&2; }
 
@@ -172,7 +263,10 @@ mkdir -p "$RUN/models"
 # The cores go to compute threads with one OpenBLAS thread each when the
 # worker has them, else to OpenBLAS threads; the compute-only limit runs the
 # same way.
-if "$BIN/kinfer-worker" --help | grep -q -- '--compute-threads'; then
+# (--help read whole first: under pipefail, `--help | grep -q` fails whenever
+# grep exits before the worker has written all of it)
+worker_help=$("$BIN/kinfer-worker" --help 2>&1 || true)
+if grep -q -- '--compute-threads' <<<"$worker_help"; then
   WORKER_THREADS=(--compute-threads "$CORES" --blas-threads 1)
   COMPUTE_THREADS=(--threads "$CORES" --blas-threads 1)
 else
@@ -259,8 +353,14 @@ if [ "${BENCH_PROFILE:-0}" = 1 ]; then
   done
 fi
 
-# rate W PCT: PCT% of W's median drain throughput, in jobs/s
-rate() { $PY -c "print(max(1, int($(median "$RUN/$1.drain.json" jobs_per_s) * $2 / 100)))"; }
+# rate W PCT: PCT% of W's median drain throughput (this run's, or BENCH_RATE_FROM's), in jobs/s
+rate() {
+  local f=$RUN/$1.drain.json
+  if [ -n "${BENCH_RATE_FROM:-}" ] && [ -s "$BENCH_RATE_FROM/$1.drain.json" ]; then
+    f=$BENCH_RATE_FROM/$1.drain.json
+  fi
+  $PY -c "print(max(1, int($(median "$f" jobs_per_s) * $2 / 100)))"
+}
 
 # ---- open loop at a fraction of the measured drain throughput ----------------
 for w in $ONLY; do
@@ -315,20 +415,24 @@ W=kinfer-worker K=kinfer-devbroke R=redis-server   # /proc/PID/comm names
   echo "batches of $BATCH_ROWS rows, ${COMPUTE_THREADS[*]}, no queue or Redis).  Worker:"
   echo "${WORKER_THREADS[*]}.  CPU: µs per job each process used during the drain; cores:"
   echo "busy cores (worker, whole machine, and 'other': processes that are not part of the"
-  echo "benchmark: should be ~0)."
+  echo "benchmark: should be ~0).  Redis memory once every result of a drain exists: bytes"
+  echo "per result (its key, value, keyspace and expire entries, share of the hash tables)"
+  echo "and per charge record (one field of the user's record hash); a v1 build has no such"
+  echo "figures (-)."
   echo
   echo "| workload | drain jobs/s | drain rows/s | compute-only rows/s | drain/compute |" \
-    "write lag ms | worker µs/job | broker µs/job | redis µs/job | worker cores |" \
-    "machine cores | other cores (drain/compute) | errors |"
-  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    "write lag ms | worker µs/job | broker µs/job | redis µs/job | redis B/result |" \
+    "B/charge record | worker cores | machine cores | other cores (drain/compute) | errors |"
+  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
   for w in $ONLY; do
     d=$RUN/$w.drain.json c=$RUN/$w.compute.json
     dr=$(median "$d" rows_per_s) cr=$(median "$c" rows_per_s)
-    printf '| %s (%s) | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n' \
+    printf '| %s (%s) | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n' \
       "$w" "${WHAT[$w]}" "$(median "$d" jobs_per_s)" "$dr" "$cr" \
       "$($PY -c "print(round(100 * $dr / $cr, 1) if $cr else 0)")" "$(median "$d" write_lag_ms)" \
       "$(median_cpu "$d" $W us_per_job)" "$(median_cpu "$d" $K us_per_job)" \
-      "$(median_cpu "$d" $R us_per_job)" "$(median_cpu "$d" $W cores)" \
+      "$(median_cpu "$d" $R us_per_job)" "$(median "$d" redis_bytes_per_result)" \
+      "$(median "$d" redis_bytes_per_charge_record)" "$(median_cpu "$d" $W cores)" \
       "$(median_cpu "$d" machine cores)" "$(median_cpu "$d" other cores)" \
       "$(median_cpu "$c" other cores)" "$(( $(sum "$d" errors) + $(sum "$d" missing) ))"
   done
@@ -336,8 +440,9 @@ W=kinfer-worker K=kinfer-devbroke R=redis-server   # /proc/PID/comm names
   echo "Open loop at ${OPEN_PCT// /, }% of the drain throughput, $OPEN_S s per run, producer"
   echo "linger.ms=$LINGER_MS, worker fetch.wait.max.ms=$FETCH_WAIT_MS; latency = the"
   echo "result's \`done\` (when it was computed) minus the job's scheduled produce time;"
-  echo "visible = until the result could be read (BLPOP on the done lists of 1000 jobs per"
-  echo "run).  ms; \`done\` has 1 ms resolution.  achieved < rate: the queue grew."
+  echo "visible = until the result could be read (the job's id popped from its inbox, for"
+  echo "1000 jobs per run; every job names the run's inbox).  ms; \`done\` has 1 ms"
+  echo "resolution.  achieved < rate: the queue grew."
   echo
   echo "| workload | rate jobs/s | achieved jobs/s | p50 ms | p90 ms | p99 ms | max ms |" \
     "visible p50 | visible p99 | worker cores | broker cores | machine cores | other cores |" \
@@ -385,9 +490,10 @@ if [ "${BENCH_PROFILE:-0}" = 1 ]; then
   echo
   cat "$RUN"/W*.profile.txt
 fi
-mkdir -p "$BIN/bench"
-cp "$RUN"/*.json "$RUN"/*.txt "$RUN"/results.md "$RUN"/rss.log "$BIN/bench/" 2>/dev/null || true
+OUT=${BENCH_OUT:-$BIN/bench}
+mkdir -p "$OUT"
+cp "$RUN"/*.json "$RUN"/*.txt "$RUN"/results.md "$RUN"/rss.log "$OUT/" 2>/dev/null || true
 rm -f "$RUN"/*.perf
-[ "$SOAK_S" -gt 0 ] && cp "$RUN/soak_rss.log" "$BIN/bench/"
+[ "$SOAK_S" -gt 0 ] && cp "$RUN/soak_rss.log" "$OUT/"
 echo >&2
-echo "bench: JSON lines and this table are in $BIN/bench/" >&2
+echo "bench: JSON lines and this table are in $OUT/" >&2

@@ -1,6 +1,8 @@
 /* bench.h - the parts of `kinfer bench` (cmd_bench.c) that stand on their own:
- * CPU accounting of processes from /proc (bench_cpu.c), and random inputs and
- * the compute-only limit (bench_compute.c).  Single-threaded, like the CLI. */
+ * CPU accounting of processes from /proc (bench_cpu.c), the probe that times
+ * when results become visible (bench_probe.c, one thread of its own), and
+ * random inputs and the compute-only limit (bench_compute.c, its own compute
+ * threads).  Everything else runs on the calling thread, like the CLI. */
 #ifndef KC_BENCH_H
 #define KC_BENCH_H
 
@@ -47,29 +49,52 @@ void kc_cpu_sample(kc_cpu_t *cpu, int end);
  * window or jobs is empty. */
 json_t *kc_cpu_json(const kc_cpu_t *cpu, double jobs);
 
-/* bench_probe.c: when results become visible to a client.  A thread with
- * its own Redis connection BLPOPs the done lists of the jobs added to it and
- * notes the wall-clock instant each list received its element.  The worker's
- * `done` field is when the result was computed; a result is visible only
- * once the worker has written it, which a pipelined worker may do later. */
+/* bench_probe.c: when results become visible to a client.  Every job of a
+ * run names the run's inbox, so the worker pushes the job's id onto its
+ * user's list {prefix}{USER}:inbox:NAME when it writes the result.  A thread
+ * with its own Redis connection pops the lists of the users that have a
+ * sampled job announced and not yet seen (BLMPOP, Redis >= 7.0), and notes
+ * the wall-clock instant the id of each sampled job (every every-th index)
+ * arrives.  The worker's `done` field is when the result was computed; a
+ * result is visible only once the worker has written it, which a pipelined
+ * worker may do later. */
 typedef struct kc_probe_s kc_probe_t;
 
-/* Starts the thread for jobs with indexes 0..n_jobs-1, at most max_probes of
- * them added.  Connects like kc_redis (exits 3 if Redis is unreachable).
- * Returns NULL when out of memory or the thread cannot start. */
-kc_probe_t *kc_probe_start(const kc_conf_t *conf, size_t n_jobs, size_t max_probes);
+/* Announce a sampled job this long before publishing it: the thread changes
+ * the lists it watches at least every 20 ms, and an id that arrives on a list
+ * not watched yet is seen late. */
+#define KC_PROBE_LEAD_US 25000
 
-/* Watches job idx (id: its job id) from now on; call after producing it.
- * Called from the publishing thread. */
-void kc_probe_add(kc_probe_t *p, size_t idx, const char *id);
+/* Gives in *idx the index of the job whose id is id (len bytes, not
+ * terminated); returns 0, or -1 if it is not an id of this run.  Called from
+ * the probe thread: it must only read what does not change while it runs. */
+typedef int(kc_probe_idx_fn)(const char *id, size_t len, const void *opaque, size_t *idx);
 
-/* Lets the thread watch until every added job was seen or wait_us has
- * passed, then stops it.  Returns 0, or -1 if its Redis connection failed. */
-int kc_probe_finish(kc_probe_t *p, int64_t wait_us);
+/* Starts the thread for jobs 0..n_jobs-1, sampling jobs 0, every, 2*every..,
+ * whose ids arrive on the inbox named inbox of users[0..n_users-1]; idx_of
+ * (with opaque) maps ids to indexes.  Connects like kc_redis (exits 3 if Redis
+ * is unreachable).  Returns NULL when out of memory, an inbox key cannot be
+ * built, or the thread cannot start. */
+kc_probe_t *kc_probe_start(const kc_conf_t *conf, char (*users)[JOB_USER_MAX + 1], size_t n_users,
+                           const char *inbox, size_t n_jobs, size_t every, kc_probe_idx_fn *idx_of,
+                           const void *opaque);
 
-/* After kc_probe_finish: the Unix us job idx's result was seen, 0 if never;
- * and whether more jobs were pending than one BLPOP watches (a backlog: their
- * instants are late, upper bounds). */
+/* Announces sampled job idx, whose id will arrive on the inbox of
+ * users[user]: the thread watches that list until the id has come.  Call it
+ * at least KC_PROBE_LEAD_US before publishing the job.  Ignores an index that
+ * is not sampled, and one announced before.  Called from the publishing
+ * thread. */
+void kc_probe_add(kc_probe_t *p, size_t idx, size_t user);
+
+/* Lets the thread pop until expect sampled jobs were seen (the announced
+ * sampled jobs that were delivered; 0: stop at once) or wait_us has passed,
+ * then stops it.  Returns 0, or -1 if its Redis connection failed. */
+int kc_probe_finish(kc_probe_t *p, size_t expect, int64_t wait_us);
+
+/* After kc_probe_finish: the Unix us job idx's id was first popped, 0 if
+ * never or idx is not sampled; and whether more users had a job pending than
+ * one BLMPOP watches (they were watched in turns: instants are late, upper
+ * bounds). */
 int64_t kc_probe_seen_us(const kc_probe_t *p, size_t idx);
 int kc_probe_overflowed(const kc_probe_t *p);
 

@@ -1,6 +1,12 @@
 /* cmd_bench.c - `kinfer bench`: a load generator that drains a backlog or runs
  * an open loop and reports throughput and end-to-end latency; its compute
- * mode (bench_compute.c) times the same forward passes without queue or Redis. */
+ * mode (bench_compute.c) times the same forward passes without queue or Redis.
+ *
+ * It speaks protocol v2 (docs/protocol.md) like any client: every job names
+ * the run's inbox ("bench-RUN", one list per user), so the Redis cost it
+ * measures includes the worker's inbox push (one per user per batch); results
+ * are read with GET and kf_result_decode(); completion is learnt from the
+ * users' usage counters. */
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
@@ -15,13 +21,16 @@
 #include "bench.h"
 #include "kf_kafka.h"
 #include "kf_keys.h"
+#include "kf_result.h"
 #include "kf_stats.h"
 #include "kf_util.h"
 #include "kinfer.h"
 #include "model.h"
 
-/* Redis commands sent per pipelined round trip (HMGET, UNLINK). */
+/* Redis commands sent per pipelined round trip (GET, MEMORY USAGE, UNLINK). */
 #define BENCH_PIPE_CHUNK 1000
+/* Result keys whose MEMORY USAGE is read, evenly spread over the run. */
+#define BENCH_MEM_SAMPLES 1000
 /* How often completion is polled (usage counters), and the bar redrawn. */
 #define BENCH_POLL_US 20000
 #define BENCH_BAR_US  100000
@@ -44,7 +53,8 @@ typedef struct bench_conf_s {
         int64_t threads;      /* compute */
         int64_t blas_threads; /* compute */
         int64_t probes;       /* open: jobs whose visibility is timed (0 = none) */
-        int keep;             /* leave result keys in Redis */
+        int64_t horizon;      /* the workers' --charge-horizon: where charge records are */
+        int keep;             /* leave the run's keys in Redis */
 } bench_conf_t;
 
 #define O(f)  offsetof(bench_conf_t, f)
@@ -81,10 +91,13 @@ static const kf_opt_t bench_opts[] = {
     {"timeout", 0, NULL, KF_OPT_INT, OK(timeout_s), 1, 86400, "60", "S",
      "give up when no job completes for S seconds"},
     {"probes", 0, NULL, KF_OPT_INT, O(probes), 0, 1000000, "1000", "N",
-     "open: also time when the results of N jobs, evenly spread, become visible (BLPOP; 0 = "
-     "none)"},
+     "open: also time when the results of N jobs, evenly spread, become visible (popped from "
+     "the run's inboxes with BLMPOP, Redis >= 7.0; 0 = none)"},
+    {"charge-horizon", 0, "KINFER_CHARGE_HORIZON", KF_OPT_INT, O(horizon), 60, 2592000, "3600", "S",
+     "the workers' --charge-horizon: where the run's charge records are (memory report, "
+     "deletion)"},
     {"keep", 0, NULL, KF_OPT_BOOL, O(keep), 0, 0, "0", NULL,
-     "keep the result and done keys (default: deleted once read)"},
+     "keep the run's results, inboxes and charge records (default: deleted once read)"},
     {"batch-rows", 0, NULL, KF_OPT_INT, O(batch_rows), 1, 1 << 20, "256", "N",
      "compute: rows per forward pass (match the worker's --batch-max-rows)"},
     {"threads", 0, NULL, KF_OPT_INT, O(threads), 1, 256, "1", "N",
@@ -105,7 +118,10 @@ typedef struct bench_s {
         bench_conf_t *conf;
         bench_mode_t mode;
         uint32_t cols;
-        char run[17]; /* random part of the job ids */
+        char run[17];                 /* random part of the job ids */
+        char id_base[JOB_ID_MAX + 1]; /* job idx's id: id_base then idx + 1 */
+        size_t id_base_len;
+        char inbox[JOB_INBOX_MAX + 1]; /* every job's inbox: "bench-RUN" */
         uint64_t rng;
         float *input; /* rows_per_job x cols, refilled per job */
         /* users: job i belongs to users[i % n_users] */
@@ -132,11 +148,20 @@ typedef struct bench_s {
         size_t n_lat;
         kc_probe_t *probe;  /* open: when sampled results became visible */
         size_t probe_every; /* every probe_every-th job is probed */
+        size_t probe_lead;  /* jobs due within KC_PROBE_LEAD_US of one another */
+        size_t probe_next;  /* the next probed job to announce */
         int probe_running;  /* its thread is still watching */
         double *vis_ms;     /* per probed job seen: visible - produce time */
         size_t n_vis;
-        char first_error[256];
+        char first_error[512];
         kc_cpu_t cpu; /* while the jobs ran */
+        /* Redis memory (bench_memory): used_memory before and once every
+         * result existed; what the run's inboxes and charge records hold */
+        int64_t time0_s;    /* Redis TIME at the start: the first charge period */
+        int64_t mem0, mem1; /* -1: unknown */
+        double inbox_bytes, record_bytes, record_fields;
+        double key_bytes; /* MEMORY USAGE of sampled result keys, their mean */
+        size_t key_samples;
         /* progress bar */
         int bar;
         int64_t bar_drawn_us;
@@ -207,10 +232,40 @@ static void bench_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         }
 }
 
+/* Sets the run's names: job ids "USER-RUN-N" (N = idx + 1; USER the --user
+ * base, 1..40 chars) and the inbox "bench-RUN" (22 chars). */
+static void bench_names(bench_t *b)
+{
+        int n = snprintf(b->id_base, sizeof(b->id_base), "%.64s-%s-", b->conf->kc.user, b->run);
+        b->id_base_len = n > 0 ? (size_t)n : 0;
+        snprintf(b->inbox, sizeof(b->inbox), "bench-%s", b->run);
+}
+
 /* Writes job idx's id into id (JOB_ID_MAX + 1 bytes). */
 static void bench_job_id(const bench_t *b, size_t idx, char *id)
 {
-        snprintf(id, JOB_ID_MAX + 1, "%.64s-%s-%zu", b->conf->kc.user, b->run, idx + 1);
+        snprintf(id, JOB_ID_MAX + 1, "%.100s%zu", b->id_base, idx + 1); /* id_base: <= 82 */
+}
+
+/* The inverse of bench_job_id, for ids popped from the inboxes (a
+ * kc_probe_idx_fn: it reads only id_base, fixed before the probe starts). */
+static int bench_job_idx(const char *id, size_t len, const void *opaque, size_t *idx)
+{
+        const bench_t *b = opaque;
+        size_t v = 0;
+
+        if (len <= b->id_base_len || len - b->id_base_len > 19 ||
+            memcmp(id, b->id_base, b->id_base_len))
+                return -1;
+        for (size_t i = b->id_base_len; i < len; i++) {
+                if (id[i] < '0' || id[i] > '9')
+                        return -1;
+                v = v * 10 + (size_t)(id[i] - '0');
+        }
+        if (!v)
+                return -1;
+        *idx = v - 1;
+        return 0;
 }
 
 /* Picks n_users user names whose messages land evenly on the topic's
@@ -279,8 +334,13 @@ static int64_t bench_usage_sum(bench_t *b)
         int64_t sum = 0;
         int failed = 0;
 
+        for (size_t u = 0; u < b->n_users; u++) /* before anything is queued */
+                if (kf_user_key(key, b->conf->kc.prefix, b->users[u], KF_K_USAGE, NULL) < 0) {
+                        kc_err("bench: no usage key for user %s", b->users[u]);
+                        return -1;
+                }
         for (size_t u = 0; u < b->n_users; u++) {
-                kf_key(key, b->conf->kc.prefix, "usage", b->users[u]);
+                kf_user_key(key, b->conf->kc.prefix, b->users[u], KF_K_USAGE, NULL);
                 if (redisAppendCommand(b->redis, "HMGET %s jobs errors", key) != REDIS_OK)
                         failed = 1;
         }
@@ -323,6 +383,7 @@ static int bench_produce(bench_t *b, size_t idx, int64_t sent_us)
         job.cols = b->cols;
         job.input = b->input; /* borrowed */
         job.ttl_s = (uint32_t)c->ttl;
+        kf_strlcpy(job.inbox, b->inbox, sizeof(job.inbox));
         kc_bench_random(&b->rng, b->input, (size_t)job.rows * job.cols);
         if (job_encode(&job, JOB_ENC_F32, &buf, &len, err, sizeof(err))) {
                 kc_err("bench: job %zu: %s", idx + 1, err);
@@ -348,8 +409,6 @@ static int bench_produce(bench_t *b, size_t idx, int64_t sent_us)
         if (!b->t_first_us)
                 b->t_first_us = sent_us;
         b->published++;
-        if (b->probe && idx % b->probe_every == 0)
-                kc_probe_add(b->probe, idx, job.id);
         return 0;
 }
 
@@ -378,21 +437,36 @@ static int bench_publish_drain(bench_t *b)
         return bench_stop ? -1 : 0;
 }
 
+/* open: announces to the probe the sampled jobs due up to KC_PROBE_LEAD_US
+ * after job i, which is about to be published (job j belongs to users[j %
+ * n_users], as in bench_produce). */
+static void bench_probe_ahead(bench_t *b, size_t i)
+{
+        while (b->probe && b->probe_next < b->n && b->probe_next <= i + b->probe_lead) {
+                kc_probe_add(b->probe, b->probe_next, b->probe_next % b->n_users);
+                b->probe_next += b->probe_every;
+        }
+}
+
 /* open: job i is due at start + i/rate, whatever has completed.  Its
  * latency is measured from when it was due, so a publisher that falls
  * behind cannot hide queueing (max_lag_us reports by how much it did). */
 static int bench_publish_open(bench_t *b)
 {
         double step_us = 1e6 / (double)b->conf->rate;
-        int64_t mono0 = kf_mono_us() + 1000;
-        int64_t wall0 = bench_now_us() + 1000;
+        int64_t mono0, wall0;
         size_t i = 0;
+
+        bench_probe_ahead(b, 0); /* the first jobs, before the clock starts */
+        mono0 = kf_mono_us() + 1000;
+        wall0 = bench_now_us() + 1000;
 
         while (i < b->n && !bench_stop) {
                 int64_t now = kf_mono_us(), due;
                 while (i < b->n && (due = mono0 + (int64_t)((double)i * step_us)) <= now) {
                         if (now - due > b->max_lag_us)
                                 b->max_lag_us = now - due;
+                        bench_probe_ahead(b, i);
                         if (bench_produce(b, i, wall0 + (due - mono0)))
                                 return -1;
                         i++;
@@ -447,12 +521,68 @@ static int bench_wait_done(bench_t *b, int64_t base)
         return 0;
 }
 
-/* Reads done, started and status of every delivered job, pipelined in
- * chunks, and derives latencies, errors and missing results. */
+/* Builds job idx's result key into key (KF_KEY_MAX bytes).  Returns 0, or
+ * -1 (reported). */
+static int bench_result_key(const bench_t *b, size_t idx, char *key)
+{
+        const char *user = b->users[idx % b->n_users];
+        char id[JOB_ID_MAX + 1];
+
+        bench_job_id(b, idx, id);
+        if (kf_user_key(key, b->conf->kc.prefix, user, KF_K_RESULT, id) < 0) {
+                kc_err("bench: cannot build the result key of user %s, job %s", user, id);
+                return -1;
+        }
+        return 0;
+}
+
+/* Notes an error result (or one that cannot be read) of job id. */
+static void bench_error(bench_t *b, const char *id, const char *what, const char *why)
+{
+        if (!b->errors)
+                snprintf(b->first_error, sizeof(b->first_error), "%.128s: %.40s: %.300s", id, what,
+                         why);
+        b->errors++;
+}
+
+/* Counts one result value of job idx: ok or error, and its latencies. */
+static void bench_result(bench_t *b, size_t idx, const redisReply *r)
+{
+        char id[JOB_ID_MAX + 1], err[256];
+        kf_result_t res;
+
+        bench_job_id(b, idx, id);
+        if (kf_result_decode(r->str, r->len, &res, err, sizeof(err))) {
+                bench_error(b, id, "unreadable result", err);
+        } else if (strcmp(res.id, id) || strcmp(res.user, b->users[idx % b->n_users])) {
+                snprintf(err, sizeof(err), "it names job %.128s of user %.64s", res.id, res.user);
+                bench_error(b, id, "another job's result", err);
+        } else {
+                int64_t done = (int64_t)res.done;
+                int64_t started = res.started ? (int64_t)res.started : done;
+                if (res.ok && res.nonfinite) { /* computed and charged, but unusable */
+                        snprintf(err, sizeof(err), "%llu output values are NaN or +-Inf",
+                                 (unsigned long long)res.nonfinite);
+                        bench_error(b, id, "nonfinite", err);
+                } else if (res.ok) {
+                        b->ok++;
+                } else {
+                        bench_error(b, id, res.error, res.message);
+                }
+                if (done > b->last_done_ms)
+                        b->last_done_ms = done;
+                b->lat_ms[b->n_lat] = (double)(done * 1000 - b->sent_us[idx]) / 1e3;
+                b->svc_ms[b->n_lat] = (double)(done - started);
+                b->n_lat++;
+        }
+        kf_result_clear(&res);
+}
+
+/* Reads the result of every delivered job (GET, pipelined in chunks), and
+ * derives latencies (`done`, `started`), errors and missing results. */
 static int bench_collect(bench_t *b)
 {
-        const char *prefix = b->conf->kc.prefix;
-        char id[JOB_ID_MAX + 1], key[KF_KEY_MAX];
+        char key[KF_KEY_MAX];
 
         if (!(b->lat_ms = malloc((b->n ? b->n : 1) * sizeof(double))) ||
             !(b->svc_ms = malloc((b->n ? b->n : 1) * sizeof(double)))) {
@@ -465,47 +595,24 @@ static int bench_collect(bench_t *b)
                 for (size_t i = lo; i < hi; i++) {
                         if (b->state[i] != BENCH_JOB_DELIVERED)
                                 continue;
-                        bench_job_id(b, i, id);
-                        kf_key(key, prefix, "result", id);
-                        if (redisAppendCommand(b->redis, "HMGET %s done started status error",
-                                               key) != REDIS_OK)
+                        if (bench_result_key(b, i, key))
+                                return -1;
+                        if (redisAppendCommand(b->redis, "GET %s", key) != REDIS_OK)
                                 goto fail;
                 }
                 for (size_t i = lo; i < hi; i++) {
-                        redisReply *r = NULL, **e;
+                        redisReply *r = NULL;
                         if (b->state[i] != BENCH_JOB_DELIVERED)
                                 continue;
                         if (redisGetReply(b->redis, (void **)&r) != REDIS_OK || !r ||
-                            r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+                            (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_NIL)) {
                                 freeReplyObject(r);
                                 goto fail;
                         }
-                        e = r->element;
-                        /* e: done, started, status, error */
-                        if (e[0]->type != REDIS_REPLY_STRING || e[2]->type != REDIS_REPLY_STRING) {
+                        if (r->type == REDIS_REPLY_NIL)
                                 b->missing++;
-                        } else {
-                                int64_t done = strtoll(e[0]->str, NULL, 10);
-                                int64_t started = e[1]->type == REDIS_REPLY_STRING
-                                                      ? strtoll(e[1]->str, NULL, 10)
-                                                      : done;
-                                if (!strcmp(e[2]->str, "ok")) {
-                                        b->ok++;
-                                } else {
-                                        if (!b->errors)
-                                                snprintf(b->first_error, sizeof(b->first_error),
-                                                         "%s: %s", id,
-                                                         e[3]->type == REDIS_REPLY_STRING
-                                                             ? e[3]->str
-                                                             : e[2]->str);
-                                        b->errors++;
-                                }
-                                if (done > b->last_done_ms)
-                                        b->last_done_ms = done;
-                                b->lat_ms[b->n_lat] = (double)(done * 1000 - b->sent_us[i]) / 1e3;
-                                b->svc_ms[b->n_lat] = (double)(done - started);
-                                b->n_lat++;
-                        }
+                        else
+                                bench_result(b, i, r);
                         freeReplyObject(r);
                 }
         }
@@ -516,16 +623,18 @@ fail:
         return -1;
 }
 
-/* Stops the probe thread (once every probed result was seen, or after 2 s)
- * and derives the visible latency of the probed jobs.  Returns 0 or -1. */
+/* Stops the probe thread (once every delivered probed job was seen, or after
+ * 2 s) and derives the visible latency of the probed jobs.  Returns 0 or -1. */
 static int bench_collect_visible(bench_t *b)
 {
-        size_t every = b->probe_every;
+        size_t every = b->probe_every, expect = 0;
 
         if (!b->probe)
                 return 0;
+        for (size_t i = 0; i < b->published; i += every)
+                expect += b->state[i] == BENCH_JOB_DELIVERED;
         b->probe_running = 0;
-        if (kc_probe_finish(b->probe, 2000000)) {
+        if (kc_probe_finish(b->probe, expect, 2000000)) {
                 kc_err("bench: the probe thread's Redis connection failed");
                 return -1;
         }
@@ -541,23 +650,246 @@ static int bench_collect_visible(bench_t *b)
         return 0;
 }
 
-/* Deletes the results and done lists of this run (pipelined UNLINK). */
+/* Redis' clock (TIME), Unix s: it places the charge records.  -1 on error. */
+static int64_t bench_redis_time(bench_t *b)
+{
+        redisReply *r = redisCommand(b->redis, "TIME");
+        int64_t t = -1;
+
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING)
+                t = strtoll(r->element[0]->str, NULL, 10);
+        freeReplyObject(r);
+        return t;
+}
+
+/* Redis' memory without its clients: used_memory of INFO memory (what its
+ * allocator has handed out) minus the tot-mem of every client in CLIENT LIST
+ * (each connection's structure, query and reply buffers: the worker's grow
+ * by tens of KB while it writes, more than 100 bytes per result of a small
+ * run).  Bytes, or -1 on error. */
+static int64_t bench_used_memory(bench_t *b)
+{
+        redisReply *r = NULL, *l = NULL;
+        const char *p;
+        int64_t v = -1;
+
+        if (redisAppendCommand(b->redis, "INFO memory") != REDIS_OK ||
+            redisAppendCommand(b->redis, "CLIENT LIST") != REDIS_OK ||
+            redisGetReply(b->redis, (void **)&r) != REDIS_OK ||
+            redisGetReply(b->redis, (void **)&l) != REDIS_OK)
+                goto out;
+        if (r && r->type == REDIS_REPLY_STRING && (p = strstr(r->str, "\nused_memory:")) && l &&
+            l->type == REDIS_REPLY_STRING) {
+                v = strtoll(p + 13, NULL, 10);
+                for (p = l->str; (p = strstr(p, " tot-mem=")); p += 9)
+                        v -= strtoll(p + 9, NULL, 10);
+        }
+out:
+        freeReplyObject(r);
+        freeReplyObject(l);
+        return v;
+}
+
+/* bench_used_memory once Redis has settled: read every 100 ms until two
+ * reads in a row change it by at most 1 KiB (at most 3 s; then the last
+ * read).  After a run has deleted its keys, Redis' cron shrinks the keyspace
+ * tables within a few hundred ms (half a MiB after 20,000 keys): without
+ * waiting, the next run would count that shrink against its own results;
+ * and a table that has just grown is rehashed, with both arrays held
+ * meanwhile.  -1 on error. */
+static int64_t bench_used_memory_settled(bench_t *b)
+{
+        int64_t m = bench_used_memory(b);
+
+        for (int i = 0, calm = 0; i < 30 && m >= 0 && calm < 2; i++) {
+                int64_t next;
+                bench_sleep_us(100000);
+                if ((next = bench_used_memory(b)) < 0)
+                        return -1;
+                calm = next - m <= 1024 && m - next <= 1024 ? calm + 1 : 0;
+                m = next;
+        }
+        return m;
+}
+
+/* How many charge periods the run spans: from the one that held time0_s to
+ * the one that holds t1 (the worker's step files a job's charge record under
+ * Redis' TIME, in the period of --charge-horizon seconds it falls in). */
+static size_t bench_periods(const bench_t *b, int64_t t1)
+{
+        int64_t h = b->conf->horizon;
+        if (b->time0_s < 0 || t1 < b->time0_s)
+                return 1;
+        return (size_t)((t1 - t1 % h - (b->time0_s - b->time0_s % h)) / h + 1);
+}
+
+/* User u's charge record of the run's period i (0: the one that held
+ * time0_s) into key; 0, or -1 if the key cannot be built. */
+static int bench_record_key(const bench_t *b, size_t u, int64_t i, char *key)
+{
+        int64_t h = b->conf->horizon;
+        char start[24];
+
+        snprintf(start, sizeof(start), "%lld", (long long)(b->time0_s - b->time0_s % h + i * h));
+        return kf_user_key(key, b->conf->kc.prefix, b->users[u], KF_K_CHARGED, start) < 0 ? -1 : 0;
+}
+
+/* Sends "MEMORY USAGE key SAMPLES 0" (what = NULL) or "HLEN key" (what =
+ * "HLEN") for n keys made by key(), pipelined in chunks, skipping the ones
+ * key() declines; adds the positive integer replies (a missing key: nil or 0)
+ * to *sum and counts them in *found.  Returns 0, or -1 (reported). */
+typedef int(bench_key_fn)(const bench_t *b, size_t i, char *key);
+
+static int bench_sum(bench_t *b, const char *what, size_t n, bench_key_fn *key, double *sum,
+                     size_t *found)
+{
+        char k[KF_KEY_MAX];
+        const char *mu[5] = {"MEMORY", "USAGE", k, "SAMPLES", "0"}, *hlen[2] = {"HLEN", k};
+        size_t mul[5] = {6, 5, 0, 7, 1}, hlenl[2] = {4, 0};
+        const char **argv = what ? hlen : mu;
+        size_t *lens = what ? hlenl : mul;
+        int argc = what ? 2 : 5;
+
+        for (size_t lo = 0; lo < n; lo += BENCH_PIPE_CHUNK) {
+                size_t hi = lo + BENCH_PIPE_CHUNK < n ? lo + BENCH_PIPE_CHUNK : n, sent = 0;
+                int failed = 0;
+                for (size_t i = lo; i < hi && !failed; i++) {
+                        if (key(b, i, k))
+                                continue;
+                        lens[what ? 1 : 2] = strlen(k);
+                        failed = redisAppendCommandArgv(b->redis, argc, argv, lens) != REDIS_OK;
+                        sent += !failed;
+                }
+                for (size_t i = 0; i < sent && !failed; i++) {
+                        redisReply *r = NULL;
+                        if (redisGetReply(b->redis, (void **)&r) != REDIS_OK || !r ||
+                            (r->type != REDIS_REPLY_INTEGER && r->type != REDIS_REPLY_NIL))
+                                failed = 1;
+                        else if (r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
+                                *sum += (double)r->integer;
+                                ++*found;
+                        }
+                        freeReplyObject(r);
+                }
+                if (failed) {
+                        kc_err("redis: %s: %s", what ? what : "MEMORY USAGE",
+                               b->redis->errstr[0] ? b->redis->errstr : "unexpected reply");
+                        return -1;
+                }
+        }
+        return 0;
+}
+
+/* Keys for bench_sum: the users' inboxes; the users' charge records of the
+ * run's periods (i = period * n_users + user); sampled result keys. */
+static int bench_inbox_key(const bench_t *b, size_t u, char *key)
+{
+        return kf_user_key(key, b->conf->kc.prefix, b->users[u], KF_K_INBOX, b->inbox) < 0 ? -1 : 0;
+}
+
+static int bench_record_key_i(const bench_t *b, size_t i, char *key)
+{
+        return bench_record_key(b, i % b->n_users, (int64_t)(i / b->n_users), key);
+}
+
+static size_t bench_samples(const bench_t *b)
+{
+        return b->published < BENCH_MEM_SAMPLES ? b->published : BENCH_MEM_SAMPLES;
+}
+
+static int bench_sample_key(const bench_t *b, size_t i, char *key)
+{
+        size_t idx = i * b->published / bench_samples(b);
+        return b->state[idx] == BENCH_JOB_DELIVERED ? bench_result_key(b, idx, key) : -1;
+}
+
+/* Redis memory, once every result of the run exists (and before any is read
+ * or deleted).  What bench_report makes of it:
+ *
+ * redis_bytes_per_result = (M now - M before publishing - MEMORY USAGE of the
+ *   run's inboxes - charge-record bytes of the run's results) / results,
+ *   where M is used_memory minus the clients' buffers, each read once Redis
+ *   has settled (bench_used_memory_settled).
+ *   It counts what a result costs Redis: the key name, the value (string
+ *   object and msgpack bytes), its entries in the keyspace and in the expires
+ *   dict, its share of both dicts' bucket arrays, and the allocator's
+ *   rounding; plus, spread over the results, whatever else grew meanwhile
+ *   (the usage counters: a few hundred bytes).  The bucket arrays double at
+ *   powers of two: 16 to 32 bytes per key depending on where the key count
+ *   falls, counted when they grow during the run (they are shrunk again once
+ *   the run's keys are deleted).  So it is good to a few bytes for a drain of
+ *   10^5 results, to a few % for 10^3.
+ * redis_bytes_per_result_key = the mean MEMORY USAGE (SAMPLES 0) of up to
+ *   BENCH_MEM_SAMPLES result keys: key name, value and keyspace entry, but
+ *   not the expires entry nor the bucket arrays: a floor that does not vary.
+ * redis_bytes_per_charge_record = MEMORY USAGE (SAMPLES 0) of the users'
+ *   charge-record hashes of the run's periods over their HLEN: one field (id,
+ *   status) with its share of the hash's own overhead.  It depends on how
+ *   many ids a user has in one period: up to hash-max-listpack-entries (512
+ *   built in, 128 in the sample redis.conf) the hash is a compact listpack,
+ *   above it a hash table.  The records are looked for at the periods of
+ *   --charge-horizon: when that is not the workers', none is found and both
+ *   figures are unknown (null).
+ *
+ * Returns 0, or -1 on a Redis error (reported). */
+static int bench_memory(bench_t *b)
+{
+        int64_t t1 = bench_redis_time(b);
+        size_t periods = bench_periods(b, t1), n_inboxes = 0, n_records = 0, n_counted = 0;
+
+        b->mem1 = bench_used_memory_settled(b);
+        if (b->mem0 < 0 || b->mem1 < 0 || b->time0_s < 0 || t1 < b->time0_s) {
+                kc_err("redis: cannot read TIME or INFO memory");
+                return -1;
+        }
+        if (bench_sum(b, NULL, b->n_users, bench_inbox_key, &b->inbox_bytes, &n_inboxes) ||
+            bench_sum(b, NULL, periods * b->n_users, bench_record_key_i, &b->record_bytes,
+                      &n_records) ||
+            bench_sum(b, "HLEN", periods * b->n_users, bench_record_key_i, &b->record_fields,
+                      &n_counted) ||
+            bench_sum(b, NULL, bench_samples(b), bench_sample_key, &b->key_bytes, &b->key_samples))
+                return -1;
+        if (b->key_samples)
+                b->key_bytes /= (double)b->key_samples;
+        if (!n_counted && b->delivered)
+                kc_err("bench: no charge records of this run at --charge-horizon %lld (is it the "
+                       "workers'?): memory per result and per record unknown",
+                       (long long)b->conf->horizon);
+        return 0;
+}
+
+/* Deletes the run's keys (pipelined UNLINK): the results, the users'
+ * inboxes and their charge records of the run's periods.  The records hold
+ * only bench users' ids, and a run's ids are never reused, so deleting them
+ * loses no protection; it keeps a long bench from piling up records (about
+ * 60-100 bytes per job for up to two horizons) and starts every run from the
+ * same state.  A concurrent bench with the same --user base loses its records
+ * too, which only matters if its jobs are redelivered. */
 static int bench_delete_keys(bench_t *b)
 {
-        const char *prefix = b->conf->kc.prefix;
-        char id[JOB_ID_MAX + 1], k1[KF_KEY_MAX], k2[KF_KEY_MAX];
+        size_t n_records = bench_periods(b, bench_redis_time(b)) * b->n_users;
+        size_t n_keys = b->published + b->n_users + n_records;
+        char key[KF_KEY_MAX];
 
-        for (size_t lo = 0; lo < b->published; lo += BENCH_PIPE_CHUNK) {
-                size_t hi =
-                    lo + BENCH_PIPE_CHUNK < b->published ? lo + BENCH_PIPE_CHUNK : b->published;
+        for (size_t lo = 0; lo < n_keys; lo += BENCH_PIPE_CHUNK) {
+                size_t hi = lo + BENCH_PIPE_CHUNK < n_keys ? lo + BENCH_PIPE_CHUNK : n_keys;
+                size_t sent = 0;
                 for (size_t i = lo; i < hi; i++) {
-                        bench_job_id(b, i, id);
-                        kf_key(k1, prefix, "result", id);
-                        kf_key(k2, prefix, "done", id);
-                        if (redisAppendCommand(b->redis, "UNLINK %s %s", k1, k2) != REDIS_OK)
+                        int rc;
+                        if (i < b->published)
+                                rc = bench_result_key(b, i, key);
+                        else if (i < b->published + b->n_users)
+                                rc = bench_inbox_key(b, i - b->published, key);
+                        else
+                                rc = bench_record_key_i(b, i - b->published - b->n_users, key);
+                        if (rc)
+                                continue;
+                        if (redisAppendCommand(b->redis, "UNLINK %s", key) != REDIS_OK)
                                 goto fail;
+                        sent++;
                 }
-                for (size_t i = lo; i < hi; i++) {
+                for (size_t i = 0; i < sent; i++) {
                         redisReply *r = NULL;
                         if (redisGetReply(b->redis, (void **)&r) != REDIS_OK)
                                 goto fail;
@@ -566,7 +898,7 @@ static int bench_delete_keys(bench_t *b)
         }
         return 0;
 fail:
-        kc_err("redis: deleting results: %s", b->redis->errstr);
+        kc_err("redis: deleting the run's keys: %s", b->redis->errstr);
         return -1;
 }
 
@@ -580,6 +912,7 @@ static void bench_report(bench_t *b)
         double secs = (double)(b->t_all_us - b->t_start_us) / 1e6;
         double csecs = (double)(b->last_done_ms * 1000 - b->t_start_us) / 1e6;
         double done = (double)(b->ok + b->errors);
+        double rec = b->record_fields > 0 ? b->record_bytes / b->record_fields : 0;
         json_t *o = json_object(), *cj;
 
         kf_stats_sort(b->lat_ms, b->n_lat);
@@ -639,6 +972,16 @@ static void bench_report(bench_t *b)
                                     kc_bench_real(kf_stats_percentile(b->vis_ms, b->n_vis, 100)));
                 json_object_set_new(o, "visible_late", json_boolean(kc_probe_overflowed(b->probe)));
         }
+        /* Redis memory per stored result and charge record: see bench_memory */
+        json_object_set_new(
+            o, "redis_bytes_per_result",
+            rec > 0 && done > 0 && b->mem1 >= 0
+                ? kc_bench_real(((double)(b->mem1 - b->mem0) - b->inbox_bytes - rec * done) / done)
+                : json_null());
+        json_object_set_new(o, "redis_bytes_per_result_key",
+                            b->key_samples ? kc_bench_real(b->key_bytes) : json_null());
+        json_object_set_new(o, "redis_bytes_per_charge_record",
+                            rec > 0 ? kc_bench_real(rec) : json_null());
         if (b->errors)
                 json_object_set_new(o, "first_error", json_string(b->first_error));
         if ((cj = kc_cpu_json(&b->cpu, done)))
@@ -738,6 +1081,12 @@ static int bench_run_queue(bench_t *b)
         }
         if ((base = bench_usage_sum(b)) < 0)
                 return KC_EXIT_CONN;
+        b->mem1 = -1;
+        if ((b->time0_s = bench_redis_time(b)) < 0 ||
+            (b->mem0 = bench_used_memory_settled(b)) < 0) {
+                kc_err("redis: cannot read TIME or INFO memory");
+                return KC_EXIT_CONN;
+        }
         /* The CPU window: from the first job (a paused worker: from its
          * resumption) until every result is there. */
         if (!b->conf->pause_pid)
@@ -767,11 +1116,14 @@ static int bench_run_queue(bench_t *b)
                         b->probe_every = b->n / (size_t)b->conf->probes;
                         if (b->probe_every < 1)
                                 b->probe_every = 1;
-                        if (!(b->probe = kc_probe_start(c, b->n, b->n / b->probe_every + 1))) {
+                        if (!(b->probe = kc_probe_start(c, b->users, b->n_users, b->inbox, b->n,
+                                                        b->probe_every, bench_job_idx, b))) {
                                 kc_err("bench: cannot start the probe thread");
                                 goto out;
                         }
                         b->probe_running = 1;
+                        b->probe_lead =
+                            (size_t)(((double)b->conf->rate * KC_PROBE_LEAD_US + 999999) / 1e6);
                 }
                 if (bench_publish_open(b))
                         goto out;
@@ -782,7 +1134,8 @@ static int bench_run_queue(bench_t *b)
         if (bench_wait_done(b, base))
                 goto out;
         kc_cpu_sample(&b->cpu, 1);
-        if (bench_collect(b) || bench_collect_visible(b))
+        /* the probe stopped first: its pops would change the memory */
+        if (bench_collect_visible(b) || bench_memory(b) || bench_collect(b))
                 goto out;
         bench_report(b);
         if (!b->conf->keep && bench_delete_keys(b))
@@ -798,7 +1151,7 @@ out:
                 kill((pid_t)b->conf->pause_pid, SIGCONT);
         b->paused = 0;
         if (b->probe_running)
-                kc_probe_finish(b->probe, 0);
+                kc_probe_finish(b->probe, 0, 0);
         b->probe_running = 0;
         if (bench_stop)
                 kc_err("bench: interrupted");
@@ -843,6 +1196,7 @@ int kc_cmd_bench(int argc, char **argv)
                 goto out;
         }
         kf_random_hex(b.run, 8);
+        bench_names(&b);
 
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = bench_on_signal;
