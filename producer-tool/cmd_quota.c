@@ -151,10 +151,13 @@ static int quota_rm(int argc, char **argv)
         return KC_EXIT_OK;
 }
 
-/* {field: number} from an HMGET of `counters`, absent fields as 0. */
-static json_t *read_counters(redisContext *r, const char *key)
+/* {counter: number} from an HMGET of the four counters, each field named
+ * COUNTER plus suffix (":MODEL" in the per-model hash, "" elsewhere);
+ * absent fields as 0. */
+static json_t *read_counters_of(redisContext *r, const char *key, const char *suffix)
 {
-        redisReply *rep = cmd(r, "HMGET %s jobs rows flops errors", key);
+        redisReply *rep = cmd(r, "HMGET %s jobs%s rows%s flops%s errors%s", key, suffix, suffix,
+                              suffix, suffix);
         json_t *o       = json_object();
         for (int i = 0; counters[i]; i++) {
                 const redisReply *v = rep->element[i];
@@ -165,6 +168,11 @@ static json_t *read_counters(redisContext *r, const char *key)
         }
         freeReplyObject(rep);
         return o;
+}
+
+static json_t *read_counters(redisContext *r, const char *key)
+{
+        return read_counters_of(r, key, "");
 }
 
 /* The current window's counters, from where the last step left them. */
@@ -203,18 +211,9 @@ static json_t *read_models(redisContext *r, const kc_conf_t *c, const char *user
 
         key_of(key, c, KF_K_MODELS, user, NULL);
         if (c->model) {
-                json_t *o = json_object();
-                rep       = cmd(r, "HMGET %s jobs:%s rows:%s flops:%s errors:%s", key, c->model,
-                                c->model, c->model, c->model);
-                for (int i = 0; counters[i]; i++) {
-                        const redisReply *v = rep->element[i];
-                        json_object_set_new(o, counters[i],
-                                            json_integer(v->type == REDIS_REPLY_STRING
-                                                             ? strtoll(v->str, NULL, 10)
-                                                             : 0));
-                }
-                json_object_set_new(models, c->model, o);
-                freeReplyObject(rep);
+                char suffix[JOB_MODEL_MAX + 2];
+                snprintf(suffix, sizeof(suffix), ":%s", c->model);
+                json_object_set_new(models, c->model, read_counters_of(r, key, suffix));
                 return models;
         }
         rep = cmd(r, "HGETALL %s", key);

@@ -189,3 +189,14 @@ long long kt_usage(redisContext *c, const char *user, const char *window, const 
         freeReplyObject(rep);
         return v;
 }
+
+int kt_write_lin_model(const char *dir)
+{
+        static const float W[] = {2, 0, 0, 3}, b[] = {1, 1};
+        const float *Ws[] = {W}, *bs[] = {b};
+        const int dims[] = {2, 2};
+        const char *acts[] = {"identity"};
+        char path[600];
+        snprintf(path, sizeof(path), "%s/lin.kmodel", dir);
+        return kt_write_model(path, "lin", 1, dims, acts, Ws, bs);
+}

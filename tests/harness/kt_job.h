@@ -37,6 +37,10 @@ int kt_produce(const char *brokers, const char *topic, const kt_msg_t *msgs, int
 int kt_write_model(const char *path, const char *name, int n_layers, const int *dims,
                    const char *const *acts, const float *const *W, const float *const *b);
 
+/* Writes DIR/lin.kmodel, the model tests check by hand: 2 -> 2, identity,
+ * y = (2 x0 + 1, 3 x1 + 1).  Returns 0 or -1. */
+int kt_write_lin_model(const char *dir);
+
 /* Reads user's result of job id: GET kinfer:{USER}:result:ID, spelled here
  * from docs/protocol.md, and decodes it.  Returns 1 and fills r (clear it
  * with kf_result_clear), 0 if there is none, -1 (message on stderr) if the

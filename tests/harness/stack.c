@@ -48,7 +48,7 @@ long long kt_now_ms(void)
         return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms)
+void kt_sleep_ms(int ms)
 {
         struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
         while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
@@ -113,7 +113,7 @@ static int wait_pid(pid_t pid, int timeout_ms)
                 if (timeout_ms >= 0 && kt_now_ms() >= deadline)
                         return -2;
                 if (r == 0)
-                        sleep_ms(5);
+                        kt_sleep_ms(5);
         }
 }
 
@@ -408,7 +408,7 @@ static int redis_start_on_port(kt_stack_t *s)
                         rc = 0;
                         goto cleanup;
                 }
-                sleep_ms(20);
+                kt_sleep_ms(20);
         }
         fprintf(stderr, "stack: redis-server did not answer on port %d within %d ms\n",
                 s->redis_port, KT_START_TIMEOUT_MS);
@@ -759,7 +759,7 @@ int kt_stack_run(kt_stack_t *s, const char *const *argv, const char *stdin_path,
                         else if (n == 0 || (errno != EINTR && errno != EAGAIN))
                                 eof = 1;
                 } else if (eof) {
-                        sleep_ms(wait);
+                        kt_sleep_ms(wait);
                 }
                 if (st == -2 && (st = wait_pid(pid, 0)) != -2)
                         pid = 0;
@@ -903,4 +903,14 @@ void kt_stack_stop(kt_stack_t *s)
         }
         /* A second stop (e.g. a teardown after an explicit stop) is a no-op. */
         s->dir[0] = '\0';
+}
+
+int kt_stack_models_dir(kt_stack_t *s, char *out, size_t size)
+{
+        int n = snprintf(out, size, "%s/models", s->dir);
+        if (n < 0 || (size_t)n >= size || (mkdir(out, 0755) && errno != EEXIST)) {
+                fprintf(stderr, "kt_stack_models_dir: %s: %s\n", out, strerror(errno));
+                return -1;
+        }
+        return 0;
 }

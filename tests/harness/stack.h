@@ -13,6 +13,7 @@
 #define KT_STACK_H
 
 #include <hiredis.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 #define KT_MAX_PROCS 32
@@ -97,5 +98,12 @@ void kt_stack_stop(kt_stack_t *s);
 
 /* Milliseconds since an arbitrary fixed point (CLOCK_MONOTONIC). */
 long long kt_now_ms(void);
+
+/* Sleeps ms milliseconds (restarted after a signal). */
+void kt_sleep_ms(int ms);
+
+/* Makes <dir>/models for model files and writes its path into out.
+ * Returns 0 or -1 (message on stderr). */
+int kt_stack_models_dir(kt_stack_t *s, char *out, size_t size);
 
 #endif

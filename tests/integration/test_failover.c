@@ -31,12 +31,6 @@
 
 #define N_JOBS 300 /* per phase */
 
-static void sleep_ms(int ms)
-{
-        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-}
-
 static int free_port(void)
 {
         struct sockaddr_in sa = {.sin_family = AF_INET};
@@ -73,7 +67,7 @@ static void wait_for(redisContext *c, const char *want, int timeout_ms)
         while (!info_has(c, want)) {
                 if (kt_now_ms() > until)
                         fail_msg("redis never reported %s", want);
-                sleep_ms(50);
+                kt_sleep_ms(50);
         }
 }
 
@@ -111,7 +105,7 @@ static void wait_results(kt_stack_t *s, redisContext *c, int n, int timeout_ms)
                                 fail_msg("job %s: no result on the master after %d ms", id,
                                          timeout_ms);
                         }
-                        sleep_ms(50);
+                        kt_sleep_ms(50);
                 }
                 assert_int_equal(rc, 1);
                 assert_true(r.ok);
@@ -125,22 +119,15 @@ static void test_follows_failover(void **state)
         kt_stack_t s;
         kt_proxy_t *px;
         redisContext *a, *b;
-        char models[300], path[400], url[64], port_b[16], port_a[16];
-        static const float W[] = {2, 0, 0, 3}, bias[] = {1, 1};
-        const float *Ws[] = {W}, *bs[] = {bias};
-        const int dims[] = {2, 2};
-        const char *acts[] = {"identity"};
+        char models[300], url[64], port_b[16], port_a[16];
         int pb = free_port();
         (void)state;
 
         assert_int_equal(kt_stack_init(&s), 0);
         assert_int_equal(kt_stack_start_redis(&s, NULL), 0);
         assert_int_equal(kt_stack_start_broker(&s, 1, 2), 0);
-        snprintf(models, sizeof(models), "%s/models", s.dir);
-        snprintf(path, sizeof(path), "mkdir -p %s", models);
-        assert_int_equal(system(path), 0);
-        snprintf(path, sizeof(path), "%s/lin.kmodel", models);
-        assert_int_equal(kt_write_model(path, "lin", 1, dims, acts, Ws, bs), 0);
+        assert_int_equal(kt_stack_models_dir(&s, models, sizeof(models)), 0);
+        assert_int_equal(kt_write_lin_model(models), 0); /* y = (2 x0 + 1, 3 x1 + 1) */
 
         snprintf(port_a, sizeof(port_a), "%d", s.redis_port);
         snprintf(port_b, sizeof(port_b), "%d", pb);
@@ -151,7 +138,7 @@ static void test_follows_failover(void **state)
                                       "127.0.0.1", port_a, NULL};
                 assert_true(kt_stack_spawn(&s, "redis-replica", argv, NULL) >= 0);
         }
-        sleep_ms(300);
+        kt_sleep_ms(300);
         a = connect_port(s.redis_port);
         b = connect_port(pb);
         wait_for(b, "master_link_status:up", 20000);

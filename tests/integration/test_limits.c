@@ -60,16 +60,14 @@ static char *submit(kt_stack_t *s, const char *model, const char *output, int wa
 static void test_output_and_scratch_bounded(void **state)
 {
         kt_stack_t s;
-        char models[300], cmd[400], *out;
+        char models[300], *out;
         const int wide[] = {2, 1000}, tall[] = {2, 4000, 2};
         (void)state;
 
         assert_int_equal(kt_stack_init(&s), 0);
         assert_int_equal(kt_stack_start_redis(&s, NULL), 0);
         assert_int_equal(kt_stack_start_broker(&s, 1, 2), 0);
-        snprintf(models, sizeof(models), "%s/models", s.dir);
-        snprintf(cmd, sizeof(cmd), "mkdir -p %s", models);
-        assert_int_equal(system(cmd), 0);
+        assert_int_equal(kt_stack_models_dir(&s, models, sizeof(models)), 0);
         write_model(models, "wide", 1, wide);
         write_model(models, "tall", 2, tall);
         {

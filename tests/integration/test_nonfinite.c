@@ -34,9 +34,7 @@ static void test_overflow_is_visible(void **state)
         assert_int_equal(kt_stack_init(&s), 0);
         assert_int_equal(kt_stack_start_redis(&s, NULL), 0);
         assert_int_equal(kt_stack_start_broker(&s, 1, 2), 0);
-        snprintf(models, sizeof(models), "%s/models", s.dir);
-        snprintf(cmd, sizeof(cmd), "mkdir -p %s && true", models);
-        assert_int_equal(system(cmd), 0);
+        assert_int_equal(kt_stack_models_dir(&s, models, sizeof(models)), 0);
         snprintf(cmd, sizeof(cmd), "%s/big.kmodel", models);
         assert_int_equal(kt_write_model(cmd, "big", 1, dims, acts, Ws, bs), 0);
         {

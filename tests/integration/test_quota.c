@@ -24,31 +24,17 @@ typedef struct qt_s {
         redisContext *c;
 } qt_t;
 
-static void sleep_ms(int ms)
-{
-        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-}
-
 static int setup(void **state)
 {
-        /* y = (2*x0 + 1, 3*x1 + 1): easy to check by hand */
-        static const float W[] = {2, 0, 0, 3}, b[] = {1, 1};
-        const float *Ws[] = {W}, *bs[] = {b};
-        const int dims[] = {2, 2};
-        const char *acts[] = {"identity"};
-        char path[400];
         qt_t *t = calloc(1, sizeof(*t));
 
         assert_non_null(t);
         assert_int_equal(kt_stack_init(&t->stack), 0);
         assert_int_equal(kt_stack_start_redis(&t->stack, NULL), 0);
         assert_int_equal(kt_stack_start_broker(&t->stack, 1, PARTS), 0);
-        snprintf(t->models, sizeof(t->models), "%s/models", t->stack.dir);
-        snprintf(path, sizeof(path), "mkdir -p %s", t->models);
-        assert_int_equal(system(path), 0);
-        snprintf(path, sizeof(path), "%s/lin.kmodel", t->models);
-        assert_int_equal(kt_write_model(path, "lin", 1, dims, acts, Ws, bs), 0);
+        assert_int_equal(kt_stack_models_dir(&t->stack, t->models, sizeof(t->models)), 0);
+        /* y = (2*x0 + 1, 3*x1 + 1): easy to check by hand */
+        assert_int_equal(kt_write_lin_model(t->models), 0);
         t->c = kt_stack_redis(&t->stack);
         assert_non_null(t->c);
         *state = t;
@@ -127,7 +113,7 @@ static void wait_settled(qt_t *t, const char *user, long long n, int timeout_ms)
                 got = hget_ll(t->c, key, "jobs") + hget_ll(t->c, key, "errors");
                 if (got >= n)
                         break;
-                sleep_ms(20);
+                kt_sleep_ms(20);
         }
         if (got != n) {
                 kt_stack_fail(&t->stack);
@@ -190,7 +176,7 @@ static void test_limit_exact_and_replay(void **state)
         /* kill one worker as soon as results start to appear */
         while (hget_ll(t->c, "kinfer:{qa}:usage", "jobs") + hget_ll(t->c, "kinfer:{qa}:usage",
                                                                   "errors") == 0)
-                sleep_ms(2);
+                kt_sleep_ms(2);
         assert_int_equal(kt_stack_kill(&t->stack, w1, SIGKILL, 5000), 128 + SIGKILL);
         w3 = spawn_worker(t, "q-w3", "kinfer-workers");
         produce_jobs(t, "qa", 1000, 1000);
@@ -266,7 +252,7 @@ static void test_window_rollover(void **state)
         produce_jobs(t, "qw", 0, 8);
         wait_settled(t, "qw", 8, 60000);
         /* into the next window: wait for the window the first batch used to end */
-        sleep_ms(3500);
+        kt_sleep_ms(3500);
         produce_jobs(t, "qw", 8, 8);
         wait_settled(t, "qw", 16, 60000);
 
@@ -322,7 +308,7 @@ static void test_window_rollover(void **state)
                         freeReplyObject(r);
                         if (!e)
                                 break;
-                        sleep_ms(200);
+                        kt_sleep_ms(200);
                 }
                 r = redisCommand(t->c, "EXISTS %s", key);
                 assert_int_equal(r->integer, 0);

@@ -30,31 +30,16 @@ typedef struct tt_s {
         redisContext *c;
 } tt_t;
 
-static void sleep_ms(int ms)
-{
-        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-}
-
 static int setup(void **state)
 {
-        /* y = (2*x0 + 1, 3*x1 + 1) */
-        static const float W[] = {2, 0, 0, 3}, b[] = {1, 1};
-        const float *Ws[] = {W}, *bs[] = {b};
-        const int dims[] = {2, 2};
-        const char *acts[] = {"identity"};
-        char path[400];
         tt_t *t = calloc(1, sizeof(*t));
 
         assert_non_null(t);
         assert_int_equal(kt_stack_init(&t->stack), 0);
         assert_int_equal(kt_stack_start_redis(&t->stack, NULL), 0);
         assert_int_equal(kt_stack_start_broker(&t->stack, 1, 2), 0);
-        snprintf(t->models, sizeof(t->models), "%s/models", t->stack.dir);
-        snprintf(path, sizeof(path), "mkdir -p %s", t->models);
-        assert_int_equal(system(path), 0);
-        snprintf(path, sizeof(path), "%s/lin.kmodel", t->models);
-        assert_int_equal(kt_write_model(path, "lin", 1, dims, acts, Ws, bs), 0);
+        assert_int_equal(kt_stack_models_dir(&t->stack, t->models, sizeof(t->models)), 0);
+        assert_int_equal(kt_write_lin_model(t->models), 0); /* y = (2 x0 + 1, 3 x1 + 1) */
         t->c = kt_stack_redis(&t->stack);
         assert_non_null(t->c);
         {
@@ -217,7 +202,7 @@ static void test_colliding_names(void **state)
                 long long until = kt_now_ms() + 30000;
                 int rc;
                 while ((rc = kt_result_get(t->c, "x", "t-1", &r)) == 0 && kt_now_ms() < until)
-                        sleep_ms(50);
+                        kt_sleep_ms(50);
                 assert_int_equal(rc, 1);
                 assert_false(r.ok);
                 assert_string_equal(r.error, "bad_request");
@@ -234,7 +219,7 @@ static void test_colliding_names(void **state)
                             kt_now_ms() > until)
                                 break;
                         freeReplyObject(r);
-                        sleep_ms(50);
+                        kt_sleep_ms(50);
                 }
                 assert_int_equal(r->type, REDIS_REPLY_STRING);
                 assert_int_equal(atoll(r->str), 2);
@@ -333,7 +318,7 @@ static void test_charge_once_after_result_gone(void **state)
         await_announce(t, "carol", "ib", "del-1", 1, &seen, 60000);
         assert_int_equal(kt_usage(t->c, "carol", NULL, "jobs"), 2);
         freeReplyObject(redisCommand(t->c, "DEL kinfer:{carol}:result:del-1"));
-        sleep_ms(2100); /* exp-1's result has expired */
+        kt_sleep_ms(2100); /* exp-1's result has expired */
         r = redisCommand(t->c, "EXISTS kinfer:{carol}:result:exp-1 kinfer:{carol}:result:del-1");
         assert_int_equal(r->integer, 0);
         freeReplyObject(r);
