@@ -82,6 +82,13 @@ $(BUILD)/tests/%: $(B)/tests/%.o $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/lib
 $(BUILD)/tests/integration/test_model_store: $(B)/worker/model_store.o \
                                              $(B)/worker/model_store_registry.o
 
+# This one tests the CLI's input reader: producer-tool/input.o goes before
+# the library so that the library members it calls are linked.
+$(BUILD)/tests/unit/test_input: $(B)/tests/unit/test_input.o $(B)/producer-tool/input.o \
+                                $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
 # Python clients and references use Debian's interpreter, which has the apt
 # packages (numpy, msgpack, confluent-kafka, redis); the python3 first on PATH
 # may be a different build without them.

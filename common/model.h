@@ -175,8 +175,9 @@ int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, mod
  * writes the index of each row's first maximum as a float, TOPK writes per
  * row the indices of the k largest values, largest first (the lower index
  * first on ties; NaN never ranks above a number), then those k values: 2k
- * columns.  k is used by TOPK only and clamped to 1..cols.  out must hold
- * rows * model_output_cols_k(mode, k, cols) floats. */
+ * columns, in O(cols * log k) per row.  k is used by TOPK only and clamped
+ * to 1..cols.  out must hold rows * model_output_cols_k(mode, k, cols)
+ * floats. */
 uint32_t model_output_cols_k(job_output_t mode, uint32_t k, uint32_t cols);
 void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t rows,
                          uint32_t cols, float *out);

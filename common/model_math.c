@@ -222,37 +222,84 @@ uint32_t model_output_cols_k(job_output_t mode, uint32_t k, uint32_t cols)
         }
 }
 
-/* 1 if a ranks before b among a row's values: larger first, NaN last,
- * and the lower index first among equals (the caller visits in index order
- * and only a strict "before" moves an entry). */
-static int model_ranks_before(float a, float b)
+/* topk keeps column indices as float32 (in the output itself, below), which
+ * is exact, so ties still break by index, only up to 2^24 columns. */
+_Static_assert(MODEL_MAX_DIM <= (1u << 24), "topk indices must be exact as float32");
+
+/* Whether (a, ia) ranks before (b, ib) among a row's values: the larger
+ * first, NaN after every number, and the lower index first among equals
+ * (NaNs are equal among themselves, and so are -0 and +0).  Indices are
+ * distinct, so this is a strict total order: a heap needs one. */
+static int model_topk_before(float a, float ia, float b, float ib)
 {
-        if (isnan(b))
-                return !isnan(a);
-        return a > b;
+        int na = isnan(a) != 0, nb = isnan(b) != 0;
+
+        if (na != nb)
+                return nb;
+        if (!na && a != b)
+                return a > b;
+        return ia < ib;
 }
 
-/* The k best of one row, by insertion into a sorted list of k: O(cols * k)
- * at worst, and a row's values are visited once, in order. */
+/* Restores the heap below slot i of a heap of n entries whose root is the
+ * entry ranking last (the one a better newcomer evicts). */
+static void model_topk_sift(float *idx, float *val, uint32_t i, uint32_t n)
+{
+        for (;;) {
+                uint32_t c = 2 * i + 1; /* no overflow: n <= MODEL_MAX_DIM = 2^20 */
+                float ti, tv;
+
+                if (c >= n)
+                        return;
+                if (c + 1 < n && model_topk_before(val[c], idx[c], val[c + 1], idx[c + 1]))
+                        c++; /* the child that ranks last */
+                if (!model_topk_before(val[i], idx[i], val[c], idx[c]))
+                        return;
+                ti = idx[i];
+                tv = val[i];
+                idx[i] = idx[c];
+                val[i] = val[c];
+                idx[c] = ti;
+                val[c] = tv;
+                i = c;
+        }
+}
+
+/* The k best of one row: a heap of the k best seen so far, rooted at the
+ * one ranking last, then sorted in place (a heapsort that moves the last
+ * ranking entry to the end each step).  O(cols * log k): the sorted
+ * insertion it replaces was O(cols * k), seconds per row with k near a wide
+ * output.  The heap lives in out itself (indices in its first k floats,
+ * values in the next k), so a row needs no memory of its own. */
 static void model_topk_row(const float *y, uint32_t cols, uint32_t k, float *out)
 {
         float *idx = out, *val = out + k;
-        uint32_t n = 0;
 
-        for (uint32_t j = 0; j < cols; j++) {
-                uint32_t pos = n;
-                while (pos > 0 && model_ranks_before(y[j], val[pos - 1]))
-                        pos--;
-                if (pos >= k)
+        for (uint32_t j = 0; j < k; j++) {
+                idx[j] = (float)j;
+                val[j] = y[j];
+        }
+        for (uint32_t i = k / 2; i-- > 0;)
+                model_topk_sift(idx, val, i, k);
+        for (uint32_t j = k; j < cols; j++) {
+                /* j is above every kept index, so a tie never gets in: only
+                 * a larger number, or any number over a NaN root.  This is
+                 * model_topk_before() spelt out for the loop most values
+                 * leave at once. */
+                if (!(y[j] > val[0] || (isnan(val[0]) && !isnan(y[j]))))
                         continue;
-                for (uint32_t t = n < k ? n : k - 1; t > pos; t--) {
-                        idx[t] = idx[t - 1];
-                        val[t] = val[t - 1];
-                }
-                idx[pos] = (float)j;
-                val[pos] = y[j];
-                if (n < k)
-                        n++;
+                idx[0] = (float)j;
+                val[0] = y[j];
+                model_topk_sift(idx, val, 0, k);
+        }
+        for (uint32_t n = k; n > 1; n--) {
+                float ti = idx[0], tv = val[0];
+
+                idx[0] = idx[n - 1];
+                val[0] = val[n - 1];
+                idx[n - 1] = ti;
+                val[n - 1] = tv;
+                model_topk_sift(idx, val, 0, n - 1);
         }
 }
 

@@ -1,6 +1,7 @@
 /* input.c - turns command-line rows, JSON-lines files and CSV files into
  * job input matrices, with errors that name the file, line and value. */
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,14 +20,30 @@ static int parse_csv_row(const char *s, float **vals, size_t *n, size_t *cap, ch
         for (;;) {
                 char *end;
                 double v;
+                int len;
                 while (*p == ' ' || *p == '\t')
                         p++;
+                len   = (int)strcspn(p, ",\r\n");
                 errno = 0;
                 v     = strtod(p, &end);
-                if (end == p || errno == ERANGE || !isfinite(v) || !isfinite((float)v))
-                        return kf_errf(errstr, errstr_size, "value %d ('%.*s') is not a finite "
-                                                            "number",
-                                       cnt + 1, (int)strcspn(p, ",\r\n"), p);
+                if (end == p)
+                        return kf_errf(errstr, errstr_size, "value %d ('%.*s') is not a number",
+                                       cnt + 1, len, p);
+                /* strtod reads "nan" and "inf" as numbers; an infinity with
+                 * ERANGE was a finite literal too large, refused below. */
+                if (isnan(v) || (isinf(v) && errno != ERANGE))
+                        return kf_errf(errstr, errstr_size, "value %d ('%.*s') is not finite",
+                                       cnt + 1, len, p);
+                /* ERANGE is also strtod's word for underflow (1e-320, a
+                 * float64 subnormal or 0), which is no error here: it rounds
+                 * to a float32 subnormal or 0, finite like any other value.
+                 * Only a magnitude beyond float32's is refused, as the job
+                 * decoder does, and before the conversion, which C leaves
+                 * undefined for it. */
+                if (fabs(v) > FLT_MAX)
+                        return kf_errf(errstr, errstr_size,
+                                       "value %d ('%.*s') is out of float32 range (largest %g)",
+                                       cnt + 1, len, p, (double)FLT_MAX);
                 if (*n == *cap) {
                         size_t nc = *cap ? *cap * 2 : 64;
                         float *nv = realloc(*vals, nc * sizeof(float));
@@ -47,6 +64,49 @@ static int parse_csv_row(const char *s, float **vals, size_t *n, size_t *cap, ch
                                        cnt);
                 p++;
         }
+}
+
+/* Line 1 of a CSV file that did not parse as a row: 1 if it is a header,
+ * i.e. none of its fields is a number (what strtod reads, all of the field
+ * but the blanks around it), else 0.  A line that mixes numbers with other
+ * fields is a data line with a typo, never a header to drop: why then names
+ * its first field that is not a number.  A line of numbers only keeps the
+ * parser's why (a value out of range, say). */
+static int csv_header_check(const char *line, char *why, size_t why_size)
+{
+        const char *p = line, *bad = NULL;
+        int numbers = 0, bad_col = 0, bad_len = 0;
+
+        for (int col = 1;; col++) {
+                size_t len    = strcspn(p, ",\r\n");
+                const char *f = p, *e = p + len;
+                char *end;
+
+                while (f < e && (*f == ' ' || *f == '\t'))
+                        f++;
+                while (e > f && (e[-1] == ' ' || e[-1] == '\t'))
+                        e--;
+                (void)strtod(f, &end);
+                if (f < e && end == e) {
+                        numbers++;
+                } else if (!bad) {
+                        bad     = f;
+                        bad_col = col;
+                        bad_len = (int)(e - f);
+                }
+                p += len;
+                if (*p != ',')
+                        break;
+                p++;
+        }
+        if (numbers == 0)
+                return 1;
+        if (bad)
+                kf_errf(why, why_size,
+                        "column %d ('%.*s') is not a number, but other fields of this line are: "
+                        "a first line is a header only when none of its fields is a number",
+                        bad_col, bad_len, bad);
+        return 0;
 }
 
 int kc_rows_from_args(int argc, char **argv, kc_matrix_t *m, char *errstr, size_t errstr_size)
@@ -89,9 +149,14 @@ static int json_row(json_t *row, float **vals, size_t *n, size_t *cap, char *err
                 if (!json_is_number(v))
                         return kf_errf(errstr, errstr_size, "value %zu is not a number", i + 1);
                 d = json_number_value(v);
-                if (!isfinite((float)d))
+                /* The CSV reader's range test: jansson already refuses what
+                 * overflows a double, and what underflows becomes a float32
+                 * 0 or subnormal; beyond float32's range the conversion is
+                 * undefined, so the test comes first. */
+                if (fabs(d) > FLT_MAX)
                         return kf_errf(errstr, errstr_size,
-                                       "value %zu does not fit a finite float32", i + 1);
+                                       "value %zu (%g) is out of float32 range (largest %g)",
+                                       i + 1, d, (double)FLT_MAX);
                 if (*n == *cap) {
                         size_t nc = *cap ? *cap * 2 : 64;
                         float *nv = realloc(*vals, nc * sizeof(float));
@@ -200,7 +265,7 @@ int kc_read_jobs(const char *path, const char *format, int64_t rows_per_job, kc_
                                 n = 0;
                         c = parse_csv_row(p, &vals, &n, &cap, why, sizeof(why));
                         if (c < 0) {
-                                if (lineno == 1)
+                                if (lineno == 1 && csv_header_check(p, why, sizeof(why)))
                                         continue; /* a header line */
                                 rc = kf_errf(errstr, errstr_size, "%s:%ld: %s", path, lineno,
                                              why);

@@ -122,10 +122,12 @@ int kc_rows_from_args(int argc, char **argv, kc_matrix_t *m, char *errstr, size_
 typedef int(kc_job_cb)(const kc_matrix_t *m, void *opaque);
 
 /* Reads jobs from a JSON-lines file (each line a row [..] or rows [[..],..])
- * or a CSV file (each line a row; rows_per_job lines make one job) and calls
- * cb for each.  format is "jsonl", "csv" or NULL (by the file's extension;
- * "-" is stdin and needs a format).  Returns 0 or -1 with errstr naming the
- * file, line and problem. */
+ * or a CSV file (each line a row; rows_per_job lines make one job; line 1 is
+ * a header, skipped, only when none of its fields is a number) and calls cb
+ * for each.  A value must be within float32's range; one that underflows it
+ * becomes 0 or a subnormal.  format is "jsonl", "csv" or NULL (by the file's
+ * extension; "-" is stdin and needs a format).  Returns 0 or -1 with errstr
+ * naming the file, line and problem. */
 int kc_read_jobs(const char *path, const char *format, int64_t rows_per_job, kc_job_cb *cb,
                  void *opaque, char *errstr, size_t errstr_size);
 

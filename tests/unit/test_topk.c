@@ -10,6 +10,7 @@
 #include <cmocka.h>
 /* clang-format on */
 
+#include <float.h>
 #include <math.h>
 #include <msgpack.h>
 #include <stdio.h>
@@ -84,6 +85,141 @@ static void test_against_reference(void **state)
                         assert_same(out + (size_t)r * 2 * k, want, 2 * k);
                 }
         }
+}
+
+/* ---- many random rows against a full sort ----------------------------- */
+
+/* One entry of the brute-force reference: a value and its column. */
+typedef struct {
+        float v;
+        uint32_t i;
+} ref_ent_t;
+
+/* qsort order of the documented ranking: numbers before NaN, the larger
+ * number first, the lower column first among equals (-0 == +0). */
+static int ref_cmp(const void *pa, const void *pb)
+{
+        const ref_ent_t *a = pa, *b = pb;
+        int an = isnan(a->v) != 0, bn = isnan(b->v) != 0;
+
+        if (an != bn)
+                return an - bn;
+        if (!an && a->v > b->v)
+                return -1;
+        if (!an && a->v < b->v)
+                return 1;
+        return (a->i > b->i) - (a->i < b->i);
+}
+
+/* The reference: sort the whole row, keep the first k. */
+static void ref_sorted_topk(const float *y, uint32_t cols, uint32_t k, ref_ent_t *ent, float *out)
+{
+        for (uint32_t j = 0; j < cols; j++) {
+                ent[j].v = y[j];
+                ent[j].i = j;
+        }
+        qsort(ent, cols, sizeof(*ent), ref_cmp);
+        for (uint32_t t = 0; t < k; t++) {
+                out[t] = (float)ent[t].i;
+                out[k + t] = ent[t].v;
+        }
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+        *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+        return *s >> 33;
+}
+
+/* A value drawn to make ties, NaN, infinities and signed zeros common: the
+ * cases where a heap is easiest to get wrong. */
+static float rng_value(uint64_t *s, int style)
+{
+        uint64_t r = rng_next(s);
+
+        switch (style) {
+        case 0: /* few distinct values: long runs of ties */
+                return (float)(r % 5) - 2.0f;
+        case 1: /* mostly distinct */
+                return (float)(int64_t)(r % 2000001) / 1000.0f - 1000.0f;
+        case 2: /* a third NaN, the rest few small values */
+                return r % 3 == 0 ? NAN : (float)(r % 4);
+        default: /* the special values, mixed */
+                switch (r % 8) {
+                case 0:
+                        return NAN;
+                case 1:
+                        return INFINITY;
+                case 2:
+                        return -INFINITY;
+                case 3:
+                        return 0.0f;
+                case 4:
+                        return -0.0f;
+                case 5:
+                        return FLT_MAX;
+                case 6:
+                        return -FLT_MAX;
+                default:
+                        return (float)(r % 3);
+                }
+        }
+}
+
+static void test_random_rows_against_full_sort(void **state)
+{
+        const uint32_t widths[] = {1, 2, 3, 4, 5, 7, 8, 16, 31, 64, 100, 257, 1000};
+        const uint32_t rows = 24;
+        uint64_t s = 12345;
+        size_t checked = 0;
+        (void)state;
+
+        for (size_t w = 0; w < sizeof(widths) / sizeof(widths[0]); w++) {
+                uint32_t cols = widths[w];
+                uint32_t ks[] = {1, 2, cols / 2, cols - 1, cols};
+                float *Y = malloc(sizeof(float) * rows * cols);
+                float *out = malloc(sizeof(float) * rows * 2 * cols);
+                float *want = malloc(sizeof(float) * 2 * cols);
+                ref_ent_t *ent = malloc(sizeof(*ent) * cols);
+
+                assert_non_null(Y);
+                assert_non_null(out);
+                assert_non_null(want);
+                assert_non_null(ent);
+                for (uint32_t r = 0; r < rows; r++) {
+                        int style = (int)(r % 5);
+                        for (uint32_t j = 0; j < cols; j++) {
+                                float *y = &Y[(size_t)r * cols + j];
+                                /* style 4: strictly ascending, every value
+                                 * displaces the heap's root */
+                                *y = style == 4 ? (float)j : rng_value(&s, style);
+                        }
+                }
+                for (size_t t = 0; t < sizeof(ks) / sizeof(ks[0]); t++) {
+                        uint32_t k = ks[t];
+                        if (k < 1 || k > cols)
+                                continue;
+                        model_postprocess_k(JOB_OUTPUT_TOPK, k, Y, rows, cols, out);
+                        for (uint32_t r = 0; r < rows; r++) {
+                                const float *got = out + (size_t)r * 2 * k;
+                                ref_sorted_topk(Y + (size_t)r * cols, cols, k, ent, want);
+                                /* bit for bit: which zero, which NaN column */
+                                for (uint32_t c = 0; c < 2 * k; c++) {
+                                        if (memcmp(&got[c], &want[c], sizeof(float)) != 0)
+                                                fail_msg("cols %u k %u row %u: out[%u] = %g, "
+                                                         "want %g",
+                                                         cols, k, r, c, (double)got[c],
+                                                         (double)want[c]);
+                                }
+                                checked++;
+                        }
+                }
+                free(ent);
+                free(want);
+                free(out);
+                free(Y);
+        }
+        assert_true(checked > 1000);
 }
 
 static void test_nan_and_bounds(void **state)
@@ -231,8 +367,11 @@ static void test_check_job(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_layout_by_hand), cmocka_unit_test(test_against_reference),
-            cmocka_unit_test(test_nan_and_bounds), cmocka_unit_test(test_codec),
+            cmocka_unit_test(test_layout_by_hand),
+            cmocka_unit_test(test_against_reference),
+            cmocka_unit_test(test_nan_and_bounds),
+            cmocka_unit_test(test_random_rows_against_full_sort),
+            cmocka_unit_test(test_codec),
             cmocka_unit_test(test_check_job),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
