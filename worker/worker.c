@@ -84,6 +84,7 @@ struct kw_worker_s {
         atomic_int abandon;   /* writer: drop batches instead of retrying */
         atomic_ullong batches, abandoned;
         unsigned long long jobs_seen; /* loop thread */
+        int fatal;            /* loop thread: the consumer had a fatal error */
 };
 
 static kw_batch_t *batch_new(void)
@@ -218,15 +219,20 @@ static void set_paused(kw_worker_t *w, int pause)
         kf_info("%s fetching from %d partitions", pause ? "paused" : "resumed", cnt);
 }
 
-/* Logs a consumer error event; librdkafka recovers from all but fatal ones. */
+/* Logs a consumer error event; librdkafka recovers from all but fatal ones.
+ * After a fatal one the consumer never fetches again: the worker shuts down
+ * and exits 1, so that a supervisor starts a fresh one. */
 static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
 {
         if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 return;
         if (rkm->err == RD_KAFKA_RESP_ERR__FATAL) {
                 char why[512];
-                rd_kafka_fatal_error(w->rk, why, sizeof(why));
-                kf_error("fatal consumer error: %s", why);
+                rd_kafka_resp_err_t err = rd_kafka_fatal_error(w->rk, why, sizeof(why));
+                if (!w->fatal)
+                        kf_error("fatal consumer error %s: %s; the worker stops (exit status 1)",
+                                 rd_kafka_err2name(err), why);
+                w->fatal = 1;
                 *w->stop = 1;
                 return;
         }
@@ -507,8 +513,8 @@ int kw_worker_run(kw_worker_t *w)
         if (drain(w, c->grace_ms))
                 rc = -1;
         rd_kafka_consumer_close(w->rk);
-        /* A producer that died is an error a supervisor must see: exit 1. */
-        if (kw_dlq_fatal(&w->dlq))
+        /* A client that died is an error a supervisor must see: exit 1. */
+        if (w->fatal || kw_dlq_fatal(&w->dlq))
                 rc = -1;
         {
                 unsigned long long written = 0, duplicates = 0;

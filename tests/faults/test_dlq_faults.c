@@ -7,8 +7,8 @@
  * a readable id is copied to the DLQ, and its offset (with every later one
  * of its partition) may be committed only after the broker acknowledged the
  * copy; the other jobs' results must not wait for that.  The fatal-error
- * case checks that a worker whose dead-letter producer died exits non-zero
- * by itself, so that a supervisor restarts it. */
+ * cases check that a worker whose consumer or dead-letter producer died
+ * exits non-zero by itself, so that a supervisor restarts it. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -292,6 +292,32 @@ static void test_dlq_producer_fatal(void **state)
         fx_finish(fx, &w, 1);
 }
 
+/* The group coordinator fences the worker's static instance id: a fatal
+ * consumer error.  The worker must exit 1 (not 0, which says "stopped as
+ * asked"), after writing what it had. */
+static void test_consumer_fatal(void **state)
+{
+        fx_t *fx = *state;
+        int w, st;
+
+        fx_setup(fx, "consfatal", 1, 1, 4, NULL);
+        fx_add_good(fx, 40);
+        fx_produce(fx, 0, fx->n_jobs);
+
+        w = fx_worker(fx, "fenced-w1", (const char *[]){"--instance-id", "fenced-1", NULL});
+        fx_wait_all(fx, PROMPT_MS);
+        broker_cmd(fx, "request-errors Heartbeat FENCED_INSTANCE_ID FENCED_INSTANCE_ID");
+        st = kt_stack_wait(&fx->stack, w, 60000);
+        if (st != 1) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("fenced worker: exit status %d, want 1%s", st,
+                         st == -1 ? " (still running after 60 s)" : "");
+        }
+        wait_log(fx, w, "fatal consumer error", NULL, 1000);
+        fx_check(fx);
+        fx_finish(fx, NULL, 0);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -299,6 +325,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_dlq_copy_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_dlq_copies_abandoned, setup, teardown),
             cmocka_unit_test_setup_teardown(test_dlq_producer_fatal, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_consumer_fatal, setup, teardown),
         };
         return fx_run(tests);
 }
