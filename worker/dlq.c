@@ -31,9 +31,10 @@ struct kw_dlq_item_s {
         int done;         /* counted and its offset marked done */
         int abandoned;    /* given up: never counted, never stored */
         int attempts;
-        int backoff_ms;      /* the last wait before a retry */
-        int64_t retry_at_us; /* kf_mono_us() of the next attempt */
-        int64_t logged_us;   /* of the last failure logged */
+        int backoff_ms;               /* the last wait before a retry */
+        int64_t retry_at_us;          /* kf_mono_us() of the next attempt */
+        int64_t logged_us;            /* of the last failure logged */
+        rd_kafka_resp_err_t last_err; /* of the last failure */
         struct kw_dlq_item_s *next;
 };
 
@@ -44,9 +45,11 @@ static void item_free(kw_dlq_item_t *it)
 }
 
 /* A copy failed (refused at once, or in its delivery report): try again
- * later.  Logged on the first failure and then every RELOG_US, so a copy
- * that can never be made is visible without flooding the log.  d->lock. */
-static void item_failed(kw_dlq_t *d, kw_dlq_item_t *it, const char *why)
+ * later.  Logged on the first failure, when the reason changes (a copy that
+ * first timed out may then be refused for a cause the operator can fix) and
+ * every RELOG_US, so a copy that can never be made is visible without
+ * flooding the log.  d->lock. */
+static void item_failed(kw_dlq_t *d, kw_dlq_item_t *it, rd_kafka_resp_err_t err)
 {
         int64_t now = kf_mono_us();
 
@@ -57,13 +60,14 @@ static void item_failed(kw_dlq_t *d, kw_dlq_item_t *it, const char *why)
                          : it->backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS
                                                              : it->backoff_ms * 2;
         it->retry_at_us = now + (int64_t)it->backoff_ms * 1000;
-        if (it->logged_us && now - it->logged_us < RELOG_US)
+        if (it->logged_us && now - it->logged_us < RELOG_US && err == it->last_err)
                 return;
         it->logged_us = now;
+        it->last_err = err;
         kf_warn("dead-letter copy of %s to %s failed (attempt %d, next in %d ms): %s; until a "
                 "copy is taken, no offset of partition %d from %lld on is committed "
                 "(docs/operations.md, Dead letters)",
-                it->source, d->topic, it->attempts, it->backoff_ms, why,
+                it->source, d->topic, it->attempts, it->backoff_ms, rd_kafka_err2str(err),
                 (int)it->job.rkm->partition, (long long)it->job.rkm->offset);
 }
 
@@ -102,7 +106,7 @@ static void item_produce(kw_dlq_t *d, kw_dlq_item_t *it)
             RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(it), RD_KAFKA_V_END);
         if (err) {
                 rd_kafka_headers_destroy(hdrs); /* not taken over on failure */
-                item_failed(d, it, rd_kafka_err2str(err));
+                item_failed(d, it, err);
                 return;
         }
         it->inflight = 1;
@@ -118,7 +122,7 @@ static void dlq_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaqu
         pthread_mutex_lock(&d->lock);
         it->inflight = 0;
         if (rkm->err) {
-                item_failed(d, it, rd_kafka_err2str(rkm->err));
+                item_failed(d, it, rkm->err);
         } else {
                 it->acked = 1;
                 atomic_fetch_add(&d->sent, 1);
