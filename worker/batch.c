@@ -233,16 +233,22 @@ void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows)
         }
 }
 
+void kw_job_clear(kw_job_t *j)
+{
+        job_clear(&j->job);
+        free(j->output);
+        j->output = NULL;
+        model_unref(j->model);
+        j->model = NULL;
+        if (j->rkm)
+                rd_kafka_message_destroy(j->rkm);
+        j->rkm = NULL;
+}
+
 void kw_batch_reset(kw_batch_t *b)
 {
-        for (int i = 0; i < b->n; i++) {
-                kw_job_t *j = &b->jobs[i];
-                job_clear(&j->job);
-                free(j->output);
-                model_unref(j->model);
-                if (j->rkm)
-                        rd_kafka_message_destroy(j->rkm);
-        }
+        for (int i = 0; i < b->n; i++)
+                kw_job_clear(&b->jobs[i]);
         b->n         = 0;
         b->rows      = 0;
         b->abandoned = 0;

@@ -1,8 +1,10 @@
 /* batch.h - one micro-batch of jobs on its way from Kafka to Redis.
  *
  * A job slot moves NEW -> DONE (result computed, success or error) ->
- * WRITTEN (Redis acknowledged it).  The batch owns the Kafka messages until
- * kw_batch_reset(), so offsets can be stored from them after the write.
+ * WRITTEN (Redis acknowledged it); a DONE job without a readable id goes to
+ * HELD instead when the writer hands it to the dead-letter stage (dlq.h).
+ * The batch owns the Kafka messages until kw_batch_reset(), so offsets can
+ * be stored from them after the write.
  * A batch belongs to one thread at a time: the loop thread fills it, a
  * compute thread computes it, a writer thread writes it (see worker.c). */
 #ifndef KW_BATCH_H
@@ -19,14 +21,10 @@ typedef enum {
         KW_JOB_NEW = 0, /* polled, not processed yet */
         KW_JOB_DONE,    /* result (ok or error) ready to be written */
         KW_JOB_WRITTEN, /* acknowledged by Redis */
+        KW_JOB_HELD,    /* not this batch's to write or store: handed to the
+                         * dead-letter stage (the slot is empty then), or
+                         * kept back because it could not be (dlq.h) */
 } kw_job_state_t;
-
-/* Dead-letter state of a job without a readable id (see dlq.h). */
-typedef enum {
-        KW_DLQ_NONE = 0, /* not copied (or the copy failed: copy again) */
-        KW_DLQ_SENT,     /* produced, acknowledgement pending */
-        KW_DLQ_ACKED,    /* the broker has the copy */
-} kw_dlq_state_t;
 
 typedef struct kw_job_s {
         rd_kafka_message_t *rkm; /* owned */
@@ -40,7 +38,6 @@ typedef struct kw_job_s {
         uint64_t flops;      /* charged on success: rows * 2 * sum(in*out) */
         int64_t started_ms;  /* Unix ms when the worker picked it up */
         int64_t done_ms;     /* Unix ms when its result was ready */
-        kw_dlq_state_t dlq;  /* only for jobs without a readable id */
         int over_quota;      /* the pre-check found the user over quota: not
                               * computed, input kept (see commit.h) */
         int precheck_done;   /* the pre-check is not asked again for this job */
@@ -94,6 +91,10 @@ void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows);
 /* Destroys the messages, results and model references; keeps the job array
  * for the next batch. */
 void kw_batch_reset(kw_batch_t *b);
+/* The same for one job (its message, result, model reference), which may
+ * live outside a batch (dlq.c); the slot is left empty and can be cleared
+ * again. */
+void kw_job_clear(kw_job_t *j);
 void kw_batch_free(kw_batch_t *b); /* frees b too; accepts NULL */
 void kw_compute_ctx_free(kw_compute_ctx_t *ctx);
 

@@ -108,6 +108,8 @@ static void usage(FILE *fp)
         kf_config_usage(fp, kw_options);
         fprintf(fp, "  %-34s %s\n", "-X key=value",
                 "set a librdkafka property (repeatable; overrides kinfer's defaults)");
+        fprintf(fp, "  %-34s %s\n", "-X dlq.key=value",
+                "set it on the dead-letter producer only (docs/operations.md)");
         fprintf(fp, "\nThe wire contract is in docs/protocol.md.\n");
 }
 

@@ -7,8 +7,13 @@
  *   compute threads (compute_threads of them, OpenBLAS single-threaded each
  *                   unless --blas-threads says otherwise)  --write_q-->
  *   writer threads  (writer_threads of them, a Redis connection each)
- *                   dead-letter copies, pipelined Redis steps (retried with
- *                   backoff while Redis is away), kw_offsets_done
+ *                   hand messages without a readable id to the dead-letter
+ *                   stage, pipelined Redis steps (retried with backoff while
+ *                   Redis is away), kw_offsets_done
+ *   dead-letter stage (dlq.c, a thread and a Redis connection) copies those
+ *                   messages to the DLQ topic, retrying until the broker
+ *                   takes them, then counts them and kw_offsets_done: a copy
+ *                   that waits holds back its own offset, never other results
  *
  * Two writers keep Redis busy: while Redis runs one writer's pipeline, the
  * other builds its next one or reads its replies (with one, Redis idles
@@ -62,8 +67,8 @@ struct kw_worker_s {
         kw_redis_t pre;      /* loop thread: quota pre-check */
         kw_writer_t *writers;
         int n_writers;
-        kw_dlq_t dlq;        /* writer threads, under dlq_lock */
-        pthread_mutex_t dlq_lock;
+        kw_dlq_t dlq;        /* the dead-letter stage (thread-safe, see dlq.h) */
+        kw_redis_t dlq_redis; /* the dead-letter stage's connection */
         kw_offsets_t *offsets;
         kw_queue_t compute_q, write_q;
         pthread_t *computers;
@@ -80,6 +85,7 @@ struct kw_worker_s {
         atomic_int abandon;   /* writer: drop batches instead of retrying */
         atomic_ullong batches, abandoned;
         unsigned long long jobs_seen; /* loop thread */
+        int fatal;            /* loop thread: the consumer had a fatal error */
 };
 
 static kw_batch_t *batch_new(void)
@@ -120,23 +126,17 @@ static int backoff_next(int ms)
 
 /* --- writer threads ----------------------------------------------------- */
 
-/* One attempt to make a computed batch durable: dead-letter copies first,
+/* One attempt to make a computed batch durable: messages without a
+ * readable id go to the dead-letter stage, which copies them on its own
+ * time (a copy the DLQ does not take must not hold back these results),
  * then the steps.  A job the step hands back (quota window rolled over) is
  * computed here and written in the next round.  Returns 0 or -1. */
 static int write_once(kw_writer_t *wr, kw_batch_t *b, kw_compute_ctx_t *ctx)
 {
         kw_worker_t *w = wr->w;
         char err[512];
-        int rc;
-        /* One writer at a time: the delivery reports of a flush are served
-         * to whichever thread flushes, and they point into the batches. */
-        pthread_mutex_lock(&w->dlq_lock);
-        rc = kw_dlq_send_batch(&w->dlq, b, 10000, err, sizeof(err));
-        pthread_mutex_unlock(&w->dlq_lock);
-        if (rc) {
-                kf_warn("batch of %d jobs not done yet: %s", b->n, err);
-                return -1;
-        }
+
+        kw_dlq_take(&w->dlq, b);
         for (int round = 0; round < 3; round++) {
                 int left = 0;
                 kw_batch_compute(b, ctx, (uint32_t)w->conf->batch_max_rows);
@@ -145,7 +145,8 @@ static int write_once(kw_writer_t *wr, kw_batch_t *b, kw_compute_ctx_t *ctx)
                         return -1;
                 }
                 for (int i = 0; i < b->n; i++)
-                        left += b->jobs[i].state != KW_JOB_WRITTEN;
+                        left += b->jobs[i].state != KW_JOB_WRITTEN &&
+                                b->jobs[i].state != KW_JOB_HELD;
                 if (!left)
                         return 0;
         }
@@ -178,10 +179,14 @@ static void *writer_main(void *arg)
                 if (atomic_load(&w->abandon)) {
                         /* Not stored, so redelivered to the partitions' next owner;
                          * any step we did write makes its copy a no-op there. */
-                        atomic_fetch_add(&w->abandoned, (unsigned long long)b->n);
+                        for (int i = 0; i < b->n; i++) /* HELD: the dead-letter stage's */
+                                atomic_fetch_add(&w->abandoned,
+                                                 b->jobs[i].state != KW_JOB_HELD);
                 } else {
                         for (int i = 0; i < b->n; i++) {
                                 rd_kafka_message_t *rkm = b->jobs[i].rkm;
+                                if (b->jobs[i].state != KW_JOB_WRITTEN)
+                                        continue; /* HELD: the dead-letter stage's */
                                 kw_offsets_done(w->offsets, rd_kafka_topic_name(rkm->rkt),
                                                 rkm->partition, rkm->offset);
                         }
@@ -215,15 +220,20 @@ static void set_paused(kw_worker_t *w, int pause)
         kf_info("%s fetching from %d partitions", pause ? "paused" : "resumed", cnt);
 }
 
-/* Logs a consumer error event; librdkafka recovers from all but fatal ones. */
+/* Logs a consumer error event; librdkafka recovers from all but fatal ones.
+ * After a fatal one the consumer never fetches again: the worker shuts down
+ * and exits 1, so that a supervisor starts a fresh one. */
 static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
 {
         if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 return;
         if (rkm->err == RD_KAFKA_RESP_ERR__FATAL) {
                 char why[512];
-                rd_kafka_fatal_error(w->rk, why, sizeof(why));
-                kf_error("fatal consumer error: %s", why);
+                rd_kafka_resp_err_t err = rd_kafka_fatal_error(w->rk, why, sizeof(why));
+                if (!w->fatal)
+                        kf_error("fatal consumer error %s: %s; the worker stops (exit status 1)",
+                                 rd_kafka_err2name(err), why);
+                w->fatal = 1;
                 *w->stop = 1;
                 return;
         }
@@ -297,7 +307,9 @@ static int dispatch_now(kw_worker_t *w)
         if (resolve(w, b))
                 return -1;
         pthread_mutex_lock(&w->lock);
-        room = w->inflight < w->max_inflight;
+        /* Many dead-letter copies outstanding (the DLQ refuses them) count
+         * as a full pipeline: each holds its message in memory. */
+        room = w->inflight < w->max_inflight && !kw_dlq_full(&w->dlq);
         if (room)
                 w->inflight++;
         pthread_mutex_unlock(&w->lock);
@@ -365,7 +377,8 @@ static void dispatch(kw_worker_t *w)
                                 ts.tv_sec++;
                                 ts.tv_nsec -= 1000000000L;
                         }
-                        if (w->inflight >= w->max_inflight || w->resolve_backoff_ms)
+                        if (w->inflight >= w->max_inflight || w->resolve_backoff_ms ||
+                            kw_dlq_full(&w->dlq))
                                 pthread_cond_timedwait(&w->idle, &w->lock, &ts);
                         pthread_mutex_unlock(&w->lock);
                 } else {
@@ -386,19 +399,20 @@ static void dispatch(kw_worker_t *w)
                 resume(w);
 }
 
-/* Waits until the current batch is dispatched and every dispatched batch is
- * written, for at most timeout_ms.  If that is not enough (Redis away), the
- * rest is abandoned: the writer drops it without storing offsets, so it is
- * redelivered to the partitions' next owner.  Never polls the consumer
- * (it runs inside the rebalance callback too).  Returns 0 if everything was
- * written, -1 if some was abandoned. */
+/* Waits until the current batch is dispatched, every dispatched batch is
+ * written and every dead-letter copy taken, for at most timeout_ms.  If that
+ * is not enough (Redis or the DLQ away), the rest is abandoned: the writer
+ * drops it and the dead-letter stage gives its copies up, without storing
+ * offsets, so it is redelivered to the partitions' next owner.  Never polls
+ * the consumer (it runs inside the rebalance callback too).  Returns 0 if
+ * everything was written, -1 if some was abandoned. */
 static int drain(kw_worker_t *w, int64_t timeout_ms)
 {
         int64_t until = kf_mono_us() + timeout_ms * 1000;
         int rc        = 0;
 
         pthread_mutex_lock(&w->lock);
-        while (w->inflight > 0 || (w->cur && w->cur->n)) {
+        while (w->inflight > 0 || (w->cur && w->cur->n) || (!rc && kw_dlq_held(&w->dlq))) {
                 struct timespec ts;
                 if (w->cur && w->cur->n && w->inflight < w->max_inflight) {
                         int waiting;
@@ -410,9 +424,9 @@ static int drain(kw_worker_t *w, int64_t timeout_ms)
                 }
                 if (!rc && kf_mono_us() > until) {
                         int held = w->cur ? w->cur->n : 0;
-                        kf_error("%d batches and %d held jobs not written within %lld ms: "
-                                 "abandoning them (they will be redelivered)",
-                                 w->inflight, held, (long long)timeout_ms);
+                        kf_error("%d batches, %d held jobs and %d dead-letter copies not done "
+                                 "within %lld ms: abandoning them (they will be redelivered)",
+                                 w->inflight, held, kw_dlq_held(&w->dlq), (long long)timeout_ms);
                         atomic_store(&w->abandon, 1);
                         atomic_fetch_add(&w->abandoned, (unsigned long long)held);
                         kw_batch_free(w->cur); /* never dispatched: not tracked */
@@ -429,6 +443,11 @@ static int drain(kw_worker_t *w, int64_t timeout_ms)
         }
         pthread_mutex_unlock(&w->lock);
         atomic_store(&w->abandon, 0);
+        /* Copies given up on time-out, or that can never be taken (fatal
+         * producer error): nothing of theirs may be stored after this, since
+         * the caller forgets the partitions' offsets next. */
+        if (kw_dlq_abandon(&w->dlq))
+                rc = -1;
         return rc;
 }
 
@@ -490,12 +509,17 @@ int kw_worker_run(kw_worker_t *w)
 
         /* Graceful shutdown: finish in-flight work within the grace period,
          * then leave the group (consumer_close commits the stored offsets). */
-        kf_info("shutting down: %d batches in flight", inflight_get(w) + (w->cur != NULL));
+        kf_info("shutting down: %d batches in flight, %d dead-letter copies outstanding",
+                inflight_get(w) + (w->cur != NULL), kw_dlq_held(&w->dlq));
         if (drain(w, c->grace_ms))
                 rc = -1;
         rd_kafka_consumer_close(w->rk);
+        /* A client that died is an error a supervisor must see: exit 1. */
+        if (w->fatal || kw_dlq_fatal(&w->dlq))
+                rc = -1;
         {
-                unsigned long long written = 0, duplicates = 0, undecodable = 0;
+                unsigned long long written = 0, duplicates = 0;
+                unsigned long long undecodable = w->dlq_redis.undecodable;
                 for (int i = 0; i < w->n_writers; i++) {
                         written += w->writers[i].redis.written;
                         duplicates += w->writers[i].redis.duplicates;
@@ -504,7 +528,7 @@ int kw_worker_run(kw_worker_t *w)
                 kf_info("stopped: %llu jobs, %llu batches, %llu written, %llu duplicates, "
                         "%llu undecodable (%llu dead-lettered), %llu abandoned",
                         w->jobs_seen, (unsigned long long)atomic_load(&w->batches), written,
-                        duplicates, undecodable, w->dlq.sent,
+                        duplicates, undecodable, (unsigned long long)atomic_load(&w->dlq.sent),
                         (unsigned long long)atomic_load(&w->abandoned));
         }
         return rc;
@@ -566,6 +590,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         rd_kafka_conf_t *kconf = NULL;
         rd_kafka_topic_partition_list_t *topics = NULL;
         rd_kafka_resp_err_t err;
+        kf_props_t cprops = {0};
         kw_worker_t *w;
         char host[128];
 
@@ -576,7 +601,6 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         w->conf = c;
         w->stop = stop;
         pthread_mutex_init(&w->lock, NULL);
-        pthread_mutex_init(&w->dlq_lock, NULL);
         pthread_cond_init(&w->idle, NULL);
         kw_queue_init(&w->compute_q);
         kw_queue_init(&w->write_q);
@@ -617,11 +641,18 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 if (redis_open(w, &w->writers[i].redis, errstr, errstr_size))
                         goto err;
         }
-        if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id, errstr,
-                        errstr_size))
+        if (redis_open(w, &w->dlq_redis, errstr, errstr_size))
+                goto err;
+        if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id,
+                        c->max_message_bytes, errstr, errstr_size))
                 goto err;
 
-        if (!(kconf = kf_kafka_conf_new(c->brokers, defaults, &c->props, errstr, errstr_size)))
+        /* -X dlq.KEY=VALUE is the dead-letter producer's alone. */
+        if (kw_dlq_consumer_props(&c->props, &cprops, errstr, errstr_size))
+                goto err;
+        kconf = kf_kafka_conf_new(c->brokers, defaults, &cprops, errstr, errstr_size);
+        kf_props_free(&cprops);
+        if (!kconf)
                 goto err;
         if (rd_kafka_conf_set(kconf, "group.id", c->group, errstr, errstr_size) ||
             rd_kafka_conf_set(kconf, "client.id", w->worker_id, errstr, errstr_size) ||
@@ -638,6 +669,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
+        if (kw_dlq_start(&w->dlq, &w->dlq_redis, w->offsets, w->stop, errstr, errstr_size))
+                goto err;
         if (threads_start(w, errstr, errstr_size))
                 goto err;
 
@@ -680,6 +713,9 @@ void kw_worker_destroy(kw_worker_t *w)
         kw_batch_free(w->cur);
         if (w->rewind)
                 rd_kafka_topic_partition_list_destroy(w->rewind);
+        /* Before the consumer: the stage holds messages it fetched. */
+        kw_dlq_close(&w->dlq);
+        kw_redis_close(&w->dlq_redis);
         if (w->rk)
                 rd_kafka_destroy(w->rk);
         kw_offsets_destroy(w->offsets);
@@ -687,12 +723,10 @@ void kw_worker_destroy(kw_worker_t *w)
                 kw_redis_close(&w->writers[i].redis);
         free(w->writers);
         kw_redis_close(&w->pre);
-        kw_dlq_close(&w->dlq);
         ms_store_destroy(w->models);
         kw_queue_destroy(&w->compute_q);
         kw_queue_destroy(&w->write_q);
         pthread_cond_destroy(&w->idle);
         pthread_mutex_destroy(&w->lock);
-        pthread_mutex_destroy(&w->dlq_lock);
         free(w);
 }

@@ -375,6 +375,28 @@ static int cmd_topic_error(db_state_t *st, int argc, char **argv, char *errstr, 
         return 0;
 }
 
+/* Which versions of a request the brokers announce in ApiVersions; -1 -1
+ * announces none, as a broker too old for the request would (e.g.
+ * InitProducerId: Kafka < 0.11, no idempotent producer).  Clients see it on
+ * their next connection. */
+static int cmd_api_version(db_state_t *st, int argc, char **argv, char *errstr,
+                           size_t errstr_size)
+{
+        int64_t lo, hi;
+        int16_t key;
+        (void)argc;
+        if (parse_apikey(argv[1], &key, errstr, errstr_size) ||
+            parse_int(argv[2], -1, INT16_MAX, "min version", &lo, errstr, errstr_size) ||
+            parse_int(argv[3], -1, INT16_MAX, "max version", &hi, errstr, errstr_size))
+                return -1;
+        if ((lo < 0) != (hi < 0) || lo > hi)
+                return kf_errf(errstr, errstr_size,
+                               "bad version range %lld..%lld (MIN <= MAX, or -1 -1 for none)",
+                               (long long)lo, (long long)hi);
+        return mock_result(rd_kafka_mock_set_apiversion(st->mcluster, key, (int16_t)lo, (int16_t)hi),
+                           errstr, errstr_size);
+}
+
 static int create_topic(db_state_t *st, const char *name, int partitions, char *errstr,
                         size_t errstr_size)
 {
@@ -412,6 +434,7 @@ static const db_cmd_t commands[] = {
     {"clear-errors", 1, 1, "clear-errors APIKEY", cmd_clear_errors},
     {"topic-error", 2, 2, "topic-error TOPIC ERRCODE", cmd_topic_error},
     {"create-topic", 2, 2, "create-topic NAME PARTITIONS", cmd_create_topic},
+    {"api-version", 3, 3, "api-version APIKEY MIN MAX", cmd_api_version},
 };
 
 #define DB_NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

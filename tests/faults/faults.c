@@ -558,21 +558,13 @@ long long fx_log_stat(fx_t *fx, int slot, const char *what)
         return *p >= '0' && *p <= '9' ? atoll(p) : -1;
 }
 
-void fx_finish(fx_t *fx, const int *slots, int n_slots)
+void fx_check_logs(fx_t *fx)
 {
         static const char *const bad[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                                           "runtime error:", "WARNING: ThreadSanitizer"};
         const char *logs[KT_MAX_PROCS + 2];
         int n_logs = 0;
 
-        for (int i = 0; i < n_slots; i++) {
-                int st = kt_stack_kill(&fx->stack, slots[i], SIGTERM, 30000);
-                if (st != 0) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("%s: exit status %d after SIGTERM, want 0",
-                                 fx->stack.procs[slots[i]].name, st);
-                }
-        }
         for (int i = 0; i < KT_MAX_PROCS; i++)
                 if (fx->stack.procs[i].name[0])
                         logs[n_logs++] = fx->stack.procs[i].log;
@@ -583,6 +575,19 @@ void fx_finish(fx_t *fx, const int *slots, int n_slots)
                                 kt_stack_fail(&fx->stack);
                                 fail_msg("%s reports '%s'", logs[i], bad[b]);
                         }
+}
+
+void fx_finish(fx_t *fx, const int *slots, int n_slots)
+{
+        for (int i = 0; i < n_slots; i++) {
+                int st = kt_stack_kill(&fx->stack, slots[i], SIGTERM, 30000);
+                if (st != 0) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s: exit status %d after SIGTERM, want 0",
+                                 fx->stack.procs[slots[i]].name, st);
+                }
+        }
+        fx_check_logs(fx);
         fx->passed = 1;
 }
 
@@ -782,12 +787,36 @@ void fx_wait_all(fx_t *fx, int timeout_ms)
                 want += fx_expects_result(&fx->jobs[i]);
         while ((got = fx_count_results(fx, fx->n_jobs)) < want && kt_now_ms() < deadline)
                 fx_sleep_ms(100);
-        if (got == want)
-                return;
-        kt_stack_fail(&fx->stack);
-        fx_report_missing(fx, where, sizeof(where));
-        fail_msg("%s: %lld of %lld results after %d ms; missing by partition: %s", fx->tag, got,
-                 want, timeout_ms, where);
+        if (got != want) {
+                kt_stack_fail(&fx->stack);
+                fx_report_missing(fx, where, sizeof(where));
+                fail_msg("%s: %lld of %lld results after %d ms; missing by partition: %s",
+                         fx->tag, got, want, timeout_ms, where);
+        }
+        /* The dead-letter stage counts a copy once the broker has it, on its
+         * own time: results of the jobs around it do not wait for that. */
+        want = 0;
+        for (int i = 0; i < fx->n_jobs; i++)
+                want += fx->jobs[i].dlq;
+        while ((got = fx_undecodable(fx)) < want && kt_now_ms() < deadline)
+                fx_sleep_ms(100);
+        if (got < want) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("%s: kinfer:stats undecodable %lld after %d ms, want %lld: dead-letter "
+                         "copies not taken",
+                         fx->tag, got, timeout_ms, want);
+        }
+}
+
+long long fx_undecodable(fx_t *fx)
+{
+        redisReply *r = fx_redis(fx, "HGET kinfer:stats undecodable");
+        long long n = -1;
+        if (r) {
+                n = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+                freeReplyObject(r);
+        }
+        return n;
 }
 
 /* ---- the check -------------------------------------------------------- */
@@ -1326,4 +1355,144 @@ void fx_dlq_free(fx_dlq_rec_t *recs, int n)
                 free(recs[i].value);
         }
         free(recs);
+}
+
+fx_job_t *fx_add_dlq(fx_t *fx, int *k, const char *code, const void *bytes, size_t n)
+{
+        fx_job_t *job = fx_add_raw(fx);
+        job->dlq = 1;
+        job->want_error = code;
+        snprintf(job->key, sizeof(job->key), "%s-dlq-key-%d", fx->tag, (*k)++);
+        job->value = malloc(n ? n : 1);
+        assert_non_null(job->value);
+        if (n)
+                memcpy(job->value, bytes, n);
+        job->len = n;
+        return job;
+}
+
+void fx_check_dlq(fx_t *fx, int n_dlq, const char *const *workers, int n_workers, int allow_dups)
+{
+        int n = 0, *seen = calloc((size_t)fx->n_jobs, sizeof(int));
+        fx_dlq_rec_t *recs = fx_dlq_read(fx, n_dlq, 120000, 3000, &n);
+
+        assert_non_null(seen);
+        print_message("%d messages on %s, %d expected\n", n, FX_DLQ_TOPIC, n_dlq);
+        for (int r = 0; r < n; r++) {
+                fx_dlq_rec_t *rec = &recs[r];
+                const fx_job_t *job = NULL;
+                int i, w;
+                for (i = 0; i < fx->n_jobs; i++) {
+                        char src[128];
+                        snprintf(src, sizeof(src), "%s/%d/%lld", FX_TOPIC,
+                                 (int)fx->jobs[i].partition, (long long)fx->jobs[i].offset);
+                        if (!strcmp(src, rec->source)) {
+                                job = &fx->jobs[i];
+                                break;
+                        }
+                }
+                if (!job) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("DLQ message with kinfer.source '%s' matches no message "
+                                 "produced (error '%s', reason '%s')",
+                                 rec->source, rec->error, rec->reason);
+                }
+                if (!job->dlq) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s (job %s) was dead-lettered (%s: %s) but has a readable id "
+                                 "and user",
+                                 rec->source, job->id, rec->error, rec->reason);
+                }
+                if (seen[i]++ && !allow_dups) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s was dead-lettered %d times", rec->source, seen[i]);
+                }
+                if (strcmp(rec->error, job->want_error))
+                        fail_msg("%s (key %s): kinfer.error '%s', want %s (reason: %s)",
+                                 rec->source, job->key, rec->error, job->want_error, rec->reason);
+                if (!fx_text_matches(rec->reason, job->want_message))
+                        fail_msg("%s (key %s): kinfer.reason '%s', want %s%s", rec->source,
+                                 job->key, rec->reason,
+                                 job->want_message ? "one with " : "a non-empty one",
+                                 job->want_message ? job->want_message : "");
+                for (w = 0; w < n_workers && strcmp(rec->worker, workers[w]); w++)
+                        ;
+                if (w == n_workers)
+                        fail_msg("%s: kinfer.worker '%s' is none of the workers", rec->source,
+                                 rec->worker);
+                if (!rec->key || rec->key_len != strlen(job->key) ||
+                    memcmp(rec->key, job->key, rec->key_len))
+                        fail_msg("%s: key '%s', want the original '%s'", rec->source,
+                                 rec->key ? rec->key : "(null)", job->key);
+                if (job->null_value ? rec->value != NULL
+                                    : rec->value_len != job->len ||
+                                          (job->len && memcmp(rec->value, job->value, job->len)))
+                        fail_msg("%s (key %s): value of %zu bytes%s, want the original %zu%s",
+                                 rec->source, job->key, rec->value_len,
+                                 rec->value ? "" : " (null)", job->len,
+                                 job->null_value ? " (null)" : "");
+        }
+        for (int i = 0; i < fx->n_jobs; i++)
+                if (fx->jobs[i].dlq && !seen[i]) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("message %s/%d/%lld (key %s, %zu bytes, want %s) is not on the "
+                                 "DLQ",
+                                 FX_TOPIC, (int)fx->jobs[i].partition,
+                                 (long long)fx->jobs[i].offset, fx->jobs[i].key, fx->jobs[i].len,
+                                 fx->jobs[i].want_error);
+                }
+        {
+                int dups = 0;
+                for (int i = 0; i < fx->n_jobs; i++)
+                        dups += seen[i] > 1 ? seen[i] - 1 : 0;
+                if (dups)
+                        print_message("%d DLQ copies were duplicates (redelivered after a "
+                                      "crash)\n",
+                                      dups);
+        }
+        fx_dlq_free(recs, n);
+        free(seen);
+}
+
+/* ---- committed offsets ------------------------------------------------ */
+
+int64_t fx_committed(fx_t *fx, int32_t partition)
+{
+        char err[512];
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        rd_kafka_topic_partition_list_t *parts;
+        rd_kafka_resp_err_t rerr;
+        int64_t off = -2;
+        rd_kafka_t *rk;
+
+        if (rd_kafka_conf_set(conf, "bootstrap.servers", fx->stack.brokers, err, sizeof(err)) ||
+            rd_kafka_conf_set(conf, "group.id", FX_GROUP, err, sizeof(err)))
+                fail_msg("offset reader: %s", err);
+        rd_kafka_conf_set_log_cb(conf, fx_kafka_log);
+        rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+        if (!rk)
+                fail_msg("offset reader: %s", err);
+        parts = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(parts, FX_TOPIC, partition);
+        /* OffsetFetch only: this handle never joins the workers' group. */
+        rerr = rd_kafka_committed(rk, parts, 10000);
+        if (!rerr && !parts->elems[0].err)
+                off = parts->elems[0].offset < 0 ? -1 : parts->elems[0].offset;
+        rd_kafka_topic_partition_list_destroy(parts);
+        rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+        return off;
+}
+
+void fx_wait_committed(fx_t *fx, int32_t partition, int64_t want, int timeout_ms)
+{
+        long long deadline = kt_now_ms() + timeout_ms;
+        int64_t got;
+        while ((got = fx_committed(fx, partition)) < want) {
+                if (kt_now_ms() > deadline) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s/%d: committed offset %lld after %d ms, want %lld", FX_TOPIC,
+                                 (int)partition, (long long)got, timeout_ms, (long long)want);
+                }
+                fx_sleep_ms(250);
+        }
 }

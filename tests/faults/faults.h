@@ -134,6 +134,10 @@ void fx_push_model(fx_t *fx);
  * every process log for sanitizer reports; marks the test passed. */
 void fx_finish(fx_t *fx, const int *slots, int n_slots);
 
+/* Fails if any process log so far holds a sanitizer report (fx_finish's
+ * scan, for a case that checks mid-way, e.g. after a worker exits). */
+void fx_check_logs(fx_t *fx);
+
 /* Appends n good jobs (random 1..3 rows, users round-robin, inbox
  * FX_INBOX).  Returns the index of the first. */
 int fx_add_good(fx_t *fx, int n);
@@ -175,9 +179,14 @@ long long fx_count_by_worker(fx_t *fx, int upto, const char *worker);
  * timeout_ms. */
 void fx_wait_results(fx_t *fx, int upto, long long n, int timeout_ms);
 
-/* Waits until every job in [0, n_jobs) that can have a result has one;
- * fails listing the missing ones after timeout_ms. */
+/* Waits until every job in [0, n_jobs) that can have a result has one, and
+ * kinfer:stats counts at least as many address-less messages as were produced
+ * (each is counted once its DLQ copy is acknowledged); fails listing the
+ * missing ones after timeout_ms. */
 void fx_wait_all(fx_t *fx, int timeout_ms);
+
+/* kinfer:stats undecodable (0 if unset), or -1 if Redis did not answer. */
+long long fx_undecodable(fx_t *fx);
 
 /* The check described at the top, over all jobs. */
 void fx_check(fx_t *fx);
@@ -212,6 +221,24 @@ long long fx_log_stat(fx_t *fx, int slot, const char *what);
  * number in *n. */
 fx_dlq_rec_t *fx_dlq_read(fx_t *fx, int want, int timeout_ms, int idle_ms, int *n);
 void fx_dlq_free(fx_dlq_rec_t *recs, int n);
+
+/* Appends a message without an address (no readable id or user; value
+ * `bytes`, key "<tag>-dlq-key-<*k>", *k incremented) that must reach the DLQ
+ * with kinfer.error `code` and a kinfer.reason matching want_message (NULL:
+ * any non-empty one; the caller may set it on the returned slot). */
+fx_job_t *fx_add_dlq(fx_t *fx, int *k, const char *code, const void *bytes, size_t n);
+
+/* Every address-less message is on the DLQ with its key, value and headers
+ * (kinfer.reason matching the slot's want_message), and nothing else is; kinfer.worker names one of `workers`.  allow_dups: after
+ * crashes or revokes a message may be copied more than once (at least once),
+ * but never lost. */
+void fx_check_dlq(fx_t *fx, int n_dlq, const char *const *workers, int n_workers, int allow_dups);
+
+/* The workers' group's committed offset of FX_TOPIC's partition (the next
+ * message to consume), -1 if none is committed, -2 if the broker did not
+ * answer.  fx_wait_committed waits until it reaches at least want. */
+int64_t fx_committed(fx_t *fx, int32_t partition);
+void fx_wait_committed(fx_t *fx, int32_t partition, int64_t want, int timeout_ms);
 
 /* Packing helpers for hand-made messages. */
 typedef struct fx_msg_s {

@@ -339,16 +339,8 @@ static int add_error_jobs(fx_t *fx)
 static void dlq_msg(fx_t *fx, int *k, const char *code, const char *reason, const void *bytes,
                     size_t n)
 {
-        fx_job_t *job = fx_add_raw(fx);
-        job->dlq = 1;
-        job->want_error = code;
+        fx_job_t *job = fx_add_dlq(fx, k, code, bytes, n);
         job->want_message = reason;
-        snprintf(job->key, sizeof(job->key), "%s-dlq-key-%d", fx->tag, (*k)++);
-        job->value = malloc(n ? n : 1);
-        assert_non_null(job->value);
-        if (n)
-                memcpy(job->value, bytes, n);
-        job->len = n;
 }
 
 static void dlq_msg_take(fx_t *fx, int *k, const char *code, const char *reason, fx_msg_t *m)
@@ -558,95 +550,6 @@ static int add_dlq_messages(fx_t *fx)
         return k;
 }
 
-/* ---- the DLQ check ---------------------------------------------------- */
-
-/* Every address-less message is on the DLQ with its key, value and headers
- * (kinfer.reason naming what was wrong), and nothing else is.  allow_dups: after crashes a message may be copied more
- * than once (at least once), but never lost. */
-static void check_dlq(fx_t *fx, int n_dlq, const char *const *workers, int n_workers,
-                      int allow_dups)
-{
-        int n = 0, *seen = calloc((size_t)fx->n_jobs, sizeof(int));
-        fx_dlq_rec_t *recs = fx_dlq_read(fx, n_dlq, WAIT_MS, 3000, &n);
-
-        assert_non_null(seen);
-        print_message("%d messages on %s, %d expected\n", n, FX_DLQ_TOPIC, n_dlq);
-        for (int r = 0; r < n; r++) {
-                fx_dlq_rec_t *rec = &recs[r];
-                const fx_job_t *job = NULL;
-                int i, w;
-                for (i = 0; i < fx->n_jobs; i++) {
-                        char src[128];
-                        snprintf(src, sizeof(src), "%s/%d/%lld", FX_TOPIC,
-                                 (int)fx->jobs[i].partition, (long long)fx->jobs[i].offset);
-                        if (!strcmp(src, rec->source)) {
-                                job = &fx->jobs[i];
-                                break;
-                        }
-                }
-                if (!job) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("DLQ message with kinfer.source '%s' matches no message "
-                                 "produced (error '%s', reason '%s')",
-                                 rec->source, rec->error, rec->reason);
-                }
-                if (!job->dlq) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("%s (job %s) was dead-lettered (%s: %s) but has a readable id "
-                                 "and user",
-                                 rec->source, job->id, rec->error, rec->reason);
-                }
-                if (seen[i]++ && !allow_dups) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("%s was dead-lettered %d times", rec->source, seen[i]);
-                }
-                if (strcmp(rec->error, job->want_error))
-                        fail_msg("%s (key %s): kinfer.error '%s', want %s (reason: %s)",
-                                 rec->source, job->key, rec->error, job->want_error, rec->reason);
-                if (!fx_text_matches(rec->reason, job->want_message))
-                        fail_msg("%s (key %s): kinfer.reason '%s', want %s%s", rec->source,
-                                 job->key, rec->reason,
-                                 job->want_message ? "one with " : "a non-empty one",
-                                 job->want_message ? job->want_message : "");
-                for (w = 0; w < n_workers && strcmp(rec->worker, workers[w]); w++)
-                        ;
-                if (w == n_workers)
-                        fail_msg("%s: kinfer.worker '%s' is none of the workers", rec->source,
-                                 rec->worker);
-                if (!rec->key || rec->key_len != strlen(job->key) ||
-                    memcmp(rec->key, job->key, rec->key_len))
-                        fail_msg("%s: key '%s', want the original '%s'", rec->source,
-                                 rec->key ? rec->key : "(null)", job->key);
-                if (job->null_value ? rec->value != NULL
-                                    : rec->value_len != job->len ||
-                                          (job->len && memcmp(rec->value, job->value, job->len)))
-                        fail_msg("%s (key %s): value of %zu bytes%s, want the original %zu%s",
-                                 rec->source, job->key, rec->value_len,
-                                 rec->value ? "" : " (null)", job->len,
-                                 job->null_value ? " (null)" : "");
-        }
-        for (int i = 0; i < fx->n_jobs; i++)
-                if (fx->jobs[i].dlq && !seen[i]) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("message %s/%d/%lld (key %s, %zu bytes, want %s) is not on the "
-                                 "DLQ",
-                                 FX_TOPIC, (int)fx->jobs[i].partition,
-                                 (long long)fx->jobs[i].offset, fx->jobs[i].key, fx->jobs[i].len,
-                                 fx->jobs[i].want_error);
-                }
-        {
-                int dups = 0;
-                for (int i = 0; i < fx->n_jobs; i++)
-                        dups += seen[i] > 1 ? seen[i] - 1 : 0;
-                if (dups)
-                        print_message("%d DLQ copies were duplicates (redelivered after a "
-                                      "crash)\n",
-                                      dups);
-        }
-        fx_dlq_free(recs, n);
-        free(seen);
-}
-
 /* ---- the case --------------------------------------------------------- */
 
 /* Poison interleaved with good jobs on every partition, two workers. */
@@ -687,20 +590,8 @@ static void test_poison_mixed_into_good_traffic(void **state)
         fx_stream_join(fx);
         fx_wait_all(fx, WAIT_MS);
         fx_check(fx);
-        check_dlq(fx, n_dlq, names, 2, 0);
+        fx_check_dlq(fx, n_dlq, names, 2, 0);
         fx_finish(fx, w, 2);
-}
-
-/* kinfer:stats undecodable, or -1. */
-static long long undecodable(fx_t *fx)
-{
-        redisReply *r = fx_redis(fx, "HGET kinfer:stats undecodable");
-        long long n = -1;
-        if (r) {
-                n = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
-                freeReplyObject(r);
-        }
-        return n;
 }
 
 /* Waits until kinfer:stats undecodable reaches n: that many DLQ copies were
@@ -708,7 +599,7 @@ static long long undecodable(fx_t *fx)
 static void wait_undecodable(fx_t *fx, long long n)
 {
         long long deadline = kt_now_ms() + WAIT_MS;
-        while (undecodable(fx) < n) {
+        while (fx_undecodable(fx) < n) {
                 if (kt_now_ms() > deadline) {
                         kt_stack_fail(&fx->stack);
                         fail_msg("kinfer:stats undecodable stayed below %lld", n);
@@ -764,12 +655,12 @@ static void test_dlq_across_sigkill(void **state)
         wait_undecodable(fx, 5);
         assert_int_equal(kt_stack_kill(&fx->stack, w, SIGKILL, 5000), 128 + SIGKILL);
         print_message("kill 1: %lld copies acknowledged, %d messages produced\n",
-                      undecodable(fx), fx_produced(fx));
+                      fx_undecodable(fx), fx_produced(fx));
         w = fx_worker(fx, names[1], (const char *[]){"--max-message-bytes", "2048", NULL});
-        wait_undecodable(fx, undecodable(fx) + 30);
+        wait_undecodable(fx, fx_undecodable(fx) + 30);
         assert_int_equal(kt_stack_kill(&fx->stack, w, SIGKILL, 5000), 128 + SIGKILL);
         print_message("kill 2: %lld copies acknowledged, %d messages produced\n",
-                      undecodable(fx), fx_produced(fx));
+                      fx_undecodable(fx), fx_produced(fx));
         w = fx_worker(fx, names[2], (const char *[]){"--max-message-bytes", "2048", NULL});
         fx_wait_results(fx, fx->n_jobs, fx_count_results(fx, fx_produced(fx)) + 300, WAIT_MS);
         fx_stream_stop(fx);
@@ -778,7 +669,7 @@ static void test_dlq_across_sigkill(void **state)
         fx_wait_all(fx, WAIT_MS);
         wait_undecodable(fx, n_dlq);
         fx_check(fx);
-        check_dlq(fx, n_dlq, names, 3, 1);
+        fx_check_dlq(fx, n_dlq, names, 3, 1);
         fx_finish(fx, &w, 1);
 }
 
