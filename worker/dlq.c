@@ -193,9 +193,10 @@ static int dlq_sweep(kw_dlq_t *d)
 }
 
 /* Counts acknowledged copies in {prefix}stats and marks their offsets done.
- * kw_commit_batch does the counting (it counts a DONE job without an id),
- * on a batch that borrows the jobs: shallow copies, of which it reads the
- * message and sets the state, while the records keep owning them.  Only
+ * kw_commit_batch does the counting (it counts a DONE job without an id,
+ * which is how the codec leaves a message without an address), on a batch
+ * that borrows the jobs: shallow copies, of which it reads the message and
+ * sets the state, while the records keep owning them.  Only
  * this thread frees records, so they stay put meanwhile; one given up
  * meanwhile is counted, but its offset is not marked.  Returns 0, or -1 if
  * Redis did not take them (counted again later). */

@@ -97,8 +97,9 @@ int kw_dlq_start(kw_dlq_t *d, kw_redis_t *redis, kw_offsets_t *offsets, volatile
  * consumer they came from.  Accepts a stage that was never started. */
 void kw_dlq_close(kw_dlq_t *d);
 
-/* Takes every DONE job of b without a readable id out of the batch (its
- * slot becomes KW_JOB_HELD, which the writer neither commits nor stores) and
+/* Takes every DONE job of b without an address out of the batch (no
+ * readable id or user: the codec leaves its id empty; its slot becomes
+ * KW_JOB_HELD, which the writer neither commits nor stores) and
  * starts its copy.  Writer threads.  Out of memory, a job stays in the batch
  * as KW_JOB_HELD, logged: its offset is then never stored and the message is
  * redelivered after the next rebalance or restart. */

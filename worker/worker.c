@@ -7,7 +7,7 @@
  *   compute threads (compute_threads of them, OpenBLAS single-threaded each
  *                   unless --blas-threads says otherwise)  --write_q-->
  *   writer threads  (writer_threads of them, a Redis connection each)
- *                   hand messages without a readable id to the dead-letter
+ *                   hand messages without an address (id and user) to the dead-letter
  *                   stage, pipelined Redis steps (retried with backoff while
  *                   Redis is away), kw_offsets_done
  *   dead-letter stage (dlq.c, a thread and a Redis connection) copies those
@@ -126,8 +126,8 @@ static int backoff_next(int ms)
 
 /* --- writer threads ----------------------------------------------------- */
 
-/* One attempt to make a computed batch durable: messages without a
- * readable id go to the dead-letter stage, which copies them on its own
+/* One attempt to make a computed batch durable: messages without an
+ * address (no readable id or user) go to the dead-letter stage, which copies them on its own
  * time (a copy the DLQ does not take must not hold back these results),
  * then the steps.  A job the step hands back (quota window rolled over) is
  * computed here and written in the next round.  Returns 0 or -1. */

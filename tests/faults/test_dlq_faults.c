@@ -4,7 +4,7 @@
  *
  * Every case uses one partition, so the poison message and the jobs of four
  * users share a partition and arrive in the same batches.  A message without
- * a readable id is copied to the DLQ, and its offset (with every later one
+ * an address (no readable id or user) is copied to the DLQ, and its offset (with every later one
  * of its partition) may be committed only after the broker acknowledged the
  * copy; the other jobs' results must not wait for that.  The fatal-error
  * cases check that a worker whose consumer or dead-letter producer died
@@ -48,7 +48,7 @@ static int teardown(void **state)
         return 0;
 }
 
-/* An id-less message of BIG_BYTES: a byte that is not msgpack, then filler. */
+/* An address-less message of BIG_BYTES: a byte that is not msgpack, then filler. */
 static fx_job_t *add_big_poison(fx_t *fx, int *k)
 {
         unsigned char *big = malloc(BIG_BYTES);
@@ -125,7 +125,7 @@ static int results_within(fx_t *fx, int timeout_ms)
         return 1;
 }
 
-/* A 1.5 MB id-less message among the jobs of four users: the DLQ producer
+/* A 1.5 MB address-less message among the jobs of four users: the DLQ producer
  * must take what the worker accepts (the copy is on the DLQ, intact), the
  * other jobs get their results promptly, and the offset moves past it. */
 static void test_dlq_copy_over_1mb(void **state)
@@ -195,7 +195,7 @@ static void test_dlq_copy_refused(void **state)
  * grace period, and on a revoke.  Their delivery reports arrive after the
  * batch is gone and must land in memory that is still the worker's (run it
  * under ASan: make asan-faults).
- *   A: a small and a 1.5 MB id-less message side by side, in one batch
+ *   A: a small and a 1.5 MB address-less message side by side, in one batch
  *      (the big one comes in a fetch of its own: --batch-wait-us lets the
  *      batch wait for it), the DLQ healthy, SIGTERM with --grace-ms 1000.
  *   B: the DLQ partition has no leader, so copies wait inside the producer
