@@ -12,6 +12,7 @@
 
 #include "kf_util.h"
 #include "mp_bound.h"
+#include "mp_pack.h"
 
 /* A job is a map > input > row or shape: 3 levels.  The slack lets unknown
  * fields carry a little structure without letting a message nest deep. */
@@ -672,54 +673,19 @@ out:
         return d.err;
 }
 
-static int pk_key(msgpack_packer *pk, const char *key)
-{
-        return msgpack_pack_str_with_body(pk, key, strlen(key));
-}
-
-static int pk_kv_str(msgpack_packer *pk, const char *key, const char *val)
-{
-        /* Two statements: the operands of | are not evaluated in a set order. */
-        int rc = pk_key(pk, key);
-        return rc | msgpack_pack_str_with_body(pk, val, strlen(val));
-}
-
-/* The f32 form's data: float32 little-endian whatever the host order, staged
- * through a small buffer instead of one allocation the size of the input. */
-static int pk_f32_data(msgpack_packer *pk, const float *in, size_t n)
-{
-        unsigned char tmp[4096];
-        size_t o = 0;
-        int rc = msgpack_pack_bin(pk, n * 4);
-
-        for (size_t i = 0; i < n && rc == 0; i++) {
-                uint32_t u;
-                memcpy(&u, &in[i], sizeof(u));
-                tmp[o++] = (unsigned char)u;
-                tmp[o++] = (unsigned char)(u >> 8);
-                tmp[o++] = (unsigned char)(u >> 16);
-                tmp[o++] = (unsigned char)(u >> 24);
-                if (o == sizeof(tmp) || i + 1 == n) {
-                        rc = msgpack_pack_bin_body(pk, tmp, o);
-                        o = 0;
-                }
-        }
-        return rc;
-}
-
 static int pk_input(msgpack_packer *pk, const job_t *job, job_encoding_t enc)
 {
-        int rc = pk_key(pk, "input");
+        int rc = mp_pack_cstr(pk, "input");
 
         if (enc == JOB_ENC_F32) {
                 rc |= msgpack_pack_map(pk, 3);
-                rc |= pk_kv_str(pk, "dtype", "f32");
-                rc |= pk_key(pk, "shape");
+                rc |= mp_pack_kv_str(pk, "dtype", "f32");
+                rc |= mp_pack_cstr(pk, "shape");
                 rc |= msgpack_pack_array(pk, 2);
                 rc |= msgpack_pack_uint32(pk, job->rows);
                 rc |= msgpack_pack_uint32(pk, job->cols);
-                rc |= pk_key(pk, "data");
-                return rc | pk_f32_data(pk, job->input, (size_t)job->rows * job->cols);
+                rc |= mp_pack_cstr(pk, "data");
+                return rc | mp_pack_f32_le(pk, job->input, (size_t)job->rows * job->cols);
         }
         rc |= msgpack_pack_array(pk, job->rows);
         for (uint32_t r = 0; r < job->rows && rc == 0; r++) {
@@ -814,32 +780,32 @@ int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen,
         msgpack_sbuffer_init(&sb);
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         rc = msgpack_pack_map(&pk, nkeys);
-        rc |= pk_key(&pk, "v");
+        rc |= mp_pack_cstr(&pk, "v");
         rc |= msgpack_pack_uint32(&pk, JOB_PROTOCOL_VERSION);
-        rc |= pk_kv_str(&pk, "id", job->id);
-        rc |= pk_kv_str(&pk, "user", job->user);
-        rc |= pk_kv_str(&pk, "model", job->model);
+        rc |= mp_pack_kv_str(&pk, "id", job->id);
+        rc |= mp_pack_kv_str(&pk, "user", job->user);
+        rc |= mp_pack_kv_str(&pk, "model", job->model);
         if (job->version != 0) {
-                rc |= pk_key(&pk, "version");
+                rc |= mp_pack_cstr(&pk, "version");
                 rc |= msgpack_pack_uint32(&pk, job->version);
         }
         rc |= pk_input(&pk, job, enc);
         if (job->output != JOB_OUTPUT_RAW)
-                rc |= pk_kv_str(&pk, "output", output_names[job->output]);
+                rc |= mp_pack_kv_str(&pk, "output", output_names[job->output]);
         if (job->output == JOB_OUTPUT_TOPK) {
-                rc |= pk_key(&pk, "k");
+                rc |= mp_pack_cstr(&pk, "k");
                 rc |= msgpack_pack_uint32(&pk, job->k);
         }
         if (job->deadline_ms != 0) {
-                rc |= pk_key(&pk, "deadline");
+                rc |= mp_pack_cstr(&pk, "deadline");
                 rc |= msgpack_pack_uint64(&pk, (uint64_t)job->deadline_ms);
         }
         if (write_ttl) {
-                rc |= pk_key(&pk, "ttl");
+                rc |= mp_pack_cstr(&pk, "ttl");
                 rc |= msgpack_pack_uint32(&pk, job->ttl_s);
         }
         if (job->inbox[0])
-                rc |= pk_kv_str(&pk, "inbox", job->inbox);
+                rc |= mp_pack_kv_str(&pk, "inbox", job->inbox);
         if (rc != 0) {
                 msgpack_sbuffer_destroy(&sb);
                 return kf_errf(errstr, errstr_size, "out of memory encoding job %s", job->id);

@@ -51,3 +51,12 @@ int kf_user_key(char *buf, const char *prefix, const char *user, kf_kind_t kind,
                  : snprintf(buf, KF_KEY_MAX, "%s{%s}:%s", prefix, user, kinds[kind].word);
         return n < 0 || n >= KF_KEY_MAX ? -1 : n;
 }
+
+int kf_user_base(char *buf, const char *prefix, const char *user)
+{
+        int n;
+        if (!job_name_valid(user, strnlen(user, JOB_USER_MAX + 1), JOB_USER_MAX))
+                return -1;
+        n = snprintf(buf, KF_KEY_MAX, "%s{%s}:", prefix, user);
+        return n < 0 || n >= KF_KEY_MAX ? -1 : n;
+}

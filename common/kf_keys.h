@@ -60,4 +60,10 @@ int kf_key(char *buf, const char *prefix, const char *kind, const char *name);
 int kf_user_key(char *buf, const char *prefix, const char *user, kf_kind_t kind,
                 const char *name);
 
+/* Writes "{prefix}{" user "}:", what every key of user starts with, for
+ * worker/step.lua, which builds the keys whose names depend on the Redis
+ * clock, the quota or a job (window, charge record, inbox) from it with
+ * the kind words above.  Returns the length or -1 as kf_user_key. */
+int kf_user_base(char *buf, const char *prefix, const char *user);
+
 #endif

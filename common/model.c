@@ -14,6 +14,7 @@
 
 #include "kf_util.h"
 #include "model_int.h"
+#include "mp_pack.h"
 #include "mp_bound.h"
 
 /* Every W and b starts on a cache line: what BLAS kernels load fastest. */
@@ -693,33 +694,6 @@ static int model_check(const model_t *m, char *errstr, size_t errstr_size)
         return 0;
 }
 
-int model_pack_cstr(msgpack_packer *pk, const char *s)
-{
-        size_t n = strlen(s);
-        return msgpack_pack_str(pk, n) | msgpack_pack_str_body(pk, s, n);
-}
-
-/* Packs n floats as one little-endian bin. */
-static int model_pack_f32(msgpack_packer *pk, const float *v, size_t n)
-{
-        int rc = msgpack_pack_bin(pk, n * sizeof(float));
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        rc |= msgpack_pack_bin_body(pk, v, n * sizeof(float));
-#else
-        for (size_t i = 0; i < n; i++) {
-                unsigned char p[4];
-                uint32_t u;
-                memcpy(&u, &v[i], sizeof(u));
-                p[0] = u & 0xff;
-                p[1] = (u >> 8) & 0xff;
-                p[2] = (u >> 16) & 0xff;
-                p[3] = u >> 24;
-                rc |= msgpack_pack_bin_body(pk, p, sizeof(p));
-        }
-#endif
-        return rc;
-}
-
 int model_encode(const model_t *m, char **out, size_t *outlen, char *errstr, size_t errstr_size)
 {
         msgpack_sbuffer sb;
@@ -734,19 +708,22 @@ int model_encode(const model_t *m, char **out, size_t *outlen, char *errstr, siz
         msgpack_sbuffer_init(&sb);
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         rc |= msgpack_pack_map(&pk, 7); /* every field of an mlp: all but members */
-        rc |= model_pack_cstr(&pk, "format") | model_pack_cstr(&pk, MODEL_FORMAT_NAME);
-        rc |= model_pack_cstr(&pk, "v") | msgpack_pack_uint32(&pk, MODEL_FORMAT_V);
-        rc |= model_pack_cstr(&pk, "name") | model_pack_cstr(&pk, m->name);
-        rc |= model_pack_cstr(&pk, "kind") | model_pack_cstr(&pk, "mlp");
-        rc |= model_pack_cstr(&pk, "input_dim") | msgpack_pack_uint32(&pk, m->input_dim);
-        rc |= model_pack_cstr(&pk, "output_dim") | msgpack_pack_uint32(&pk, m->output_dim);
-        rc |= model_pack_cstr(&pk, "layers") | msgpack_pack_array(&pk, m->n_layers);
+        rc |= mp_pack_kv_str(&pk, "format", MODEL_FORMAT_NAME);
+        rc |= mp_pack_kv_u64(&pk, "v", MODEL_FORMAT_V);
+        rc |= mp_pack_kv_str(&pk, "name", m->name);
+        rc |= mp_pack_kv_str(&pk, "kind", "mlp");
+        rc |= mp_pack_kv_u64(&pk, "input_dim", m->input_dim);
+        rc |= mp_pack_kv_u64(&pk, "output_dim", m->output_dim);
+        rc |= mp_pack_cstr(&pk, "layers");
+        rc |= msgpack_pack_array(&pk, m->n_layers);
         for (uint32_t i = 0; i < m->n_layers && rc == 0; i++) {
                 const model_layer_t *l = &m->layers[i];
                 rc |= msgpack_pack_map(&pk, L__CNT);
-                rc |= model_pack_cstr(&pk, "W") | model_pack_f32(&pk, l->W, (size_t)l->in * l->out);
-                rc |= model_pack_cstr(&pk, "b") | model_pack_f32(&pk, l->b, l->out);
-                rc |= model_pack_cstr(&pk, "act") | model_pack_cstr(&pk, model_act_name(l->act));
+                rc |= mp_pack_cstr(&pk, "W");
+                rc |= mp_pack_f32_le(&pk, l->W, (size_t)l->in * l->out);
+                rc |= mp_pack_cstr(&pk, "b");
+                rc |= mp_pack_f32_le(&pk, l->b, l->out);
+                rc |= mp_pack_kv_str(&pk, "act", model_act_name(l->act));
         }
         if (rc != 0) {
                 msgpack_sbuffer_destroy(&sb);

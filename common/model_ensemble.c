@@ -11,6 +11,7 @@
 
 #include "kf_util.h"
 #include "model_int.h"
+#include "mp_pack.h"
 
 /* model_math.c calls this for kind ensemble; declared there. */
 int model_ens_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
@@ -189,21 +190,22 @@ int model_ens_encode(const model_ens_spec_t *spec, char **out, size_t *outlen, c
         msgpack_sbuffer_init(&sb);
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         rc |= msgpack_pack_map(&pk, 7);
-        rc |= model_pack_cstr(&pk, "format") | model_pack_cstr(&pk, MODEL_FORMAT_NAME);
-        rc |= model_pack_cstr(&pk, "v") | msgpack_pack_uint32(&pk, MODEL_FORMAT_V);
-        rc |= model_pack_cstr(&pk, "name") | model_pack_cstr(&pk, spec->name);
-        rc |= model_pack_cstr(&pk, "kind") | model_pack_cstr(&pk, "ensemble");
-        rc |= model_pack_cstr(&pk, "input_dim") | msgpack_pack_uint32(&pk, spec->input_dim);
-        rc |= model_pack_cstr(&pk, "output_dim") | msgpack_pack_uint32(&pk, spec->output_dim);
-        rc |= model_pack_cstr(&pk, "members") | msgpack_pack_array(&pk, spec->n_members);
+        rc |= mp_pack_kv_str(&pk, "format", MODEL_FORMAT_NAME);
+        rc |= mp_pack_kv_u64(&pk, "v", MODEL_FORMAT_V);
+        rc |= mp_pack_kv_str(&pk, "name", spec->name);
+        rc |= mp_pack_kv_str(&pk, "kind", "ensemble");
+        rc |= mp_pack_kv_u64(&pk, "input_dim", spec->input_dim);
+        rc |= mp_pack_kv_u64(&pk, "output_dim", spec->output_dim);
+        rc |= mp_pack_cstr(&pk, "members");
+        rc |= msgpack_pack_array(&pk, spec->n_members);
         for (uint32_t i = 0; i < spec->n_members && rc == 0; i++) {
                 const model_member_spec_t *ms = &spec->members[i];
                 rc |= msgpack_pack_map(&pk, ms->version ? 3 : 2);
-                rc |= model_pack_cstr(&pk, "model") | model_pack_cstr(&pk, ms->model);
+                rc |= mp_pack_kv_str(&pk, "model", ms->model);
                 if (ms->version)
-                        rc |=
-                            model_pack_cstr(&pk, "version") | msgpack_pack_uint32(&pk, ms->version);
-                rc |= model_pack_cstr(&pk, "weight") | msgpack_pack_double(&pk, ms->weight);
+                        rc |= mp_pack_kv_u64(&pk, "version", ms->version);
+                rc |= mp_pack_cstr(&pk, "weight");
+                rc |= msgpack_pack_double(&pk, ms->weight);
         }
         if (rc != 0) {
                 msgpack_sbuffer_destroy(&sb);

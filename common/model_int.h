@@ -27,9 +27,6 @@ int model_map_fields(const msgpack_object *map, const char *const *names, size_t
 int model_get_dim(const msgpack_object *o, const char *what, uint32_t *out, char *errstr,
                   size_t errstr_size);
 
-/* Packs a C string as a msgpack str; non-zero when out of memory. */
-int model_pack_cstr(msgpack_packer *pk, const char *s);
-
 /* model_ensemble.c: the members array of an ensemble file (the header,
  * name and dims already validated by model.c).  Returns a spec or NULL with
  * errstr. */

@@ -12,7 +12,7 @@
 #include "kf_log.h"
 #include "kf_quota.h"
 #include "kf_util.h"
-#include <msgpack.h>
+#include "mp_pack.h"
 
 /* worker/step.lua, made a C string at build time (see the Makefile). */
 static const char step_lua[] =
@@ -84,44 +84,6 @@ static void sarg(step_call_t *c, const char *s)
         arg(c, s, strlen(s));
 }
 
-static int pk_str(msgpack_packer *pk, const char *s)
-{
-        return msgpack_pack_str_with_body(pk, s, strlen(s));
-}
-
-static int pk_kv_str(msgpack_packer *pk, const char *k, const char *v)
-{
-        int rc = pk_str(pk, k);
-        return rc | pk_str(pk, v);
-}
-
-static int pk_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
-{
-        int rc = pk_str(pk, k);
-        return rc | msgpack_pack_uint64(pk, v);
-}
-
-/* float32 values as little-endian bytes, whatever the host's order. */
-static int pk_f32_le(msgpack_packer *pk, const float *v, size_t n)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        return msgpack_pack_bin_body(pk, v, n * sizeof(float));
-#else
-        int rc = 0;
-        for (size_t i = 0; i < n && rc == 0; i++) {
-                uint32_t u;
-                unsigned char b[4];
-                memcpy(&u, &v[i], 4);
-                b[0] = (unsigned char)u;
-                b[1] = (unsigned char)(u >> 8);
-                b[2] = (unsigned char)(u >> 16);
-                b[3] = (unsigned char)(u >> 24);
-                rc = msgpack_pack_bin_body(pk, b, 4);
-        }
-        return rc;
-#endif
-}
-
 /* Packs job j's result value (docs/protocol.md, "Result") into sb: a map16
  * header, the pairs every result has (clen bytes, ncommon pairs), then the
  * kind's own.  The step needs the common part apart to build the results it
@@ -154,35 +116,34 @@ static int pack_value(kw_redis_t *r, const kw_job_t *j, msgpack_sbuffer *sb, ste
         hdr[2] = (unsigned char)(ncommon + nown);
         rc = msgpack_sbuffer_write(sb, (const char *)hdr, sizeof(hdr));
         cpos = sb->size;
-        rc |= pk_kv_u64(&pk, "v", JOB_PROTOCOL_VERSION);
-        rc |= pk_kv_str(&pk, "id", job->id);
-        rc |= pk_kv_str(&pk, "user", job->user);
+        rc |= mp_pack_kv_u64(&pk, "v", JOB_PROTOCOL_VERSION);
+        rc |= mp_pack_kv_str(&pk, "id", job->id);
+        rc |= mp_pack_kv_str(&pk, "user", job->user);
         if (job->model[0])
-                rc |= pk_kv_str(&pk, "model", job->model);
-        rc |= pk_kv_str(&pk, "worker", r->worker_id);
-        rc |= pk_kv_str(&pk, "source", source);
-        rc |= pk_kv_u64(&pk, "enqueued", (uint64_t)(enq > 0 ? enq : j->started_ms));
-        rc |= pk_kv_u64(&pk, "started", (uint64_t)j->started_ms);
-        rc |= pk_kv_u64(&pk, "done", (uint64_t)j->done_ms);
+                rc |= mp_pack_kv_str(&pk, "model", job->model);
+        rc |= mp_pack_kv_str(&pk, "worker", r->worker_id);
+        rc |= mp_pack_kv_str(&pk, "source", source);
+        rc |= mp_pack_kv_u64(&pk, "enqueued", (uint64_t)(enq > 0 ? enq : j->started_ms));
+        rc |= mp_pack_kv_u64(&pk, "started", (uint64_t)j->started_ms);
+        rc |= mp_pack_kv_u64(&pk, "done", (uint64_t)j->done_ms);
         t->clen    = (uint32_t)(sb->size - cpos);
         t->ncommon = (uint8_t)ncommon;
         if (ok) {
                 size_t n = (size_t)j->out_rows * j->out_cols;
-                rc |= pk_kv_str(&pk, "status", "ok");
-                rc |= pk_kv_u64(&pk, "version", j->model_version);
-                rc |= pk_str(&pk, "shape");
+                rc |= mp_pack_kv_str(&pk, "status", "ok");
+                rc |= mp_pack_kv_u64(&pk, "version", j->model_version);
+                rc |= mp_pack_cstr(&pk, "shape");
                 rc |= msgpack_pack_array(&pk, 2);
                 rc |= msgpack_pack_uint32(&pk, j->out_rows);
                 rc |= msgpack_pack_uint32(&pk, j->out_cols);
-                rc |= pk_str(&pk, "output");
-                rc |= msgpack_pack_bin(&pk, n * sizeof(float));
-                rc |= pk_f32_le(&pk, j->output, n);
+                rc |= mp_pack_cstr(&pk, "output");
+                rc |= mp_pack_f32_le(&pk, j->output, n);
                 if (nonfinite)
-                        rc |= pk_kv_u64(&pk, "nonfinite", nonfinite);
+                        rc |= mp_pack_kv_u64(&pk, "nonfinite", nonfinite);
         } else if (!j->over_quota) {
-                rc |= pk_kv_str(&pk, "status", "error");
-                rc |= pk_kv_str(&pk, "error", kf_err_name(j->err));
-                rc |= pk_kv_str(&pk, "message", j->errmsg);
+                rc |= mp_pack_kv_str(&pk, "status", "error");
+                rc |= mp_pack_kv_str(&pk, "error", kf_err_name(j->err));
+                rc |= mp_pack_kv_str(&pk, "message", j->errmsg);
         }
         t->vlen = sb->size - hpos;
         return rc ? -1 : 0;
@@ -308,7 +269,7 @@ static int append_group(kw_redis_t *r, kw_batch_t *b, const int *idx, int n, ste
         if (kf_user_key(usage, r->prefix, user, KF_K_USAGE, NULL) < 0 ||
             kf_user_key(quota, r->prefix, user, KF_K_QUOTA, NULL) < 0 ||
             kf_user_key(models, r->prefix, user, KF_K_MODELS, NULL) < 0 ||
-            snprintf(base, sizeof(base), "%s{%s}:", r->prefix, user) >= (int)sizeof(base))
+            kf_user_base(base, r->prefix, user) < 0)
                 return -2;
         snprintf(qj, sizeof(qj), "%lld", (long long)r->quota_jobs);
         snprintf(qr, sizeof(qr), "%lld", (long long)r->quota_rows);

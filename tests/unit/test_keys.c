@@ -38,6 +38,9 @@ static void test_user_keys_exact(void **state)
         assert_string_equal(k, "kinfer:{a:b}:inbox:x");
         kf_user_key(k, "kinfer:", "alice", KF_K_CHARGED, "1795849200");
         assert_string_equal(k, "kinfer:{alice}:charged:1795849200");
+        assert_int_equal(kf_user_base(k, "kinfer:", "a:b"), 13);
+        assert_string_equal(k, "kinfer:{a:b}:");
+        assert_int_equal(kf_user_base(k, "kinfer:", "a}b"), -1);
 }
 
 /* Names chosen to collide in v1 ("{prefix}usage:{user}:window:..."): in v2
