@@ -122,12 +122,25 @@ typedef struct waiter_s {
         redisContext *c;
         const kc_conf_t *conf;
         const char *user;
-        char **ids;
-        json_t **res;
+        char *const *ids;
+        json_t **res;   /* per id: its result once read, until handed to cb */
+        json_t *index;  /* id -> its first position, to match inbox elements */
         size_t n, next; /* next: the first result not yet handed to cb */
+        size_t pending; /* ids from next on whose result was not read yet */
         kc_result_cb *cb;
         void *opaque;
 } waiter_t;
+
+/* Keeps result o (may be NULL: not there yet) of id i. */
+static void got(waiter_t *w, size_t i, json_t *o)
+{
+        if (!o || w->res[i]) {
+                json_decref(o);
+                return;
+        }
+        w->res[i] = o;
+        w->pending--;
+}
 
 /* Hands the results that are ready, in order, to the callback. */
 static void deliver(waiter_t *w)
@@ -161,41 +174,33 @@ static void fetch_pending(waiter_t *w)
                 if (redisGetReply(w->c, (void **)&r) != REDIS_OK || !r ||
                     r->type == REDIS_REPLY_ERROR)
                         redis_fail(w->c, r, "GET");
-                w->res[sent[k]] = reply_json(r, w->user, w->ids[sent[k]]);
+                got(w, sent[k], reply_json(r, w->user, w->ids[sent[k]]));
                 freeReplyObject(r);
         }
         free(sent);
-}
-
-static size_t pending(const waiter_t *w)
-{
-        size_t k = 0;
-        for (size_t i = w->next; i < w->n; i++)
-                k += !w->res[i];
-        return k;
 }
 
 size_t kc_results_wait(redisContext *c, const kc_conf_t *conf, const char *user,
                        const char *inbox, char **ids, size_t n, int64_t timeout_s,
                        kc_result_cb *cb, void *opaque)
 {
-        waiter_t w = {c, conf, user, NULL, NULL, n, 0, cb, opaque};
+        waiter_t w = {c, conf, user, ids, NULL, json_object(), n, 0, n, cb, opaque};
         int64_t until = timeout_s ? kf_now_ms() + timeout_s * 1000 : 0;
         char key[KF_KEY_MAX];
         size_t missing;
 
-        w.ids = calloc(n + 1, sizeof(*w.ids));
         w.res = calloc(n + 1, sizeof(*w.res));
-        if (!w.ids || !w.res) {
+        if (!w.res || !w.index) {
                 kc_err("out of memory");
                 exit(KC_EXIT_FAIL);
         }
-        memcpy(w.ids, ids, n * sizeof(*ids));
+        for (size_t i = n; i-- > 0;) /* the first position of an id given twice */
+                json_object_set_new(w.index, ids[i], json_integer((json_int_t)i));
         if (inbox && kf_user_key(key, conf->prefix, user, KF_K_INBOX, inbox) < 0)
                 inbox = NULL;
         fetch_pending(&w);
         deliver(&w);
-        while (pending(&w)) {
+        while (w.pending) {
                 int64_t left_ms = until ? until - kf_now_ms() : 5000;
                 /* An inbox is a hint: another waiter may take an id we need,
                  * so at most every 5 s the results are read again. */
@@ -218,25 +223,23 @@ size_t kc_results_wait(redisContext *c, const kc_conf_t *conf, const char *user,
                         redis_fail(c, r, "BLPOP");
                 if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
                         const redisReply *id = r->element[1];
-                        for (size_t i = w.next; i < n; i++)
-                                if (!w.res[i] && strlen(w.ids[i]) == id->len &&
-                                    !memcmp(w.ids[i], id->str, id->len)) {
-                                        w.res[i] = kc_result_json(c, conf, user, w.ids[i]);
-                                        break;
-                                }
+                        json_t *at = json_object_getn(w.index, id->str, id->len);
+                        size_t i   = at ? (size_t)json_integer_value(at) : n;
+                        if (i >= w.next && i < n && !w.res[i])
+                                got(&w, i, kc_result_json(c, conf, user, ids[i]));
                 } else { /* a timeout slice: look at the results themselves */
                         fetch_pending(&w);
                 }
                 freeReplyObject(r);
                 deliver(&w);
         }
-        missing = pending(&w);
+        missing = w.pending;
         /* What never came, in order, as NULL; then what came after it. */
         for (size_t i = w.next; i < n; i++) {
                 cb(i, w.res[i], opaque);
                 json_decref(w.res[i]);
         }
-        free(w.ids);
+        json_decref(w.index);
         free(w.res);
         return missing;
 }
