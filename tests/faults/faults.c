@@ -1496,3 +1496,19 @@ void fx_wait_committed(fx_t *fx, int32_t partition, int64_t want, int timeout_ms
                 fx_sleep_ms(250);
         }
 }
+
+int fx_state_setup(void **state)
+{
+        fx_t *fx = calloc(1, sizeof(*fx));
+        assert_non_null(fx);
+        *state = fx;
+        return 0;
+}
+
+int fx_state_teardown(void **state)
+{
+        fx_t *fx = *state;
+        fx_teardown(fx);
+        free(fx);
+        return 0;
+}

@@ -110,6 +110,11 @@ typedef struct fx_s {
         uint64_t rng;
 } fx_t;
 
+/* cmocka setup and teardown of a case: a zeroed fx_t in *state (fx_setup
+ * then starts its stack), and fx_teardown plus free afterwards. */
+int fx_state_setup(void **state);
+int fx_state_teardown(void **state);
+
 /* Starts redis (with extra_args, or NULL), a dev broker of n_brokers brokers
  * and `partitions` partitions, writes the model, makes n_users users and a
  * producer.  tag prefixes job ids and user names. */

@@ -32,22 +32,6 @@
 
 static const unsigned char never_used[] = {0xc1}; /* not msgpack: no id to read */
 
-static int setup(void **state)
-{
-        fx_t *fx = calloc(1, sizeof(*fx));
-        assert_non_null(fx);
-        *state = fx;
-        return 0;
-}
-
-static int teardown(void **state)
-{
-        fx_t *fx = *state;
-        fx_teardown(fx);
-        free(fx);
-        return 0;
-}
-
 /* An address-less message of BIG_BYTES: a byte that is not msgpack, then filler. */
 static fx_job_t *add_big_poison(fx_t *fx, int *k)
 {
@@ -321,11 +305,11 @@ static void test_consumer_fatal(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_dlq_copy_over_1mb, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_dlq_copy_refused, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_dlq_copies_abandoned, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_dlq_producer_fatal, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_consumer_fatal, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_copy_over_1mb, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_copy_refused, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_copies_abandoned, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_producer_fatal, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_consumer_fatal, fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }

@@ -22,22 +22,6 @@
 #define WAIT_MS    120000
 #define PARTITIONS 6
 
-static int setup(void **state)
-{
-        fx_t *fx = calloc(1, sizeof(*fx));
-        assert_non_null(fx);
-        *state = fx;
-        return 0;
-}
-
-static int teardown(void **state)
-{
-        fx_t *fx = *state;
-        fx_teardown(fx);
-        free(fx);
-        return 0;
-}
-
 static void broker_cmd(fx_t *fx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void broker_cmd(fx_t *fx, const char *fmt, ...)
 {
@@ -137,9 +121,8 @@ static void test_leaders_coordinator_and_request_errors(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_broker_down_and_up, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_leaders_coordinator_and_request_errors, setup,
-                                            teardown),
+            cmocka_unit_test_setup_teardown(test_broker_down_and_up, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_leaders_coordinator_and_request_errors, fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }

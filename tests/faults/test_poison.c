@@ -25,22 +25,6 @@
 #define WAIT_MS   120000
 #define MAX_BYTES 2048 /* the workers' --max-message-bytes: "over size" stays small */
 
-static int setup(void **state)
-{
-        fx_t *fx = calloc(1, sizeof(*fx));
-        assert_non_null(fx);
-        *state = fx;
-        return 0;
-}
-
-static int teardown(void **state)
-{
-        fx_t *fx = *state;
-        fx_teardown(fx);
-        free(fx);
-        return 0;
-}
-
 /* ---- building messages ------------------------------------------------ */
 
 static void kv_str(fx_msg_t *m, const char *k, const char *v)
@@ -676,8 +660,8 @@ static void test_dlq_across_sigkill(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_poison_mixed_into_good_traffic, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_dlq_across_sigkill, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_poison_mixed_into_good_traffic, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_across_sigkill, fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }

@@ -22,22 +22,6 @@
 
 #define WAIT_MS 120000
 
-static int setup(void **state)
-{
-        fx_t *fx = calloc(1, sizeof(*fx));
-        assert_non_null(fx);
-        *state = fx;
-        return 0;
-}
-
-static int teardown(void **state)
-{
-        fx_t *fx = *state;
-        fx_teardown(fx);
-        free(fx);
-        return 0;
-}
-
 /* Starts two workers on a running stream and waits for `n` results. */
 static void two_workers(fx_t *fx, int *w, long long n)
 {
@@ -367,12 +351,11 @@ static void test_registry_first_use_while_redis_paused(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_redis_paused, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_script_flush, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_maxmemory_oom, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_registry_first_use_while_redis_paused, setup,
-                                            teardown),
+            cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_redis_paused, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_script_flush, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_maxmemory_oom, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_registry_first_use_while_redis_paused, fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }

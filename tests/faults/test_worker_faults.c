@@ -20,22 +20,6 @@
 
 #define WAIT_MS 120000 /* generous: a slow CI machine must not make this flaky */
 
-static int setup(void **state)
-{
-        fx_t *fx = calloc(1, sizeof(*fx));
-        assert_non_null(fx);
-        *state = fx;
-        return 0;
-}
-
-static int teardown(void **state)
-{
-        fx_t *fx = *state;
-        fx_teardown(fx);
-        free(fx);
-        return 0;
-}
-
 /* Waits until the worker's log shows it received an assignment, or until it
  * wrote a result, whichever comes first. */
 static void wait_assigned(fx_t *fx, int slot, const char *name)
@@ -271,10 +255,10 @@ static void test_scale_up_and_down(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_sigkill_repeatedly, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_zombie_sigstop, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_sigterm_under_load, setup, teardown),
-            cmocka_unit_test_setup_teardown(test_scale_up_and_down, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_sigkill_repeatedly, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_zombie_sigstop, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_sigterm_under_load, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_scale_up_and_down, fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }
