@@ -26,7 +26,11 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
               common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
-              worker/model_store.o worker/queue.o worker/offsets.o worker/model_store_registry.o
+              worker/model_store.o worker/queue.o worker/offsets.o \
+              $(MODEL_STORE_OBJS)
+MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o worker/model_store_registry_cache.o \
+              worker/model_store_registry_build.o worker/model_store_registry_lookup.o \
+              worker/model_store_registry_reloader.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_registry.o \
@@ -80,7 +84,7 @@ $(BUILD)/tests/%: $(B)/tests/%.o $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/lib
 
 # This one runs the worker's model store in-process.
 $(BUILD)/tests/integration/test_model_store: $(B)/worker/model_store.o \
-                                             $(B)/worker/model_store_registry.o
+                                             $(addprefix $(B)/,$(MODEL_STORE_OBJS))
 
 # This one tests the CLI's input reader: producer-tool/input.o goes before
 # the library so that the library members it calls are linked.
