@@ -25,6 +25,10 @@ const kf_opt_t kw_options[] = {
     {"model-resync-ms", 0, "KINFER_MODEL_RESYNC_MS", KF_OPT_INT, O(model_resync_ms), 100,
      3600000, "5000", "MS",
      "registry: also re-check every cached model this often (changes arrive at once)"},
+    {"model-cache-mb", 0, "KINFER_MODEL_CACHE_MB", KF_OPT_INT, O(model_cache_mb), 0, 1 << 20,
+     "512", "MB",
+     "most MiB of weights kept for model versions not being served (pinned or replaced; "
+     "least recently used dropped first)"},
     {"topic", 't', "KINFER_TOPIC", KF_OPT_STR, O(topic), 0, 0, "kinfer.jobs", "NAME",
      "topic jobs are consumed from"},
     {"dlq-topic", 0, "KINFER_DLQ_TOPIC", KF_OPT_STR, O(dlq_topic), 0, 0, "kinfer.dlq", "NAME",

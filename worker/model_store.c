@@ -50,6 +50,22 @@ void ms_store_destroy(ms_store_t *ms)
         free(ms);
 }
 
+void ms_store_set_budget(ms_store_t *ms, uint64_t bytes)
+{
+        if (ms->reg)
+                msr_set_budget(ms->reg, bytes);
+        else
+                msd_set_budget(ms->dir, bytes);
+}
+
+void ms_store_stats(ms_store_t *ms, ms_store_stats_t *st)
+{
+        if (ms->reg)
+                msr_stats(ms->reg, st);
+        else
+                msd_stats(ms->dir, st);
+}
+
 model_t *ms_store_get(ms_store_t *ms, const char *name, uint32_t version, kf_err_t *err,
                       char *errstr, size_t errstr_size)
 {

@@ -31,7 +31,27 @@
 #include "kf_error.h"
 #include "model.h"
 
+/* Bounds on what a store keeps (#11, docs/operations.md "Limits"):
+ * names a source does not have are remembered (so a job naming one does not
+ * cost a lookup each) up to MS_UNKNOWN_MAX, least recently asked dropped
+ * first; versions loaded but not being served (pinned by jobs, or replaced)
+ * keep at most the budget's bytes of weights, least recently used dropped
+ * first (a job holding one finishes on it; the next job loads it again).
+ * The version each name serves is not counted: it is the working set. */
+#define MS_UNKNOWN_MAX    4096
+#define MS_BUDGET_DEFAULT (512ULL << 20)
+
 typedef struct ms_store_s ms_store_t;
+
+/* What a store holds, for tests and metrics. */
+typedef struct ms_store_stats_s {
+        size_t names;           /* model names remembered, known or not */
+        size_t unknown_names;   /* of which the source does not have: <= MS_UNKNOWN_MAX */
+        size_t builds;          /* versions loaded and kept (refused ones included) */
+        uint64_t serving_bytes; /* weights of the versions served to jobs without a version */
+        uint64_t cached_bytes;  /* weights of the other versions kept */
+        uint64_t evicted;       /* versions dropped for the budget so far */
+} ms_store_stats_t;
 
 /* dir may be NULL: then every lookup fails with unknown_model. */
 ms_store_t *ms_store_new(const char *dir);
@@ -47,6 +67,12 @@ ms_store_t *ms_store_new_registry(const char *redis_url, const char *prefix, int
                                   int resync_ms, char *errstr, size_t errstr_size);
 
 void ms_store_destroy(ms_store_t *ms); /* accepts NULL */
+
+/* The budget in bytes for versions not being served (default
+ * MS_BUDGET_DEFAULT); applied at once. */
+void ms_store_set_budget(ms_store_t *ms, uint64_t bytes);
+
+void ms_store_stats(ms_store_t *ms, ms_store_stats_t *st);
 
 /* Returns a new reference to the model (caller unrefs), or NULL with *err =
  * KF_ERR_UNKNOWN_MODEL (no such model or version, or no active version; the

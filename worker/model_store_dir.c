@@ -1,7 +1,9 @@
 /* model_store_dir.c - the model store's directory backend (offline mode,
  * see model_store.h): models loaded lazily from DIR/NAME.kmodel or
  * DIR/NAME/VERSION.kmodel and cached, a name's versions rescanned at most
- * every MS_RESCAN_US. */
+ * every MS_RESCAN_US.  Names are found through a uthash table (Debian's
+ * uthash-dev, header only; out of memory while adding is an error, never an
+ * abort); what is kept is bounded as model_store.h says. */
 #include "model_store_dir.h"
 
 #include <dirent.h>
@@ -15,59 +17,171 @@
 #include "kf_log.h"
 #include "kf_util.h"
 
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(elt) ((elt)->hh_oom = 1)
+#include <uthash.h>
+#include <utlist.h>
+
 /* How long "which version is active" is trusted before the directory is
  * read again: new versions show up within this delay, and a hot path of
  * thousands of jobs per second does not readdir() for each. */
 #define MS_RESCAN_US 2000000
 
-typedef struct ms_entry_s {
-        char name[JOB_MODEL_MAX + 1];
+/* One version loaded (or refused: a corrupt file is reported once, not
+ * re-read for every job; replace it under a new version to recover). */
+typedef struct msd_ver_s {
         uint32_t version;
         model_t *model; /* NULL if loading failed: errmsg says why */
         char errmsg[256];
-        struct ms_entry_s *next;
-} ms_entry_t;
+        int64_t used_us;
+        struct msd_ver_s *next;
+} msd_ver_t;
 
-typedef struct ms_active_s {
+/* One model name asked for. */
+typedef struct msd_name_s {
         char name[JOB_MODEL_MAX + 1];
-        uint32_t version; /* 0 = not found */
-        int64_t checked_us;
-        struct ms_active_s *next;
-} ms_active_t;
+        uint32_t highest;   /* what version-0 jobs get; 0 = none on disk */
+        int64_t checked_us; /* when highest was scanned (0 = never) */
+        msd_ver_t *vers;
+        int64_t used_us;
+        UT_hash_handle hh; /* in d->names */
+        int hh_oom;
+        /* Names with nothing on disk and nothing loaded, LRU first: at most
+         * MS_UNKNOWN_MAX are kept. */
+        struct msd_name_s *uprev, *unext;
+        int in_unknown;
+} msd_name_t;
 
 struct msd_s {
-        char *dir; /* NULL: every lookup is unknown_model */
-        ms_entry_t *entries;
-        ms_active_t *active;
+        char *dir;            /* NULL: every lookup is unknown_model */
+        msd_name_t *names;    /* uthash head */
+        msd_name_t *unknown;  /* utlist */
+        size_t n_unknown;
+        uint64_t budget;      /* bytes of weights of versions other than the highest */
+        uint64_t evicted;
 };
 
 msd_t *msd_new(const char *dir)
 {
-        msd_t *ms = calloc(1, sizeof(*ms));
-        if (!ms)
+        msd_t *d = calloc(1, sizeof(*d));
+        if (!d)
                 return NULL;
-        if (dir && !(ms->dir = strdup(dir))) {
-                free(ms);
+        if (dir && !(d->dir = strdup(dir))) {
+                free(d);
                 return NULL;
         }
-        return ms;
+        d->budget = MS_BUDGET_DEFAULT;
+        return d;
 }
 
-void msd_destroy(msd_t *ms)
+static void msd_remove(msd_t *d, msd_name_t *n)
 {
-        if (!ms)
+        if (n->in_unknown) {
+                DL_DELETE2(d->unknown, n, uprev, unext);
+                d->n_unknown--;
+        }
+        HASH_DEL(d->names, n);
+        for (msd_ver_t *v = n->vers, *vn; v; v = vn) {
+                vn = v->next;
+                model_unref(v->model);
+                free(v);
+        }
+        free(n);
+}
+
+void msd_destroy(msd_t *d)
+{
+        msd_name_t *n, *tmp;
+        if (!d)
                 return;
-        for (ms_entry_t *e = ms->entries, *n; e; e = n) {
-                n = e->next;
-                model_unref(e->model);
-                free(e);
+        HASH_ITER(hh, d->names, n, tmp)
+                msd_remove(d, n);
+        free(d->dir);
+        free(d);
+}
+
+/* After a lookup of n: a name with nothing on disk and nothing loaded joins
+ * the unknown ones (at the back), and the oldest beyond MS_UNKNOWN_MAX go. */
+static void msd_settle_unknown(msd_t *d, msd_name_t *n)
+{
+        int unknown = !n->vers && !n->highest;
+        if (n->in_unknown) {
+                DL_DELETE2(d->unknown, n, uprev, unext);
+                d->n_unknown--;
+                n->in_unknown = 0;
         }
-        for (ms_active_t *a = ms->active, *n; a; a = n) {
-                n = a->next;
-                free(a);
+        if (unknown) {
+                DL_APPEND2(d->unknown, n, uprev, unext);
+                d->n_unknown++;
+                n->in_unknown = 1;
         }
-        free(ms->dir);
-        free(ms);
+        while (d->n_unknown > MS_UNKNOWN_MAX && d->unknown != n)
+                msd_remove(d, d->unknown);
+}
+
+static uint64_t msd_ver_bytes(const msd_name_t *n, const msd_ver_t *v)
+{
+        return v->model && v->version != n->highest ? v->model->weight_bytes : 0;
+}
+
+/* Drops the least recently used loaded versions other than each name's
+ * highest while they hold more than the budget, never keep. */
+static void msd_budget(msd_t *d, const msd_ver_t *keep)
+{
+        for (;;) {
+                msd_name_t *n, *tmp, *lru_n = NULL;
+                msd_ver_t *lru = NULL, **pp;
+                uint64_t total = 0;
+
+                HASH_ITER(hh, d->names, n, tmp) {
+                        for (msd_ver_t *v = n->vers; v; v = v->next) {
+                                uint64_t bytes = msd_ver_bytes(n, v);
+                                total += bytes;
+                                if (bytes && v != keep && (!lru || v->used_us < lru->used_us)) {
+                                        lru = v;
+                                        lru_n = n;
+                                }
+                        }
+                }
+                if (total <= d->budget || !lru)
+                        return;
+                for (pp = &lru_n->vers; *pp != lru; pp = &(*pp)->next)
+                        ;
+                *pp = lru->next;
+                kf_info("model %s v%u: dropped from the cache (%.1f MiB of versions other than "
+                        "the highest, budget %.1f MiB); loaded again when a job asks for it",
+                        lru_n->name, lru->version, (double)total / 1048576.0,
+                        (double)d->budget / 1048576.0);
+                model_unref(lru->model);
+                free(lru);
+                d->evicted++;
+        }
+}
+
+void msd_set_budget(msd_t *d, uint64_t bytes)
+{
+        d->budget = bytes;
+        msd_budget(d, NULL);
+}
+
+void msd_stats(msd_t *d, ms_store_stats_t *st)
+{
+        msd_name_t *n, *tmp;
+        memset(st, 0, sizeof(*st));
+        HASH_ITER(hh, d->names, n, tmp) {
+                st->names++;
+                st->unknown_names += n->in_unknown;
+                for (msd_ver_t *v = n->vers; v; v = v->next) {
+                        st->builds++;
+                        if (!v->model)
+                                continue;
+                        if (v->version == n->highest)
+                                st->serving_bytes += v->model->weight_bytes;
+                        else
+                                st->cached_bytes += v->model->weight_bytes;
+                }
+        }
+        st->evicted = d->evicted;
 }
 
 /* The versions of one name found on disk, ascending. */
@@ -198,30 +312,33 @@ static int ms_dir_name_ok(const char *name)
                name[0] != '.';
 }
 
-static ms_active_t *ms_active_get(msd_t *ms, const char *name)
+static msd_name_t *msd_name_get(msd_t *d, const char *name)
 {
-        ms_active_t *a;
-        for (a = ms->active; a; a = a->next)
-                if (!strcmp(a->name, name))
-                        return a;
-        if (!(a = calloc(1, sizeof(*a))))
+        msd_name_t *n;
+        HASH_FIND_STR(d->names, name, n);
+        if (n || !(n = calloc(1, sizeof(*n))))
+                return n;
+        kf_strlcpy(n->name, name, sizeof(n->name));
+        HASH_ADD_STR(d->names, name, n);
+        if (n->hh_oom) {
+                free(n);
                 return NULL;
-        kf_strlcpy(a->name, name, sizeof(a->name));
-        a->next    = ms->active;
-        ms->active = a;
-        return a;
+        }
+        return n;
 }
 
-model_t *msd_get(msd_t *ms, const char *name, uint32_t version, kf_err_t *err, char *errstr,
+model_t *msd_get(msd_t *d, const char *name, uint32_t version, kf_err_t *err, char *errstr,
                  size_t errstr_size)
 {
         ms_vers_t vl = {0};
         char path[4096], list[256];
         int scanned = 0;
+        int64_t now = kf_mono_us();
         model_t *ret = NULL;
-        ms_entry_t *e;
+        msd_name_t *n;
+        msd_ver_t *v;
 
-        if (!ms->dir) {
+        if (!d->dir) {
                 *err = KF_ERR_UNKNOWN_MODEL;
                 kf_errf(errstr, errstr_size,
                         "unknown model '%s': this worker has no model directory", name);
@@ -236,48 +353,50 @@ model_t *msd_get(msd_t *ms, const char *name, uint32_t version, kf_err_t *err, c
                         JOB_MODEL_MAX, name);
                 return NULL;
         }
+        if (!(n = msd_name_get(d, name))) {
+                *err = KF_ERR_INTERNAL;
+                kf_errf(errstr, errstr_size, "out of memory");
+                return NULL;
+        }
+        n->used_us = now;
 
         if (version == 0) {
-                ms_active_t *a = ms_active_get(ms, name);
-                int64_t now    = kf_mono_us();
-                if (!a) {
-                        *err = KF_ERR_INTERNAL;
-                        kf_errf(errstr, errstr_size, "out of memory");
-                        goto out;
-                }
-                if (a->version == 0 || now - a->checked_us > MS_RESCAN_US) {
-                        if (ms_scan(ms, name, &vl, errstr, errstr_size)) {
+                if (n->highest == 0 || now - n->checked_us > MS_RESCAN_US) {
+                        uint32_t before = n->highest;
+                        if (ms_scan(d, name, &vl, errstr, errstr_size)) {
                                 *err = KF_ERR_INTERNAL;
                                 goto out;
                         }
                         scanned       = 1;
-                        a->version    = vl.n ? vl.v[vl.n - 1] : 0;
-                        a->checked_us = now;
+                        n->highest    = vl.n ? vl.v[vl.n - 1] : 0;
+                        n->checked_us = now;
+                        if (before && n->highest != before)
+                                msd_budget(d, NULL); /* `before` is no longer served */
                 }
-                if (a->version == 0) {
+                if (n->highest == 0) {
                         *err = KF_ERR_UNKNOWN_MODEL;
                         kf_errf(errstr, errstr_size, "unknown model '%s'", name);
                         goto out;
                 }
-                version = a->version;
+                version = n->highest;
         }
 
-        for (e = ms->entries; e; e = e->next)
-                if (e->version == version && !strcmp(e->name, name))
+        for (v = n->vers; v; v = v->next)
+                if (v->version == version)
                         break;
-        if (!e) {
+        if (!v) {
                 model_t *m;
                 char why[256], tail[32];
                 snprintf(tail, sizeof(tail), "/%u.kmodel", version);
-                if (ms_path(path, sizeof(path), ms->dir, name, tail) ||
+                if (ms_path(path, sizeof(path), d->dir, name, tail) ||
                     (access(path, F_OK) != 0 && version == 1 &&
-                     ms_path(path, sizeof(path), ms->dir, name, ".kmodel"))) {
+                     ms_path(path, sizeof(path), d->dir, name, ".kmodel"))) {
                         *err = KF_ERR_INTERNAL;
                         kf_errf(errstr, errstr_size, "model directory path too long");
                         goto out;
                 }
                 if (access(path, F_OK) != 0) {
-                        if (!scanned && ms_scan(ms, name, &vl, errstr, errstr_size)) {
+                        if (!scanned && ms_scan(d, name, &vl, errstr, errstr_size)) {
                                 *err = KF_ERR_INTERNAL;
                                 goto out;
                         }
@@ -298,39 +417,38 @@ model_t *msd_get(msd_t *ms, const char *name, uint32_t version, kf_err_t *err, c
                         model_unref(m);
                         m = NULL;
                 }
-                if (!(e = calloc(1, sizeof(*e)))) {
+                if (!(v = calloc(1, sizeof(*v)))) {
                         model_unref(m);
                         *err = KF_ERR_INTERNAL;
                         kf_errf(errstr, errstr_size, "out of memory");
                         goto out;
                 }
-                kf_strlcpy(e->name, name, sizeof(e->name));
-                e->version = version;
-                e->model   = m;
+                v->version = version;
+                v->model   = m;
                 if (m) {
                         m->version = version;
                         kf_info("loaded model %s v%u from %s (%u layers, %u->%u, %zu bytes)",
                                 name, version, path, m->n_layers, m->input_dim, m->output_dim,
                                 m->weight_bytes);
                 } else {
-                        /* Cached as failed: a corrupt file is reported once, not
-                         * re-read for every job.  Replace the file under a new
-                         * version to recover. */
-                        kf_strlcpy(e->errmsg, why, sizeof(e->errmsg));
+                        kf_strlcpy(v->errmsg, why, sizeof(v->errmsg));
                         kf_error("cannot load model %s v%u: %s", name, version, why);
                 }
-                e->next     = ms->entries;
-                ms->entries = e;
+                v->next = n->vers;
+                n->vers = v;
         }
-        if (!e->model) {
+        v->used_us = now;
+        if (!v->model) {
                 *err = KF_ERR_INTERNAL;
                 kf_errf(errstr, errstr_size, "model '%s' version %u cannot be loaded: %s", name,
-                        version, e->errmsg);
+                        version, v->errmsg);
                 goto out;
         }
         *err = KF_OK;
-        ret  = model_ref(e->model);
+        ret  = model_ref(v->model);
+        msd_budget(d, v);
 out:
+        msd_settle_unknown(d, n);
         ms_vers_free(&vl);
         return ret;
 }

@@ -9,6 +9,7 @@
 
 #include "kf_error.h"
 #include "model.h"
+#include "model_store.h"
 
 typedef struct msd_s msd_t;
 
@@ -16,6 +17,9 @@ typedef struct msd_s msd_t;
  * when out of memory. */
 msd_t *msd_new(const char *dir);
 void msd_destroy(msd_t *d); /* accepts NULL */
+
+void msd_set_budget(msd_t *d, uint64_t bytes);
+void msd_stats(msd_t *d, ms_store_stats_t *st);
 
 /* ms_store_get for a directory. */
 model_t *msd_get(msd_t *d, const char *name, uint32_t version, kf_err_t *err, char *errstr,

@@ -62,6 +62,7 @@ msr_t *msr_new(const char *redis_url, const char *prefix, int timeout_ms, int re
         mreg_channel(r->channel, prefix);
         r->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
         r->resync_ms = resync_ms > 0 ? resync_ms : 5000;
+        r->budget = MS_BUDGET_DEFAULT;
         if (pipe2(r->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
                 kf_errf(errstr, errstr_size, "pipe: %s", strerror(errno));
                 goto err;
@@ -77,6 +78,35 @@ err:
         return NULL;
 }
 
+void msr_set_budget(msr_t *r, uint64_t bytes)
+{
+        pthread_mutex_lock(&r->lock);
+        r->budget = bytes;
+        msr_budget(r, NULL);
+        pthread_mutex_unlock(&r->lock);
+}
+
+void msr_stats(msr_t *r, ms_store_stats_t *st)
+{
+        msr_model_t *e, *tmp;
+        memset(st, 0, sizeof(*st));
+        pthread_mutex_lock(&r->lock);
+        HASH_ITER(hh, r->models, e, tmp) {
+                st->names++;
+                st->unknown_names += !e->found;
+                if (e->serving)
+                        st->serving_bytes += e->serving->weight_bytes;
+                for (msr_ver_t *v = e->vers; v; v = v->next) {
+                        st->builds++;
+                        if (v->model && v->model != e->serving &&
+                            v->model->kind == MODEL_KIND_MLP)
+                                st->cached_bytes += v->model->weight_bytes;
+                }
+        }
+        st->evicted = r->evicted;
+        pthread_mutex_unlock(&r->lock);
+}
+
 void msr_destroy(msr_t *r)
 {
         if (!r)
@@ -86,16 +116,9 @@ void msr_destroy(msr_t *r)
                 msr_wake(r);
                 pthread_join(r->thread, NULL);
         }
-        for (msr_model_t *e = r->models, *en; e; e = en) {
-                en = e->next;
-                for (msr_ver_t *v = e->vers, *vn; v; v = vn) {
-                        vn = v->next;
-                        msr_ver_free(v);
-                }
-                model_unref(e->serving);
-                mreg_meta_free(&e->meta);
-                free(e);
-        }
+        msr_model_t *e, *tmp;
+        HASH_ITER(hh, r->models, e, tmp)
+                msr_remove(r, e);
         for (msr_dirty_t *d = r->dirty, *dn; d; d = dn) {
                 dn = d->next;
                 free(d);

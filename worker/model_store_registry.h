@@ -14,6 +14,7 @@
 
 #include "kf_error.h"
 #include "model.h"
+#include "model_store.h"
 
 typedef struct msr_s msr_t;
 
@@ -26,6 +27,10 @@ msr_t *msr_new(const char *redis_url, const char *prefix, int timeout_ms, int re
 /* Stops and joins the reloader, drops the cache (models still referenced
  * elsewhere live on).  Accepts NULL. */
 void msr_destroy(msr_t *r);
+
+/* ms_store_set_budget and ms_store_stats for the registry; any thread. */
+void msr_set_budget(msr_t *r, uint64_t bytes);
+void msr_stats(msr_t *r, ms_store_stats_t *st);
 
 /* ms_store_get for the registry; loop thread only. */
 model_t *msr_get(msr_t *r, const char *name, uint32_t version, kf_err_t *err, char *errstr,

@@ -100,7 +100,7 @@ static msr_res_t msr_member(msr_t *r, msr_conn_t *cn, const model_member_spec_t 
                 pthread_mutex_lock(&r->lock);
                 e = msr_find(r, ms->model);
                 if (e && mreg_meta_version(&e->meta, ms->version))
-                        nv = msr_insert_ver(e, nv);
+                        nv = msr_insert_ver(r, e, nv);
                 if (nv->model) {
                         *out = model_ref(nv->model);
                         res = msr_deps_merge(deps, &nv->deps) ? MSR_REFUSED : MSR_BUILT;
@@ -318,13 +318,7 @@ msr_res_t msr_refresh(msr_t *r, msr_conn_t *cn, const char *name, int flags,
                 mreg_meta_free(&meta);
                 return MSR_BUILT;
         }
-        if (!e && (e = calloc(1, sizeof(*e)))) {
-                kf_strlcpy(e->name, name, sizeof(e->name));
-                e->used_us = kf_mono_us();
-                e->next = r->models;
-                r->models = e;
-        }
-        if (!e) {
+        if (!e && !(e = msr_add(r, name))) {
                 pthread_mutex_unlock(&r->lock);
                 msr_ver_free(nv);
                 mreg_meta_free(&meta);
@@ -333,14 +327,14 @@ msr_res_t msr_refresh(msr_t *r, msr_conn_t *cn, const char *name, int flags,
         }
         mreg_meta_free(&e->meta);
         e->meta = meta;
-        e->found = found;
+        msr_set_found(r, e, found);
         e->checked_us = kf_mono_us();
         if (nv && nv->model && nv->model->kind == MODEL_KIND_ENSEMBLE && r->gen != gen0)
                 msr_mark_dirty(r, name, MSR_REBUILD); /* a member may have moved meanwhile */
         else if (r->ann != ann0)
                 msr_mark_dirty(r, name, 0); /* a change announced meanwhile may be newer */
         if (nv)
-                msr_insert_ver(e, nv);
+                msr_insert_ver(r, e, nv);
         msr_settle(r, e);
         wake = r->dirty != NULL;
         pthread_mutex_unlock(&r->lock);

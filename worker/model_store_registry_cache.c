@@ -10,6 +10,8 @@
 #include "kf_util.h"
 #include "model_store_registry_int.h"
 
+#include <utlist.h>
+
 /* ---- small helpers ---- */
 
 void msr_deps_free(msr_deps_t *d)
@@ -74,10 +76,107 @@ int msr_vdup(mreg_version_t *dst, const mreg_version_t *src)
 
 msr_model_t *msr_find(msr_t *r, const char *name)
 {
-        for (msr_model_t *e = r->models; e; e = e->next)
-                if (!strcmp(e->name, name))
-                        return e;
-        return NULL;
+        msr_model_t *e;
+        HASH_FIND_STR(r->models, name, e);
+        return e;
+}
+
+msr_model_t *msr_add(msr_t *r, const char *name)
+{
+        msr_model_t *e = calloc(1, sizeof(*e));
+        if (!e)
+                return NULL;
+        kf_strlcpy(e->name, name, sizeof(e->name));
+        e->used_us = kf_mono_us();
+        HASH_ADD_STR(r->models, name, e);
+        if (e->hh_oom) {
+                free(e);
+                return NULL;
+        }
+        return e;
+}
+
+void msr_remove(msr_t *r, msr_model_t *e)
+{
+        if (e->in_unknown) {
+                DL_DELETE2(r->unknown, e, uprev, unext);
+                r->n_unknown--;
+        }
+        HASH_DEL(r->models, e);
+        for (msr_ver_t *v = e->vers, *vn; v; v = vn) {
+                vn = v->next;
+                msr_ver_free(v);
+        }
+        model_unref(e->serving);
+        mreg_meta_free(&e->meta);
+        free(e);
+}
+
+void msr_set_found(msr_t *r, msr_model_t *e, int found)
+{
+        e->found = found;
+        if (found && e->in_unknown) {
+                DL_DELETE2(r->unknown, e, uprev, unext);
+                r->n_unknown--;
+                e->in_unknown = 0;
+        } else if (!found && !e->in_unknown) {
+                DL_APPEND2(r->unknown, e, uprev, unext);
+                r->n_unknown++;
+                e->in_unknown = 1;
+        }
+        /* Every distinct name a job makes up would otherwise stay: bounded,
+         * so memory is, and the table stays small for the names that exist. */
+        while (r->n_unknown > MS_UNKNOWN_MAX && r->unknown != e)
+                msr_remove(r, r->unknown);
+}
+
+void msr_touch(msr_t *r, msr_model_t *e, int64_t now)
+{
+        e->used_us = now;
+        if (e->in_unknown && e->unext) { /* to the back of the LRU list */
+                DL_DELETE2(r->unknown, e, uprev, unext);
+                DL_APPEND2(r->unknown, e, uprev, unext);
+        }
+}
+
+/* The weights a build holds for itself: an ensemble's are its members',
+ * which are builds of their own (or serving). */
+static uint64_t msr_ver_bytes(const msr_ver_t *v)
+{
+        return v->model && v->model->kind == MODEL_KIND_MLP ? v->model->weight_bytes : 0;
+}
+
+void msr_budget(msr_t *r, const msr_ver_t *keep)
+{
+        for (;;) {
+                msr_model_t *e, *tmp, *lru_e = NULL;
+                msr_ver_t *lru = NULL, **pp;
+                uint64_t total = 0;
+
+                HASH_ITER(hh, r->models, e, tmp) {
+                        for (msr_ver_t *v = e->vers; v; v = v->next) {
+                                if (!v->model || v->model == e->serving)
+                                        continue;
+                                total += msr_ver_bytes(v);
+                                if (v != keep && msr_ver_bytes(v) &&
+                                    (!lru || v->used_us < lru->used_us)) {
+                                        lru = v;
+                                        lru_e = e;
+                                }
+                        }
+                }
+                if (total <= r->budget || !lru)
+                        return;
+                for (pp = &lru_e->vers; *pp != lru; pp = &(*pp)->next)
+                        ;
+                *pp = lru->next;
+                kf_info("model %s v%u: dropped from the cache (%.1f MiB of versions not being "
+                        "served, budget %.1f MiB); built again when a job asks for it",
+                        lru_e->name, lru->version, (double)total / 1048576.0,
+                        (double)r->budget / 1048576.0);
+                msr_ver_free(lru);
+                r->evicted++;
+        }
 }
 
 msr_ver_t *msr_find_ver(msr_model_t *e, uint32_t version)
@@ -127,7 +226,7 @@ void msr_mark_dirty(msr_t *r, const char *name, int flags)
  * of the active version, else when a job asks for them. */
 void msr_invalidate_dependents(msr_t *r, const char *name)
 {
-        for (msr_model_t *e = r->models; e; e = e->next) {
+        for (msr_model_t *e = r->models; e; e = e->hh.next) {
                 msr_ver_t **pp = &e->vers;
                 while (*pp) {
                         msr_ver_t *v = *pp;
@@ -150,27 +249,28 @@ void msr_invalidate_dependents(msr_t *r, const char *name)
         }
 }
 
-/* Inserts a new build into e unless one for the same blob is there; a
- * refused build never replaces a good one.  Returns the build kept. */
-msr_ver_t *msr_insert_ver(msr_model_t *e, msr_ver_t *nv)
+msr_ver_t *msr_insert_ver(msr_t *r, msr_model_t *e, msr_ver_t *nv)
 {
-        msr_ver_t **pp;
+        msr_ver_t **pp, *kept = nv;
         for (pp = &e->vers; *pp; pp = &(*pp)->next) {
                 msr_ver_t *old = *pp;
                 if (old->version != nv->version)
                         continue;
                 if ((old->model && !nv->model && !strcmp(old->sha256, nv->sha256))) {
                         msr_ver_free(nv);
-                        return old;
+                        kept = old;
+                } else {
+                        nv->next = old->next;
+                        *pp = nv;
+                        msr_ver_free(old);
                 }
-                nv->next = old->next;
-                *pp = nv;
-                msr_ver_free(old);
-                return nv;
+                goto out;
         }
         nv->next = e->vers;
         e->vers = nv;
-        return nv;
+out:
+        msr_budget(r, kept);
+        return kept;
 }
 
 
@@ -242,4 +342,6 @@ void msr_settle(msr_t *r, msr_model_t *e)
                 kf_warn("model %s: active version %u refused; still serving version %u", e->name,
                         e->meta.active, e->serving->version);
         }
+        /* What stopped being served now counts against the budget. */
+        msr_budget(r, NULL);
 }

@@ -34,6 +34,12 @@
 #include "model_registry.h"
 #include "model_store_registry.h"
 
+/* Names are found through a uthash table (Debian's uthash-dev, header only):
+ * out of memory while adding is the caller's error, never an abort. */
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(elt) ((elt)->hh_oom = 1)
+#include <uthash.h>
+
 #define MSR_BACKOFF_MIN_MS    50
 #define MSR_BACKOFF_MAX_MS    5000
 #define MSR_ABSENT_RECHECK_US 1000000 /* an unknown name is asked again after 1 s */
@@ -86,7 +92,12 @@ typedef struct msr_model_s {
         int64_t fresh_us;   /* when a re-read did not find fresh_v ... */
         uint32_t fresh_v;   /* ... a pinned version newer than the metadata */
         int64_t used_us;
-        struct msr_model_s *next;
+        UT_hash_handle hh; /* in r->models, by name */
+        int hh_oom;        /* set by uthash when adding failed */
+        /* Names the registry does not have, least recently asked first
+         * (r->unknown): at most MS_UNKNOWN_MAX are kept. */
+        struct msr_model_s *uprev, *unext;
+        int in_unknown;
 } msr_model_t;
 
 typedef struct msr_dirty_s {
@@ -108,8 +119,12 @@ struct msr_s {
         char prefix[KF_KEY_MAX];
         char channel[KF_KEY_MAX];
         int timeout_ms, resync_ms;
-        pthread_mutex_t lock; /* guards models, dirty, gen */
-        msr_model_t *models;
+        pthread_mutex_t lock; /* guards models, unknown, dirty, gen, budget, evicted */
+        msr_model_t *models;  /* uthash head */
+        msr_model_t *unknown; /* utlist of the entries with !found, LRU first */
+        size_t n_unknown;
+        uint64_t budget;  /* bytes of weights kept for versions not being served */
+        uint64_t evicted; /* builds dropped for the budget */
         msr_dirty_t *dirty;
         uint64_t gen;      /* bumped whenever some model's serving version changes */
         uint64_t ann;      /* bumped for every change announced on the channel */
@@ -140,12 +155,28 @@ void msr_ver_free(msr_ver_t *v); /* accepts NULL */
 /* A copy of src whose members string is its own; -1 out of memory. */
 int msr_vdup(mreg_version_t *dst, const mreg_version_t *src);
 msr_model_t *msr_find(msr_t *r, const char *name);
+/* A new entry for name (not found yet), or NULL out of memory. */
+msr_model_t *msr_add(msr_t *r, const char *name);
+/* Unlinks and frees e with its builds (models held by jobs live on). */
+void msr_remove(msr_t *r, msr_model_t *e);
+/* Whether the registry has e's name; the unknown ones beyond MS_UNKNOWN_MAX
+ * are dropped, least recently asked first (never e itself). */
+void msr_set_found(msr_t *r, msr_model_t *e, int found);
+/* A job asked for e now. */
+void msr_touch(msr_t *r, msr_model_t *e, int64_t now);
+/* Drops the least recently used builds that are not being served while
+ * their weights exceed r->budget, never keep (the build a job has just
+ * asked for: dropping it would rebuild it for every such job). */
+void msr_budget(msr_t *r, const msr_ver_t *keep);
 msr_ver_t *msr_find_ver(msr_model_t *e, uint32_t version);
 msr_ver_t *msr_ver_of(msr_model_t *e, const model_t *m);
 void msr_set_serving(msr_model_t *e, model_t *m);
 void msr_mark_dirty(msr_t *r, const char *name, int flags);
 void msr_invalidate_dependents(msr_t *r, const char *name);
-msr_ver_t *msr_insert_ver(msr_model_t *e, msr_ver_t *nv);
+/* Inserts a new build into e unless one for the same blob is there; a
+ * refused build never replaces a good one; then the budget is applied.
+ * Returns the build kept. */
+msr_ver_t *msr_insert_ver(msr_t *r, msr_model_t *e, msr_ver_t *nv);
 void msr_settle(msr_t *r, msr_model_t *e);
 
 /* ---- model_store_registry_build.c (no lock held on entry) ---- */

@@ -43,7 +43,7 @@ model_t *msr_get(msr_t *r, const char *name, uint32_t version, kf_err_t *err, ch
                 pthread_mutex_lock(&r->lock);
                 e = msr_find(r, name);
                 if (e) {
-                        e->used_us = now;
+                        msr_touch(r, e, now);
                         if (!e->found && now - e->checked_us < MSR_ABSENT_RECHECK_US) {
                                 pthread_mutex_unlock(&r->lock);
                                 *err = KF_ERR_UNKNOWN_MODEL;
@@ -91,7 +91,7 @@ model_t *msr_get(msr_t *r, const char *name, uint32_t version, kf_err_t *err, ch
                                 pthread_mutex_lock(&r->lock);
                                 e = msr_find(r, name);
                                 if (e && mreg_meta_version(&e->meta, version))
-                                        nv = msr_insert_ver(e, nv);
+                                        nv = msr_insert_ver(r, e, nv);
                                 nv->used_us = now;
                                 if (nv->model) {
                                         *err = KF_OK;

@@ -55,15 +55,14 @@ static void msr_resync(msr_t *r)
         int64_t now = kf_mono_us();
 
         pthread_mutex_lock(&r->lock);
-        for (msr_model_t *e = r->models; e; e = e->next)
-                n++;
+        n = HASH_COUNT(r->models);
         names = calloc(n ? n : 1, sizeof(*names));
         seqs = calloc(n ? n : 1, sizeof(*seqs));
         found = calloc(n ? n : 1, sizeof(*found));
         if (names && seqs && found) {
                 i = 0;
-                for (msr_model_t **pp = &r->models; *pp;) {
-                        msr_model_t *e = *pp;
+                msr_model_t *e, *tmp;
+                HASH_ITER(hh, r->models, e, tmp) {
                         /* Idle versions (not serving) go; unknown names nobody asks
                          * for go too. */
                         for (msr_ver_t **vp = &e->vers; *vp;) {
@@ -77,16 +76,13 @@ static void msr_resync(msr_t *r)
                                 }
                         }
                         if (!e->found && now - e->used_us > MSR_IDLE_US) {
-                                *pp = e->next;
-                                mreg_meta_free(&e->meta);
-                                free(e);
+                                msr_remove(r, e);
                                 continue;
                         }
                         kf_strlcpy(names[i], e->name, sizeof(names[i]));
                         seqs[i] = e->meta.seq;
                         found[i] = e->found;
                         i++;
-                        pp = &e->next;
                 }
                 n = i;
         } else {

@@ -629,6 +629,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                         kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
+        ms_store_set_budget(w->models, (uint64_t)c->model_cache_mb << 20);
         if (!(w->writers = calloc((size_t)c->writer_threads, sizeof(*w->writers)))) {
                 kf_errf(errstr, errstr_size, "out of memory");
                 goto err;

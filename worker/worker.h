@@ -25,6 +25,7 @@ typedef struct kw_config_s {
         char *redis_url;
         char *models_dir;
         int64_t model_resync_ms; /* registry: how often every cached model is re-checked */
+        int64_t model_cache_mb;  /* weights kept for versions not being served */
         char *topic;
         char *dlq_topic;
         char *group;

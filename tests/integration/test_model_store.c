@@ -634,6 +634,150 @@ static void test_redis_restart(void **state)
 
 /* ---- the directory store (--models DIR) ---- */
 
+/* ---- bounds (#11 class 5): what the store keeps ---- */
+
+static void stats(ms_store_t *ms, ms_store_stats_t *st)
+{
+        ms_store_stats(ms, st);
+}
+
+/* Jobs naming models that do not exist must not grow the store: every
+ * distinct name is remembered only up to MS_UNKNOWN_MAX, the oldest
+ * forgotten first, and a real model is still served afterwards.  Names
+ * are asked twice (a name remembered answers without Redis, which the
+ * count of commands shows). */
+static void run_unknown_bounded(ms_store_t *ms, redisContext *c, const char *known)
+{
+        const int n = MS_UNKNOWN_MAX + 700;
+        char name[64];
+        ms_store_stats_t st;
+        model_t *m;
+
+        for (int i = 0; i < n; i++) {
+                snprintf(name, sizeof(name), "nosuch-%d", i);
+                get_fails(ms, name, 0, KF_ERR_UNKNOWN_MODEL, "unknown model");
+                if (i % 3 == 0) /* pinned versions of unknown names too */
+                        get_fails(ms, name, 5, KF_ERR_UNKNOWN_MODEL, "");
+        }
+        stats(ms, &st);
+        if (st.unknown_names > MS_UNKNOWN_MAX || st.names > MS_UNKNOWN_MAX + 1)
+                fail_msg("after %d unknown names the store remembers %zu (%zu unknown); the "
+                         "bound is %d",
+                         n, st.names, st.unknown_names, MS_UNKNOWN_MAX);
+        assert_true(st.unknown_names >= MS_UNKNOWN_MAX / 2); /* remembered, not dropped */
+        /* the most recent names are the ones remembered: answered without Redis */
+        if (c) {
+                long long before, after;
+                redisReply *r = redisCommand(c, "INFO commandstats");
+                assert_non_null(r);
+                before = r->str && strstr(r->str, "cmdstat_hgetall:calls=")
+                             ? atoll(strstr(r->str, "cmdstat_hgetall:calls=") + 22)
+                             : 0;
+                freeReplyObject(r);
+                for (int i = n - 20; i < n; i++) {
+                        snprintf(name, sizeof(name), "nosuch-%d", i);
+                        get_fails(ms, name, 0, KF_ERR_UNKNOWN_MODEL, "unknown model");
+                }
+                r = redisCommand(c, "INFO commandstats");
+                assert_non_null(r);
+                after = r->str && strstr(r->str, "cmdstat_hgetall:calls=")
+                            ? atoll(strstr(r->str, "cmdstat_hgetall:calls=") + 22)
+                            : 0;
+                freeReplyObject(r);
+                if (after != before)
+                        fail_msg("asking 20 recent unknown names again cost %lld metadata reads",
+                                 after - before);
+        }
+        m = get(ms, known, 0);
+        model_unref(m);
+}
+
+static void test_unknown_names_bounded(void **state)
+{
+        st_t *t = *state;
+        const int dims[] = {3, 2};
+        tm_t tm;
+        tm_init(&tm, 1, dims);
+        push_tm(t->c, &tm, "real", 1);
+        run_unknown_bounded(t->ms, t->c, "real");
+        tm_free(&tm);
+}
+
+/* Versions pinned by jobs are kept within the budget, least recently
+ * used dropped first; a job holding a dropped version finishes on it (ASan
+ * would see it freed), and the next job pinning it gets it rebuilt.  The
+ * serving version is never counted nor dropped. */
+#define BT_VERSIONS 4
+static void run_budget(ms_store_t *ms, const char *name, tm_t *tm, uint32_t *vers,
+                       uint32_t serving)
+{
+        const double w1[1] = {1};
+        ms_store_stats_t st;
+        model_t *held, *m;
+        uint64_t one;
+
+        m = get(ms, name, vers[0]);
+        one = m->weight_bytes;
+        model_unref(m);
+        /* room for two pinned versions, not three */
+        ms_store_set_budget(ms, one * 2 + one / 2);
+        held = get(ms, name, vers[0]);
+        m = get(ms, name, vers[1]);
+        model_unref(m);
+        stats(ms, &st);
+        assert_int_equal(st.evicted, 0);
+        assert_true(st.cached_bytes == 2 * one);
+        m = get(ms, name, vers[2]); /* over budget: vers[0], the least recent, goes */
+        model_unref(m);
+        stats(ms, &st);
+        if (st.evicted != 1 || st.cached_bytes != 2 * one)
+                fail_msg("three pinned versions of %llu bytes in a budget for two: %llu bytes "
+                         "kept, %llu evicted",
+                         (unsigned long long)one, (unsigned long long)st.cached_bytes,
+                         (unsigned long long)st.evicted);
+        { /* the held reference still computes: it was dropped from the cache only */
+                const tm_t *one_tm[1] = {&tm[0]};
+                check_outputs(held, 1, one_tm, w1);
+                model_unref(held);
+        }
+        for (int k = 0; k < 3; k++) { /* each again: correct, rebuilt when needed */
+                const tm_t *one_tm[1] = {&tm[k]};
+                m = get(ms, name, vers[k]);
+                assert_int_equal(m->version, vers[k]);
+                check_outputs(m, 1, one_tm, w1);
+                model_unref(m);
+                stats(ms, &st);
+                assert_true(st.cached_bytes <= 2 * one + one / 2);
+        }
+        m = get(ms, name, 0);
+        assert_int_equal(m->version, serving);
+        model_unref(m);
+        stats(ms, &st);
+        assert_true(st.serving_bytes >= one);
+        /* budget 0: every pinned version goes, the serving one stays */
+        ms_store_set_budget(ms, 0);
+        stats(ms, &st);
+        assert_int_equal(st.cached_bytes, 0);
+        m = get(ms, name, 0);
+        assert_int_equal(m->version, serving);
+        model_unref(m);
+}
+
+static void test_budget_pinned_versions(void **state)
+{
+        st_t *t = *state;
+        const int dims[] = {16, 64, 8};
+        tm_t tm[BT_VERSIONS];
+        uint32_t vers[BT_VERSIONS];
+        for (int k = 0; k < BT_VERSIONS; k++) {
+                tm_init(&tm[k], 2, dims);
+                vers[k] = push_tm(t->c, &tm[k], "pinned", k + 1 == BT_VERSIONS);
+        }
+        run_budget(t->ms, "pinned", tm, vers, vers[BT_VERSIONS - 1]);
+        for (int k = 0; k < BT_VERSIONS; k++)
+                tm_free(&tm[k]);
+}
+
 typedef struct dt_s {
         kt_stack_t stack;
         char dir[512]; /* <stack dir>/models: the store's DIR */
@@ -777,6 +921,39 @@ static void test_dir_names_stay_inside(void **state)
         tm_free(&tm);
 }
 
+static void test_dir_unknown_names_bounded(void **state)
+{
+        dt_t *t = *state;
+        const int dims[] = {3, 2};
+        char path[700];
+        tm_t tm;
+        tm_init(&tm, 1, dims);
+        snprintf(path, sizeof(path), "%s/real.kmodel", t->dir);
+        write_tm(path, &tm, "real");
+        run_unknown_bounded(t->ms, NULL, "real");
+        tm_free(&tm);
+}
+
+static void test_dir_budget_pinned_versions(void **state)
+{
+        dt_t *t = *state;
+        const int dims[] = {16, 64, 8};
+        char path[700];
+        tm_t tm[BT_VERSIONS];
+        uint32_t vers[BT_VERSIONS];
+        snprintf(path, sizeof(path), "%s/pinned", t->dir);
+        assert_int_equal(mkdir(path, 0755), 0);
+        for (int k = 0; k < BT_VERSIONS; k++) {
+                tm_init(&tm[k], 2, dims);
+                vers[k] = (uint32_t)k + 1;
+                snprintf(path, sizeof(path), "%s/pinned/%u.kmodel", t->dir, vers[k]);
+                write_tm(path, &tm[k], "pinned");
+        }
+        run_budget(t->ms, "pinned", tm, vers, vers[BT_VERSIONS - 1]);
+        for (int k = 0; k < BT_VERSIONS; k++)
+                tm_free(&tm[k]);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -785,8 +962,14 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_corrupt_keeps_last_good, setup, teardown),
             cmocka_unit_test_setup_teardown(test_ensemble_follows, setup, teardown),
             cmocka_unit_test_setup_teardown(test_redis_restart, setup_aof, teardown),
+            cmocka_unit_test_setup_teardown(test_unknown_names_bounded, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_budget_pinned_versions, setup, teardown),
             cmocka_unit_test_setup_teardown(test_dir_all_versions, setup_dir, teardown_dir),
             cmocka_unit_test_setup_teardown(test_dir_names_stay_inside, setup_dir, teardown_dir),
+            cmocka_unit_test_setup_teardown(test_dir_unknown_names_bounded, setup_dir,
+                                            teardown_dir),
+            cmocka_unit_test_setup_teardown(test_dir_budget_pinned_versions, setup_dir,
+                                            teardown_dir),
         };
         kf_log_init("test_model_store", KF_LOG_WARN);
         if (getenv("KT_TEST")) /* e.g. KT_TEST='test_corrupt*' runs only those */
