@@ -69,6 +69,11 @@ static void model_free(model_t *m)
 {
         if (!m)
                 return;
+        if (m->alias_of) { /* the layers and members are the other model's */
+                model_unref(m->alias_of);
+                free(m);
+                return;
+        }
         /* All weights live in one block that starts at layers[0].W. */
         if (m->layers)
                 free(m->layers[0].W);
@@ -740,6 +745,34 @@ model_t *model_ref(model_t *m)
         if (m)
                 __atomic_add_fetch(&m->refcnt, 1, __ATOMIC_RELAXED);
         return m;
+}
+
+model_t *model_alias(model_t *m, uint32_t version)
+{
+        model_t *a = calloc(1, sizeof(*a));
+        if (!a)
+                return NULL;
+        /* Field by field: m's refcnt may be changing on another thread. */
+        memcpy(a->name, m->name, sizeof(a->name));
+        a->version       = version;
+        a->input_dim     = m->input_dim;
+        a->output_dim    = m->output_dim;
+        a->n_layers      = m->n_layers;
+        a->layers        = m->layers;
+        a->max_width     = m->max_width;
+        a->flops_per_row = m->flops_per_row;
+        a->weight_bytes  = m->weight_bytes;
+        a->refcnt        = 1;
+        a->kind          = m->kind;
+        a->n_members     = m->n_members;
+        a->members       = m->members;
+        a->alias_of      = model_ref(m->alias_of ? m->alias_of : m);
+        return a;
+}
+
+const model_t *model_weights_owner(const model_t *m)
+{
+        return m->alias_of ? m->alias_of : m;
 }
 
 void model_unref(model_t *m)

@@ -75,6 +75,8 @@ typedef struct model_s {
         model_kind_t kind;
         uint32_t n_members;      /* ensemble: distinct MLPs after flattening */
         model_member_t *members; /* ensemble: n_members, owned */
+        struct model_s *alias_of; /* layers and members borrowed from this model (an owned
+                                   * reference, see model_alias); NULL: its own */
 } model_t;
 
 /* Wire name <-> activation.  model_act_parse returns -1 for an unknown name. */
@@ -149,6 +151,14 @@ model_t *model_ens_build(const model_ens_spec_t *spec, model_t *const *resolved,
 /* Encodes a model in the file format.  Returns 0 and a malloc'd buffer in
  * *out and *outlen (caller frees), or -1 with errstr set. */
 int model_encode(const model_t *m, char **out, size_t *outlen, char *errstr, size_t errstr_size);
+
+/* A model with its own header (version) that shares m's weights: two
+ * versions pushed with the same blob are served from one copy.  m lives as
+ * long as the alias does.  Returns NULL out of memory. */
+model_t *model_alias(model_t *m, uint32_t version);
+
+/* The model whose memory holds m's weights: m itself, or what it aliases. */
+const model_t *model_weights_owner(const model_t *m);
 
 model_t *model_ref(model_t *m);
 void model_unref(model_t *m); /* accepts NULL */

@@ -7,7 +7,8 @@
  * Redis connections) follows the registry's change channel and rebuilds what
  * changed; the switch to a new version is a pointer swap under a mutex, so
  * jobs never wait for it, and a job holding a model (a reference) finishes
- * on it.  A version that fails verification is logged and never served:
+ * on it.  Versions pushed with the same blob share one copy of the weights.
+ * A version that fails verification is logged and never served:
  * jobs without a version keep getting the last good one.  A job without a
  * version gets the active version; an ensemble's members without a version
  * follow their own active version (rebuilt when that changes).
@@ -17,8 +18,9 @@
  * every version is scanned).  NAME must not start with '.': "." and ".." are
  * valid job names but would leave DIR, so they get unknown_model.  A job
  * without a version gets the highest version on disk.  A model is loaded on
- * first use and kept; a name not found is looked up again on the next job,
- * so models dropped into the directory appear without a restart.  MLPs only.
+ * first use and kept (within the bounds below); a name not found is looked
+ * up again on the next job, so models dropped into the directory appear
+ * without a restart.  MLPs only.
  *
  * ms_store_get is called from the worker's loop thread only; the models it
  * returns are immutable and reference-counted and may travel elsewhere. */

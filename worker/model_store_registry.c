@@ -96,12 +96,9 @@ void msr_stats(msr_t *r, ms_store_stats_t *st)
                 st->unknown_names += !e->found;
                 if (e->serving)
                         st->serving_bytes += e->serving->weight_bytes;
-                for (msr_ver_t *v = e->vers; v; v = v->next) {
+                for (msr_ver_t *v = e->vers; v; v = v->next)
                         st->builds++;
-                        if (v->model && v->model != e->serving &&
-                            v->model->kind == MODEL_KIND_MLP)
-                                st->cached_bytes += v->model->weight_bytes;
-                }
+                st->cached_bytes += msr_cached_bytes(e);
         }
         st->evicted = r->evicted;
         pthread_mutex_unlock(&r->lock);

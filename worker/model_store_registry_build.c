@@ -171,6 +171,41 @@ static msr_res_t msr_build_ensemble(msr_t *r, msr_conn_t *cn, const model_ens_sp
 /* Fetches, verifies and decodes one version; an ensemble's members are
  * resolved too.  *out is a new build (model or errmsg) unless TRANSIENT or
  * MISSING. */
+/* A build of vd sharing the weights of a cached build of the same blob
+ * (same name and sha256, so already fetched and verified), or NULL if there
+ * is none: a rollback pushed as a new version, or versions pinned by jobs
+ * that hold one blob, cost one copy of the weights and no fetch. */
+static msr_ver_t *msr_alias(msr_t *r, const char *name, const mreg_version_t *vd)
+{
+        msr_ver_t *v = NULL;
+        msr_model_t *e;
+
+        if (vd->kind != MODEL_KIND_MLP)
+                return NULL;
+        pthread_mutex_lock(&r->lock);
+        e = msr_find(r, name);
+        for (msr_ver_t *w = e ? e->vers : NULL; w; w = w->next) {
+                model_t *m = w->model;
+                if (!m || m->kind != MODEL_KIND_MLP || strcmp(w->sha256, vd->sha256) ||
+                    m->input_dim != vd->input_dim || m->output_dim != vd->output_dim)
+                        continue;
+                if (!(v = calloc(1, sizeof(*v))))
+                        break;
+                if (!(v->model = model_alias(m, vd->version))) {
+                        free(v);
+                        v = NULL;
+                        break;
+                }
+                v->version = vd->version;
+                kf_strlcpy(v->sha256, vd->sha256, sizeof(v->sha256));
+                kf_info("model %s v%u: the same blob as version %u, sharing its weights", name,
+                        vd->version, w->version);
+                break;
+        }
+        pthread_mutex_unlock(&r->lock);
+        return v;
+}
+
 msr_res_t msr_build(msr_t *r, msr_conn_t *cn, const char *name, const mreg_version_t *vd,
                            msr_path_t *path, msr_ver_t **out, char *errstr, size_t errstr_size)
 {
@@ -184,6 +219,8 @@ msr_res_t msr_build(msr_t *r, msr_conn_t *cn, const char *name, const mreg_versi
         uint32_t din, dout;
 
         *out = NULL;
+        if ((*out = msr_alias(r, name, vd)))
+                return MSR_BUILT;
         if (!(c = msr_conn(r, cn, errstr, errstr_size)))
                 return MSR_TRANSIENT;
         rc = mreg_blob_get(c, r->prefix, name, vd, &buf, &len, why, sizeof(why));

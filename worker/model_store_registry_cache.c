@@ -139,11 +139,31 @@ void msr_touch(msr_t *r, msr_model_t *e, int64_t now)
         }
 }
 
-/* The weights a build holds for itself: an ensemble's are its members',
- * which are builds of their own (or serving). */
-static uint64_t msr_ver_bytes(const msr_ver_t *v)
+/* Whether v is a build the budget covers: a loaded MLP not being served.
+ * An ensemble's weights are its members', which are builds of their own. */
+static int msr_ver_cached(const msr_model_t *e, const msr_ver_t *v)
 {
-        return v->model && v->model->kind == MODEL_KIND_MLP ? v->model->weight_bytes : 0;
+        return v->model && v->model != e->serving && v->model->kind == MODEL_KIND_MLP;
+}
+
+uint64_t msr_cached_bytes(const msr_model_t *e)
+{
+        const model_t *serving = e->serving ? model_weights_owner(e->serving) : NULL;
+        uint64_t total = 0;
+        /* Builds of one blob share one copy of the weights (model_alias):
+         * each copy counts once, and not at all if it is the serving one. */
+        for (const msr_ver_t *v = e->vers; v; v = v->next) {
+                const model_t *owner;
+                int seen = 0;
+                if (!msr_ver_cached(e, v))
+                        continue;
+                owner = model_weights_owner(v->model);
+                for (const msr_ver_t *w = e->vers; w != v && !seen; w = w->next)
+                        seen = msr_ver_cached(e, w) && model_weights_owner(w->model) == owner;
+                if (!seen && owner != serving)
+                        total += owner->weight_bytes;
+        }
+        return total;
 }
 
 void msr_budget(msr_t *r, const msr_ver_t *keep)
@@ -154,11 +174,9 @@ void msr_budget(msr_t *r, const msr_ver_t *keep)
                 uint64_t total = 0;
 
                 HASH_ITER(hh, r->models, e, tmp) {
+                        total += msr_cached_bytes(e);
                         for (msr_ver_t *v = e->vers; v; v = v->next) {
-                                if (!v->model || v->model == e->serving)
-                                        continue;
-                                total += msr_ver_bytes(v);
-                                if (v != keep && msr_ver_bytes(v) &&
+                                if (msr_ver_cached(e, v) && v != keep &&
                                     (!lru || v->used_us < lru->used_us)) {
                                         lru = v;
                                         lru_e = e;

@@ -168,6 +168,8 @@ void msr_touch(msr_t *r, msr_model_t *e, int64_t now);
  * their weights exceed r->budget, never keep (the build a job has just
  * asked for: dropping it would rebuild it for every such job). */
 void msr_budget(msr_t *r, const msr_ver_t *keep);
+/* Bytes of weights e keeps for versions it does not serve, each copy once. */
+uint64_t msr_cached_bytes(const msr_model_t *e);
 msr_ver_t *msr_find_ver(msr_model_t *e, uint32_t version);
 msr_ver_t *msr_ver_of(msr_model_t *e, const model_t *m);
 void msr_set_serving(msr_model_t *e, model_t *m);

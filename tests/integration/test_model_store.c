@@ -778,6 +778,67 @@ static void test_budget_pinned_versions(void **state)
                 tm_free(&tm[k]);
 }
 
+/* Versions pushed with the same blob (a rollback pushed again, a model
+ * re-registered) share one copy of the weights: one is served, the others
+ * pinned, and each still answers with its own version number.  The copies
+ * are seen in the pointers and in the bytes the store counts. */
+static void test_same_blob_shared(void **state)
+{
+        st_t *t = *state;
+        const int dims[] = {16, 64, 8};
+        const double w1[1] = {1};
+        const tm_t *one[1];
+        ms_store_stats_t st;
+        model_t *m[4];
+        uint32_t v[4];
+        tm_t tm, other;
+        size_t len;
+        char *blob;
+
+        tm_init(&tm, 2, dims);
+        tm_init(&other, 2, dims);
+        one[0] = &tm;
+        blob = tm_blob(&tm, "twin", &len);
+        v[0] = push(t->c, "twin", blob, len, 0);
+        v[1] = push(t->c, "twin", blob, len, 0);
+        v[2] = push(t->c, "twin", blob, len, 1); /* served */
+        free(blob);
+        v[3] = push_tm(t->c, &other, "twin", 0); /* a different blob */
+        m[2] = get(t->ms, "twin", 0);
+        m[0] = get(t->ms, "twin", v[0]);
+        m[1] = get(t->ms, "twin", v[1]);
+        m[3] = get(t->ms, "twin", v[3]);
+        for (int k = 0; k < 3; k++) {
+                assert_int_equal(m[k]->version, v[k]);
+                check_outputs(m[k], 1, one, w1);
+        }
+        if (m[0]->layers != m[2]->layers || m[1]->layers != m[2]->layers)
+                fail_msg("three versions of one blob hold separate copies of the weights");
+        assert_true(m[3]->layers != m[2]->layers);
+        stats(t->ms, &st);
+        /* the twins are the served copy; only the other blob is cached */
+        if (st.cached_bytes != m[3]->weight_bytes)
+                fail_msg("cached %llu bytes, want %zu (one copy of the other blob)",
+                         (unsigned long long)st.cached_bytes, m[3]->weight_bytes);
+        /* the served version moves on: the twins' one copy outlives it */
+        activate(t->c, "twin", v[3]);
+        wait_serving(t->ms, "twin", v[3], 5000);
+        model_unref(m[2]);
+        stats(t->ms, &st);
+        if (st.cached_bytes != m[0]->weight_bytes)
+                fail_msg("after the switch: cached %llu bytes, want %zu (one copy of the twins)",
+                         (unsigned long long)st.cached_bytes, m[0]->weight_bytes);
+        /* dropping every pinned build: the held twins still compute */
+        ms_store_set_budget(t->ms, 0);
+        check_outputs(m[0], 1, one, w1);
+        check_outputs(m[1], 1, one, w1);
+        for (int k = 0; k < 4; k++)
+                if (k != 2)
+                        model_unref(m[k]);
+        tm_free(&tm);
+        tm_free(&other);
+}
+
 typedef struct dt_s {
         kt_stack_t stack;
         char dir[512]; /* <stack dir>/models: the store's DIR */
@@ -964,6 +1025,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_redis_restart, setup_aof, teardown),
             cmocka_unit_test_setup_teardown(test_unknown_names_bounded, setup, teardown),
             cmocka_unit_test_setup_teardown(test_budget_pinned_versions, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_same_blob_shared, setup, teardown),
             cmocka_unit_test_setup_teardown(test_dir_all_versions, setup_dir, teardown_dir),
             cmocka_unit_test_setup_teardown(test_dir_names_stay_inside, setup_dir, teardown_dir),
             cmocka_unit_test_setup_teardown(test_dir_unknown_names_bounded, setup_dir,
