@@ -28,7 +28,8 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o \
               $(MODEL_STORE_OBJS)
-MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o worker/model_store_registry_cache.o \
+MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
+              worker/model_store_registry_conn.o worker/model_store_registry_cache.o \
               worker/model_store_registry_build.o worker/model_store_registry_lookup.o \
               worker/model_store_registry_reloader.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \

@@ -1,5 +1,5 @@
 /* model_store_registry.c - the registry store's lifetime (msr_new,
- * msr_destroy) and its Redis connections.  The design is described in
+ * msr_destroy), its budget and its stats.  The design is described in
  * model_store_registry_int.h. */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,33 +13,6 @@
 #include "kf_util.h"
 #include "model_store_registry_int.h"
 
-
-/* A connected context for cn, connecting if needed; NULL with errstr. */
-redisContext *msr_conn(msr_t *r, msr_conn_t *cn, char *errstr, size_t errstr_size)
-{
-        if (cn->c)
-                return cn->c;
-        cn->c = kf_redis_connect(&r->url, r->timeout_ms, errstr, errstr_size);
-        if (!cn->c) {
-                if (!cn->down)
-                        kf_warn("model registry: %s", errstr);
-                cn->down = 1;
-                return NULL;
-        }
-        if (cn->down)
-                kf_info("model registry: connected to %s:%d again", r->url.host, r->url.port);
-        cn->down = 0;
-        return cn->c;
-}
-
-void msr_conn_drop(msr_conn_t *cn)
-{
-        if (cn->c)
-                redisFree(cn->c);
-        cn->c = NULL;
-}
-
-/* ---- lifetime ---- */
 
 msr_t *msr_new(const char *redis_url, const char *prefix, int timeout_ms, int resync_ms,
                char *errstr, size_t errstr_size)

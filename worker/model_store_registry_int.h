@@ -3,10 +3,11 @@
  *
  * The registry store is a cache the loop thread reads under a mutex, kept
  * current off the loop thread by a reloader that follows the registry's
- * change channel.  Files: model_store_registry.c (lifetime, connections),
- * _cache.c (entries and builds, under the lock), _build.c (refresh and
- * build: Redis I/O and decoding), _lookup.c (the loop thread's msr_get),
- * _reloader.c (the background thread).
+ * change channel.  Files, each calling only those before it:
+ * _conn.c (connections, the wake-up pipe), _cache.c (entries and builds,
+ * under the lock), _build.c (refresh and build: Redis I/O and decoding),
+ * _lookup.c (the loop thread's msr_get), _reloader.c (the background
+ * thread), model_store_registry.c (lifetime, budget and stats).
  *
  * Design.  Each model name has an entry: the registry metadata last read,
  * the versions built so far (model_t, or why it was refused) and `serving`,
@@ -138,12 +139,13 @@ struct msr_s {
         int started;
 };
 
-/* ---- model_store_registry.c: connections ---- */
+/* ---- model_store_registry_conn.c ---- */
 
 /* A connected context for cn, connecting if needed; NULL with errstr (the
  * first failure in a row is logged). */
 redisContext *msr_conn(msr_t *r, msr_conn_t *cn, char *errstr, size_t errstr_size);
 void msr_conn_drop(msr_conn_t *cn);
+void msr_wake(msr_t *r); /* any thread */
 
 /* ---- model_store_registry_cache.c (caller holds r->lock where r is given) ---- */
 
@@ -191,6 +193,5 @@ msr_res_t msr_refresh(msr_t *r, msr_conn_t *cn, const char *name, int flags, msr
 /* ---- model_store_registry_reloader.c ---- */
 
 void *msr_thread(void *arg);
-void msr_wake(msr_t *r); /* any thread */
 
 #endif

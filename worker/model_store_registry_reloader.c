@@ -13,13 +13,6 @@
 #include "kf_util.h"
 #include "model_store_registry_int.h"
 
-void msr_wake(msr_t *r)
-{
-        char b = 1;
-        if (write(r->wake[1], &b, 1) < 0) {
-                /* full pipe: the reloader is being woken already */
-        }
-}
 
 /* ---- the reloader ---- */
 
