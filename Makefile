@@ -12,7 +12,7 @@ CC       ?= cc
 BUILD    ?= build
 OPT      ?= -O2
 CFLAGS   ?=
-PKGS      = rdkafka msgpack hiredis openblas jansson libcrypto
+PKGS      = rdkafka msgpack hiredis openblas jansson libcrypto libmicrohttpd
 WARN      = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wno-missing-field-initializers
 KF_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -MMD -MP -Icommon \
@@ -26,7 +26,7 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
               common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
-              worker/model_store.o worker/queue.o worker/offsets.o \
+              worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
               worker/model_store_registry_conn.o worker/model_store_registry_cache.o \
@@ -86,6 +86,12 @@ $(BUILD)/tests/%: $(B)/tests/%.o $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/lib
 # This one runs the worker's model store in-process.
 $(BUILD)/tests/integration/test_model_store: $(B)/worker/model_store.o \
                                              $(addprefix $(B)/,$(MODEL_STORE_OBJS))
+
+# This one tests the worker's metrics and HTTP endpoint in-process.
+$(BUILD)/tests/unit/test_metrics: $(B)/tests/unit/test_metrics.o $(B)/worker/metrics.o \
+                                  $(B)/worker/http.o $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
 # This one tests the CLI's input reader: producer-tool/input.o goes before
 # the library so that the library members it calls are linked.

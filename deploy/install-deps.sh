@@ -7,9 +7,10 @@ set -euo pipefail
 PKGS=(
   build-essential pkg-config
   librdkafka-dev libmsgpack-dev libopenblas-dev libhiredis-dev libcmocka-dev libjansson-dev
-  libssl-dev uthash-dev
+  libssl-dev uthash-dev libmicrohttpd-dev
   clang libclang-rt-14-dev
   redis-server
+  prometheus
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
 )
 

@@ -1,0 +1,75 @@
+/* metrics.h - the worker's metrics in Prometheus' terms: counters, gauges
+ * and histograms that the job path updates without locks (relaxed atomic
+ * adds), rendered on demand in the text exposition format, version 0.0.4
+ * (worker/http.c serves it at /metrics; docs/operations.md lists them).
+ *
+ * Labels.  Results are counted per (model, version, code).  A model name is
+ * a label only once a model store resolved it (so it exists); jobs naming
+ * no model that exists are counted under model="" version="", and at most
+ * KW_METRICS_MAX_SERIES (model, version) pairs are kept, the rest counted
+ * under model="(other)": no job can grow a scrape without bound.
+ *
+ * Threads: every kw_metrics_* update may be called from any thread at any
+ * time; kw_metrics_render from any thread, usually the HTTP server's.  The
+ * per-model table takes a mutex, held for a lookup only; callers add a
+ * batch's counts at once. */
+#ifndef KW_METRICS_H
+#define KW_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kf_error.h"
+
+#define KW_METRICS_MAX_SERIES 1024
+
+/* Plain counters, no labels. */
+typedef enum {
+        KW_C_CONSUMED = 0,     /* messages taken from Kafka */
+        KW_C_DUPLICATES,       /* jobs whose id already had its result: nothing written or charged */
+        KW_C_DEAD_LETTERED,    /* copies acknowledged by the dead-letter topic */
+        KW_C_REDIS_ROUND_TRIPS, /* pipelined rounds of steps sent to Redis */
+        KW_C_REDIS_ERRORS,     /* rounds that failed (the batch is retried) */
+        KW_C_REDIS_RECONNECTS, /* connections made again after one was dropped */
+        KW_C__CNT
+} kw_counter_t;
+
+/* Gauges set by their owner. */
+typedef enum {
+        KW_G_INFLIGHT_BATCHES = 0, /* batches taken and not yet written */
+        KW_G_ASSIGNED_PARTITIONS,  /* partitions this worker holds */
+        KW_G_MODELS_CACHED_BYTES,  /* weights of model versions kept, not being served */
+        KW_G_MODELS_SERVING_BYTES, /* weights of the versions being served */
+        KW_G__CNT
+} kw_gauge_t;
+
+/* Histograms, in seconds unless said. */
+typedef enum {
+        KW_H_QUEUE_WAIT = 0, /* Kafka message timestamp to pick-up */
+        KW_H_COMPUTE,        /* one batch's forward passes */
+        KW_H_REDIS_WRITE,    /* one round of steps, sent to answered */
+        KW_H_END_TO_END,     /* Kafka message timestamp to its result written */
+        KW_H_BATCH_JOBS,     /* jobs per batch (a count, not seconds) */
+        KW_H__CNT
+} kw_hist_id_t;
+
+typedef struct kw_metrics_s kw_metrics_t;
+
+/* NULL out of memory. */
+kw_metrics_t *kw_metrics_new(void);
+void kw_metrics_destroy(kw_metrics_t *m); /* accepts NULL */
+
+void kw_metrics_add(kw_metrics_t *m, kw_counter_t c, uint64_t n);
+void kw_metrics_set(kw_metrics_t *m, kw_gauge_t g, int64_t v);
+void kw_metrics_observe(kw_metrics_t *m, kw_hist_id_t h, double value);
+
+/* n results of code for model (NULL or "" = none resolved) version. */
+void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_err_t code,
+                     uint64_t n);
+
+/* Writes every metric to fp in the text exposition format.  Returns 0, or
+ * -1 if writing failed. */
+int kw_metrics_render(kw_metrics_t *m, FILE *fp);
+
+#endif
