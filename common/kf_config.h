@@ -3,9 +3,19 @@
  * A program describes its settings once, as an array of kf_opt_t (name,
  * type, bounds, default, environment variable, help), the way redis lists
  * its static_configs[].  kf_config_parse() then applies, in order of
- * increasing precedence: the default, the environment variable, the
+ * increasing precedence: the default, the config file (if the table has a
+ * KF_OPT_CONFIG option and it is given), the environment variable, the
  * command-line flag.  Every value goes through the same validator, so a bad
- * KINFER_* variable is refused with the same message as a bad flag.
+ * KINFER_* variable or config key is refused with the same message as a
+ * bad flag, naming where it came from.
+ *
+ * The config file is one JSON object whose keys are the options' long
+ * names ("brokers", "batch-max-jobs"), with strings, whole numbers or
+ * booleans as values (null: a string option unset), and "kafka":
+ * {property: value} for -X properties.
+ * An unknown key is an error.  kf_config_print writes the effective
+ * configuration in the same format, secrets masked, so its output can be
+ * a config file (with the secrets filled in).
  * librdkafka properties pass through untouched as `-X key=value` (like kcat).
  * Not thread-safe: parse once in main() before starting threads. */
 #ifndef KF_CONFIG_H
@@ -20,6 +30,9 @@ typedef enum {
         KF_OPT_INT,  /* int64_t within [min, max] */
         KF_OPT_BOOL, /* int: flag alone sets 1; env/"=" accepts 1/0/true/false/yes/no */
         KF_OPT_LOG,  /* int: a kf_log level name (error|warn|info|debug) */
+        KF_OPT_CONFIG, /* char *: a config file, read at its precedence (see above) */
+        KF_OPT_ACTION, /* int: a flag asking for something else than running (--print-config):
+                        * like KF_OPT_BOOL, but neither in config files nor printed */
 } kf_opt_type_t;
 
 typedef struct kf_opt_s {
@@ -54,6 +67,14 @@ int kf_config_parse(const kf_opt_t *opts, void *conf, kf_props_t *props, int arg
 
 /* Prints one line per option: flag, argument, help, [env VAR] (default X). */
 void kf_config_usage(FILE *fp, const kf_opt_t *opts);
+
+/* Writes the effective configuration as a JSON object (see above): every
+ * option but KF_OPT_CONFIG ones, then "kafka" with the -X properties.  A
+ * secret is never written: URL passwords become "***" (kf_redact_url), so
+ * do the values of secret properties (kf_prop_is_secret) and any
+ * registered secret (kf_redact_secrets).  Returns 0, or -1 with errstr. */
+int kf_config_print(FILE *fp, const kf_opt_t *opts, const void *conf, const kf_props_t *props,
+                    char *errstr, size_t errstr_size);
 
 /* Frees the strings kf_config_parse stored in conf and props. */
 void kf_config_free(const kf_opt_t *opts, void *conf, kf_props_t *props);

@@ -2,6 +2,8 @@
  * -X overrides, and where librdkafka's log lines join kinfer's. */
 #include "kf_kafka.h"
 
+#include <string.h>
+
 #include "kf_log.h"
 #include "kf_redact.h"
 #include "kf_util.h"
@@ -58,4 +60,22 @@ rd_kafka_conf_t *kf_kafka_conf_new(const char *brokers, const char *const *defau
 err:
         rd_kafka_conf_destroy(conf);
         return NULL;
+}
+
+int kf_kafka_props_check(const kf_props_t *props, const char *strip_prefix, char *errstr,
+                         size_t errstr_size)
+{
+        size_t pl = strip_prefix ? strlen(strip_prefix) : 0;
+        for (int i = 0; props && i < props->cnt; i++) {
+                const char *k = props->keys[i];
+                rd_kafka_conf_t *conf = rd_kafka_conf_new();
+                int rc;
+                if (pl && !strncmp(k, strip_prefix, pl))
+                        k += pl;
+                rc = conf_set(conf, k, props->vals[i], errstr, errstr_size);
+                rd_kafka_conf_destroy(conf);
+                if (rc)
+                        return -1;
+        }
+        return 0;
 }

@@ -20,9 +20,16 @@ void kf_log_init(const char *progname, kf_log_level_t level)
         kf_log_threshold = level;
 }
 
+static const char *const level_words[] = {"error", "warn", "info", "debug"};
+
+const char *kf_log_level_name(kf_log_level_t level)
+{
+        return (int)level >= 0 && level <= KF_LOG_DEBUG ? level_words[level] : "info";
+}
+
 int kf_log_level_parse(const char *name)
 {
-        static const char *const names[] = {"error", "warn", "info", "debug"};
+        const char *const *names = level_words;
         for (int i = 0; i < 4; i++) {
                 const char *a = names[i], *b = name;
                 while (*a && (*b | 0x20) == *a) {

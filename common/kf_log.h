@@ -28,6 +28,7 @@ void kf_log_init(const char *progname, kf_log_level_t level);
 
 /* Parses "error", "warn", "info" or "debug".  Returns the level or -1. */
 int kf_log_level_parse(const char *name);
+const char *kf_log_level_name(kf_log_level_t level); /* the reverse */
 
 void kf_log_write(kf_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kf_kafka.h"
 #include "kf_keys.h"
 #include "kf_log.h"
 #include "kf_redact.h"
@@ -15,6 +16,11 @@
 #define O(f) offsetof(kw_config_t, f)
 
 const kf_opt_t kw_options[] = {
+    {"config", 0, "KINFER_CONFIG", KF_OPT_CONFIG, O(config_file), 0, 0, NULL, "FILE",
+     "read settings from a JSON file: {\"brokers\": \"...\", \"batch-max-jobs\": 512, "
+     "\"kafka\": {PROPERTY: VALUE}}; the environment and flags override it"},
+    {"print-config", 0, NULL, KF_OPT_ACTION, O(print_config), 0, 0, NULL, NULL,
+     "print the effective configuration (a config file, secrets masked) and exit"},
     {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, O(brokers), 0, 0, "localhost:9092", "LIST",
      "Kafka bootstrap servers"},
     {"redis", 'r', "KINFER_REDIS", KF_OPT_STR, O(redis_url), 0, 0, "redis://127.0.0.1:6379/0",
@@ -140,6 +146,20 @@ int main(int argc, char **argv)
                 return 2;
         }
         kf_log_init("kinfer-worker", (kf_log_level_t)conf.log_level);
+        if (conf.print_config) {
+                rc = kf_config_print(stdout, kw_options, &conf, &conf.props, err, sizeof(err));
+                if (rc)
+                        fprintf(stderr, "kinfer-worker: %s\n", err);
+                kf_config_free(kw_options, &conf, &conf.props);
+                return rc ? 1 : 0;
+        }
+        /* A mistyped -X (flag or config file) stops it here, before it
+         * connects anywhere; dlq.KEY is checked as KEY. */
+        if (kf_kafka_props_check(&conf.props, "dlq.", err, sizeof(err))) {
+                fprintf(stderr, "kinfer-worker: -X %s\n", err);
+                kf_config_free(kw_options, &conf, &conf.props);
+                return 2;
+        }
         if (kf_prefix_valid(conf.prefix, err, sizeof(err))) {
                 fprintf(stderr, "kinfer-worker: --prefix: %s\n", err);
                 kf_config_free(kw_options, &conf, &conf.props);

@@ -21,6 +21,8 @@
 #include "kf_config.h"
 
 typedef struct kw_config_s {
+        char *config_file;  /* --config: read by kf_config_parse, kept for --print-config */
+        int print_config;
         char *brokers;
         char *redis_url;
         char *models_dir;
