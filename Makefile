@@ -89,6 +89,17 @@ $(BUILD)/tests/unit/test_input: $(B)/tests/unit/test_input.o $(B)/producer-tool/
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
+# Unit tests of the worker's own modules link the worker objects they test.
+# test_offsets wraps (ld --wrap) the allocator, to make it fail on demand,
+# and rd_kafka_offsets_store, to record what is stored without a broker: the
+# tested object is the worker's own, with no test hook compiled in.
+$(BUILD)/tests/unit/test_offsets: $(B)/tests/unit/test_offsets.o $(B)/worker/offsets.o \
+                                  $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka \
+	    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup \
+	    -Wl,--wrap=rd_kafka_offsets_store
+
 # Python clients and references use Debian's interpreter, which has the apt
 # packages (numpy, msgpack, confluent-kafka, redis); the python3 first on PATH
 # may be a different build without them.

@@ -25,10 +25,8 @@ int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim
         if (b->n == b->cap) {
                 int ncap     = b->cap ? b->cap * 2 : 64;
                 kw_job_t *nj = realloc(b->jobs, sizeof(*nj) * (size_t)ncap);
-                if (!nj) {
-                        rd_kafka_message_destroy(rkm);
-                        return -1;
-                }
+                if (!nj)
+                        return -1; /* rkm stays the caller's */
                 b->jobs = nj;
                 b->cap  = ncap;
         }

@@ -59,10 +59,11 @@ typedef struct kw_compute_ctx_s {
         model_scratch_t scratch;
 } kw_compute_ctx_t;
 
-/* Takes ownership of rkm (also on failure: it is destroyed) and decodes it;
- * a job that does not decode is DONE at once with its error result, and a
- * job past its deadline is DONE as expired.  Returns 0, or -1 when out of
- * memory (rkm destroyed, nothing added).  Loop thread. */
+/* Takes ownership of rkm and decodes it; a job that does not decode is
+ * DONE at once with its error result, and a job past its deadline is DONE as
+ * expired.  Returns 0, or -1 when out of memory: nothing added, and rkm is
+ * still the caller's (who must not let it be lost silently: offsets.h).
+ * Loop thread. */
 int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim);
 
 /* What one job may cost in memory once its model is known (input limits

@@ -241,7 +241,9 @@ static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
 }
 
 /* Adds a polled message to the batch being filled (or logs an error event).
- * Returns 1 if a job was added. */
+ * Out of memory, the message is dropped, and the offset tracker blocks its
+ * partition (logged), so that no later offset is stored before it is
+ * redelivered.  Returns 1 if a job was added. */
 static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
 {
         if (rkm->err) {
@@ -249,14 +251,12 @@ static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
                 rd_kafka_message_destroy(rkm);
                 return 0;
         }
-        if (!w->cur && !(w->cur = batch_new())) {
-                kf_error("out of memory: message %s/%d/%lld will be redelivered",
-                         rd_kafka_topic_name(rkm->rkt), (int)rkm->partition,
-                         (long long)rkm->offset);
+        if ((!w->cur && !(w->cur = batch_new())) || kw_batch_add(w->cur, rkm, &w->limits)) {
+                kw_offsets_lost(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
+                                rkm->offset, "out of memory adding it to a batch");
                 rd_kafka_message_destroy(rkm);
                 return 0;
         }
-        kw_batch_add(w->cur, rkm, &w->limits);
         w->jobs_seen++;
         return 1;
 }
@@ -318,6 +318,7 @@ static int dispatch_now(kw_worker_t *w)
         kw_quota_precheck(&w->pre, b);
         for (int i = 0; i < b->n; i++) {
                 rd_kafka_message_t *rkm = b->jobs[i].rkm;
+                /* out of memory, the tracker blocks the partition at it */
                 kw_offsets_add(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
                                rkm->offset);
         }
@@ -341,15 +342,25 @@ static void rewind_later(kw_worker_t *w, rd_kafka_message_t *rkm)
         rd_kafka_message_destroy(rkm);
 }
 
+/* Seeks back to the messages rewind_later gave back, and resumes fetching.
+ * A partition the seek fails for would go on after the messages it gave
+ * back: the offset tracker blocks it at the first of them (logged), so they
+ * are redelivered to its next owner. */
 static void resume(kw_worker_t *w)
 {
         if (w->rewind) {
                 rd_kafka_error_t *error = rd_kafka_seek_partitions(w->rk, w->rewind, 5000);
-                if (error) {
-                        kf_warn("seeking back to unprocessed messages: %s",
-                                rd_kafka_error_string(error));
-                        rd_kafka_error_destroy(error);
+                for (int i = 0; i < w->rewind->cnt; i++) {
+                        const rd_kafka_topic_partition_t *rp = &w->rewind->elems[i];
+                        char why[256];
+                        if (!error && !rp->err)
+                                continue;
+                        snprintf(why, sizeof(why), "seeking back to it after a pause failed: %s",
+                                 error ? rd_kafka_error_string(error) : rd_kafka_err2str(rp->err));
+                        kw_offsets_lost(w->offsets, rp->topic, rp->partition, rp->offset, why);
                 }
+                if (error)
+                        rd_kafka_error_destroy(error);
                 rd_kafka_topic_partition_list_destroy(w->rewind);
                 w->rewind = NULL;
         }
@@ -385,14 +396,21 @@ static void dispatch(kw_worker_t *w)
                         rd_kafka_message_t *rkm;
                         set_paused(w, 1);
                         rkm = rd_kafka_consumer_poll(w->rk, 50);
+                        if (w->cur == NULL) { /* a rebalance drained it meanwhile */
+                                /* and forgot the rewinds: a message now comes from
+                                 * the new assignment, not to be given back but
+                                 * taken (given back, nothing would seek to it) */
+                                if (!rkm || !take(w, rkm))
+                                        return;
+                                since = kf_mono_us();
+                                continue;
+                        }
                         if (rkm && rkm->err) {
                                 consumer_error(w, rkm);
                                 rd_kafka_message_destroy(rkm);
                         } else if (rkm) {
                                 rewind_later(w, rkm);
                         }
-                        if (w->cur == NULL) /* a rebalance drained it meanwhile */
-                                return;
                 }
         }
         if (w->paused)
