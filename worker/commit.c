@@ -118,7 +118,7 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                         if (redisAppendCommand(r->c, "HINCRBY %s undecodable 1", stats) !=
                             REDIS_OK) {
                                 rc = kf_errf(errstr, errstr_size, "out of memory");
-                                goto out;
+                                goto unsent;
                         }
                         continue;
                 }
@@ -138,17 +138,17 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                         if (kf_script_append(r->c, &r->script, call->nkeys, call->argc,
                                              call->argv, call->len) != REDIS_OK) {
                                 rc = kf_errf(errstr, errstr_size, "out of memory");
-                                goto out;
+                                goto unsent;
                         }
                         break;
                 case -2: /* cannot happen for decoded jobs; never write a wrong key */
                         rc = kf_errf(errstr, errstr_size,
                                      "job %s: cannot build the Redis keys of user '%s'",
                                      j->job.id, j->job.user);
-                        goto out;
+                        goto unsent;
                 default:
                         rc = kf_errf(errstr, errstr_size, "out of memory");
-                        goto out;
+                        goto unsent;
                 }
         }
         for (int ei = 0; ei < nents; ei++) {
@@ -217,6 +217,12 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                 if (rc < 0)
                         kw_redis_drop(r);
         }
+        goto out;
+unsent:
+        /* Steps appended but not sent stay in the context's output buffer:
+         * sent with the next round, their replies would be read as that
+         * round's, a job taken for written that is not.  Drop them. */
+        kw_redis_drop(r);
 out:
         if (call)
                 kw_step_call_free(call);
