@@ -243,21 +243,12 @@ void kw_job_clear(kw_job_t *j)
         j->rkm = NULL;
 }
 
-void kw_batch_reset(kw_batch_t *b)
-{
-        for (int i = 0; i < b->n; i++)
-                kw_job_clear(&b->jobs[i]);
-        b->n         = 0;
-        b->rows      = 0;
-        b->abandoned = 0;
-        b->next      = NULL;
-}
-
 void kw_batch_free(kw_batch_t *b)
 {
         if (!b)
                 return;
-        kw_batch_reset(b);
+        for (int i = 0; i < b->n; i++)
+                kw_job_clear(&b->jobs[i]);
         free(b->jobs);
         free(b);
 }

@@ -111,7 +111,7 @@ static void *compute_main(void *arg)
         kw_worker_t *w           = arg;
         kw_compute_ctx_t ctx     = {0};
         kw_batch_t *b;
-        while ((b = kw_queue_pop(&w->compute_q, -1))) {
+        while ((b = kw_queue_pop(&w->compute_q))) {
                 if (!atomic_load(&w->abandon))
                         kw_batch_compute(b, &ctx, (uint32_t)w->conf->batch_max_rows);
                 kw_queue_push(&w->write_q, b);
@@ -172,7 +172,7 @@ static void *writer_main(void *arg)
         kw_compute_ctx_t ctx = {0};
         kw_batch_t *b;
 
-        while ((b = kw_queue_pop(&w->write_q, -1))) {
+        while ((b = kw_queue_pop(&w->write_q))) {
                 int backoff = BACKOFF_MIN_MS;
                 while (!atomic_load(&w->abandon) && write_once(wr, b, &ctx)) {
                         backoff_sleep(w, backoff);
@@ -715,7 +715,7 @@ void kw_worker_destroy(kw_worker_t *w)
 {
         if (!w)
                 return;
-        /* Stop the pipeline: compute threads first, then the writer. */
+        /* Stop the pipeline: compute threads first, then the writers. */
         kw_queue_close(&w->compute_q);
         for (int i = 0; i < w->n_computers; i++)
                 pthread_join(w->computers[i], NULL);
