@@ -101,6 +101,14 @@ $(BUILD)/tests/unit/test_offsets: $(B)/tests/unit/test_offsets.o $(B)/worker/off
 	    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup \
 	    -Wl,--wrap=rd_kafka_offsets_store
 
+# test_step_args wraps the two librdkafka calls a result value makes of its
+# message, so a job's message can be a plain struct.
+$(BUILD)/tests/unit/test_step_args: $(B)/tests/unit/test_step_args.o $(B)/worker/step_args.o \
+                                    $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka \
+	    -Wl,--wrap=rd_kafka_topic_name,--wrap=rd_kafka_message_timestamp
+
 # Python clients and references use Debian's interpreter, which has the apt
 # packages (numpy, msgpack, confluent-kafka, redis); the python3 first on PATH
 # may be a different build without them.
