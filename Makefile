@@ -27,7 +27,7 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/model_store_registry.o \
-              worker/redis_conn.o worker/quota.o worker/step_args.o
+              worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_registry.o \
@@ -108,6 +108,26 @@ $(BUILD)/tests/unit/test_step_args: $(B)/tests/unit/test_step_args.o $(B)/worker
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka \
 	    -Wl,--wrap=rd_kafka_topic_name,--wrap=rd_kafka_message_timestamp
+
+# test_batch wraps model_forward (records each stacked pass),
+# rd_kafka_message_destroy (its messages are plain structs), realloc, and
+# ms_store_get (the test gives jobs their models; no model store linked).
+$(BUILD)/tests/unit/test_batch: $(B)/tests/unit/test_batch.o $(B)/worker/batch.o \
+                                $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka \
+	    -Wl,--wrap=model_forward,--wrap=rd_kafka_message_destroy,--wrap=realloc \
+	    -Wl,--wrap=ms_store_get
+
+$(BUILD)/tests/unit/test_config: $(B)/tests/unit/test_config.o $(B)/worker/options.o \
+                                 $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
+$(BUILD)/tests/unit/test_queue: $(B)/tests/unit/test_queue.o $(B)/worker/queue.o \
+                                $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
 # Python clients and references use Debian's interpreter, which has the apt
 # packages (numpy, msgpack, confluent-kafka, redis); the python3 first on PATH
