@@ -10,6 +10,7 @@
 /* clang-format on */
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
@@ -46,15 +47,17 @@ static void test_fifo(void **state)
 typedef struct {
         kw_queue_t *q;
         kw_batch_t *got[100];
-        int n;
+        atomic_int n;
 } popper_t;
 
 static void *popper(void *arg)
 {
         popper_t *p = arg;
         kw_batch_t *b;
-        while ((b = kw_queue_pop(p->q)))
-                p->got[p->n++] = b;
+        while ((b = kw_queue_pop(p->q))) {
+                p->got[atomic_load(&p->n)] = b;
+                atomic_fetch_add(&p->n, 1);
+        }
         return NULL;
 }
 
@@ -78,6 +81,7 @@ static void test_threads(void **state)
         kw_queue_init(&q);
         for (int i = 0; i < 2; i++) {
                 memset(&p[i], 0, sizeof(p[i]));
+                atomic_init(&p[i].n, 0);
                 p[i].q = &q;
                 assert_int_equal(pthread_create(&t[i], NULL, popper, &p[i]), 0);
         }
@@ -87,13 +91,20 @@ static void test_threads(void **state)
                 if (i % 10 == 0)
                         nap();
         }
-        nap();
+        /* every batch comes out while the queue is open: a push wakes a
+         * waiter, not only the close */
+        for (int waited = 0; atomic_load(&p[0].n) + atomic_load(&p[1].n) < 100; waited++) {
+                if (waited > 250)
+                        fail_msg("only %d of 100 batches popped after 5 s",
+                                 atomic_load(&p[0].n) + atomic_load(&p[1].n));
+                nap();
+        }
         kw_queue_close(&q);
         for (int i = 0; i < 2; i++)
                 assert_int_equal(pthread_join(t[i], NULL), 0);
-        assert_int_equal(p[0].n + p[1].n, 100);
+        assert_int_equal(atomic_load(&p[0].n) + atomic_load(&p[1].n), 100);
         for (int i = 0; i < 2; i++)
-                for (int k = 0; k < p[i].n; k++) {
+                for (int k = 0; k < atomic_load(&p[i].n); k++) {
                         int at = (int)(p[i].got[k] - b);
                         assert_int_equal(seen[at], 0);
                         seen[at] = 1;
