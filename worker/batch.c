@@ -25,10 +25,8 @@ int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim
         if (b->n == b->cap) {
                 int ncap     = b->cap ? b->cap * 2 : 64;
                 kw_job_t *nj = realloc(b->jobs, sizeof(*nj) * (size_t)ncap);
-                if (!nj) {
-                        rd_kafka_message_destroy(rkm);
-                        return -1;
-                }
+                if (!nj)
+                        return -1; /* rkm stays the caller's */
                 b->jobs = nj;
                 b->cap  = ncap;
         }
@@ -245,21 +243,12 @@ void kw_job_clear(kw_job_t *j)
         j->rkm = NULL;
 }
 
-void kw_batch_reset(kw_batch_t *b)
-{
-        for (int i = 0; i < b->n; i++)
-                kw_job_clear(&b->jobs[i]);
-        b->n         = 0;
-        b->rows      = 0;
-        b->abandoned = 0;
-        b->next      = NULL;
-}
-
 void kw_batch_free(kw_batch_t *b)
 {
         if (!b)
                 return;
-        kw_batch_reset(b);
+        for (int i = 0; i < b->n; i++)
+                kw_job_clear(&b->jobs[i]);
         free(b->jobs);
         free(b);
 }

@@ -3,7 +3,7 @@
  * A job slot moves NEW -> DONE (result computed, success or error) ->
  * WRITTEN (Redis acknowledged it); a DONE job without a readable id goes to
  * HELD instead when the writer hands it to the dead-letter stage (dlq.h).
- * The batch owns the Kafka messages until kw_batch_reset(), so offsets can
+ * The batch owns the Kafka messages until kw_batch_free(), so offsets can
  * be stored from them after the write.
  * A batch belongs to one thread at a time: the loop thread fills it, a
  * compute thread computes it, a writer thread writes it (see worker.c). */
@@ -48,7 +48,6 @@ typedef struct kw_batch_s {
         kw_job_t *jobs;
         int n, cap;
         uint64_t rows; /* rows of the decoded jobs, for the batch size bound */
-        int abandoned; /* dropped without writing (its partitions were lost) */
         struct kw_batch_s *next; /* queue link (see queue.h) */
 } kw_batch_t;
 
@@ -59,10 +58,11 @@ typedef struct kw_compute_ctx_s {
         model_scratch_t scratch;
 } kw_compute_ctx_t;
 
-/* Takes ownership of rkm (also on failure: it is destroyed) and decodes it;
- * a job that does not decode is DONE at once with its error result, and a
- * job past its deadline is DONE as expired.  Returns 0, or -1 when out of
- * memory (rkm destroyed, nothing added).  Loop thread. */
+/* Takes ownership of rkm and decodes it; a job that does not decode is
+ * DONE at once with its error result, and a job past its deadline is DONE as
+ * expired.  Returns 0, or -1 when out of memory: nothing added, and rkm is
+ * still the caller's (who must not let it be lost silently: offsets.h).
+ * Loop thread. */
 int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim);
 
 /* What one job may cost in memory once its model is known (input limits
@@ -88,14 +88,12 @@ int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, const kw_compute_limits_t *l
  * or an error.  Any thread, with its own ctx. */
 void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows);
 
-/* Destroys the messages, results and model references; keeps the job array
- * for the next batch. */
-void kw_batch_reset(kw_batch_t *b);
-/* The same for one job (its message, result, model reference), which may
- * live outside a batch (dlq.c); the slot is left empty and can be cleared
+/* Destroys one job's message, result and model reference; the job may live
+ * outside a batch (dlq.c).  The slot is left empty and can be cleared
  * again. */
 void kw_job_clear(kw_job_t *j);
-void kw_batch_free(kw_batch_t *b); /* frees b too; accepts NULL */
+/* Destroys every job (kw_job_clear) and b; accepts NULL. */
+void kw_batch_free(kw_batch_t *b);
 void kw_compute_ctx_free(kw_compute_ctx_t *ctx);
 
 #endif

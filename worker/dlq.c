@@ -223,7 +223,7 @@ static int dlq_count(kw_dlq_t *d)
                 b.jobs[i].state = KW_JOB_DONE;
         }
         b.n = b.cap = n;
-        rc = kw_commit_batch(d->redis, &b, err, sizeof(err));
+        rc = kw_commit_batch(d->commit, &b, err, sizeof(err));
 
         pthread_mutex_lock(&d->lock);
         for (int i = 0; i < n; i++) {
@@ -381,10 +381,10 @@ cleanup:
         return rc;
 }
 
-int kw_dlq_start(kw_dlq_t *d, kw_redis_t *redis, kw_offsets_t *offsets, volatile sig_atomic_t *stop,
-                 char *errstr, size_t errstr_size)
+int kw_dlq_start(kw_dlq_t *d, kw_commit_t *commit, kw_offsets_t *offsets,
+                 volatile sig_atomic_t *stop, char *errstr, size_t errstr_size)
 {
-        d->redis = redis;
+        d->commit = commit;
         d->offsets = offsets;
         d->stop = stop;
         if (pthread_create(&d->thread, NULL, dlq_main, d))

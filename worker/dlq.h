@@ -64,7 +64,7 @@ typedef struct kw_dlq_s {
         const char *topic;           /* not owned */
         const char *worker_id;       /* not owned */
         size_t max_bytes;            /* the producer's message.max.bytes */
-        kw_redis_t *redis;           /* counts copies in stats; not owned; stage thread */
+        kw_commit_t *commit;         /* counts copies in stats; not owned; stage thread */
         kw_offsets_t *offsets;       /* not owned */
         volatile sig_atomic_t *stop; /* set on a fatal producer error */
         pthread_t thread;
@@ -85,11 +85,11 @@ typedef struct kw_dlq_s {
 int kw_dlq_init(kw_dlq_t *d, const char *brokers, const kf_props_t *props, const char *topic,
                 const char *worker_id, int64_t max_message_bytes, char *errstr, size_t errstr_size);
 
-/* Starts the stage thread.  redis and offsets stay the caller's and must
+/* Starts the stage thread.  commit and offsets stay the caller's and must
  * outlive kw_dlq_close; *stop is set if the producer dies.  Returns 0 or -1
  * with errstr. */
-int kw_dlq_start(kw_dlq_t *d, kw_redis_t *redis, kw_offsets_t *offsets, volatile sig_atomic_t *stop,
-                 char *errstr, size_t errstr_size);
+int kw_dlq_start(kw_dlq_t *d, kw_commit_t *commit, kw_offsets_t *offsets,
+                 volatile sig_atomic_t *stop, char *errstr, size_t errstr_size);
 
 /* Stops the thread, drops what is left (kw_dlq_abandon first: nothing left
  * here will be counted or stored) and destroys the producer.  Every Kafka

@@ -1,11 +1,15 @@
 /* offsets.c - per partition, a ring of in-flight offsets in consumption
- * order; the done prefix is popped and its end stored as the offset. */
+ * order; the done prefix is popped and its end stored as the offset, never
+ * past the partition's block (a message lost to the tracker). */
 #include "offsets.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kf_log.h"
+
+#define NO_LIMIT INT64_MAX
 
 typedef struct part_s {
         char *topic;
@@ -13,6 +17,9 @@ typedef struct part_s {
         int64_t *off;  /* ring of in-flight offsets, increasing */
         uint8_t *done;
         size_t head, len, cap;
+        int64_t limit;  /* the lowest offset lost to the tracker: nothing past
+                         * it is stored; NO_LIMIT if none */
+        int64_t stored; /* the offset stored last, -1 before the first */
         struct part_s *next;
 } part_t;
 
@@ -20,7 +27,8 @@ struct kw_offsets_s {
         pthread_mutex_t lock;
         rd_kafka_t *rk;
         part_t *parts;
-        size_t inflight;
+        int blocked; /* a lost message's partition state could not be made:
+                      * no partition stores anything until kw_offsets_forget */
 };
 
 kw_offsets_t *kw_offsets_new(rd_kafka_t *rk)
@@ -42,8 +50,8 @@ static void parts_free(kw_offsets_t *t)
                 free(p->done);
                 free(p);
         }
-        t->parts    = NULL;
-        t->inflight = 0;
+        t->parts   = NULL;
+        t->blocked = 0;
 }
 
 void kw_offsets_destroy(kw_offsets_t *t)
@@ -68,6 +76,8 @@ static part_t *part_get(kw_offsets_t *t, const char *topic, int32_t partition, i
                 return NULL;
         }
         p->partition = partition;
+        p->limit     = NO_LIMIT;
+        p->stored    = -1;
         p->next      = t->parts;
         t->parts     = p;
         return p;
@@ -96,6 +106,29 @@ static int part_grow(part_t *p)
         return 0;
 }
 
+/* Blocks the partition at a message lost to the tracker; allocates only
+ * the partition's state, and without it blocks every partition.  Called
+ * with the lock held. */
+static void block(kw_offsets_t *t, const char *topic, int32_t partition, int64_t offset,
+                  const char *why)
+{
+        part_t *p = part_get(t, topic, partition, 1);
+        if (!p) {
+                t->blocked = 1;
+                kf_error("message %s/%d/%lld lost (%s), and no memory to remember it: no "
+                         "offset of any partition is stored until the next rebalance, which "
+                         "redelivers it",
+                         topic, (int)partition, (long long)offset, why);
+                return;
+        }
+        if (offset < p->limit)
+                p->limit = offset;
+        kf_error("message %s/%d/%lld lost (%s): no offset of %s/%d past %lld is stored until "
+                 "the next rebalance, which redelivers it",
+                 topic, (int)partition, (long long)offset, why, topic, (int)partition,
+                 (long long)p->limit);
+}
+
 int kw_offsets_add(kw_offsets_t *t, const char *topic, int32_t partition, int64_t offset)
 {
         int rc = -1;
@@ -106,11 +139,20 @@ int kw_offsets_add(kw_offsets_t *t, const char *topic, int32_t partition, int64_
                 p->off[at]  = offset;
                 p->done[at] = 0;
                 p->len++;
-                t->inflight++;
                 rc = 0;
+        } else {
+                block(t, topic, partition, offset, "out of memory tracking its offset");
         }
         pthread_mutex_unlock(&t->lock);
         return rc;
+}
+
+void kw_offsets_lost(kw_offsets_t *t, const char *topic, int32_t partition, int64_t offset,
+                     const char *why)
+{
+        pthread_mutex_lock(&t->lock);
+        block(t, topic, partition, offset, why);
+        pthread_mutex_unlock(&t->lock);
 }
 
 int kw_offsets_done(kw_offsets_t *t, const char *topic, int32_t partition, int64_t offset)
@@ -133,10 +175,7 @@ int kw_offsets_done(kw_offsets_t *t, const char *topic, int32_t partition, int64
         }
         if (lo == p->len || p->off[(p->head + lo) % p->cap] != offset)
                 goto out;
-        if (!p->done[(p->head + lo) % p->cap]) {
-                p->done[(p->head + lo) % p->cap] = 1;
-                t->inflight--;
-        }
+        p->done[(p->head + lo) % p->cap] = 1;
         while (p->len && p->done[p->head]) {
                 store   = p->off[p->head] + 1;
                 p->head = (p->head + 1) % p->cap;
@@ -144,7 +183,11 @@ int kw_offsets_done(kw_offsets_t *t, const char *topic, int32_t partition, int64
                 popped++;
         }
         rc = 0;
-        if (popped) {
+        /* Everything below the popped prefix is done; past a lost message
+         * (the limit) it does not count, since the lost one is not. */
+        if (store > p->limit)
+                store = p->limit;
+        if (popped && store > p->stored && !t->blocked) {
                 rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
                 rd_kafka_resp_err_t err;
                 rd_kafka_topic_partition_list_add(l, topic, partition)->offset = store;
@@ -153,20 +196,13 @@ int kw_offsets_done(kw_offsets_t *t, const char *topic, int32_t partition, int64
                           * re-reads these jobs, and the step makes them no-ops */
                         kf_warn("storing offset %s/%d/%lld: %s", topic, (int)partition,
                                 (long long)store, rd_kafka_err2str(err));
+                else
+                        p->stored = store;
                 rd_kafka_topic_partition_list_destroy(l);
         }
 out:
         pthread_mutex_unlock(&t->lock);
         return rc;
-}
-
-size_t kw_offsets_inflight(kw_offsets_t *t)
-{
-        size_t n;
-        pthread_mutex_lock(&t->lock);
-        n = t->inflight;
-        pthread_mutex_unlock(&t->lock);
-        return n;
 }
 
 void kw_offsets_forget(kw_offsets_t *t)

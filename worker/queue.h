@@ -14,16 +14,14 @@ typedef struct kw_queue_s {
         pthread_mutex_t lock;
         pthread_cond_t cond;
         kw_batch_t *head, *tail;
-        int len;
         int closed;
 } kw_queue_t;
 
 void kw_queue_init(kw_queue_t *q);
 void kw_queue_destroy(kw_queue_t *q); /* the queue must be empty */
 void kw_queue_push(kw_queue_t *q, kw_batch_t *b);
-/* Waits up to timeout_ms (-1 = forever) for a batch; NULL on timeout or
- * when closed and empty. */
-kw_batch_t *kw_queue_pop(kw_queue_t *q, int timeout_ms);
+/* Waits for a batch; NULL once the queue is closed and empty. */
+kw_batch_t *kw_queue_pop(kw_queue_t *q);
 void kw_queue_close(kw_queue_t *q);
 
 #endif

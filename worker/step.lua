@@ -1,7 +1,8 @@
 -- step.lua - the atomic Redis step for a group of jobs of one user (protocol
 -- v2, docs/protocol.md): duplicate detection, quota decisions, results,
 -- charge records, counters and inbox pushes.  Compiled into kinfer-worker
--- (commit.c), loaded once with SCRIPT LOAD, run with EVALSHA.
+-- (commit.c sends it, step_args.c builds its arguments), loaded with SCRIPT
+-- LOAD on every connection, run with EVALSHA.
 --
 -- One call covers up to a few hundred jobs of the same user from one batch:
 -- the fixed costs (the call, the quota, the clock, the counters, the charge
@@ -33,8 +34,8 @@
 --         for kind ok the header counts one more pair, `window`, which is
 --         appended here
 --
--- Returns {warning, code_1, ..., code_n}; the codes are kw_step_code_t in
--- commit.c: 0 duplicate (nothing written or charged; the id is announced
+-- Returns {warning, code_1, ..., code_n}; the codes (CODE_* below) are
+-- kw_step_code_t in commit.c: 0 duplicate (nothing written or charged; the id is announced
 -- again), 1 ok result written and charged, 2 quota_exceeded result written,
 -- 3 error result written, 4 kind "over" but within quota now (the window
 -- rolled over): nothing written, compute the job and run it again,
@@ -50,6 +51,11 @@
 
 local warning = ''
 local COUNTERS = {'jobs', 'rows', 'flops', 'errors'}
+-- What the step answers per job (kw_step_code_t in commit.c), and the meta
+-- record's kinds (kw_step_kind_t in step_args.h).
+local CODE_DUPLICATE, CODE_OK, CODE_QUOTA, CODE_ERROR, CODE_RECOMPUTE, CODE_DAMAGED =
+      0, 1, 2, 3, 4, 5
+local KIND_ERROR, KIND_OVER = 2, 3
 
 -- Quota settings: decimal integers, digits only (kf_quota.c has the same rule).
 local function setting(value, default, lo, hi, name)
@@ -172,15 +178,15 @@ for i = 1, njobs do
   local id, model = ids[i], ARGV[p + 2]
   local code, value
   if decided[id] or seen_cur[i] or seen_prev[i] then
-    code = 0 -- a redelivery, a reused id, or the same job twice in this call
+    code = CODE_DUPLICATE -- a redelivery, a reused id, or the same job twice in this call
   elseif damaged then
-    code = 5
+    code = CODE_DAMAGED
     value = value_with(p, clen, ncommon, 3, pack('status') .. pack('error') .. pack('error') ..
                        pack('internal') .. pack('message') ..
                        pack('the user\'s usage records are damaged (' .. damaged ..
                             '); an operator must repair them; not charged'))
-  elseif kind == 2 then
-    code, value = 3, ARGV[p + 4]
+  elseif kind == KIND_ERROR then
+    code, value = CODE_ERROR, ARGV[p + 4]
   else
     local over, never
     -- no window will ever take these: say so, and no retry_after
@@ -196,21 +202,21 @@ for i = 1, njobs do
       over = 'used ' .. used_rows .. ' of ' .. max_rows .. ' rows and this job has ' .. rows
     end
     if never then
-      code = 2
+      code = CODE_QUOTA
       value = value_with(p, clen, ncommon, 4, pack('status') .. pack('error') ..
           pack('error') .. pack('quota_exceeded') .. pack('message') ..
           pack('quota exceeded: ' .. never) .. wtail)
     elseif over then
-      code = 2
+      code = CODE_QUOTA
       value = value_with(p, clen, ncommon, 5, pack('status') .. pack('error') ..
           pack('error') .. pack('quota_exceeded') .. pack('message') ..
           pack('quota exceeded: ' .. over .. ' in the ' .. window .. ' s window starting at ' ..
                wstart .. '; it resets at ' .. wend .. ' (in ' .. (wend - now) .. ' s)') ..
           pack('retry_after') .. pack(wend - now) .. wtail)
-    elseif kind == 3 then
-      code = 4
+    elseif kind == KIND_OVER then
+      code = CODE_RECOMPUTE
     else
-      code, value = 1, ARGV[p + 4] .. wtail
+      code, value = CODE_OK, ARGV[p + 4] .. wtail
     end
   end
   if value then
@@ -219,24 +225,24 @@ for i = 1, njobs do
     if redis.call('SET', KEYS[3 + i], value, 'NX', 'EX', ttl) then
       decided[id] = true
       written[nwritten + 1] = id
-      written[nwritten + 2] = code == 1 and 'ok' or 'error'
+      written[nwritten + 2] = code == CODE_OK and 'ok' or 'error'
       nwritten = nwritten + 2
       local m = model ~= '' and models[model]
-      if code == 1 then
+      if code == CODE_OK then
         used_jobs, used_rows = used_jobs + 1, used_rows + rows
         total[1], total[2], total[3] = total[1] + 1, total[2] + rows, total[3] + flops
         if m then m[1], m[2], m[3] = m[1] + 1, m[2] + rows, m[3] + flops end
-      elseif code ~= 5 then
+      elseif code ~= CODE_DAMAGED then
         total[4] = total[4] + 1
         if m then m[4] = m[4] + 1 end
       end
     else
-      code = 0
+      code = CODE_DUPLICATE
     end
   end
   codes[i + 1] = code
   local inbox = ARGV[p + 3]
-  if inbox ~= '' and inbox_ok[inbox] and code ~= 4 then
+  if inbox ~= '' and inbox_ok[inbox] and code ~= CODE_RECOMPUTE then
     local q = pushes[inbox]
     if not q then
       q = {n = 0, ttl = 0}

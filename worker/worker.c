@@ -44,6 +44,7 @@
 #include "model_store.h"
 #include "offsets.h"
 #include "queue.h"
+#include "quota.h"
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 5000
@@ -51,7 +52,7 @@
 
 typedef struct kw_writer_s {
         kw_worker_t *w;
-        kw_redis_t redis; /* this writer's connection and step script */
+        kw_commit_t commit; /* this writer's step writer and connection */
         pthread_t thread;
         int started;
 } kw_writer_t;
@@ -63,12 +64,13 @@ struct kw_worker_s {
         job_limits_t limits;
         kw_compute_limits_t costs; /* output and scratch bounds per job */
         rd_kafka_t *rk;
+        kw_step_conf_t step; /* what every step is told (read only once running) */
         ms_store_t *models;  /* loop thread */
-        kw_redis_t pre;      /* loop thread: quota pre-check */
+        kw_precheck_t pre;   /* loop thread: quota pre-check */
         kw_writer_t *writers;
         int n_writers;
         kw_dlq_t dlq;        /* the dead-letter stage (thread-safe, see dlq.h) */
-        kw_redis_t dlq_redis; /* the dead-letter stage's connection */
+        kw_commit_t dlq_commit; /* the dead-letter stage's counting */
         kw_offsets_t *offsets;
         kw_queue_t compute_q, write_q;
         pthread_t *computers;
@@ -109,7 +111,7 @@ static void *compute_main(void *arg)
         kw_worker_t *w           = arg;
         kw_compute_ctx_t ctx     = {0};
         kw_batch_t *b;
-        while ((b = kw_queue_pop(&w->compute_q, -1))) {
+        while ((b = kw_queue_pop(&w->compute_q))) {
                 if (!atomic_load(&w->abandon))
                         kw_batch_compute(b, &ctx, (uint32_t)w->conf->batch_max_rows);
                 kw_queue_push(&w->write_q, b);
@@ -140,7 +142,7 @@ static int write_once(kw_writer_t *wr, kw_batch_t *b, kw_compute_ctx_t *ctx)
         for (int round = 0; round < 3; round++) {
                 int left = 0;
                 kw_batch_compute(b, ctx, (uint32_t)w->conf->batch_max_rows);
-                if (kw_commit_batch(&wr->redis, b, err, sizeof(err))) {
+                if (kw_commit_batch(&wr->commit, b, err, sizeof(err))) {
                         kf_warn("results of %d jobs not written yet: %s", b->n, err);
                         return -1;
                 }
@@ -170,7 +172,7 @@ static void *writer_main(void *arg)
         kw_compute_ctx_t ctx = {0};
         kw_batch_t *b;
 
-        while ((b = kw_queue_pop(&w->write_q, -1))) {
+        while ((b = kw_queue_pop(&w->write_q))) {
                 int backoff = BACKOFF_MIN_MS;
                 while (!atomic_load(&w->abandon) && write_once(wr, b, &ctx)) {
                         backoff_sleep(w, backoff);
@@ -241,7 +243,9 @@ static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
 }
 
 /* Adds a polled message to the batch being filled (or logs an error event).
- * Returns 1 if a job was added. */
+ * Out of memory, the message is dropped, and the offset tracker blocks its
+ * partition (logged), so that no later offset is stored before it is
+ * redelivered.  Returns 1 if a job was added. */
 static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
 {
         if (rkm->err) {
@@ -249,14 +253,12 @@ static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
                 rd_kafka_message_destroy(rkm);
                 return 0;
         }
-        if (!w->cur && !(w->cur = batch_new())) {
-                kf_error("out of memory: message %s/%d/%lld will be redelivered",
-                         rd_kafka_topic_name(rkm->rkt), (int)rkm->partition,
-                         (long long)rkm->offset);
+        if ((!w->cur && !(w->cur = batch_new())) || kw_batch_add(w->cur, rkm, &w->limits)) {
+                kw_offsets_lost(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
+                                rkm->offset, "out of memory adding it to a batch");
                 rd_kafka_message_destroy(rkm);
                 return 0;
         }
-        kw_batch_add(w->cur, rkm, &w->limits);
         w->jobs_seen++;
         return 1;
 }
@@ -318,6 +320,7 @@ static int dispatch_now(kw_worker_t *w)
         kw_quota_precheck(&w->pre, b);
         for (int i = 0; i < b->n; i++) {
                 rd_kafka_message_t *rkm = b->jobs[i].rkm;
+                /* out of memory, the tracker blocks the partition at it */
                 kw_offsets_add(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
                                rkm->offset);
         }
@@ -341,15 +344,25 @@ static void rewind_later(kw_worker_t *w, rd_kafka_message_t *rkm)
         rd_kafka_message_destroy(rkm);
 }
 
+/* Seeks back to the messages rewind_later gave back, and resumes fetching.
+ * A partition the seek fails for would go on after the messages it gave
+ * back: the offset tracker blocks it at the first of them (logged), so they
+ * are redelivered to its next owner. */
 static void resume(kw_worker_t *w)
 {
         if (w->rewind) {
                 rd_kafka_error_t *error = rd_kafka_seek_partitions(w->rk, w->rewind, 5000);
-                if (error) {
-                        kf_warn("seeking back to unprocessed messages: %s",
-                                rd_kafka_error_string(error));
-                        rd_kafka_error_destroy(error);
+                for (int i = 0; i < w->rewind->cnt; i++) {
+                        const rd_kafka_topic_partition_t *rp = &w->rewind->elems[i];
+                        char why[256];
+                        if (!error && !rp->err)
+                                continue;
+                        snprintf(why, sizeof(why), "seeking back to it after a pause failed: %s",
+                                 error ? rd_kafka_error_string(error) : rd_kafka_err2str(rp->err));
+                        kw_offsets_lost(w->offsets, rp->topic, rp->partition, rp->offset, why);
                 }
+                if (error)
+                        rd_kafka_error_destroy(error);
                 rd_kafka_topic_partition_list_destroy(w->rewind);
                 w->rewind = NULL;
         }
@@ -385,14 +398,21 @@ static void dispatch(kw_worker_t *w)
                         rd_kafka_message_t *rkm;
                         set_paused(w, 1);
                         rkm = rd_kafka_consumer_poll(w->rk, 50);
+                        if (w->cur == NULL) { /* a rebalance drained it meanwhile */
+                                /* and forgot the rewinds: a message now comes from
+                                 * the new assignment, not to be given back but
+                                 * taken (given back, nothing would seek to it) */
+                                if (!rkm || !take(w, rkm))
+                                        return;
+                                since = kf_mono_us();
+                                continue;
+                        }
                         if (rkm && rkm->err) {
                                 consumer_error(w, rkm);
                                 rd_kafka_message_destroy(rkm);
                         } else if (rkm) {
                                 rewind_later(w, rkm);
                         }
-                        if (w->cur == NULL) /* a rebalance drained it meanwhile */
-                                return;
                 }
         }
         if (w->paused)
@@ -519,11 +539,11 @@ int kw_worker_run(kw_worker_t *w)
                 rc = -1;
         {
                 unsigned long long written = 0, duplicates = 0;
-                unsigned long long undecodable = w->dlq_redis.undecodable;
+                unsigned long long undecodable = w->dlq_commit.undecodable;
                 for (int i = 0; i < w->n_writers; i++) {
-                        written += w->writers[i].redis.written;
-                        duplicates += w->writers[i].redis.duplicates;
-                        undecodable += w->writers[i].redis.undecodable;
+                        written += w->writers[i].commit.written;
+                        duplicates += w->writers[i].commit.duplicates;
+                        undecodable += w->writers[i].commit.undecodable;
                 }
                 kf_info("stopped: %llu jobs, %llu batches, %llu written, %llu duplicates, "
                         "%llu undecodable (%llu dead-lettered), %llu abandoned",
@@ -553,20 +573,6 @@ static int threads_start(kw_worker_t *w, char *errstr, size_t errstr_size)
         }
         w->max_inflight = n + w->n_writers + 1;
         return 0;
-}
-
-/* Sets up one of the worker's Redis connections (each thread has its own). */
-static int redis_open(kw_worker_t *w, kw_redis_t *r, char *errstr, size_t errstr_size)
-{
-        const kw_config_t *c = w->conf;
-        r->prefix            = c->prefix;
-        r->worker_id         = w->worker_id;
-        r->topic             = c->topic;
-        r->quota_jobs        = c->quota_jobs;
-        r->quota_rows        = c->quota_rows;
-        r->quota_window      = c->quota_window;
-        r->charge_horizon    = c->charge_horizon;
-        return kw_redis_init(r, c->redis_url, (int)c->redis_timeout_ms, errstr, errstr_size);
 }
 
 kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, char *errstr,
@@ -616,6 +622,9 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                                    (uint32_t)c->max_cols, (uint64_t)c->max_elements};
         w->costs  = (kw_compute_limits_t){(uint64_t)c->max_output_elements,
                                           (uint64_t)c->max_scratch_elements};
+        w->step   = (kw_step_conf_t){c->prefix, w->worker_id,
+                                       {c->quota_jobs, c->quota_rows, c->quota_window},
+                                       c->charge_horizon};
         openblas_set_num_threads((int)c->blas_threads);
 
         if (c->models_dir)
@@ -635,14 +644,18 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 goto err;
         }
         w->n_writers = (int)c->writer_threads;
-        if (redis_open(w, &w->pre, errstr, errstr_size))
+        /* Each thread that talks to Redis has its own connection. */
+        if (kw_precheck_open(&w->pre, c->redis_url, (int)c->redis_timeout_ms, c->prefix,
+                             &w->step.quota, errstr, errstr_size))
                 goto err;
         for (int i = 0; i < w->n_writers; i++) {
                 w->writers[i].w = w;
-                if (redis_open(w, &w->writers[i].redis, errstr, errstr_size))
+                if (kw_commit_open(&w->writers[i].commit, c->redis_url, (int)c->redis_timeout_ms,
+                                   &w->step, errstr, errstr_size))
                         goto err;
         }
-        if (redis_open(w, &w->dlq_redis, errstr, errstr_size))
+        if (kw_commit_open(&w->dlq_commit, c->redis_url, (int)c->redis_timeout_ms, &w->step,
+                           errstr, errstr_size))
                 goto err;
         if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id,
                         c->max_message_bytes, errstr, errstr_size))
@@ -670,7 +683,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
-        if (kw_dlq_start(&w->dlq, &w->dlq_redis, w->offsets, w->stop, errstr, errstr_size))
+        if (kw_dlq_start(&w->dlq, &w->dlq_commit, w->offsets, w->stop, errstr, errstr_size))
                 goto err;
         if (threads_start(w, errstr, errstr_size))
                 goto err;
@@ -685,7 +698,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         rd_kafka_topic_partition_list_destroy(topics);
         kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s, "
                 "%d compute threads x %lld BLAS threads, %d writer threads",
-                w->worker_id, c->group, c->topic, c->brokers, w->pre.url.host, w->pre.url.port,
+                w->worker_id, c->group, c->topic, c->brokers, w->pre.redis.url.host,
+                w->pre.redis.url.port,
                 c->models_dir ? c->models_dir : "(registry)", w->n_computers,
                 (long long)c->blas_threads, w->n_writers);
         return w;
@@ -702,7 +716,7 @@ void kw_worker_destroy(kw_worker_t *w)
 {
         if (!w)
                 return;
-        /* Stop the pipeline: compute threads first, then the writer. */
+        /* Stop the pipeline: compute threads first, then the writers. */
         kw_queue_close(&w->compute_q);
         for (int i = 0; i < w->n_computers; i++)
                 pthread_join(w->computers[i], NULL);
@@ -716,14 +730,14 @@ void kw_worker_destroy(kw_worker_t *w)
                 rd_kafka_topic_partition_list_destroy(w->rewind);
         /* Before the consumer: the stage holds messages it fetched. */
         kw_dlq_close(&w->dlq);
-        kw_redis_close(&w->dlq_redis);
+        kw_commit_close(&w->dlq_commit);
         if (w->rk)
                 rd_kafka_destroy(w->rk);
         kw_offsets_destroy(w->offsets);
         for (int i = 0; i < w->n_writers; i++)
-                kw_redis_close(&w->writers[i].redis);
+                kw_commit_close(&w->writers[i].commit);
         free(w->writers);
-        kw_redis_close(&w->pre);
+        kw_precheck_close(&w->pre);
         ms_store_destroy(w->models);
         kw_queue_destroy(&w->compute_q);
         kw_queue_destroy(&w->write_q);

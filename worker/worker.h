@@ -9,8 +9,8 @@
  *                                pipelined; retried while Redis is away)
  *   store the offsets           (only now, and only below the oldest job not
  *                                yet written: a crash redelivers, never loses)
- * kw_worker_run's thread polls and batches; compute threads and a writer
- * thread do the rest (worker.c describes the pipeline). */
+ * kw_worker_run's thread polls and batches; compute threads and writer
+ * threads do the rest (worker.c describes the pipeline). */
 #ifndef KW_WORKER_H
 #define KW_WORKER_H
 
