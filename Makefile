@@ -27,6 +27,7 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
+              worker/endpoint.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \

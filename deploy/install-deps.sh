@@ -12,6 +12,7 @@ PKGS=(
   redis-server
   prometheus
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
+  python3-prometheus-client
 )
 
 missing=()

@@ -35,12 +35,21 @@ int kw_commit_open(kw_commit_t *cm, const char *url, int timeout_ms, const kw_st
         cm->written     = 0;
         cm->duplicates  = 0;
         cm->undecodable = 0;
+        cm->metrics     = NULL;
         return kw_redis_open(&cm->redis, url, timeout_ms, &step, errstr, errstr_size);
 }
 
 void kw_commit_close(kw_commit_t *cm)
 {
         kw_redis_close(&cm->redis);
+}
+
+/* Counts a job's result in the metrics, under the model it ran on (none if
+ * it never resolved one). */
+static void count_result(kw_commit_t *cm, const kw_job_t *j, kf_err_t code)
+{
+        kw_metrics_jobs(cm->metrics, j->model ? j->model->name : NULL,
+                        j->model ? j->model->version : 0, code, 1);
 }
 
 /* Applies a job's code from its group's reply (see step.lua). */
@@ -55,17 +64,26 @@ static void step_code(kw_commit_t *cm, kw_job_t *j, long long code)
                 return;
         case KW_STEP_DUPLICATE:
                 cm->duplicates++;
+                kw_metrics_add(cm->metrics, KW_C_DUPLICATES, 1);
                 kf_debug("job %s of user %s: already decided (redelivery or reused id), "
                          "not charged again",
                          j->job.id, j->job.user);
                 break;
         case KW_STEP_OK:
+                cm->written++;
+                count_result(cm, j, KF_OK);
+                break;
         case KW_STEP_QUOTA:
+                cm->written++;
+                count_result(cm, j, KF_ERR_QUOTA_EXCEEDED);
+                break;
         case KW_STEP_ERROR:
                 cm->written++;
+                count_result(cm, j, j->err);
                 break;
         case KW_STEP_DAMAGED:
                 cm->written++;
+                count_result(cm, j, KF_ERR_INTERNAL);
                 kf_error("job %s of user %s: answered internal, the user's usage records in "
                          "Redis are damaged (see the step's warning)",
                          j->job.id, j->job.user);
@@ -236,10 +254,22 @@ out:
 int kw_commit_batch(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t errstr_size)
 {
         for (int round = 0; round < 3; round++) {
-                int rc;
-                if (kw_redis_ensure(&cm->redis, errstr, errstr_size))
+                int was_down = !cm->redis.c, rc;
+                int64_t t0;
+                if (kw_redis_ensure(&cm->redis, errstr, errstr_size)) {
+                        kw_metrics_add(cm->metrics, KW_C_REDIS_ERRORS, 1);
                         return -1;
+                }
+                if (was_down) /* kw_commit_open connected the first time */
+                        kw_metrics_add(cm->metrics, KW_C_REDIS_RECONNECTS, 1);
+                t0 = kf_mono_us();
                 rc = commit_round(cm, b, errstr, errstr_size);
+                kw_metrics_add(cm->metrics, KW_C_REDIS_ROUND_TRIPS, 1);
+                if (rc < 0)
+                        kw_metrics_add(cm->metrics, KW_C_REDIS_ERRORS, 1);
+                else
+                        kw_metrics_observe(cm->metrics, KW_H_REDIS_WRITE,
+                                           (double)(kf_mono_us() - t0) / 1e6);
                 if (rc <= 0)
                         return rc;
         }

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "batch.h"
+#include "metrics.h"
 #include "redis_conn.h"
 #include "step_args.h"
 
@@ -27,6 +28,7 @@ typedef struct kw_commit_s {
         kw_redis_t redis;           /* its own connection, with the step script */
         const kw_step_conf_t *conf; /* shared, read only (not owned) */
         int64_t warned_us;          /* last "bad data in Redis" log, rate limit */
+        kw_metrics_t *metrics;      /* NULL: none (shared, thread-safe; not owned) */
         /* counters since start, for logs */
         unsigned long long written, duplicates, undecodable;
 } kw_commit_t;

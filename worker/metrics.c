@@ -42,7 +42,8 @@ static const hist_def_t hist_defs[KW_H__CNT] = {
                           "Time of one pipelined round of steps, sent to answered.",
                           LATENCY_BUCKETS},
     [KW_H_END_TO_END] = {"kinfer_end_to_end_seconds",
-                         "Time from a job's Kafka timestamp to its result written.",
+                         "Time from a job's Kafka timestamp to its Redis step done (its result written, or "
+                         "found written before: a duplicate).",
                          LATENCY_BUCKETS},
     [KW_H_BATCH_JOBS] = {"kinfer_batch_jobs", "Jobs per micro-batch.",
                          {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096}, 12},

@@ -49,7 +49,7 @@ typedef enum {
         KW_H_QUEUE_WAIT = 0, /* Kafka message timestamp to pick-up */
         KW_H_COMPUTE,        /* one batch's forward passes */
         KW_H_REDIS_WRITE,    /* one round of steps, sent to answered */
-        KW_H_END_TO_END,     /* Kafka message timestamp to its result written */
+        KW_H_END_TO_END,     /* Kafka message timestamp to its step done (written or duplicate) */
         KW_H_BATCH_JOBS,     /* jobs per batch (a count, not seconds) */
         KW_H__CNT
 } kw_hist_id_t;

@@ -14,6 +14,9 @@ const kf_opt_t kw_options[] = {
      "\"kafka\": {PROPERTY: VALUE}}; the environment and flags override it"},
     {"print-config", 0, NULL, KF_OPT_ACTION, O(print_config), 0, 0, NULL, NULL,
      "print the effective configuration (a config file, secrets masked) and exit"},
+    {"http", 0, "KINFER_HTTP", KF_OPT_STR, O(http_addr), 0, 0, NULL, "ADDR:PORT",
+     "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9464 (default: "
+     "off, and no metrics are kept)"},
     {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, O(brokers), 0, 0, "localhost:9092", "LIST",
      "Kafka bootstrap servers"},
     {"redis", 'r', "KINFER_REDIS", KF_OPT_STR, O(redis_url), 0, 0, "redis://127.0.0.1:6379/0",

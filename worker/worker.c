@@ -38,9 +38,11 @@
 #include "batch.h"
 #include "commit.h"
 #include "dlq.h"
+#include "endpoint.h"
 #include "kf_kafka.h"
 #include "kf_log.h"
 #include "kf_util.h"
+#include "metrics.h"
 #include "model_store.h"
 #include "offsets.h"
 #include "queue.h"
@@ -49,6 +51,7 @@
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 5000
 #define PAUSE_AFTER_MS 1000 /* a full pipeline for this long pauses fetching */
+#define GAUGES_EVERY_US 1000000 /* the loop thread refreshes pulled metrics this often */
 
 typedef struct kw_writer_s {
         kw_worker_t *w;
@@ -88,7 +91,25 @@ struct kw_worker_s {
         atomic_ullong batches, abandoned;
         unsigned long long jobs_seen; /* loop thread */
         int fatal;            /* loop thread: the consumer had a fatal error */
+        kw_metrics_t *metrics;   /* NULL unless --http (then thread-safe) */
+        kw_status_t status;      /* what /healthz and /readyz read (atomics) */
+        kw_endpoint_t *endpoint; /* --http */
+        int64_t gauges_at_us;    /* loop thread: next refresh of the pulled metrics */
+        unsigned long long dlq_sent_seen; /* loop thread: dead-letter copies counted */
 };
+
+/* Seconds from a message's Kafka timestamp (producer or broker time) to
+ * now, or -1 if it has none. */
+static double since_message(const rd_kafka_message_t *rkm)
+{
+        int64_t ts = rd_kafka_message_timestamp(rkm, NULL);
+        return ts > 0 ? (double)(kf_now_ms() - ts) / 1e3 : -1;
+}
+
+static void inflight_gauge(kw_worker_t *w, int n)
+{
+        kw_metrics_set(w->metrics, KW_G_INFLIGHT_BATCHES, n);
+}
 
 static kw_batch_t *batch_new(void)
 {
@@ -112,8 +133,12 @@ static void *compute_main(void *arg)
         kw_compute_ctx_t ctx     = {0};
         kw_batch_t *b;
         while ((b = kw_queue_pop(&w->compute_q))) {
-                if (!atomic_load(&w->abandon))
+                if (!atomic_load(&w->abandon)) {
+                        int64_t t0 = kf_mono_us();
                         kw_batch_compute(b, &ctx, (uint32_t)w->conf->batch_max_rows);
+                        kw_metrics_observe(w->metrics, KW_H_COMPUTE,
+                                           (double)(kf_mono_us() - t0) / 1e6);
+                }
                 kw_queue_push(&w->write_q, b);
         }
         kw_compute_ctx_free(&ctx);
@@ -189,6 +214,8 @@ static void *writer_main(void *arg)
                                 rd_kafka_message_t *rkm = b->jobs[i].rkm;
                                 if (b->jobs[i].state != KW_JOB_WRITTEN)
                                         continue; /* HELD: the dead-letter stage's */
+                                kw_metrics_observe(w->metrics, KW_H_END_TO_END,
+                                                   since_message(rkm));
                                 kw_offsets_done(w->offsets, rd_kafka_topic_name(rkm->rkt),
                                                 rkm->partition, rkm->offset);
                         }
@@ -197,6 +224,7 @@ static void *writer_main(void *arg)
                 kw_batch_free(b);
                 pthread_mutex_lock(&w->lock);
                 w->inflight--;
+                inflight_gauge(w, w->inflight);
                 pthread_cond_broadcast(&w->idle);
                 pthread_mutex_unlock(&w->lock);
         }
@@ -260,6 +288,8 @@ static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
                 return 0;
         }
         w->jobs_seen++;
+        kw_metrics_add(w->metrics, KW_C_CONSUMED, 1);
+        kw_metrics_observe(w->metrics, KW_H_QUEUE_WAIT, since_message(rkm));
         return 1;
 }
 
@@ -312,8 +342,10 @@ static int dispatch_now(kw_worker_t *w)
         /* Many dead-letter copies outstanding (the DLQ refuses them) count
          * as a full pipeline: each holds its message in memory. */
         room = w->inflight < w->max_inflight && !kw_dlq_full(&w->dlq);
-        if (room)
+        if (room) {
                 w->inflight++;
+                inflight_gauge(w, w->inflight);
+        }
         pthread_mutex_unlock(&w->lock);
         if (!room)
                 return -1;
@@ -325,6 +357,7 @@ static int dispatch_now(kw_worker_t *w)
                                rkm->offset);
         }
         w->cur = NULL;
+        kw_metrics_observe(w->metrics, KW_H_BATCH_JOBS, b->n);
         kw_queue_push(&w->compute_q, b);
         return 0;
 }
@@ -379,6 +412,7 @@ static void dispatch(kw_worker_t *w)
 {
         int64_t since = kf_mono_us();
         while (dispatch_now(w)) {
+                kw_status_tick(&w->status, kf_mono_us());
                 if (*w->stop)
                         return; /* drain() takes it from here */
                 if (kf_mono_us() - since < PAUSE_AFTER_MS * 1000) {
@@ -434,6 +468,8 @@ static int drain(kw_worker_t *w, int64_t timeout_ms)
         pthread_mutex_lock(&w->lock);
         while (w->inflight > 0 || (w->cur && w->cur->n) || (!rc && kw_dlq_held(&w->dlq))) {
                 struct timespec ts;
+                /* draining is the loop's work for its grace period, not a stall */
+                kw_status_tick(&w->status, kf_mono_us());
                 if (w->cur && w->cur->n && w->inflight < w->max_inflight) {
                         int waiting;
                         pthread_mutex_unlock(&w->lock);
@@ -481,11 +517,15 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 kf_info("assigned %d partitions", parts->cnt);
                 rd_kafka_assign(rk, parts);
                 w->paused = 0;
+                kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, parts->cnt);
+                __atomic_store_n(&w->status.in_group, 1, __ATOMIC_RELAXED);
                 return;
         }
         /* Revoked (eager: all of them) or lost.  Finish what is in flight if
          * Redis takes it within the grace period, else abandon it; then
          * commit what was stored and let go. */
+        __atomic_store_n(&w->status.in_group, 0, __ATOMIC_RELAXED);
+        kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, 0);
         kf_info("revoking %d partitions (%s); %d batches in flight", parts->cnt,
                 rd_kafka_err2str(err), inflight_get(w) + (w->cur && w->cur->n ? 1 : 0));
         drain(w, w->conf->grace_ms);
@@ -500,6 +540,24 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         w->paused = 0;
 }
 
+/* Metrics the loop thread pulls from elsewhere, once a second: what the
+ * model store keeps (its directory mode is the loop thread's alone) and the
+ * dead-letter copies acknowledged. */
+static void pull_metrics(kw_worker_t *w, int64_t now)
+{
+        ms_store_stats_t st;
+        unsigned long long sent;
+        if (!w->metrics || now < w->gauges_at_us)
+                return;
+        w->gauges_at_us = now + GAUGES_EVERY_US;
+        ms_store_stats(w->models, &st);
+        kw_metrics_set(w->metrics, KW_G_MODELS_CACHED_BYTES, (int64_t)st.cached_bytes);
+        kw_metrics_set(w->metrics, KW_G_MODELS_SERVING_BYTES, (int64_t)st.serving_bytes);
+        sent = atomic_load(&w->dlq.sent);
+        kw_metrics_add(w->metrics, KW_C_DEAD_LETTERED, sent - w->dlq_sent_seen);
+        w->dlq_sent_seen = sent;
+}
+
 int kw_worker_run(kw_worker_t *w)
 {
         const kw_config_t *c = w->conf;
@@ -507,7 +565,9 @@ int kw_worker_run(kw_worker_t *w)
 
         while (!*w->stop) {
                 rd_kafka_message_t *rkm = rd_kafka_consumer_poll(w->rk, 100);
-                int64_t until;
+                int64_t until, now = kf_mono_us();
+                kw_status_tick(&w->status, now);
+                pull_metrics(w, now);
                 if (!rkm || !take(w, rkm))
                         continue;
                 /* Fill the batch: whatever is already fetched, then wait up to
@@ -529,6 +589,7 @@ int kw_worker_run(kw_worker_t *w)
 
         /* Graceful shutdown: finish in-flight work within the grace period,
          * then leave the group (consumer_close commits the stored offsets). */
+        __atomic_store_n(&w->status.stopping, 1, __ATOMIC_RELAXED);
         kf_info("shutting down: %d batches in flight, %d dead-letter copies outstanding",
                 inflight_get(w) + (w->cur != NULL), kw_dlq_held(&w->dlq));
         if (drain(w, c->grace_ms))
@@ -626,6 +687,13 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                                        {c->quota_jobs, c->quota_rows, c->quota_window},
                                        c->charge_horizon};
         openblas_set_num_threads((int)c->blas_threads);
+        /* A loop stuck for longer than a drain may take is not draining. */
+        w->status.stall_us = (c->grace_ms + 30000) * 1000;
+        kw_status_tick(&w->status, kf_mono_us());
+        if (c->http_addr && !(w->metrics = kw_metrics_new())) {
+                kf_errf(errstr, errstr_size, "out of memory");
+                goto err;
+        }
 
         if (c->models_dir)
                 w->models = ms_store_new(c->models_dir);
@@ -653,6 +721,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 if (kw_commit_open(&w->writers[i].commit, c->redis_url, (int)c->redis_timeout_ms,
                                    &w->step, errstr, errstr_size))
                         goto err;
+                w->writers[i].commit.metrics = w->metrics;
         }
         if (kw_commit_open(&w->dlq_commit, c->redis_url, (int)c->redis_timeout_ms, &w->step,
                            errstr, errstr_size))
@@ -696,6 +765,16 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 goto err;
         }
         rd_kafka_topic_partition_list_destroy(topics);
+        topics = NULL;
+        if (c->http_addr) {
+                if (!(w->endpoint = kw_endpoint_start(c->http_addr, w->metrics, &w->status,
+                                                      &w->pre.redis.url,
+                                                      (int)c->redis_timeout_ms, errstr,
+                                                      errstr_size)))
+                        goto err;
+                kf_info("serving /metrics, /healthz and /readyz on %s (port %d)", c->http_addr,
+                        kw_endpoint_port(w->endpoint));
+        }
         kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s, "
                 "%d compute threads x %lld BLAS threads, %d writer threads",
                 w->worker_id, c->group, c->topic, c->brokers, w->pre.redis.url.host,
@@ -716,6 +795,7 @@ void kw_worker_destroy(kw_worker_t *w)
 {
         if (!w)
                 return;
+        kw_endpoint_stop(w->endpoint); /* it reads the metrics and the status */
         /* Stop the pipeline: compute threads first, then the writers. */
         kw_queue_close(&w->compute_q);
         for (int i = 0; i < w->n_computers; i++)
@@ -741,6 +821,7 @@ void kw_worker_destroy(kw_worker_t *w)
         ms_store_destroy(w->models);
         kw_queue_destroy(&w->compute_q);
         kw_queue_destroy(&w->write_q);
+        kw_metrics_destroy(w->metrics);
         pthread_cond_destroy(&w->idle);
         pthread_mutex_destroy(&w->lock);
         free(w);

@@ -23,6 +23,7 @@
 typedef struct kw_config_s {
         char *config_file;  /* --config: read by kf_config_parse, kept for --print-config */
         int print_config;
+        char *http_addr;    /* --http: metrics and probes; NULL = off */
         char *brokers;
         char *redis_url;
         char *models_dir;
