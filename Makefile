@@ -21,7 +21,7 @@ KF_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm $(LDLIB
 SAN       =
 
 COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_config.o \
-              common/mp_bound.o common/mp_pack.o common/job_codec.o common/model.o common/model_math.o \
+              common/mp_bound.o common/mp_field.o common/mp_pack.o common/job_codec.o common/model.o common/model_math.o \
               common/model_ensemble.o common/model_registry.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
               common/kf_quota.o common/kf_result.o common/kf_redact.o
@@ -141,12 +141,12 @@ FUZZ_CC         ?= clang
 FUZZ_CFLAGS      = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(WARN) \
                    -Icommon $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-FUZZ_JOB_SRCS    = common/job_codec.c common/mp_bound.c common/mp_pack.c common/kf_util.c common/kf_error.c
+FUZZ_JOB_SRCS    = common/job_codec.c common/mp_bound.c common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c
 FUZZ_MODEL_SRCS  = common/model.c common/model_math.c common/model_ensemble.c $(FUZZ_JOB_SRCS)
 
 $(FUZZ_BUILD)/fuzz_job_decode: tests/fuzz/fuzz_job_decode.c $(FUZZ_JOB_SRCS)
 $(FUZZ_BUILD)/fuzz_model_decode: tests/fuzz/fuzz_model_decode.c $(FUZZ_MODEL_SRCS)
-$(FUZZ_BUILD)/fuzz_result_decode: tests/fuzz/fuzz_result_decode.c common/kf_result.c \
+$(FUZZ_BUILD)/fuzz_result_decode: tests/fuzz/fuzz_result_decode.c common/kf_result.c common/mp_field.c \
                                   common/mp_bound.c common/kf_util.c
 $(FUZZ_BUILD)/fuzz_%:
 	@mkdir -p $(dir $@)
