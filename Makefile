@@ -21,7 +21,7 @@ KF_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm $(LDLIB
 SAN       =
 
 COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_config.o \
-              common/mp_bound.o common/mp_field.o common/mp_pack.o common/job_codec.o common/model.o common/model_math.o \
+              common/mp_bound.o common/mp_field.o common/mp_pack.o common/job_codec.o common/model.o common/model_file.o common/model_math.o \
               common/model_ensemble.o common/model_registry.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
               common/kf_quota.o common/kf_result.o common/kf_redact.o
@@ -78,9 +78,14 @@ $(BUILD)/tests/%: $(B)/tests/%.o $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/lib
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
-# This one runs the worker's model store in-process.
-$(BUILD)/tests/integration/test_model_store: $(B)/worker/model_store.o \
-                                             $(B)/worker/model_store_registry.o
+# This one runs the worker's model store in-process: its objects go before
+# the library so that the library members they call are linked.
+$(BUILD)/tests/integration/test_model_store: $(B)/tests/integration/test_model_store.o \
+                                             $(B)/worker/model_store.o \
+                                             $(B)/worker/model_store_registry.o \
+                                             $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
 # This one tests the CLI's input reader: producer-tool/input.o goes before
 # the library so that the library members it calls are linked.
@@ -142,7 +147,7 @@ FUZZ_CFLAGS      = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(WARN) \
                    -Icommon $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 FUZZ_JOB_SRCS    = common/job_codec.c common/mp_bound.c common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c
-FUZZ_MODEL_SRCS  = common/model.c common/model_math.c common/model_ensemble.c $(FUZZ_JOB_SRCS)
+FUZZ_MODEL_SRCS  = common/model.c common/model_file.c common/model_math.c common/model_ensemble.c $(FUZZ_JOB_SRCS)
 
 $(FUZZ_BUILD)/fuzz_job_decode: tests/fuzz/fuzz_job_decode.c $(FUZZ_JOB_SRCS)
 $(FUZZ_BUILD)/fuzz_model_decode: tests/fuzz/fuzz_model_decode.c $(FUZZ_MODEL_SRCS)

@@ -1,5 +1,11 @@
 /* model.h - a loaded model: the kinfer-model file format and the MLP math.
  *
+ * Implemented in layers, each using only those below it (model_internal.h
+ * holds what they share privately): model.c the model_t itself (allocation,
+ * activations, reference count); model_math.c forward passes and
+ * post-processing; model_ensemble.c building ensembles; model_file.c the
+ * file format of both kinds.
+ *
  * File format (docs/protocol.md, "Model file"): one msgpack map
  *   {format:"kinfer-model", v:1, name, kind:"mlp", input_dim, output_dim,
  *    layers:[{W:<bin f32 LE, row-major in x out>, b:<bin f32 LE, out>,
@@ -7,7 +13,7 @@
  * Layer i maps in_i -> out_i with in_0 = input_dim, in_{i+1} = out_i and
  * out_last = output_dim.  Every weight must be finite.
  *
- * Or an ensemble (model_ensemble.c), which names other models instead of
+ * Or an ensemble, which names other models instead of
  * holding weights:
  *   {format, v, name, kind:"ensemble", input_dim, output_dim,
  *    members:[{model:NAME, version:N (optional, 0 = the member's active
@@ -97,7 +103,7 @@ model_t *model_decode(const void *buf, size_t len, char *errstr, size_t errstr_s
 /* Reads and decodes a model file; errors name the path. */
 model_t *model_load_file(const char *path, char *errstr, size_t errstr_size);
 
-/* ---- ensembles (model_ensemble.c) ---- */
+/* ---- ensembles: files (model_file.c), building (model_ensemble.c) ---- */
 
 /* An ensemble file as written: members named, not yet resolved. */
 typedef struct model_member_spec_s {

@@ -11,10 +11,6 @@
 
 #include "kf_util.h"
 
-/* model_ensemble.c: the weighted sum over an ensemble's members. */
-int model_ens_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
-                      model_scratch_t *s);
-
 #define MODEL_SCRATCH_ALIGN 64
 
 /* The loops below run over a multiple of 8 columns first, then a scalar
@@ -176,6 +172,11 @@ static void model_layer_forward(const model_layer_t *l, const float *in, int row
                 model_activate(l->act, out, (size_t)rows, l->out);
 }
 
+/* An ensemble's forward pass: each member once over all rows, then the
+ * weighted sum into Y (the members' outputs go through scratch e). */
+static int model_ens_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
+                             model_scratch_t *s);
+
 int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, model_scratch_t *s)
 {
         uint32_t hidden = 0;
@@ -205,6 +206,37 @@ int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, mod
                                                           : s->a;
                         model_layer_forward(&m->layers[i], in, r, out);
                         in = out;
+                }
+        }
+        return 0;
+}
+
+static int model_ens_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
+                             model_scratch_t *s)
+{
+        size_t n = (size_t)rows * m->output_dim;
+
+        if (s->ecap < n) {
+                void *e = NULL;
+                if (posix_memalign(&e, 64, n * sizeof(float)) != 0)
+                        return -1;
+                free(s->e);
+                s->e = e;
+                s->ecap = n;
+        }
+        /* Members are MLPs (build flattens nested ensembles), so their
+         * forward passes use scratch a and b but never e. */
+        for (uint32_t i = 0; i < m->n_members; i++) {
+                const float w = m->members[i].weight;
+                float *e = s->e;
+                if (model_forward(m->members[i].model, X, rows, e, s) != 0)
+                        return -1;
+                if (i == 0) {
+                        for (size_t k = 0; k < n; k++)
+                                Y[k] = w * e[k];
+                } else {
+                        for (size_t k = 0; k < n; k++)
+                                Y[k] += w * e[k];
                 }
         }
         return 0;
