@@ -38,6 +38,7 @@
 #define MODEL_MAX_DIM       (1u << 20) /* widest layer side accepted */
 #define MODEL_MAX_MEMBERS   64         /* members of one ensemble, after flattening */
 #define MODEL_MAX_DEPTH     8          /* ensembles of ensembles, nested at most this deep */
+#define MODEL_MAX_FILE_BYTES ((size_t)4 << 30) /* largest model file read */
 
 typedef enum {
         MODEL_KIND_MLP = 0,  /* layers of weights */

@@ -19,7 +19,6 @@
  * little slack keeps a nested value in the wrong place a type error rather
  * than a depth error, which names the field. */
 #define MODEL_MP_DEPTH 8
-#define MODEL_MAX_FILE_BYTES ((size_t)4 << 30)
 
 #define MODEL_QUOTE(s, len, q) mp_quote((s), (len), MODEL_QUOTE_MAX, (q), sizeof(q))
 

@@ -175,21 +175,6 @@ static void bench_on_signal(int sig)
         bench_stop = 1;
 }
 
-/* Wall clock in Unix microseconds: the worker's `done` is wall clock too. */
-static int64_t bench_now_us(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static void bench_sleep_us(int64_t us)
-{
-        struct timespec ts = {us / 1000000, (long)(us % 1000000) * 1000};
-        while (nanosleep(&ts, &ts) && errno == EINTR && !bench_stop) {
-        }
-}
-
 /* Draws "\r<what> [#####-----] 42% done/total <rate>" on stderr, at most
  * every BENCH_BAR_US unless final. */
 static void bench_bar(bench_t *b, const char *what, size_t done, size_t total, double per_s,
@@ -420,14 +405,14 @@ static void bench_flush(bench_t *b)
                 bench_bar(b, "delivering", b->delivered + b->failed, b->published, 0, 0);
         }
         rd_kafka_poll(b->rk, 0);
-        b->t_published_us = bench_now_us();
+        b->t_published_us = kf_now_us();
 }
 
 /* drain: every job as fast as librdkafka takes them. */
 static int bench_publish_drain(bench_t *b)
 {
         for (size_t i = 0; i < b->n && !bench_stop; i++) {
-                if (bench_produce(b, i, bench_now_us()))
+                if (bench_produce(b, i, kf_now_us()))
                         return -1;
                 rd_kafka_poll(b->rk, 0);
                 bench_bar(b, "publish", i + 1, b->n, 0, 0);
@@ -459,7 +444,7 @@ static int bench_publish_open(bench_t *b)
 
         bench_probe_ahead(b, 0); /* the first jobs, before the clock starts */
         mono0 = kf_mono_us() + 1000;
-        wall0 = bench_now_us() + 1000;
+        wall0 = kf_now_us() + 1000;
 
         while (i < b->n && !bench_stop) {
                 int64_t now = kf_mono_us(), due;
@@ -476,7 +461,7 @@ static int bench_publish_open(bench_t *b)
                 if (i < b->n) {
                         int64_t wait = mono0 + (int64_t)((double)i * step_us) - kf_mono_us();
                         if (wait > 0)
-                                bench_sleep_us(wait < 1000 ? wait : 1000);
+                                kf_sleep_us(wait < 1000 ? wait : 1000, &bench_stop);
                 }
         }
         bench_bar(b, "open loop", b->published, b->n, 0, 1);
@@ -493,7 +478,7 @@ static int bench_wait_done(bench_t *b, int64_t base)
         int64_t last_change = kf_mono_us(), t0 = kf_mono_us(), prev = -1;
 
         while (!bench_stop) {
-                int64_t sum = bench_usage_sum(b), done, now = bench_now_us();
+                int64_t sum = bench_usage_sum(b), done, now = kf_now_us();
                 double secs;
                 if (sum < 0)
                         return -1;
@@ -514,7 +499,7 @@ static int bench_wait_done(bench_t *b, int64_t base)
                                (long long)((int64_t)b->delivered - done), b->delivered);
                         break;
                 }
-                bench_sleep_us(BENCH_POLL_US);
+                kf_sleep_us(BENCH_POLL_US, &bench_stop);
         }
         if (b->bar)
                 fputs("\r\033[K", stderr);
@@ -704,7 +689,7 @@ static int64_t bench_used_memory_settled(bench_t *b)
 
         for (int i = 0, calm = 0; i < 30 && m >= 0 && calm < 2; i++) {
                 int64_t next;
-                bench_sleep_us(100000);
+                kf_sleep_us(100000, &bench_stop);
                 if ((next = bench_used_memory(b)) < 0)
                         return -1;
                 calm = next - m <= 1024 && m - next <= 1024 ? calm + 1 : 0;
@@ -1105,7 +1090,7 @@ static int bench_run_queue(bench_t *b)
                         goto out;
                 if (b->paused) {
                         kc_cpu_sample(&b->cpu, 0);
-                        b->t_start_us = bench_now_us();
+                        b->t_start_us = kf_now_us();
                         kill((pid_t)b->conf->pause_pid, SIGCONT);
                         b->paused = 0;
                 } else {
