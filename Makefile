@@ -22,7 +22,8 @@ SAN       =
 
 COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_config.o \
               common/mp_bound.o common/mp_field.o common/mp_pack.o common/job_codec.o common/model.o common/model_file.o common/model_math.o \
-              common/model_ensemble.o common/model_registry.o \
+              common/model_ensemble.o common/model_registry_read.o \
+              common/model_registry_admin.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
               common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
@@ -49,13 +50,27 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(KF_CFLAGS) $(SAN) -c $< -o $@
 
-# worker/step.lua is compiled in as a C string literal, one line at a time.
+# Lua scripts are compiled in as C string literals, one line at a time:
+# worker/step.lua, and the model registry's change scripts
+# common/registry_*.lua (model_registry_admin.c puts the prelude in front of
+# each).
+LUA_TO_C = sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/'
+
 $(B)/gen/step_lua.h: worker/step.lua
 	@mkdir -p $(dir $@)
-	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $< > $@
+	$(LUA_TO_C) $< > $@
 
 $(B)/worker/commit.o: $(B)/gen/step_lua.h
 $(B)/worker/commit.o: KF_CFLAGS += -I$(B)/gen
+
+REGISTRY_LUA = $(addprefix $(B)/gen/registry_,$(addsuffix _lua.h,prelude push activate rollback rm))
+
+$(B)/gen/registry_%_lua.h: common/registry_%.lua
+	@mkdir -p $(dir $@)
+	$(LUA_TO_C) $< > $@
+
+$(B)/common/model_registry_admin.o: $(REGISTRY_LUA)
+$(B)/common/model_registry_admin.o: KF_CFLAGS += -I$(B)/gen
 
 $(BUILD)/libkinfer.a: $(addprefix $(B)/,$(COMMON_OBJS))
 	ar rcs $@ $^

@@ -1,5 +1,5 @@
 /* cmd_registry.c - `kinfer model push|list|show|activate|rollback|rm`: the
- * model registry in Redis (common/model_registry.c does the work). */
+ * model registry in Redis (common/model_registry_admin.c does the work). */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
