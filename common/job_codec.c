@@ -1,4 +1,4 @@
-/* job_codec.c - the v1 job message: untrusted msgpack in, a validated job_t
+/* job_codec.c - the v2 job message: untrusted msgpack in, a validated job_t
  * out (job_decode), and the reverse for producers (job_encode). */
 #include "job.h"
 

@@ -189,12 +189,6 @@ uint32_t model_output_cols_k(job_output_t mode, uint32_t k, uint32_t cols);
 void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t rows,
                          uint32_t cols, float *out);
 
-/* The forms without k, for callers that predate TOPK: a TOPK job through
- * them gets k = 1.  New code calls the _k forms with job->k. */
-uint32_t model_output_cols(job_output_t mode, uint32_t cols);
-void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_t cols,
-                       float *out);
-
 /* Whether job can run on m: its columns must be m's input_dim
  * (KF_ERR_SHAPE_MISMATCH) and a TOPK job's k at most m's output_dim
  * (KF_ERR_BAD_REQUEST).  Returns 0, or -1 with *err and a message naming

@@ -1,5 +1,6 @@
-/* model_math.c - the MLP forward pass (one cblas_sgemm per layer over all
- * rows), the activations, and the row-wise post-processing of job outputs. */
+/* model_math.c - forward passes: an MLP's (one cblas_sgemm per layer over
+ * all rows, the activations) and an ensemble's (its members' weighted sum);
+ * and the row-wise post-processing of job outputs. */
 #include "model.h"
 
 #include <cblas.h>
@@ -367,16 +368,6 @@ void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t
                 memcpy(out, Y, (size_t)rows * cols * sizeof(float));
                 break;
         }
-}
-
-uint32_t model_output_cols(job_output_t mode, uint32_t cols)
-{
-        return model_output_cols_k(mode, 1, cols);
-}
-
-void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_t cols, float *out)
-{
-        model_postprocess_k(mode, 1, Y, rows, cols, out);
 }
 
 int model_check_job(const model_t *m, const job_t *job, kf_err_t *err, char *errstr,
