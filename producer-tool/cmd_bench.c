@@ -887,6 +887,12 @@ fail:
         return -1;
 }
 
+/* o[key] = the p-th percentile of the n sorted values v, for the report. */
+static void bench_set_pct(json_t *o, const char *key, const double *v, size_t n, double p)
+{
+        json_object_set_new(o, key, kc_bench_real(kf_stats_percentile(v, n, p)));
+}
+
 /* Throughput counts until every result was there (t_all_us: a pipelined
  * worker writes results after their `done`); latency is `done` minus the
  * produce time, as the protocol defines `done`, and the sampled "visible"
@@ -935,26 +941,17 @@ static void bench_report(bench_t *b)
         /* until the last `done`, and how much later the last result was there */
         json_object_set_new(o, "done_jobs_per_s", kc_bench_real(csecs > 0 ? done / csecs : 0));
         json_object_set_new(o, "write_lag_ms", kc_bench_real((secs - csecs) * 1e3));
-        json_object_set_new(o, "p50_ms",
-                            kc_bench_real(kf_stats_percentile(b->lat_ms, b->n_lat, 50)));
-        json_object_set_new(o, "p90_ms",
-                            kc_bench_real(kf_stats_percentile(b->lat_ms, b->n_lat, 90)));
-        json_object_set_new(o, "p99_ms",
-                            kc_bench_real(kf_stats_percentile(b->lat_ms, b->n_lat, 99)));
-        json_object_set_new(o, "max_ms",
-                            kc_bench_real(kf_stats_percentile(b->lat_ms, b->n_lat, 100)));
-        json_object_set_new(o, "service_p50_ms",
-                            kc_bench_real(kf_stats_percentile(b->svc_ms, b->n_lat, 50)));
-        json_object_set_new(o, "service_p99_ms",
-                            kc_bench_real(kf_stats_percentile(b->svc_ms, b->n_lat, 99)));
+        bench_set_pct(o, "p50_ms", b->lat_ms, b->n_lat, 50);
+        bench_set_pct(o, "p90_ms", b->lat_ms, b->n_lat, 90);
+        bench_set_pct(o, "p99_ms", b->lat_ms, b->n_lat, 99);
+        bench_set_pct(o, "max_ms", b->lat_ms, b->n_lat, 100);
+        bench_set_pct(o, "service_p50_ms", b->svc_ms, b->n_lat, 50);
+        bench_set_pct(o, "service_p99_ms", b->svc_ms, b->n_lat, 99);
         if (b->probe) {
                 json_object_set_new(o, "visible_n", json_integer((json_int_t)b->n_vis));
-                json_object_set_new(o, "visible_p50_ms",
-                                    kc_bench_real(kf_stats_percentile(b->vis_ms, b->n_vis, 50)));
-                json_object_set_new(o, "visible_p99_ms",
-                                    kc_bench_real(kf_stats_percentile(b->vis_ms, b->n_vis, 99)));
-                json_object_set_new(o, "visible_max_ms",
-                                    kc_bench_real(kf_stats_percentile(b->vis_ms, b->n_vis, 100)));
+                bench_set_pct(o, "visible_p50_ms", b->vis_ms, b->n_vis, 50);
+                bench_set_pct(o, "visible_p99_ms", b->vis_ms, b->n_vis, 99);
+                bench_set_pct(o, "visible_max_ms", b->vis_ms, b->n_vis, 100);
                 json_object_set_new(o, "visible_late", json_boolean(kc_probe_overflowed(b->probe)));
         }
         /* Redis memory per stored result and charge record: see bench_memory */

@@ -39,24 +39,38 @@ static float rng_uniform(uint64_t *s, float a)
         return (float)kf_splitmix64_pm1(s) * a;
 }
 
+static int write_blob(const char *path, const char *buf, size_t len)
+{
+        FILE *fp = fopen(path, "wb");
+        if (!fp || fwrite(buf, 1, len, fp) != len) {
+                if (fp)
+                        fclose(fp);
+                kc_err("model: cannot write %s", path);
+                return KC_EXIT_FAIL;
+        }
+        if (fclose(fp)) {
+                kc_err("model: cannot write %s", path);
+                return KC_EXIT_FAIL;
+        }
+        return KC_EXIT_OK;
+}
+
 static int write_model(const model_t *m, const char *path)
 {
         char err[512], *buf;
         size_t len;
-        FILE *fp;
+        int rc;
+
         if (model_encode(m, &buf, &len, err, sizeof(err))) {
                 kc_err("model: %s", err);
                 return KC_EXIT_FAIL;
         }
-        if (!(fp = fopen(path, "wb")) || fwrite(buf, 1, len, fp) != len || fclose(fp)) {
-                kc_err("model: cannot write %s", path);
-                free(buf);
-                return KC_EXIT_FAIL;
-        }
+        rc = write_blob(path, buf, len);
         free(buf);
-        fprintf(stderr, "kinfer: wrote %s: model %s, %u layers, %u -> %u, %zu bytes\n", path,
-                m->name, m->n_layers, m->input_dim, m->output_dim, len);
-        return KC_EXIT_OK;
+        if (rc == KC_EXIT_OK)
+                fprintf(stderr, "kinfer: wrote %s: model %s, %u layers, %u -> %u, %zu bytes\n",
+                        path, m->name, m->n_layers, m->input_dim, m->output_dim, len);
+        return rc;
 }
 
 static int cmd_init(int argc, char **argv)
@@ -134,22 +148,6 @@ out:
         free(copy);
         kf_config_free(init_opts, &c, NULL);
         return rc;
-}
-
-static int write_blob(const char *path, const char *buf, size_t len)
-{
-        FILE *fp = fopen(path, "wb");
-        if (!fp || fwrite(buf, 1, len, fp) != len) {
-                if (fp)
-                        fclose(fp);
-                kc_err("model: cannot write %s", path);
-                return KC_EXIT_FAIL;
-        }
-        if (fclose(fp)) {
-                kc_err("model: cannot write %s", path);
-                return KC_EXIT_FAIL;
-        }
-        return KC_EXIT_OK;
 }
 
 /* {"name": N, "kind": "ensemble", "input_dim": I, "output_dim": O,
