@@ -87,7 +87,7 @@ __attribute__((format(printf, 3, 4))) static int dec_fail(job_dec_t *d, kf_err_t
  * anything but printable ASCII shown as '?' (mp_quote), so a result never
  * carries control characters or broken UTF-8 from the request. */
 #define QUOTE_MAX 32
-#define QUOTE_BUF (QUOTE_MAX + 4)
+#define QUOTE_BUF        (QUOTE_MAX + 4)
 #define QUOTE(buf, p, n) mp_quote((p), (n), QUOTE_MAX, (buf), sizeof(buf))
 
 static int name_char_ok(unsigned char c)
@@ -141,13 +141,12 @@ static int scan_keys(job_dec_t *d, const msgpack_object_map *map, const char *wh
         switch (mp_map_fields(map, names, nnames, MP_MAP_DUP_NULL | (strict ? MP_MAP_STRICT : 0),
                               val, &at)) {
         case MP_MAP_KEY_NOT_STR:
-                return dec_fail(d, KF_ERR_BAD_REQUEST, "%s key #%u must be a string, got %s",
-                                where, at, mp_type_name(&map->ptr[at].key));
+                return dec_fail(d, KF_ERR_BAD_REQUEST, "%s key #%u must be a string, got %s", where,
+                                at, mp_type_name(&map->ptr[at].key));
         case MP_MAP_UNKNOWN:
-                return dec_fail(d, KF_ERR_BAD_REQUEST, "unknown key \"%s\" in %s",
-                                QUOTE(q, map->ptr[at].key.via.str.ptr,
-                                      map->ptr[at].key.via.str.size),
-                                where);
+                return dec_fail(
+                    d, KF_ERR_BAD_REQUEST, "unknown key \"%s\" in %s",
+                    QUOTE(q, map->ptr[at].key.via.str.ptr, map->ptr[at].key.via.str.size), where);
         default: /* MP_MAP_DUP does not come with MP_MAP_DUP_NULL */
                 break;
         }
@@ -241,7 +240,8 @@ static int dec_output(job_dec_t *d, const msgpack_object *o, job_output_t *out)
                         return 0;
                 }
         }
-        return dec_fail(d, KF_ERR_BAD_REQUEST, "field 'output' must be " OUTPUT_CHOICES ", got \"%s\"",
+        return dec_fail(d, KF_ERR_BAD_REQUEST,
+                        "field 'output' must be " OUTPUT_CHOICES ", got \"%s\"",
                         QUOTE(q, o->via.str.ptr, o->via.str.size));
 }
 

@@ -73,7 +73,8 @@ model_t *model_alloc(const char *name, size_t name_len, uint32_t n_layers, const
         if (!name || !job_name_valid(name, name_len, JOB_MODEL_MAX)) {
                 kf_errf(errstr, errstr_size,
                         "bad name \"%s\": must be 1..%d chars of [A-Za-z0-9._:-]",
-                        name ? mp_quote(name, name_len, MODEL_QUOTE_MAX, q, sizeof(q)) : "", JOB_MODEL_MAX);
+                        name ? mp_quote(name, name_len, MODEL_QUOTE_MAX, q, sizeof(q)) : "",
+                        JOB_MODEL_MAX);
                 return NULL;
         }
         if (n_layers == 0 || n_layers > MODEL_MAX_LAYERS) {

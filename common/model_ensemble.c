@@ -96,4 +96,3 @@ model_t *model_ens_build(const model_ens_spec_t *spec, model_t *const *resolved,
         }
         return m;
 }
-

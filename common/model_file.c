@@ -89,6 +89,8 @@ static const char *const model_fields[F__CNT] = {"format",    "v",          "nam
 enum { L_W, L_B, L_ACT, L__CNT };
 static const char *const model_layer_fields[L__CNT] = {"W", "b", "act"};
 
+/* ---- an ensemble file's members ---- */
+
 enum { M_MODEL, M_VERSION, M_WEIGHT, M__CNT };
 static const char *const model_member_fields[M__CNT] = {"model", "version", "weight"};
 
@@ -129,10 +131,10 @@ static int model_member_weight(const msgpack_object *o, uint32_t i, double *out,
 
 /* The members array of an ensemble file (the header, name and dims already
  * validated).  Returns a spec or NULL with errstr. */
-static model_ens_spec_t *model_ens_spec_from_object(const msgpack_object *members,
-                                                    const char *name, size_t name_len,
-                                                    uint32_t input_dim, uint32_t output_dim,
-                                                    char *errstr, size_t errstr_size)
+static model_ens_spec_t *model_ens_spec_from_object(const msgpack_object *members, const char *name,
+                                                    size_t name_len, uint32_t input_dim,
+                                                    uint32_t output_dim, char *errstr,
+                                                    size_t errstr_size)
 {
         model_ens_spec_t *spec = NULL;
         uint32_t n;
@@ -225,6 +227,8 @@ err:
         model_ens_spec_free(spec);
         return NULL;
 }
+
+/* ---- decoding ---- */
 
 /* Validates the unpacked file and builds the model (or the ensemble spec)
  * from it.  Checks run in a fixed order (format tag first) so a file that is
@@ -519,6 +523,8 @@ model_t *model_load_file(const char *path, char *errstr, size_t errstr_size)
         return m;
 }
 
+/* ---- encoding ---- */
+
 /* The invariants decode enforces, checked again so model_encode never writes
  * a file that model_decode would refuse. */
 static int model_check(const model_t *m, char *errstr, size_t errstr_size)
@@ -669,4 +675,3 @@ int model_ens_encode(const model_ens_spec_t *spec, char **out, size_t *outlen, c
         *outlen = sb.size;
         return 0;
 }
-

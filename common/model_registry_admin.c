@@ -13,7 +13,9 @@
 
 /* The scripts: common/registry_prelude.lua (helpers every change uses) in
  * front of each change's own file, made C strings at build time (see the
- * Makefile), as worker/step.lua is. */
+ * Makefile), as worker/step.lua is.  The prelude must stay first in each:
+ * no include sorting here. */
+/* clang-format off */
 static const char mreg_push_lua[] =
 #include "registry_prelude_lua.h"
 #include "registry_push_lua.h"
@@ -30,6 +32,7 @@ static const char mreg_rm_lua[] =
 #include "registry_prelude_lua.h"
 #include "registry_rm_lua.h"
     ;
+/* clang-format on */
 
 /* EVAL script with ARGV = prefix, name, extra[0..n_extra).  Returns the reply
  * (caller frees) or NULL with *rc and errstr set. */
@@ -231,8 +234,8 @@ mreg_rc_t mreg_rm(redisContext *c, const char *prefix, const char *name, uint32_
                   int force, char *errstr, size_t errstr_size)
 {
         mreg_rc_t rc;
-        redisReply *r = mreg_eval_version(c, mreg_rm_lua, prefix, name, version, force, &rc,
-                                          errstr, errstr_size);
+        redisReply *r = mreg_eval_version(c, mreg_rm_lua, prefix, name, version, force, &rc, errstr,
+                                          errstr_size);
 
         if (r)
                 freeReplyObject(r);

@@ -281,16 +281,17 @@ mreg_rc_t mreg_reply_error(const redisReply *r, char *errstr, size_t errstr_size
         static const struct {
                 const char *tag;
                 mreg_rc_t rc;
-        } tags[] = {{"REFUSED ", MREG_REFUSED}, {"NOTFOUND ", MREG_NOT_FOUND},
-                    {"LOADING ", MREG_IO},      {"BUSY ", MREG_IO},
+        } tags[] = {{"REFUSED ", MREG_REFUSED},
+                    {"NOTFOUND ", MREG_NOT_FOUND},
+                    {"LOADING ", MREG_IO},
+                    {"BUSY ", MREG_IO},
                     {"MASTERDOWN ", MREG_IO}};
 
         for (size_t i = 0; i < sizeof(tags) / sizeof(tags[0]); i++) {
                 size_t tl = strlen(tags[i].tag);
                 if (r->len >= tl && !memcmp(r->str, tags[i].tag, tl)) {
                         if (tags[i].rc == MREG_IO) /* Redis' own words, whole */
-                                kf_errf(errstr, errstr_size, "registry: %.*s", (int)r->len,
-                                        r->str);
+                                kf_errf(errstr, errstr_size, "registry: %.*s", (int)r->len, r->str);
                         else
                                 kf_errf(errstr, errstr_size, "%.*s", (int)(r->len - tl),
                                         r->str + tl);
@@ -434,4 +435,3 @@ mreg_rc_t mreg_blob_get(redisContext *c, const char *prefix, const char *name,
         freeReplyObject(r);
         return rc;
 }
-

@@ -19,9 +19,10 @@
  * The metadata hash is not {P}model:{name}: names may contain ':', so that
  * key could be the blob of another model ("a:1" vs "a" version 1).
  *
- * Functions take a hiredis context the caller owns; none of them keeps state, so any thread may call
- * them with its own context.  They return an mreg_rc_t; on MREG_IO the
- * context saw an I/O or protocol error and must not be used again. */
+ * Functions take a hiredis context the caller owns; none of them keeps
+ * state, so any thread may call them with its own context.  They return an
+ * mreg_rc_t; on MREG_IO the context saw an I/O or protocol error and must
+ * not be used again. */
 #ifndef KF_MODEL_REGISTRY_READ_H
 #define KF_MODEL_REGISTRY_READ_H
 

@@ -41,7 +41,7 @@ typedef enum {
 /* A repeated known key is not reported: its value is left NULL (so neither
  * copy is used) and the scan goes on.  For callers that check every key,
  * known or not, for repeats themselves (mp_map_find_dup). */
-#define MP_MAP_DUP_NULL 0x2
+#define MP_MAP_DUP_NULL  0x2
 #define MP_MAP_MAX_NAMES 32
 
 /* Points vals[i] at the value of the key names[i] (NULL when absent), for

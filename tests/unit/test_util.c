@@ -40,7 +40,8 @@ static void test_splitmix64_pm1_same_as_before(void **state)
                 uint64_t u = kf_splitmix64(&b);
                 assert_true(x >= -1.0 && x < 1.0);
                 /* cmd_model.c's rng_uniform, with a = 1 */
-                assert_true((float)x == (float)((double)(u >> 11) / 9007199254740992.0 * 2.0 - 1.0));
+                assert_true((float)x ==
+                            (float)((double)(u >> 11) / 9007199254740992.0 * 2.0 - 1.0));
                 /* bench_compute.c's kc_bench_random */
                 u = kf_splitmix64(&c);
                 assert_true((float)x == (float)((double)(u >> 11) / 4503599627370496.0 - 1.0));
