@@ -21,8 +21,9 @@ KF_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm $(LDLIB
 SAN       =
 
 COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_config.o \
-              common/mp_bound.o common/mp_pack.o common/job_codec.o common/model.o common/model_math.o \
-              common/model_ensemble.o common/model_registry.o \
+              common/mp_bound.o common/mp_field.o common/mp_pack.o common/job_codec.o common/model.o common/model_file.o common/model_math.o \
+              common/model_ensemble.o common/model_registry_read.o \
+              common/model_registry_admin.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
               common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
@@ -56,13 +57,27 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(KF_CFLAGS) $(SAN) -c $< -o $@
 
-# worker/step.lua is compiled in as a C string literal, one line at a time.
+# Lua scripts are compiled in as C string literals, one line at a time:
+# worker/step.lua, and the model registry's change scripts
+# common/registry_*.lua (model_registry_admin.c puts the prelude in front of
+# each).
+LUA_TO_C = sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/'
+
 $(B)/gen/step_lua.h: worker/step.lua
 	@mkdir -p $(dir $@)
-	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $< > $@
+	$(LUA_TO_C) $< > $@
 
 $(B)/worker/commit.o: $(B)/gen/step_lua.h
 $(B)/worker/commit.o: KF_CFLAGS += -I$(B)/gen
+
+REGISTRY_LUA = $(addprefix $(B)/gen/registry_,$(addsuffix _lua.h,prelude push activate rollback rm))
+
+$(B)/gen/registry_%_lua.h: common/registry_%.lua
+	@mkdir -p $(dir $@)
+	$(LUA_TO_C) $< > $@
+
+$(B)/common/model_registry_admin.o: $(REGISTRY_LUA)
+$(B)/common/model_registry_admin.o: KF_CFLAGS += -I$(B)/gen
 
 $(BUILD)/libkinfer.a: $(addprefix $(B)/,$(COMMON_OBJS))
 	ar rcs $@ $^
@@ -85,9 +100,14 @@ $(BUILD)/tests/%: $(B)/tests/%.o $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/lib
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
-# This one runs the worker's model store in-process.
-$(BUILD)/tests/integration/test_model_store: $(B)/worker/model_store.o \
-                                             $(addprefix $(B)/,$(MODEL_STORE_OBJS))
+# This one runs the worker's model store in-process: its objects go before
+# the library so that the library members they call are linked.
+$(BUILD)/tests/integration/test_model_store: $(B)/tests/integration/test_model_store.o \
+                                             $(B)/worker/model_store.o \
+                                             $(addprefix $(B)/,$(MODEL_STORE_OBJS)) \
+                                             $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
 # This one tests the worker's metrics and HTTP endpoint in-process.
 $(BUILD)/tests/unit/test_metrics: $(B)/tests/unit/test_metrics.o $(B)/worker/metrics.o \
@@ -193,12 +213,12 @@ FUZZ_CC         ?= clang
 FUZZ_CFLAGS      = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(WARN) \
                    -Icommon $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-FUZZ_JOB_SRCS    = common/job_codec.c common/mp_bound.c common/mp_pack.c common/kf_util.c common/kf_error.c
-FUZZ_MODEL_SRCS  = common/model.c common/model_math.c common/model_ensemble.c $(FUZZ_JOB_SRCS)
+FUZZ_JOB_SRCS    = common/job_codec.c common/mp_bound.c common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c
+FUZZ_MODEL_SRCS  = common/model.c common/model_file.c common/model_math.c common/model_ensemble.c $(FUZZ_JOB_SRCS)
 
 $(FUZZ_BUILD)/fuzz_job_decode: tests/fuzz/fuzz_job_decode.c $(FUZZ_JOB_SRCS)
 $(FUZZ_BUILD)/fuzz_model_decode: tests/fuzz/fuzz_model_decode.c $(FUZZ_MODEL_SRCS)
-$(FUZZ_BUILD)/fuzz_result_decode: tests/fuzz/fuzz_result_decode.c common/kf_result.c \
+$(FUZZ_BUILD)/fuzz_result_decode: tests/fuzz/fuzz_result_decode.c common/kf_result.c common/mp_field.c \
                                   common/mp_bound.c common/kf_util.c
 $(FUZZ_BUILD)/fuzz_%:
 	@mkdir -p $(dir $@)

@@ -1,4 +1,4 @@
-/* job_codec.c - the v1 job message: untrusted msgpack in, a validated job_t
+/* job_codec.c - the v2 job message: untrusted msgpack in, a validated job_t
  * out (job_decode), and the reverse for producers (job_encode). */
 #include "job.h"
 
@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "kf_util.h"
-#include "mp_bound.h"
+#include "mp_field.h"
 #include "mp_pack.h"
 
 /* A job is a map > input > row or shape: 3 levels.  The slack lets unknown
@@ -83,61 +83,12 @@ __attribute__((format(printf, 3, 4))) static int dec_fail(job_dec_t *d, kf_err_t
         return -1;
 }
 
-static const char *obj_type_name(const msgpack_object *o)
-{
-        switch (o->type) {
-        case MSGPACK_OBJECT_NIL:
-                return "nil";
-        case MSGPACK_OBJECT_BOOLEAN:
-                return "boolean";
-        case MSGPACK_OBJECT_POSITIVE_INTEGER:
-                return "integer";
-        case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-                return "negative integer";
-        case MSGPACK_OBJECT_FLOAT32:
-                return "float32";
-        case MSGPACK_OBJECT_FLOAT64:
-                return "float64";
-        case MSGPACK_OBJECT_STR:
-                return "string";
-        case MSGPACK_OBJECT_ARRAY:
-                return "array";
-        case MSGPACK_OBJECT_MAP:
-                return "map";
-        case MSGPACK_OBJECT_BIN:
-                return "bin";
-        case MSGPACK_OBJECT_EXT:
-                return "ext";
-        }
-        return "unknown type";
-}
-
 /* Untrusted text goes into error messages quoted, cut to 32 bytes, with
- * anything but printable ASCII shown as '?', so a result never carries
- * control characters or broken UTF-8 from the request. */
+ * anything but printable ASCII shown as '?' (mp_quote), so a result never
+ * carries control characters or broken UTF-8 from the request. */
 #define QUOTE_MAX 32
-static const char *quote(char dst[QUOTE_MAX + 6], const char *p, size_t n)
-{
-        size_t i, o = 0;
-
-        dst[o++] = '"';
-        for (i = 0; i < n && i < QUOTE_MAX; i++)
-                dst[o++] = (p[i] >= 0x20 && p[i] < 0x7f) ? p[i] : '?';
-        if (n > QUOTE_MAX) {
-                memcpy(dst + o, "...", 3);
-                o += 3;
-        }
-        dst[o++] = '"';
-        dst[o] = '\0';
-        return dst;
-}
-
-static int str_eq(const msgpack_object *o, const char *s)
-{
-        size_t n = strlen(s);
-        return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
-               memcmp(o->via.str.ptr, s, n) == 0;
-}
+#define QUOTE_BUF        (QUOTE_MAX + 4)
+#define QUOTE(buf, p, n) mp_quote((p), (n), QUOTE_MAX, (buf), sizeof(buf))
 
 static int name_char_ok(unsigned char c)
 {
@@ -156,46 +107,23 @@ int job_name_valid(const char *s, size_t len, size_t maxlen)
         return 1;
 }
 
-static int key_cmp(const void *a, const void *b)
-{
-        const msgpack_object_str *x = *(const msgpack_object_str *const *)a;
-        const msgpack_object_str *y = *(const msgpack_object_str *const *)b;
-        uint32_t n = x->size < y->size ? x->size : y->size;
-        /* msgpack-c can leave ptr NULL for an empty string: no memcmp() then. */
-        int c = n ? memcmp(x->ptr, y->ptr, n) : 0;
-
-        if (c)
-                return c;
-        return x->size < y->size ? -1 : x->size > y->size;
-}
-
 /* Any key twice, including keys this worker ignores: a producer that sends
- * one field twice has a bug we should not paper over by picking one.  Sorting
- * keeps a message with many unknown keys from costing n^2. */
+ * one field twice has a bug we should not paper over by picking one. */
 static int check_dup_keys(job_dec_t *d, const msgpack_object_map *map, const char *where)
 {
-        const msgpack_object_str **keys;
-        char q[QUOTE_MAX + 6];
-        int rc = 0;
+        char q[QUOTE_BUF];
+        uint32_t at;
+        int rc = mp_map_find_dup(map, &at);
 
-        if (map->size < 2)
-                return 0;
-        keys = malloc(map->size * sizeof(*keys));
-        if (!keys)
+        if (rc < 0)
                 return dec_fail(d, KF_ERR_INTERNAL, "out of memory checking %u keys of %s",
                                 map->size, where);
-        for (uint32_t i = 0; i < map->size; i++)
-                keys[i] = &map->ptr[i].key.via.str;
-        qsort(keys, map->size, sizeof(*keys), key_cmp);
-        for (uint32_t i = 1; i < map->size; i++) {
-                if (key_cmp(&keys[i - 1], &keys[i]) == 0) {
-                        rc = dec_fail(d, KF_ERR_BAD_REQUEST, "duplicate key %s in %s",
-                                      quote(q, keys[i]->ptr, keys[i]->size), where);
-                        break;
-                }
+        if (rc > 0) {
+                const msgpack_object_str *k = &map->ptr[at].key.via.str;
+                return dec_fail(d, KF_ERR_BAD_REQUEST, "duplicate key \"%s\" in %s",
+                                QUOTE(q, k->ptr, k->size), where);
         }
-        free(keys);
-        return rc;
+        return 0;
 }
 
 /* Points val[i] at the value of key names[i], NULL when absent.  Keys must be
@@ -207,31 +135,20 @@ static int scan_keys(job_dec_t *d, const msgpack_object_map *map, const char *wh
                      const char *const *names, size_t nnames, int strict,
                      const msgpack_object **val)
 {
-        char q[QUOTE_MAX + 6];
-        unsigned dup = 0;
+        char q[QUOTE_BUF];
+        uint32_t at = 0;
 
-        for (uint32_t i = 0; i < map->size; i++) {
-                const msgpack_object *k = &map->ptr[i].key;
-
-                if (k->type != MSGPACK_OBJECT_STR)
-                        return dec_fail(d, KF_ERR_BAD_REQUEST,
-                                        "%s key #%u must be a string, got %s", where, i,
-                                        obj_type_name(k));
-                size_t f;
-                for (f = 0; f < nnames && !str_eq(k, names[f]); f++)
-                        ;
-                if (f == nnames) {
-                        if (strict)
-                                return dec_fail(d, KF_ERR_BAD_REQUEST, "unknown key %s in %s",
-                                                quote(q, k->via.str.ptr, k->via.str.size), where);
-                        continue;
-                }
-                if (val[f] || (dup & (1u << f))) {
-                        dup |= 1u << f;
-                        val[f] = NULL;
-                } else {
-                        val[f] = &map->ptr[i].val;
-                }
+        switch (mp_map_fields(map, names, nnames, MP_MAP_DUP_NULL | (strict ? MP_MAP_STRICT : 0),
+                              val, &at)) {
+        case MP_MAP_KEY_NOT_STR:
+                return dec_fail(d, KF_ERR_BAD_REQUEST, "%s key #%u must be a string, got %s", where,
+                                at, mp_type_name(&map->ptr[at].key));
+        case MP_MAP_UNKNOWN:
+                return dec_fail(
+                    d, KF_ERR_BAD_REQUEST, "unknown key \"%s\" in %s",
+                    QUOTE(q, map->ptr[at].key.via.str.ptr, map->ptr[at].key.via.str.size), where);
+        default: /* MP_MAP_DUP does not come with MP_MAP_DUP_NULL */
+                break;
         }
         return check_dup_keys(d, map, where);
 }
@@ -247,7 +164,7 @@ static int dec_name(job_dec_t *d, const msgpack_object *o, const char *field, si
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
                                 "field '%s' must be a string of 1..%zu chars of " NAME_CHARSET
                                 ", got %s",
-                                field, maxlen, obj_type_name(o));
+                                field, maxlen, mp_type_name(o));
         n = o->via.str.size;
         if (n == 0 || n > maxlen)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
@@ -279,7 +196,7 @@ static int dec_uint(job_dec_t *d, const msgpack_object *o, const char *field, ui
         if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
                                 "field '%s' must be an unsigned integer, got %s", field,
-                                obj_type_name(o));
+                                mp_type_name(o));
         if (o->via.u64 < min || o->via.u64 > max)
                 return dec_fail(d, KF_ERR_BAD_REQUEST, "field '%s' must be in %llu..%llu, got %llu",
                                 field, (unsigned long long)min, (unsigned long long)max,
@@ -305,26 +222,27 @@ static int dec_v(job_dec_t *d, const msgpack_object *o)
         if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
                                 "field 'v' must be an unsigned integer (%d), got %s",
-                                JOB_PROTOCOL_VERSION, obj_type_name(o));
+                                JOB_PROTOCOL_VERSION, mp_type_name(o));
         return 0;
 }
 
 static int dec_output(job_dec_t *d, const msgpack_object *o, job_output_t *out)
 {
-        char q[QUOTE_MAX + 6];
+        char q[QUOTE_BUF];
 
         if (o->type != MSGPACK_OBJECT_STR)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
                                 "field 'output' must be " OUTPUT_CHOICES ", got %s",
-                                obj_type_name(o));
+                                mp_type_name(o));
         for (size_t i = 0; i < sizeof(output_names) / sizeof(output_names[0]); i++) {
-                if (str_eq(o, output_names[i])) {
+                if (mp_str_eq(o, output_names[i])) {
                         *out = (job_output_t)i;
                         return 0;
                 }
         }
-        return dec_fail(d, KF_ERR_BAD_REQUEST, "field 'output' must be " OUTPUT_CHOICES ", got %s",
-                        quote(q, o->via.str.ptr, o->via.str.size));
+        return dec_fail(d, KF_ERR_BAD_REQUEST,
+                        "field 'output' must be " OUTPUT_CHOICES ", got \"%s\"",
+                        QUOTE(q, o->via.str.ptr, o->via.str.size));
 }
 
 /* Rejects what a model cannot compute with: NaN, infinities, and doubles
@@ -361,7 +279,7 @@ static int dec_number(job_dec_t *d, const msgpack_object *o, uint32_t r, uint32_
                 return 0;
         default:
                 return dec_fail(d, KF_ERR_BAD_REQUEST, "input[%u][%u] must be a number, got %s", r,
-                                c, obj_type_name(o));
+                                c, mp_type_name(o));
         }
 }
 
@@ -413,7 +331,7 @@ static int dec_input_rows(job_dec_t *d, const msgpack_object_array *a, job_t *jo
         if (row0->type != MSGPACK_OBJECT_ARRAY)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
                                 "input row 0 must be an array of numbers, got %s",
-                                obj_type_name(row0));
+                                mp_type_name(row0));
         cols = row0->via.array.size;
         if (cols == 0)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
@@ -425,7 +343,7 @@ static int dec_input_rows(job_dec_t *d, const msgpack_object_array *a, job_t *jo
                 if (row->type != MSGPACK_OBJECT_ARRAY)
                         return dec_fail(d, KF_ERR_BAD_REQUEST,
                                         "input row %u must be an array of numbers, got %s", r,
-                                        obj_type_name(row));
+                                        mp_type_name(row));
                 if (row->via.array.size != cols)
                         return dec_fail(d, KF_ERR_BAD_REQUEST,
                                         "input row %u has %u values, row 0 has %u", r,
@@ -458,7 +376,7 @@ static int dec_shape(job_dec_t *d, const msgpack_object *o, uint64_t *rows, uint
         if (!o)
                 return dec_fail(d, KF_ERR_BAD_REQUEST, "missing required field 'input.shape'");
         if (o->type != MSGPACK_OBJECT_ARRAY)
-                return dec_fail(d, KF_ERR_BAD_REQUEST, "%s, got %s", expect, obj_type_name(o));
+                return dec_fail(d, KF_ERR_BAD_REQUEST, "%s, got %s", expect, mp_type_name(o));
         if (o->via.array.size != 2)
                 return dec_fail(d, KF_ERR_BAD_REQUEST, "%s, got an array of %u", expect,
                                 o->via.array.size);
@@ -469,7 +387,7 @@ static int dec_shape(job_dec_t *d, const msgpack_object *o, uint64_t *rows, uint
                                         (long long)e[i].via.i64, i ? "cols" : "rows");
                 if (e[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
                         return dec_fail(d, KF_ERR_BAD_REQUEST, "%s, got %s for %s", expect,
-                                        obj_type_name(&e[i]), i ? "cols" : "rows");
+                                        mp_type_name(&e[i]), i ? "cols" : "rows");
                 if (e[i].via.u64 == 0)
                         return dec_fail(d, KF_ERR_BAD_REQUEST, "%s, got 0 %s", expect,
                                         i ? "cols" : "rows");
@@ -486,8 +404,7 @@ static int dec_input_f32(job_dec_t *d, const msgpack_object_map *map, job_t *job
 {
         const msgpack_object *val[I__CNT] = {NULL};
         const msgpack_object *dtype, *data;
-        const unsigned char *p;
-        char q[QUOTE_MAX + 6];
+        char q[QUOTE_BUF];
         uint64_t rows = 0, cols = 0, need;
         float *in;
 
@@ -499,11 +416,11 @@ static int dec_input_f32(job_dec_t *d, const msgpack_object_map *map, job_t *job
         if (dtype->type != MSGPACK_OBJECT_STR)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
                                 "field 'input.dtype' must be the string \"f32\", got %s",
-                                obj_type_name(dtype));
-        if (!str_eq(dtype, "f32"))
+                                mp_type_name(dtype));
+        if (!mp_str_eq(dtype, "f32"))
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
-                                "input.dtype %s is not supported (this worker reads \"f32\")",
-                                quote(q, dtype->via.str.ptr, dtype->via.str.size));
+                                "input.dtype \"%s\" is not supported (this worker reads \"f32\")",
+                                QUOTE(q, dtype->via.str.ptr, dtype->via.str.size));
         if (dec_shape(d, val[I_SHAPE], &rows, &cols) || check_limits(d, rows, cols))
                 return -1;
 
@@ -513,7 +430,7 @@ static int dec_input_f32(job_dec_t *d, const msgpack_object_map *map, job_t *job
         if (data->type != MSGPACK_OBJECT_BIN)
                 return dec_fail(d, KF_ERR_BAD_REQUEST,
                                 "field 'input.data' must be bin (little-endian float32), got %s",
-                                obj_type_name(data));
+                                mp_type_name(data));
         /* rows and cols fit in 32 bits here, so rows * cols fits in 64, but
          * need = 4 * that may not: compare by division first. */
         need = rows * cols;
@@ -531,19 +448,12 @@ static int dec_input_f32(job_dec_t *d, const msgpack_object_map *map, job_t *job
         in = alloc_input(d, (uint32_t)rows, (uint32_t)cols);
         if (!in)
                 return -1;
-        p = (const unsigned char *)data->via.bin.ptr;
-        for (uint64_t i = 0; i < need; i++, p += 4) {
-                /* Assemble the little-endian word explicitly: correct on any
-                 * host byte order, and no unaligned float loads. */
-                uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                             (uint32_t)p[3] << 24;
-                float f;
-                memcpy(&f, &u, sizeof(f));
-                if (check_value(d, f, (uint32_t)(i / cols), (uint32_t)(i % cols))) {
+        mp_f32_le_read(in, data->via.bin.ptr, (size_t)need);
+        for (uint64_t i = 0; i < need; i++) {
+                if (check_value(d, in[i], (uint32_t)(i / cols), (uint32_t)(i % cols))) {
                         free(in);
                         return -1;
                 }
-                in[i] = f;
         }
         job->input = in;
         job->rows = (uint32_t)rows;
@@ -562,7 +472,7 @@ static int dec_input(job_dec_t *d, const msgpack_object *o, job_t *job)
         return dec_fail(d, KF_ERR_BAD_REQUEST,
                         "field 'input' must be an array of rows or a {dtype, shape, data} map, "
                         "got %s",
-                        obj_type_name(o));
+                        mp_type_name(o));
 }
 
 /* Every field at its default, without freeing: job may hold garbage. */
@@ -588,9 +498,7 @@ kf_err_t job_decode(const void *buf, size_t len, const job_limits_t *lim, job_t 
         const msgpack_object *val[F__CNT] = {NULL};
         const msgpack_object *top;
         msgpack_unpacked up;
-        msgpack_unpack_return ret;
         char why[160];
-        size_t off = 0;
         uint64_t u;
 
         job_reset(job);
@@ -603,27 +511,23 @@ kf_err_t job_decode(const void *buf, size_t len, const job_limits_t *lim, job_t 
                 return d.err;
         }
         /* msgpack-c would reserve memory for whatever lengths the message
-         * declares; only hand it bytes whose every length has been checked. */
-        if (mp_bound_check(buf, len, JOB_MAX_DEPTH, why, sizeof(why))) {
-                dec_fail(&d, KF_ERR_BAD_REQUEST, "not valid msgpack: %s", why);
-                return d.err;
-        }
-
+         * declares; mp_unpack_one only hands it bytes whose every length has
+         * been checked. */
         msgpack_unpacked_init(&up);
-        ret = msgpack_unpack_next(&up, buf, len, &off);
-        if (ret == MSGPACK_UNPACK_NOMEM_ERROR) {
+        switch (mp_unpack_one(buf, len, JOB_MAX_DEPTH, &up, why, sizeof(why))) {
+        case MP_UNPACK_NOMEM:
                 dec_fail(&d, KF_ERR_INTERNAL, "out of memory unpacking a %zu-byte job", len);
                 goto out;
-        }
-        if (ret != MSGPACK_UNPACK_SUCCESS || off != len) {
-                dec_fail(&d, KF_ERR_BAD_REQUEST,
-                         "not valid msgpack: unpacker returned %d at byte %zu", (int)ret, off);
+        case MP_UNPACK_BAD:
+                dec_fail(&d, KF_ERR_BAD_REQUEST, "not valid msgpack: %s", why);
                 goto out;
+        case MP_UNPACK_OK:
+                break;
         }
         top = &up.data;
         if (top->type != MSGPACK_OBJECT_MAP) {
                 dec_fail(&d, KF_ERR_BAD_REQUEST, "job must be a msgpack map, got %s",
-                         obj_type_name(top));
+                         mp_type_name(top));
                 goto out;
         }
 

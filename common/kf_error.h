@@ -7,7 +7,7 @@
 
 typedef enum {
         KF_OK = 0,
-        KF_ERR_BAD_REQUEST,    /* the job is not a valid v1 job */
+        KF_ERR_BAD_REQUEST,    /* the job is not a valid v2 job */
         KF_ERR_UNKNOWN_MODEL,  /* no such model, or no such pinned version */
         KF_ERR_SHAPE_MISMATCH, /* input columns != model input_dim */
         KF_ERR_EXPIRED,        /* picked up after its deadline */

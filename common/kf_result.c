@@ -6,51 +6,29 @@
 #include <string.h>
 
 #include "kf_util.h"
-#include "mp_bound.h"
+#include "mp_field.h"
 
 #define RESULT_MAX_DEPTH 4
-
-static int key_is(const msgpack_object *k, const char *s)
-{
-        size_t n = strlen(s);
-        return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-               memcmp(k->via.str.ptr, s, n) == 0;
-}
-
-/* A string field into dst (size dstsize); too long or not a string: -1. */
-static int get_str(const msgpack_object *o, char *dst, size_t dstsize)
-{
-        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >= dstsize)
-                return -1;
-        memcpy(dst, o->via.str.ptr, o->via.str.size);
-        dst[o->via.str.size] = '\0';
-        return 0;
-}
-
-static int get_uint(const msgpack_object *o, uint64_t *out)
-{
-        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                return -1;
-        *out = o->via.u64;
-        return 0;
-}
 
 int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
                      size_t errstr_size)
 {
         const msgpack_object *shape = NULL, *output = NULL;
         msgpack_unpacked up;
-        size_t off = 0;
         char why[160], status[16] = "";
         int rc = -1;
 
         memset(r, 0, sizeof(*r));
-        if (mp_bound_check(buf, len, RESULT_MAX_DEPTH, why, sizeof(why)))
-                return kf_errf(errstr, errstr_size, "result is not valid msgpack: %s", why);
         msgpack_unpacked_init(&up);
-        if (msgpack_unpack_next(&up, buf, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+        switch (mp_unpack_one(buf, len, RESULT_MAX_DEPTH, &up, why, sizeof(why))) {
+        case MP_UNPACK_BAD:
+                kf_errf(errstr, errstr_size, "result is not valid msgpack: %s", why);
+                goto out;
+        case MP_UNPACK_NOMEM:
                 kf_errf(errstr, errstr_size, "result is not valid msgpack");
                 goto out;
+        case MP_UNPACK_OK:
+                break;
         }
         if (up.data.type != MSGPACK_OBJECT_MAP) {
                 kf_errf(errstr, errstr_size, "result is not a msgpack map");
@@ -61,11 +39,11 @@ int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
                 const msgpack_object *v = &up.data.via.map.ptr[i].val;
                 const char *bad         = NULL;
 #define STR(name, dst)                                                                             \
-        else if (key_is(k, name)) { if (get_str(v, dst, sizeof(dst))) bad = name; }
+        else if (mp_str_eq(k, name)) { if (mp_get_str(v, dst, sizeof(dst))) bad = name; }
 #define UINT(name, dst)                                                                            \
-        else if (key_is(k, name)) { if (get_uint(v, &dst)) bad = name; }
-                if (key_is(k, "status")) {
-                        if (get_str(v, status, sizeof(status)))
+        else if (mp_str_eq(k, name)) { if (mp_get_u64(v, &dst)) bad = name; }
+                if (mp_str_eq(k, "status")) {
+                        if (mp_get_str(v, status, sizeof(status)))
                                 bad = "status";
                 }
                 STR("id", r->id) STR("user", r->user) STR("model", r->model)
@@ -74,17 +52,17 @@ int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
                 UINT("v", r->v) UINT("enqueued", r->enqueued) UINT("started", r->started)
                 UINT("done", r->done) UINT("version", r->version)
                 UINT("nonfinite", r->nonfinite)
-                else if (key_is(k, "window")) {
-                        if (get_uint(v, &r->window))
+                else if (mp_str_eq(k, "window")) {
+                        if (mp_get_u64(v, &r->window))
                                 bad = "window";
                         r->has_window = 1;
-                } else if (key_is(k, "retry_after")) {
-                        if (get_uint(v, &r->retry_after))
+                } else if (mp_str_eq(k, "retry_after")) {
+                        if (mp_get_u64(v, &r->retry_after))
                                 bad = "retry_after";
                         r->has_retry_after = 1;
-                } else if (key_is(k, "shape")) {
+                } else if (mp_str_eq(k, "shape")) {
                         shape = v;
-                } else if (key_is(k, "output")) {
+                } else if (mp_str_eq(k, "output")) {
                         output = v;
                 }
 #undef STR
@@ -108,8 +86,8 @@ int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
         if (r->ok) {
                 uint64_t rows, cols;
                 if (!shape || shape->type != MSGPACK_OBJECT_ARRAY || shape->via.array.size != 2 ||
-                    get_uint(&shape->via.array.ptr[0], &rows) ||
-                    get_uint(&shape->via.array.ptr[1], &cols) || rows > UINT32_MAX ||
+                    mp_get_u64(&shape->via.array.ptr[0], &rows) ||
+                    mp_get_u64(&shape->via.array.ptr[1], &cols) || rows > UINT32_MAX ||
                     cols > UINT32_MAX) {
                         kf_errf(errstr, errstr_size, "ok result needs 'shape' [rows, cols]");
                         goto out;
@@ -127,12 +105,7 @@ int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
                         kf_errf(errstr, errstr_size, "out of memory");
                         goto out;
                 }
-                for (size_t i = 0; i < (size_t)rows * cols; i++) {
-                        const unsigned char *p = (const unsigned char *)output->via.bin.ptr + 4 * i;
-                        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                                     (uint32_t)p[3] << 24;
-                        memcpy(&r->output[i], &u, 4);
-                }
+                mp_f32_le_read(r->output, output->via.bin.ptr, (size_t)rows * cols);
         } else if (!r->error[0]) {
                 kf_errf(errstr, errstr_size, "error result lacks 'error'");
                 goto out;

@@ -1,5 +1,11 @@
 /* model.h - a loaded model: the kinfer-model file format and the MLP math.
  *
+ * Implemented in layers, each using only those below it (model_internal.h
+ * holds what they share privately): model.c the model_t itself (allocation,
+ * activations, reference count); model_math.c forward passes and
+ * post-processing; model_ensemble.c building ensembles; model_file.c the
+ * file format of both kinds.
+ *
  * File format (docs/protocol.md, "Model file"): one msgpack map
  *   {format:"kinfer-model", v:1, name, kind:"mlp", input_dim, output_dim,
  *    layers:[{W:<bin f32 LE, row-major in x out>, b:<bin f32 LE, out>,
@@ -7,7 +13,7 @@
  * Layer i maps in_i -> out_i with in_0 = input_dim, in_{i+1} = out_i and
  * out_last = output_dim.  Every weight must be finite.
  *
- * Or an ensemble (model_ensemble.c), which names other models instead of
+ * Or an ensemble, which names other models instead of
  * holding weights:
  *   {format, v, name, kind:"ensemble", input_dim, output_dim,
  *    members:[{model:NAME, version:N (optional, 0 = the member's active
@@ -32,6 +38,7 @@
 #define MODEL_MAX_DIM       (1u << 20) /* widest layer side accepted */
 #define MODEL_MAX_MEMBERS   64         /* members of one ensemble, after flattening */
 #define MODEL_MAX_DEPTH     8          /* ensembles of ensembles, nested at most this deep */
+#define MODEL_MAX_FILE_BYTES ((size_t)4 << 30) /* largest model file read */
 
 typedef enum {
         MODEL_KIND_MLP = 0,  /* layers of weights */
@@ -99,7 +106,7 @@ model_t *model_decode(const void *buf, size_t len, char *errstr, size_t errstr_s
 /* Reads and decodes a model file; errors name the path. */
 model_t *model_load_file(const char *path, char *errstr, size_t errstr_size);
 
-/* ---- ensembles (model_ensemble.c) ---- */
+/* ---- ensembles: files (model_file.c), building (model_ensemble.c) ---- */
 
 /* An ensemble file as written: members named, not yet resolved. */
 typedef struct model_member_spec_s {
@@ -191,12 +198,6 @@ int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, mod
 uint32_t model_output_cols_k(job_output_t mode, uint32_t k, uint32_t cols);
 void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t rows,
                          uint32_t cols, float *out);
-
-/* The forms without k, for callers that predate TOPK: a TOPK job through
- * them gets k = 1.  New code calls the _k forms with job->k. */
-uint32_t model_output_cols(job_output_t mode, uint32_t cols);
-void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_t cols,
-                       float *out);
 
 /* Whether job can run on m: its columns must be m's input_dim
  * (KF_ERR_SHAPE_MISMATCH) and a TOPK job's k at most m's output_dim

@@ -1,5 +1,6 @@
-/* model_math.c - the MLP forward pass (one cblas_sgemm per layer over all
- * rows), the activations, and the row-wise post-processing of job outputs. */
+/* model_math.c - forward passes: an MLP's (one cblas_sgemm per layer over
+ * all rows, the activations) and an ensemble's (its members' weighted sum);
+ * and the row-wise post-processing of job outputs. */
 #include "model.h"
 
 #include <cblas.h>
@@ -10,10 +11,6 @@
 #include <string.h>
 
 #include "kf_util.h"
-
-/* model_ensemble.c: the weighted sum over an ensemble's members. */
-int model_ens_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
-                      model_scratch_t *s);
 
 #define MODEL_SCRATCH_ALIGN 64
 
@@ -176,6 +173,11 @@ static void model_layer_forward(const model_layer_t *l, const float *in, int row
                 model_activate(l->act, out, (size_t)rows, l->out);
 }
 
+/* An ensemble's forward pass: each member once over all rows, then the
+ * weighted sum into Y (the members' outputs go through scratch e). */
+static int model_ens_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
+                             model_scratch_t *s);
+
 int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, model_scratch_t *s)
 {
         uint32_t hidden = 0;
@@ -205,6 +207,37 @@ int model_forward(const model_t *m, const float *X, uint32_t rows, float *Y, mod
                                                           : s->a;
                         model_layer_forward(&m->layers[i], in, r, out);
                         in = out;
+                }
+        }
+        return 0;
+}
+
+static int model_ens_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
+                             model_scratch_t *s)
+{
+        size_t n = (size_t)rows * m->output_dim;
+
+        if (s->ecap < n) {
+                void *e = NULL;
+                if (posix_memalign(&e, 64, n * sizeof(float)) != 0)
+                        return -1;
+                free(s->e);
+                s->e = e;
+                s->ecap = n;
+        }
+        /* Members are MLPs (build flattens nested ensembles), so their
+         * forward passes use scratch a and b but never e. */
+        for (uint32_t i = 0; i < m->n_members; i++) {
+                const float w = m->members[i].weight;
+                float *e = s->e;
+                if (model_forward(m->members[i].model, X, rows, e, s) != 0)
+                        return -1;
+                if (i == 0) {
+                        for (size_t k = 0; k < n; k++)
+                                Y[k] = w * e[k];
+                } else {
+                        for (size_t k = 0; k < n; k++)
+                                Y[k] += w * e[k];
                 }
         }
         return 0;
@@ -335,16 +368,6 @@ void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t
                 memcpy(out, Y, (size_t)rows * cols * sizeof(float));
                 break;
         }
-}
-
-uint32_t model_output_cols(job_output_t mode, uint32_t cols)
-{
-        return model_output_cols_k(mode, 1, cols);
-}
-
-void model_postprocess(job_output_t mode, const float *Y, uint32_t rows, uint32_t cols, float *out)
-{
-        model_postprocess_k(mode, 1, Y, rows, cols, out);
 }
 
 int model_check_job(const model_t *m, const job_t *job, kf_err_t *err, char *errstr,

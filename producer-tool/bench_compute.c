@@ -13,19 +13,10 @@
  * loop does not run on one cache-hot batch. */
 #define KC_COMPUTE_POOL_BYTES (64u << 20)
 
-/* splitmix64 */
-static uint64_t kc_rng_next(uint64_t *s)
-{
-        uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        return z ^ (z >> 31);
-}
-
 void kc_bench_random(uint64_t *state, float *x, size_t n)
 {
         for (size_t i = 0; i < n; i++)
-                x[i] = (float)((double)(kc_rng_next(state) >> 11) / 4503599627370496.0 - 1.0);
+                x[i] = (float)kf_splitmix64_pm1(state);
 }
 
 /* One compute thread's share: rows of the total, in batches, reading the

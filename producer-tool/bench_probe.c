@@ -79,13 +79,6 @@ struct kc_probe_s {
 static_assert(KC_PROBE_BLOCK_MS * 1000 < KC_PROBE_LEAD_US,
               "a job's list must be watched before the job is published");
 
-static int64_t kc_probe_now_us(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* Notes the ids of one pop (a BLMPOP reply's array of ids), seen at now.
  * Called under lock. */
 static void kc_probe_ids(kc_probe_t *p, const redisReply *ids, int64_t now)
@@ -175,7 +168,7 @@ static void *kc_probe_main(void *arg)
                 if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
                     r->element[0]->type == REDIS_REPLY_STRING &&
                     r->element[1]->type == REDIS_REPLY_ARRAY) {
-                        int64_t now = kc_probe_now_us();
+                        int64_t now = kf_now_us();
                         const redisReply *key = r->element[0];
                         pthread_mutex_lock(&p->lock);
                         kc_probe_ids(p, r->element[1], now);

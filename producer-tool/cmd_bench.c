@@ -175,21 +175,6 @@ static void bench_on_signal(int sig)
         bench_stop = 1;
 }
 
-/* Wall clock in Unix microseconds: the worker's `done` is wall clock too. */
-static int64_t bench_now_us(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static void bench_sleep_us(int64_t us)
-{
-        struct timespec ts = {us / 1000000, (long)(us % 1000000) * 1000};
-        while (nanosleep(&ts, &ts) && errno == EINTR && !bench_stop) {
-        }
-}
-
 /* Draws "\r<what> [#####-----] 42% done/total <rate>" on stderr, at most
  * every BENCH_BAR_US unless final. */
 static void bench_bar(bench_t *b, const char *what, size_t done, size_t total, double per_s,
@@ -420,14 +405,14 @@ static void bench_flush(bench_t *b)
                 bench_bar(b, "delivering", b->delivered + b->failed, b->published, 0, 0);
         }
         rd_kafka_poll(b->rk, 0);
-        b->t_published_us = bench_now_us();
+        b->t_published_us = kf_now_us();
 }
 
 /* drain: every job as fast as librdkafka takes them. */
 static int bench_publish_drain(bench_t *b)
 {
         for (size_t i = 0; i < b->n && !bench_stop; i++) {
-                if (bench_produce(b, i, bench_now_us()))
+                if (bench_produce(b, i, kf_now_us()))
                         return -1;
                 rd_kafka_poll(b->rk, 0);
                 bench_bar(b, "publish", i + 1, b->n, 0, 0);
@@ -459,7 +444,7 @@ static int bench_publish_open(bench_t *b)
 
         bench_probe_ahead(b, 0); /* the first jobs, before the clock starts */
         mono0 = kf_mono_us() + 1000;
-        wall0 = bench_now_us() + 1000;
+        wall0 = kf_now_us() + 1000;
 
         while (i < b->n && !bench_stop) {
                 int64_t now = kf_mono_us(), due;
@@ -476,7 +461,7 @@ static int bench_publish_open(bench_t *b)
                 if (i < b->n) {
                         int64_t wait = mono0 + (int64_t)((double)i * step_us) - kf_mono_us();
                         if (wait > 0)
-                                bench_sleep_us(wait < 1000 ? wait : 1000);
+                                kf_sleep_us(wait < 1000 ? wait : 1000, &bench_stop);
                 }
         }
         bench_bar(b, "open loop", b->published, b->n, 0, 1);
@@ -493,7 +478,7 @@ static int bench_wait_done(bench_t *b, int64_t base)
         int64_t last_change = kf_mono_us(), t0 = kf_mono_us(), prev = -1;
 
         while (!bench_stop) {
-                int64_t sum = bench_usage_sum(b), done, now = bench_now_us();
+                int64_t sum = bench_usage_sum(b), done, now = kf_now_us();
                 double secs;
                 if (sum < 0)
                         return -1;
@@ -514,7 +499,7 @@ static int bench_wait_done(bench_t *b, int64_t base)
                                (long long)((int64_t)b->delivered - done), b->delivered);
                         break;
                 }
-                bench_sleep_us(BENCH_POLL_US);
+                kf_sleep_us(BENCH_POLL_US, &bench_stop);
         }
         if (b->bar)
                 fputs("\r\033[K", stderr);
@@ -704,7 +689,7 @@ static int64_t bench_used_memory_settled(bench_t *b)
 
         for (int i = 0, calm = 0; i < 30 && m >= 0 && calm < 2; i++) {
                 int64_t next;
-                bench_sleep_us(100000);
+                kf_sleep_us(100000, &bench_stop);
                 if ((next = bench_used_memory(b)) < 0)
                         return -1;
                 calm = next - m <= 1024 && m - next <= 1024 ? calm + 1 : 0;
@@ -902,6 +887,12 @@ fail:
         return -1;
 }
 
+/* o[key] = the p-th percentile of the n sorted values v, for the report. */
+static void bench_set_pct(json_t *o, const char *key, const double *v, size_t n, double p)
+{
+        json_object_set_new(o, key, kc_bench_real(kf_stats_percentile(v, n, p)));
+}
+
 /* Throughput counts until every result was there (t_all_us: a pipelined
  * worker writes results after their `done`); latency is `done` minus the
  * produce time, as the protocol defines `done`, and the sampled "visible"
@@ -950,26 +941,17 @@ static void bench_report(bench_t *b)
         /* until the last `done`, and how much later the last result was there */
         json_object_set_new(o, "done_jobs_per_s", kc_bench_real(csecs > 0 ? done / csecs : 0));
         json_object_set_new(o, "write_lag_ms", kc_bench_real((secs - csecs) * 1e3));
-        json_object_set_new(o, "p50_ms",
-                            kc_bench_real(kf_stats_percentile(b->lat_ms, b->n_lat, 50)));
-        json_object_set_new(o, "p90_ms",
-                            kc_bench_real(kf_stats_percentile(b->lat_ms, b->n_lat, 90)));
-        json_object_set_new(o, "p99_ms",
-                            kc_bench_real(kf_stats_percentile(b->lat_ms, b->n_lat, 99)));
-        json_object_set_new(o, "max_ms",
-                            kc_bench_real(kf_stats_percentile(b->lat_ms, b->n_lat, 100)));
-        json_object_set_new(o, "service_p50_ms",
-                            kc_bench_real(kf_stats_percentile(b->svc_ms, b->n_lat, 50)));
-        json_object_set_new(o, "service_p99_ms",
-                            kc_bench_real(kf_stats_percentile(b->svc_ms, b->n_lat, 99)));
+        bench_set_pct(o, "p50_ms", b->lat_ms, b->n_lat, 50);
+        bench_set_pct(o, "p90_ms", b->lat_ms, b->n_lat, 90);
+        bench_set_pct(o, "p99_ms", b->lat_ms, b->n_lat, 99);
+        bench_set_pct(o, "max_ms", b->lat_ms, b->n_lat, 100);
+        bench_set_pct(o, "service_p50_ms", b->svc_ms, b->n_lat, 50);
+        bench_set_pct(o, "service_p99_ms", b->svc_ms, b->n_lat, 99);
         if (b->probe) {
                 json_object_set_new(o, "visible_n", json_integer((json_int_t)b->n_vis));
-                json_object_set_new(o, "visible_p50_ms",
-                                    kc_bench_real(kf_stats_percentile(b->vis_ms, b->n_vis, 50)));
-                json_object_set_new(o, "visible_p99_ms",
-                                    kc_bench_real(kf_stats_percentile(b->vis_ms, b->n_vis, 99)));
-                json_object_set_new(o, "visible_max_ms",
-                                    kc_bench_real(kf_stats_percentile(b->vis_ms, b->n_vis, 100)));
+                bench_set_pct(o, "visible_p50_ms", b->vis_ms, b->n_vis, 50);
+                bench_set_pct(o, "visible_p99_ms", b->vis_ms, b->n_vis, 99);
+                bench_set_pct(o, "visible_max_ms", b->vis_ms, b->n_vis, 100);
                 json_object_set_new(o, "visible_late", json_boolean(kc_probe_overflowed(b->probe)));
         }
         /* Redis memory per stored result and charge record: see bench_memory */
@@ -1105,7 +1087,7 @@ static int bench_run_queue(bench_t *b)
                         goto out;
                 if (b->paused) {
                         kc_cpu_sample(&b->cpu, 0);
-                        b->t_start_us = bench_now_us();
+                        b->t_start_us = kf_now_us();
                         kill((pid_t)b->conf->pause_pid, SIGCONT);
                         b->paused = 0;
                 } else {

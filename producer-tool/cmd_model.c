@@ -32,39 +32,45 @@ static const kf_opt_t build_opts[] = {
 
 static const kf_opt_t inspect_opts[] = {{NULL}};
 
-/* splitmix64: a small, well-known generator, so a seed gives the same model
- * on every machine. */
-static uint64_t rng_next(uint64_t *s)
-{
-        uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-        z          = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z          = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        return z ^ (z >> 31);
-}
-
+/* Uniform in [-a, a), from splitmix64: a seed gives the same model on
+ * every machine. */
 static float rng_uniform(uint64_t *s, float a)
 {
-        return (float)((double)(rng_next(s) >> 11) / 9007199254740992.0 * 2.0 - 1.0) * a;
+        return (float)kf_splitmix64_pm1(s) * a;
+}
+
+static int write_blob(const char *path, const char *buf, size_t len)
+{
+        FILE *fp = fopen(path, "wb");
+        if (!fp || fwrite(buf, 1, len, fp) != len) {
+                if (fp)
+                        fclose(fp);
+                kc_err("model: cannot write %s", path);
+                return KC_EXIT_FAIL;
+        }
+        if (fclose(fp)) {
+                kc_err("model: cannot write %s", path);
+                return KC_EXIT_FAIL;
+        }
+        return KC_EXIT_OK;
 }
 
 static int write_model(const model_t *m, const char *path)
 {
         char err[512], *buf;
         size_t len;
-        FILE *fp;
+        int rc;
+
         if (model_encode(m, &buf, &len, err, sizeof(err))) {
                 kc_err("model: %s", err);
                 return KC_EXIT_FAIL;
         }
-        if (!(fp = fopen(path, "wb")) || fwrite(buf, 1, len, fp) != len || fclose(fp)) {
-                kc_err("model: cannot write %s", path);
-                free(buf);
-                return KC_EXIT_FAIL;
-        }
+        rc = write_blob(path, buf, len);
         free(buf);
-        fprintf(stderr, "kinfer: wrote %s: model %s, %u layers, %u -> %u, %zu bytes\n", path,
-                m->name, m->n_layers, m->input_dim, m->output_dim, len);
-        return KC_EXIT_OK;
+        if (rc == KC_EXIT_OK)
+                fprintf(stderr, "kinfer: wrote %s: model %s, %u layers, %u -> %u, %zu bytes\n",
+                        path, m->name, m->n_layers, m->input_dim, m->output_dim, len);
+        return rc;
 }
 
 static int cmd_init(int argc, char **argv)
@@ -142,22 +148,6 @@ out:
         free(copy);
         kf_config_free(init_opts, &c, NULL);
         return rc;
-}
-
-static int write_blob(const char *path, const char *buf, size_t len)
-{
-        FILE *fp = fopen(path, "wb");
-        if (!fp || fwrite(buf, 1, len, fp) != len) {
-                if (fp)
-                        fclose(fp);
-                kc_err("model: cannot write %s", path);
-                return KC_EXIT_FAIL;
-        }
-        if (fclose(fp)) {
-                kc_err("model: cannot write %s", path);
-                return KC_EXIT_FAIL;
-        }
-        return KC_EXIT_OK;
 }
 
 /* {"name": N, "kind": "ensemble", "input_dim": I, "output_dim": O,
@@ -309,39 +299,6 @@ out:
         return rc;
 }
 
-/* Reads a whole file for inspect (model_load_file refuses ensembles). */
-static char *slurp(const char *path, size_t *len)
-{
-        FILE *fp = fopen(path, "rb");
-        char *buf = NULL;
-        size_t cap = 0, n = 0, got;
-
-        if (!fp)
-                return NULL;
-        do {
-                if (n == cap) {
-                        char *nb =
-                            cap > ((size_t)1 << 32) ? NULL : realloc(buf, cap ? cap * 2 : 65536);
-                        if (!nb) {
-                                free(buf);
-                                fclose(fp);
-                                return NULL;
-                        }
-                        buf = nb;
-                        cap = cap ? cap * 2 : 65536;
-                }
-                got = fread(buf + n, 1, cap - n, fp);
-                n += got;
-        } while (got > 0);
-        if (ferror(fp)) {
-                free(buf);
-                buf = NULL;
-        }
-        fclose(fp);
-        *len = n;
-        return buf;
-}
-
 static int cmd_inspect(int argc, char **argv)
 {
         kc_conf_t c = {0};
@@ -357,8 +314,9 @@ static int cmd_inspect(int argc, char **argv)
                 kc_err("model inspect: give one model file");
                 return KC_EXIT_USAGE;
         }
-        if (!(buf = slurp(argv[first], &len))) {
-                kc_err("model inspect: cannot read %s", argv[first]);
+        /* Not model_load_file: that refuses ensembles. */
+        if (kf_file_read(argv[first], MODEL_MAX_FILE_BYTES, &buf, &len, err, sizeof(err)) != 0) {
+                kc_err("model inspect: %s", err);
                 return KC_EXIT_FAIL;
         }
         if (model_file_decode(buf, len, &f, err, sizeof(err)) != 0) {

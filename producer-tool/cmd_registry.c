@@ -1,5 +1,5 @@
 /* cmd_registry.c - `kinfer model push|list|show|activate|rollback|rm`: the
- * model registry in Redis (common/model_registry.c does the work). */
+ * model registry in Redis (common/model_registry_admin.c does the work). */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,53 +58,6 @@ static int rc_exit(mreg_rc_t rc)
         }
 }
 
-static int read_file(const char *path, char **buf, size_t *len)
-{
-        FILE *fp = fopen(path, "rb");
-        size_t cap = 1 << 16, n = 0;
-        char *b = NULL;
-
-        if (!fp) {
-                kc_err("model push: cannot open %s", path);
-                return -1;
-        }
-        for (;;) {
-                size_t got;
-                if (n == cap || !b) {
-                        char *nb;
-                        if (b)
-                                cap *= 2;
-                        if (cap > MREG_MAX_BLOB + 1) {
-                                kc_err("model push: %s: more than Redis' 512 MiB string limit",
-                                       path);
-                                goto err;
-                        }
-                        if (!(nb = realloc(b, cap))) {
-                                kc_err("model push: %s: out of memory", path);
-                                goto err;
-                        }
-                        b = nb;
-                }
-                got = fread(b + n, 1, cap - n, fp);
-                n += got;
-                if (got == 0) {
-                        if (ferror(fp)) {
-                                kc_err("model push: cannot read %s", path);
-                                goto err;
-                        }
-                        break;
-                }
-        }
-        fclose(fp);
-        *buf = b;
-        *len = n;
-        return 0;
-err:
-        fclose(fp);
-        free(b);
-        return -1;
-}
-
 /* The blob to store: the file as it is, or re-encoded under another name. */
 static int renamed_blob(const char *path, char *buf, size_t len, const char *name, char **out,
                         size_t *outlen)
@@ -151,8 +104,10 @@ static int cmd_push(int argc, char **argv)
                 goto out;
         }
         rc = KC_EXIT_FAIL;
-        if (read_file(argv[first], &buf, &len) != 0)
+        if (kf_file_read(argv[first], MREG_MAX_BLOB, &buf, &len, err, sizeof(err)) != 0) {
+                kc_err("model push: %s", err);
                 goto out;
+        }
         blob = buf;
         blen = len;
         if (model_file_decode(buf, len, &f, err, sizeof(err)) != 0) {

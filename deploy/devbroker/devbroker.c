@@ -448,7 +448,7 @@ static void mock_settle(db_state_t *st)
 {
         int64_t idle = kf_mono_us() - st->last_cmd_us;
         if (idle >= 0 && idle < DB_SETTLE_US)
-                usleep((useconds_t)(DB_SETTLE_US - idle));
+                kf_sleep_us(DB_SETTLE_US - idle, NULL);
 }
 
 /* Runs one control line and writes exactly one reply line, so a test can pair

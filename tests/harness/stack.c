@@ -43,16 +43,12 @@ static struct {
 
 long long kt_now_ms(void)
 {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        return kf_mono_us() / 1000;
 }
 
 void kt_sleep_ms(int ms)
 {
-        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-        while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-                ;
+        kf_sleep_us((int64_t)ms * 1000, NULL);
 }
 
 static void close_fd(int *fdp)

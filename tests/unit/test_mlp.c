@@ -423,10 +423,10 @@ static void test_random_against_reference(void **state)
 static void test_output_cols(void **state)
 {
         (void)state;
-        assert_int_equal(model_output_cols(JOB_OUTPUT_RAW, 7), 7);
-        assert_int_equal(model_output_cols(JOB_OUTPUT_SOFTMAX, 7), 7);
-        assert_int_equal(model_output_cols(JOB_OUTPUT_ARGMAX, 7), 1);
-        assert_int_equal(model_output_cols(JOB_OUTPUT_ARGMAX, 1), 1);
+        assert_int_equal(model_output_cols_k(JOB_OUTPUT_RAW, 1, 7), 7);
+        assert_int_equal(model_output_cols_k(JOB_OUTPUT_SOFTMAX, 1, 7), 7);
+        assert_int_equal(model_output_cols_k(JOB_OUTPUT_ARGMAX, 1, 7), 1);
+        assert_int_equal(model_output_cols_k(JOB_OUTPUT_ARGMAX, 1, 1), 1);
 }
 
 static void test_postprocess_raw(void **state)
@@ -435,7 +435,7 @@ static void test_postprocess_raw(void **state)
         const float Y[] = {1.5f, -2.0f, 0.0f, 1e30f, -0.0f, 3.0f};
         float out[6];
         memset(out, 0xab, sizeof(out));
-        model_postprocess(JOB_OUTPUT_RAW, Y, 2, 3, out);
+        model_postprocess_k(JOB_OUTPUT_RAW, 1, Y, 2, 3, out);
         assert_memory_equal(out, Y, sizeof(Y));
 }
 
@@ -452,7 +452,7 @@ static void test_postprocess_softmax(void **state)
         float Ycopy[12], out[12];
 
         memcpy(Ycopy, Y, sizeof(Y));
-        model_postprocess(JOB_OUTPUT_SOFTMAX, Ycopy, 4, 3, out);
+        model_postprocess_k(JOB_OUTPUT_SOFTMAX, 1, Ycopy, 4, 3, out);
         assert_memory_equal(Ycopy, Y, sizeof(Y)); /* input untouched */
         for (int r = 0; r < 4; r++) {
                 double sum = 0;
@@ -477,7 +477,7 @@ static void test_postprocess_softmax_wide(void **state)
         for (int j = 0; j < COLS; j++)
                 Y[j] = 80.0f;
         Y[500] = 80.0f + logf(999.0f);
-        model_postprocess(JOB_OUTPUT_SOFTMAX, Y, 1, COLS, out);
+        model_postprocess_k(JOB_OUTPUT_SOFTMAX, 1, Y, 1, COLS, out);
         for (int j = 0; j < COLS; j++)
                 sum += out[j];
         assert_near(sum, 1.0, 1e-5);
@@ -498,7 +498,7 @@ static void test_postprocess_softmax_inf(void **state)
         const double want[] = {0.5, 0, 0.5, 0, 0.25, 0.25, 0.25, 0.25, 0.5, 0, 0.5, 0};
         float out[12];
 
-        model_postprocess(JOB_OUTPUT_SOFTMAX, Y, 3, 4, out);
+        model_postprocess_k(JOB_OUTPUT_SOFTMAX, 1, Y, 3, 4, out);
         for (int i = 0; i < 12; i++) {
                 assert_false(isnan(out[i]));
                 assert_near(out[i], want[i], 1e-7);
@@ -520,14 +520,14 @@ static void test_postprocess_argmax(void **state)
         float out[6];
 
         memset(out, 0xab, sizeof(out));
-        model_postprocess(JOB_OUTPUT_ARGMAX, Y, 6, 4, out);
+        model_postprocess_k(JOB_OUTPUT_ARGMAX, 1, Y, 6, 4, out);
         for (int r = 0; r < 6; r++) {
                 if (out[r] != want[r])
                         print_error("row %d: argmax %g, want %g\n", r, out[r], want[r]);
                 assert_true(out[r] == want[r]);
         }
         /* a single column is always index 0 */
-        model_postprocess(JOB_OUTPUT_ARGMAX, (const float[]){7, -7}, 2, 1, out);
+        model_postprocess_k(JOB_OUTPUT_ARGMAX, 1, (const float[]){7, -7}, 2, 1, out);
         assert_true(out[0] == 0 && out[1] == 0);
 }
 
