@@ -151,6 +151,14 @@ $(BUILD)/tests/unit/test_batch: $(B)/tests/unit/test_batch.o $(B)/worker/batch.o
 	    -Wl,--wrap=model_forward,--wrap=rd_kafka_message_destroy,--wrap=realloc \
 	    -Wl,--wrap=ms_store_get
 
+# test_commit fakes the connection (it defines redis_conn.h's functions
+# itself) and wraps kf_script_append and the librdkafka calls of a value.
+$(BUILD)/tests/unit/test_commit: $(B)/tests/unit/test_commit.o $(B)/worker/commit.o \
+                                 $(B)/worker/step_args.o $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka -Wl,--wrap=kf_script_append \
+	    -Wl,--wrap=rd_kafka_topic_name,--wrap=rd_kafka_message_timestamp
+
 $(BUILD)/tests/unit/test_config: $(B)/tests/unit/test_config.o $(B)/worker/options.o \
                                  $(BUILD)/libkinfer.a
 	@mkdir -p $(dir $@)
