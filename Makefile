@@ -28,7 +28,7 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
-              worker/endpoint.o \
+              worker/endpoint.o worker/pipeline.o worker/loop.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
@@ -154,7 +154,7 @@ $(BUILD)/tests/unit/test_batch: $(B)/tests/unit/test_batch.o $(B)/worker/batch.o
 # test_commit fakes the connection (it defines redis_conn.h's functions
 # itself) and wraps kf_script_append and the librdkafka calls of a value.
 $(BUILD)/tests/unit/test_commit: $(B)/tests/unit/test_commit.o $(B)/worker/commit.o \
-                                 $(B)/worker/step_args.o $(BUILD)/libkinfer.a
+                                 $(B)/worker/step_args.o $(B)/worker/metrics.o $(BUILD)/libkinfer.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka -Wl,--wrap=kf_script_append \
 	    -Wl,--wrap=rd_kafka_topic_name,--wrap=rd_kafka_message_timestamp

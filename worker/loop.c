@@ -1,0 +1,408 @@
+/* loop.c - the worker's loop thread (see worker.c for the pipeline): polls
+ * Kafka, fills micro-batches, finds their models, runs the quota pre-check
+ * and hands them to the compute threads; pauses fetching while the
+ * pipeline is full; drains the pipeline on rebalances and shutdown. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kf_log.h"
+#include "kf_util.h"
+#include "worker_int.h"
+
+static kw_batch_t *batch_new(void)
+{
+        return calloc(1, sizeof(kw_batch_t));
+}
+
+static int inflight_get(kw_worker_t *w)
+{
+        int n;
+        pthread_mutex_lock(&w->lock);
+        n = w->inflight;
+        pthread_mutex_unlock(&w->lock);
+        return n;
+}
+
+/* --- loop thread -------------------------------------------------------- */
+
+static void set_paused(kw_worker_t *w, int pause)
+{
+        rd_kafka_topic_partition_list_t *parts;
+        int cnt;
+        if (w->paused == pause || rd_kafka_assignment(w->rk, &parts))
+                return;
+        if (pause)
+                rd_kafka_pause_partitions(w->rk, parts);
+        else
+                rd_kafka_resume_partitions(w->rk, parts);
+        cnt = parts->cnt;
+        rd_kafka_topic_partition_list_destroy(parts);
+        w->paused = pause;
+        kf_info("%s fetching from %d partitions", pause ? "paused" : "resumed", cnt);
+}
+
+/* Logs a consumer error event; librdkafka recovers from all but fatal ones.
+ * After a fatal one the consumer never fetches again: the worker shuts down
+ * and exits 1, so that a supervisor starts a fresh one. */
+static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
+{
+        if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                return;
+        if (rkm->err == RD_KAFKA_RESP_ERR__FATAL) {
+                char why[512];
+                rd_kafka_resp_err_t err = rd_kafka_fatal_error(w->rk, why, sizeof(why));
+                if (!w->fatal)
+                        kf_error("fatal consumer error %s: %s; the worker stops (exit status 1)",
+                                 rd_kafka_err2name(err), why);
+                w->fatal = 1;
+                *w->stop = 1;
+                return;
+        }
+        kf_warn("consumer: %s", rd_kafka_message_errstr(rkm));
+}
+
+/* Adds a polled message to the batch being filled (or logs an error event).
+ * Out of memory, the message is dropped, and the offset tracker blocks its
+ * partition (logged), so that no later offset is stored before it is
+ * redelivered.  Returns 1 if a job was added. */
+static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
+{
+        if (rkm->err) {
+                consumer_error(w, rkm);
+                rd_kafka_message_destroy(rkm);
+                return 0;
+        }
+        if ((!w->cur && !(w->cur = batch_new())) || kw_batch_add(w->cur, rkm, &w->limits)) {
+                kw_offsets_lost(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
+                                rkm->offset, "out of memory adding it to a batch");
+                rd_kafka_message_destroy(rkm);
+                return 0;
+        }
+        w->jobs_seen++;
+        kw_metrics_add(w->metrics, KW_C_CONSUMED, 1);
+        kw_metrics_observe(w->metrics, KW_H_QUEUE_WAIT, kw_since_message(rkm));
+        return 1;
+}
+
+/* Finds the models of the batch's jobs.  While the model registry is
+ * unreachable, jobs whose model is not cached cannot be answered: that is an
+ * outage, not their fault, so the batch waits here like it waits for a full
+ * pipeline (dispatch() pauses fetching meanwhile) and the registry is asked
+ * again with capped exponential backoff.  Returns 0 when every job has its
+ * model or its error, -1 while the batch must wait. */
+static int resolve(kw_worker_t *w, kw_batch_t *b)
+{
+        char why[256] = "";
+        int held;
+
+        if (w->resolve_backoff_ms && kf_mono_us() < w->resolve_at_us)
+                return -1;
+        held = kw_batch_resolve(b, w->models, &w->costs, why, sizeof(why));
+        if (!held) {
+                if (w->resolve_backoff_ms)
+                        kf_info("model registry reachable again: the %d held jobs go on", b->n);
+                w->resolve_backoff_ms = 0;
+                return 0;
+        }
+        if (!w->resolve_backoff_ms) {
+                kf_warn("model registry unreachable: %d jobs wait for their models, fetching "
+                        "pauses until it is back: %s",
+                        held, why);
+                w->resolve_backoff_ms = BACKOFF_MIN_MS;
+        } else {
+                kf_debug("model registry still unreachable (%d jobs wait): %s", held, why);
+                w->resolve_backoff_ms = kw_backoff_next(w->resolve_backoff_ms);
+        }
+        w->resolve_at_us = kf_mono_us() + (int64_t)w->resolve_backoff_ms * 1000;
+        return -1;
+}
+
+/* Hands the current batch to the compute threads if its models are known
+ * and the pipeline has room.  Returns 0 if dispatched (or nothing to
+ * dispatch), -1 if it must wait (pipeline full, or registry away). */
+static int dispatch_now(kw_worker_t *w)
+{
+        kw_batch_t *b = w->cur;
+        int room;
+
+        if (!b || b->n == 0)
+                return 0;
+        if (resolve(w, b))
+                return -1;
+        pthread_mutex_lock(&w->lock);
+        /* Many dead-letter copies outstanding (the DLQ refuses them) count
+         * as a full pipeline: each holds its message in memory. */
+        room = w->inflight < w->max_inflight && !kw_dlq_full(&w->dlq);
+        if (room) {
+                w->inflight++;
+                kw_inflight_gauge(w, w->inflight);
+        }
+        pthread_mutex_unlock(&w->lock);
+        if (!room)
+                return -1;
+        kw_quota_precheck(&w->pre, b);
+        for (int i = 0; i < b->n; i++) {
+                rd_kafka_message_t *rkm = b->jobs[i].rkm;
+                /* out of memory, the tracker blocks the partition at it */
+                kw_offsets_add(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
+                               rkm->offset);
+        }
+        w->cur = NULL;
+        kw_metrics_observe(w->metrics, KW_H_BATCH_JOBS, b->n);
+        kw_queue_push(&w->compute_q, b);
+        return 0;
+}
+
+/* Forgets a message fetched while the partitions are paused and the
+ * pipeline is full: the first such offset of each partition is remembered,
+ * and resume() seeks back to it, so nothing is skipped and no batch grows
+ * past its bounds. */
+static void rewind_later(kw_worker_t *w, rd_kafka_message_t *rkm)
+{
+        const char *topic = rd_kafka_topic_name(rkm->rkt);
+        if (!w->rewind)
+                w->rewind = rd_kafka_topic_partition_list_new(8);
+        if (!rd_kafka_topic_partition_list_find(w->rewind, topic, rkm->partition))
+                rd_kafka_topic_partition_list_add(w->rewind, topic, rkm->partition)->offset =
+                    rkm->offset;
+        rd_kafka_message_destroy(rkm);
+}
+
+/* Seeks back to the messages rewind_later gave back, and resumes fetching.
+ * A partition the seek fails for would go on after the messages it gave
+ * back: the offset tracker blocks it at the first of them (logged), so they
+ * are redelivered to its next owner. */
+static void resume(kw_worker_t *w)
+{
+        if (w->rewind) {
+                rd_kafka_error_t *error = rd_kafka_seek_partitions(w->rk, w->rewind, 5000);
+                for (int i = 0; i < w->rewind->cnt; i++) {
+                        const rd_kafka_topic_partition_t *rp = &w->rewind->elems[i];
+                        char why[256];
+                        if (!error && !rp->err)
+                                continue;
+                        snprintf(why, sizeof(why), "seeking back to it after a pause failed: %s",
+                                 error ? rd_kafka_error_string(error) : rd_kafka_err2str(rp->err));
+                        kw_offsets_lost(w->offsets, rp->topic, rp->partition, rp->offset, why);
+                }
+                if (error)
+                        rd_kafka_error_destroy(error);
+                rd_kafka_topic_partition_list_destroy(w->rewind);
+                w->rewind = NULL;
+        }
+        set_paused(w, 0);
+}
+
+/* Dispatches the current batch, waiting for room.  A full pipeline (Redis
+ * slow or away) or a registry outage is waited out without polling at
+ * first: batches stay within their bounds.  After PAUSE_AFTER_MS the
+ * partitions are paused and the consumer polled, so the group sees us alive
+ * and rebalances are served; a message that still arrives is given back
+ * (rewind_later). */
+static void dispatch(kw_worker_t *w)
+{
+        int64_t since = kf_mono_us();
+        while (dispatch_now(w)) {
+                kw_status_tick(&w->status, kf_mono_us());
+                if (*w->stop)
+                        return; /* drain() takes it from here */
+                if (kf_mono_us() - since < PAUSE_AFTER_MS * 1000) {
+                        struct timespec ts;
+                        pthread_mutex_lock(&w->lock);
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        ts.tv_nsec += 5 * 1000000L;
+                        if (ts.tv_nsec >= 1000000000L) {
+                                ts.tv_sec++;
+                                ts.tv_nsec -= 1000000000L;
+                        }
+                        if (w->inflight >= w->max_inflight || w->resolve_backoff_ms ||
+                            kw_dlq_full(&w->dlq))
+                                pthread_cond_timedwait(&w->idle, &w->lock, &ts);
+                        pthread_mutex_unlock(&w->lock);
+                } else {
+                        rd_kafka_message_t *rkm;
+                        set_paused(w, 1);
+                        rkm = rd_kafka_consumer_poll(w->rk, 50);
+                        if (w->cur == NULL) { /* a rebalance drained it meanwhile */
+                                /* and forgot the rewinds: a message now comes from
+                                 * the new assignment, not to be given back but
+                                 * taken (given back, nothing would seek to it) */
+                                if (!rkm || !take(w, rkm))
+                                        return;
+                                since = kf_mono_us();
+                                continue;
+                        }
+                        if (rkm && rkm->err) {
+                                consumer_error(w, rkm);
+                                rd_kafka_message_destroy(rkm);
+                        } else if (rkm) {
+                                rewind_later(w, rkm);
+                        }
+                }
+        }
+        if (w->paused)
+                resume(w);
+}
+
+/* Waits until the current batch is dispatched, every dispatched batch is
+ * written and every dead-letter copy taken, for at most timeout_ms.  If that
+ * is not enough (Redis or the DLQ away), the rest is abandoned: the writer
+ * drops it and the dead-letter stage gives its copies up, without storing
+ * offsets, so it is redelivered to the partitions' next owner.  Never polls
+ * the consumer (it runs inside the rebalance callback too).  Returns 0 if
+ * everything was written, -1 if some was abandoned. */
+static int drain(kw_worker_t *w, int64_t timeout_ms)
+{
+        int64_t until = kf_mono_us() + timeout_ms * 1000;
+        int rc        = 0;
+
+        pthread_mutex_lock(&w->lock);
+        while (w->inflight > 0 || (w->cur && w->cur->n) || (!rc && kw_dlq_held(&w->dlq))) {
+                struct timespec ts;
+                /* draining is the loop's work for its grace period, not a stall */
+                kw_status_tick(&w->status, kf_mono_us());
+                if (w->cur && w->cur->n && w->inflight < w->max_inflight) {
+                        int waiting;
+                        pthread_mutex_unlock(&w->lock);
+                        waiting = dispatch_now(w); /* -1: the registry is away */
+                        pthread_mutex_lock(&w->lock);
+                        if (!waiting)
+                                continue;
+                }
+                if (!rc && kf_mono_us() > until) {
+                        int held = w->cur ? w->cur->n : 0;
+                        kf_error("%d batches, %d held jobs and %d dead-letter copies not done "
+                                 "within %lld ms: abandoning them (they will be redelivered)",
+                                 w->inflight, held, kw_dlq_held(&w->dlq), (long long)timeout_ms);
+                        atomic_store(&w->abandon, 1);
+                        atomic_fetch_add(&w->abandoned, (unsigned long long)held);
+                        kw_batch_free(w->cur); /* never dispatched: not tracked */
+                        w->cur = NULL;
+                        rc     = -1;
+                }
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 50 * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&w->idle, &w->lock, &ts);
+        }
+        pthread_mutex_unlock(&w->lock);
+        atomic_store(&w->abandon, 0);
+        /* Copies given up on time-out, or that can never be taken (fatal
+         * producer error): nothing of theirs may be stored after this, since
+         * the caller forgets the partitions' offsets next. */
+        if (kw_dlq_abandon(&w->dlq))
+                rc = -1;
+        return rc;
+}
+
+/* Called by librdkafka from rd_kafka_consumer_poll, on the loop thread. */
+void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+        kw_worker_t *w = opaque;
+
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                kf_info("assigned %d partitions", parts->cnt);
+                rd_kafka_assign(rk, parts);
+                w->paused = 0;
+                kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, parts->cnt);
+                __atomic_store_n(&w->status.in_group, 1, __ATOMIC_RELAXED);
+                return;
+        }
+        /* Revoked (eager: all of them) or lost.  Finish what is in flight if
+         * Redis takes it within the grace period, else abandon it; then
+         * commit what was stored and let go. */
+        __atomic_store_n(&w->status.in_group, 0, __ATOMIC_RELAXED);
+        kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, 0);
+        kf_info("revoking %d partitions (%s); %d batches in flight", parts->cnt,
+                rd_kafka_err2str(err), inflight_get(w) + (w->cur && w->cur->n ? 1 : 0));
+        drain(w, w->conf->grace_ms);
+        kw_offsets_forget(w->offsets);
+        if (w->rewind) { /* the next owner starts at the committed offsets */
+                rd_kafka_topic_partition_list_destroy(w->rewind);
+                w->rewind = NULL;
+        }
+        if (!rd_kafka_assignment_lost(rk))
+                rd_kafka_commit(rk, NULL, 0);
+        rd_kafka_assign(rk, NULL);
+        w->paused = 0;
+}
+
+/* Metrics the loop thread pulls from elsewhere, once a second: what the
+ * model store keeps (its directory mode is the loop thread's alone) and the
+ * dead-letter copies acknowledged. */
+static void pull_metrics(kw_worker_t *w, int64_t now)
+{
+        ms_store_stats_t st;
+        unsigned long long sent;
+        if (!w->metrics || now < w->gauges_at_us)
+                return;
+        w->gauges_at_us = now + GAUGES_EVERY_US;
+        ms_store_stats(w->models, &st);
+        kw_metrics_set(w->metrics, KW_G_MODELS_CACHED_BYTES, (int64_t)st.cached_bytes);
+        kw_metrics_set(w->metrics, KW_G_MODELS_SERVING_BYTES, (int64_t)st.serving_bytes);
+        sent = atomic_load(&w->dlq.sent);
+        kw_metrics_add(w->metrics, KW_C_DEAD_LETTERED, sent - w->dlq_sent_seen);
+        w->dlq_sent_seen = sent;
+}
+
+int kw_worker_run(kw_worker_t *w)
+{
+        const kw_config_t *c = w->conf;
+        int rc               = 0;
+
+        while (!*w->stop) {
+                rd_kafka_message_t *rkm = rd_kafka_consumer_poll(w->rk, 100);
+                int64_t until, now = kf_mono_us();
+                kw_status_tick(&w->status, now);
+                pull_metrics(w, now);
+                if (!rkm || !take(w, rkm))
+                        continue;
+                /* Fill the batch: whatever is already fetched, then wait up to
+                 * batch_wait_us for more (the dynamic batcher's max delay). */
+                until = kf_mono_us() + c->batch_wait_us;
+                while (w->cur && w->cur->n < c->batch_max_jobs &&
+                       w->cur->rows < (uint64_t)c->batch_max_rows && !*w->stop) {
+                        int64_t left = until - kf_mono_us();
+                        rkm = rd_kafka_consumer_poll(w->rk, left >= 1000 ? (int)(left / 1000) : 0);
+                        if (!rkm) {
+                                if (left < 1000)
+                                        break;
+                                continue;
+                        }
+                        take(w, rkm);
+                }
+                dispatch(w);
+        }
+
+        /* Graceful shutdown: finish in-flight work within the grace period,
+         * then leave the group (consumer_close commits the stored offsets). */
+        __atomic_store_n(&w->status.stopping, 1, __ATOMIC_RELAXED);
+        kf_info("shutting down: %d batches in flight, %d dead-letter copies outstanding",
+                inflight_get(w) + (w->cur != NULL), kw_dlq_held(&w->dlq));
+        if (drain(w, c->grace_ms))
+                rc = -1;
+        rd_kafka_consumer_close(w->rk);
+        /* A client that died is an error a supervisor must see: exit 1. */
+        if (w->fatal || kw_dlq_fatal(&w->dlq))
+                rc = -1;
+        {
+                unsigned long long written = 0, duplicates = 0;
+                unsigned long long undecodable = w->dlq_commit.undecodable;
+                for (int i = 0; i < w->n_writers; i++) {
+                        written += w->writers[i].commit.written;
+                        duplicates += w->writers[i].commit.duplicates;
+                        undecodable += w->writers[i].commit.undecodable;
+                }
+                kf_info("stopped: %llu jobs, %llu batches, %llu written, %llu duplicates, "
+                        "%llu undecodable (%llu dead-lettered), %llu abandoned",
+                        w->jobs_seen, (unsigned long long)atomic_load(&w->batches), written,
+                        duplicates, undecodable, (unsigned long long)atomic_load(&w->dlq.sent),
+                        (unsigned long long)atomic_load(&w->abandoned));
+        }
+        return rc;
+}
