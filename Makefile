@@ -35,7 +35,7 @@ MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
               worker/model_store_registry_conn.o worker/model_store_registry_cache.o \
               worker/model_store_registry_build.o worker/model_store_registry_lookup.o \
               worker/model_store_registry_reloader.o
-KINFER_OBJS = producer-tool/main.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
+KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_registry.o \
               producer-tool/cmd_quota.o \

@@ -1,14 +1,13 @@
 /* main.c - `kinfer`, the command-line client: dispatches a subcommand.
- * Subcommands live in cmd_*.c; shared helpers in result_json.c, input.c. */
+ * Subcommands live in cmd_*.c; what they share in cli.c (errors, options),
+ * result_json.c, input.c. */
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kf_log.h"
 #include "kf_keys.h"
-#include "kf_redact.h"
 #include "kinfer.h"
 
 static const struct {
@@ -50,43 +49,4 @@ int main(int argc, char **argv)
                         return cmds[i].fn(argc - 1, argv + 1);
         kc_err("unknown command '%s' (see kinfer --help)", argv[1]);
         return KC_EXIT_USAGE;
-}
-
-void kc_err(const char *fmt, ...)
-{
-        char line[2048];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(line, sizeof(line), fmt, ap);
-        va_end(ap);
-        /* Like kf_log's lines: a message quoting a server's reply or a
-         * librdkafka error must not show a registered secret. */
-        kf_redact_secrets(line);
-        fprintf(stderr, "kinfer: %s\n", line);
-}
-
-int kc_parse(const kf_opt_t *opts, kc_conf_t *conf, int with_props, int argc, char **argv,
-             const char *synopsis)
-{
-        char err[512];
-        int first = 0;
-        int rc = kf_config_parse(opts, conf, with_props ? &conf->props : NULL, argc, argv, &first,
-                                 err, sizeof(err));
-        if (rc == KF_CONFIG_HELP) {
-                printf("Usage: kinfer %s\n\n", synopsis);
-                kf_config_usage(stdout, opts);
-                if (with_props)
-                        printf("  %-34s %s\n", "-X key=value", "set a librdkafka property");
-                exit(KC_EXIT_OK);
-        }
-        if (rc != KF_CONFIG_OK) {
-                kc_err("%s %s", argv[0], err);
-                exit(KC_EXIT_USAGE);
-        }
-        /* Every subcommand that names keys has --prefix: one check for all. */
-        if (conf->prefix && kf_prefix_valid(conf->prefix, err, sizeof(err))) {
-                kc_err("%s --prefix: %s", argv[0], err);
-                exit(KC_EXIT_USAGE);
-        }
-        return first;
 }
