@@ -174,7 +174,7 @@ $(BUILD)/tests/unit/test_queue: $(B)/tests/unit/test_queue.o $(B)/worker/queue.o
 # may be a different build without them.
 PYTHON = /usr/bin/python3
 
-.PHONY: all run test test-unit test-integration test-py asan deps clean bench test-faults fuzz \
+.PHONY: all run test test-layout test-unit test-integration test-py asan deps clean bench test-faults fuzz \
         asan-faults
 .PRECIOUS: $(B)/%.o
 
@@ -184,9 +184,14 @@ tests-build: $(BINS) $(addprefix $(BUILD)/,$(UNIT_TESTS) $(INTEGRATION_TESTS) $(
 # each) and the unit and integration tests again under ASan/UBSan.
 test: deps
 	$(MAKE) tests-build
-	$(MAKE) --no-print-directory test-unit test-integration test-py test-faults
+	$(MAKE) --no-print-directory test-layout test-unit test-integration test-py test-faults
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory asan
+
+# The layout rules (tests/layout/check_layout.py): common/ stands alone, no
+# call or include circles, no file over 700 lines that is not one concept.
+test-layout: $(BINS)
+	$(PYTHON) tests/layout/check_layout.py $(B)
 
 test-unit: $(addprefix $(BUILD)/,$(UNIT_TESTS))
 	@set -e; for t in $^; do echo "== $$t"; $$t; done

@@ -112,7 +112,7 @@ static int resolve(kw_worker_t *w, kw_batch_t *b)
                 w->resolve_backoff_ms = BACKOFF_MIN_MS;
         } else {
                 kf_debug("model registry still unreachable (%d jobs wait): %s", held, why);
-                w->resolve_backoff_ms = kw_backoff_next(w->resolve_backoff_ms);
+                w->resolve_backoff_ms = kf_backoff_next(w->resolve_backoff_ms, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
         }
         w->resolve_at_us = kf_mono_us() + (int64_t)w->resolve_backoff_ms * 1000;
         return -1;
@@ -208,14 +208,8 @@ static void dispatch(kw_worker_t *w)
                 if (*w->stop)
                         return; /* drain() takes it from here */
                 if (kf_mono_us() - since < PAUSE_AFTER_MS * 1000) {
-                        struct timespec ts;
+                        struct timespec ts = kf_timespec_after(CLOCK_REALTIME, 5);
                         pthread_mutex_lock(&w->lock);
-                        clock_gettime(CLOCK_REALTIME, &ts);
-                        ts.tv_nsec += 5 * 1000000L;
-                        if (ts.tv_nsec >= 1000000000L) {
-                                ts.tv_sec++;
-                                ts.tv_nsec -= 1000000000L;
-                        }
                         if (w->inflight >= w->max_inflight || w->resolve_backoff_ms ||
                             kw_dlq_full(&w->dlq))
                                 pthread_cond_timedwait(&w->idle, &w->lock, &ts);
@@ -281,12 +275,7 @@ static int drain(kw_worker_t *w, int64_t timeout_ms)
                         w->cur = NULL;
                         rc     = -1;
                 }
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += 50 * 1000000L;
-                if (ts.tv_nsec >= 1000000000L) {
-                        ts.tv_sec++;
-                        ts.tv_nsec -= 1000000000L;
-                }
+                ts = kf_timespec_after(CLOCK_REALTIME, 50);
                 pthread_cond_timedwait(&w->idle, &w->lock, &ts);
         }
         pthread_mutex_unlock(&w->lock);

@@ -228,8 +228,8 @@ void *msr_thread(void *arg)
                 if (!r->sub) {
                         if (msr_subscribe(r) != 0) {
                                 msr_sleep(r, backoff);
-                                backoff = backoff * 2 > MSR_BACKOFF_MAX_MS ? MSR_BACKOFF_MAX_MS
-                                                                           : backoff * 2;
+                                backoff = kf_backoff_next(backoff, MSR_BACKOFF_MIN_MS,
+                                                          MSR_BACKOFF_MAX_MS);
                                 continue;
                         }
                         backoff = MSR_BACKOFF_MIN_MS;
@@ -246,8 +246,8 @@ void *msr_thread(void *arg)
                                 /* Redis failed: retry with backoff, but keep
                                  * reading the subscription meanwhile. */
                                 retry_at = now + (int64_t)backoff * 1000;
-                                backoff = backoff * 2 > MSR_BACKOFF_MAX_MS ? MSR_BACKOFF_MAX_MS
-                                                                           : backoff * 2;
+                                backoff = kf_backoff_next(backoff, MSR_BACKOFF_MIN_MS,
+                                                          MSR_BACKOFF_MAX_MS);
                         } else {
                                 backoff = MSR_BACKOFF_MIN_MS;
                                 retry_at = 0;

@@ -43,11 +43,6 @@ static void *compute_main(void *arg)
         return NULL;
 }
 
-/* The next wait of a capped exponential backoff. */
-int kw_backoff_next(int ms)
-{
-        return ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
-}
 
 /* --- writer threads ----------------------------------------------------- */
 
@@ -99,7 +94,7 @@ static void *writer_main(void *arg)
                 int backoff = BACKOFF_MIN_MS;
                 while (!atomic_load(&w->abandon) && write_once(wr, b, &ctx)) {
                         backoff_sleep(w, backoff);
-                        backoff = kw_backoff_next(backoff);
+                        backoff = kf_backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
                 }
                 if (atomic_load(&w->abandon)) {
                         /* Not stored, so redelivered to the partitions' next owner;

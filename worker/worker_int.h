@@ -80,9 +80,6 @@ struct kw_worker_s {
  * writer threads, and sets max_inflight.  Returns 0 or -1 with errstr. */
 int kw_threads_start(kw_worker_t *w, char *errstr, size_t errstr_size);
 
-/* The next wait of a capped exponential backoff. */
-int kw_backoff_next(int ms);
-
 /* Seconds from a message's Kafka timestamp (producer or broker time) to
  * now, or -1 if it has none. */
 double kw_since_message(const rd_kafka_message_t *rkm);

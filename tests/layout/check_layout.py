@@ -22,6 +22,8 @@ import sys
 MAX_LINES = 700
 ONE_CONCEPT = {
     # file: why it may be longer
+    "common/job_codec.c": "the job wire format, decoded and encoded: each field's two sides "
+                          "side by side",
 }
 FOLDERS = ["common", "worker", "producer-tool"]
 
