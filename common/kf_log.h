@@ -2,6 +2,7 @@
  *
  * One line per event on stderr:
  *   2026-11-23T07:23:31.123Z kinfer-worker[4242] WARN  message
+ * or, after kf_log_set_json(1), one JSON object per line.
  * The level is checked before anything is formatted (KF_LOG), so debug
  * logging in hot paths costs one comparison when it is off.
  * Thread-safe: each line is written with a single fputs under stdio's lock.
@@ -25,6 +26,10 @@ extern int kf_log_threshold;
 
 /* Sets the program name shown in every line (not copied: pass a literal). */
 void kf_log_init(const char *progname, kf_log_level_t level);
+
+/* 1: every line is one JSON object instead, {"ts", "level", "prog", "pid",
+ * "msg"}, for log pipelines.  Call before starting threads. */
+void kf_log_set_json(int json);
 
 /* Parses "error", "warn", "info" or "debug".  Returns the level or -1. */
 int kf_log_level_parse(const char *name);

@@ -296,6 +296,7 @@ void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
                 kf_info("assigned %d partitions", parts->cnt);
+                w->assigned = parts->cnt;
                 rd_kafka_assign(rk, parts);
                 w->paused = 0;
                 kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, parts->cnt);
@@ -306,6 +307,7 @@ void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * Redis takes it within the grace period, else abandon it; then
          * commit what was stored and let go. */
         __atomic_store_n(&w->status.in_group, 0, __ATOMIC_RELAXED);
+        w->assigned = 0;
         kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, 0);
         kf_info("revoking %d partitions (%s); %d batches in flight", parts->cnt,
                 rd_kafka_err2str(err), inflight_get(w) + (w->cur && w->cur->n ? 1 : 0));
@@ -321,6 +323,37 @@ void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         w->paused = 0;
 }
 
+/* The periodic summary line: what happened since the last one.  Never a
+ * line per job at the default level. */
+static void summary(kw_worker_t *w, int64_t now)
+{
+        int64_t every = w->conf->log_summary_s * 1000000;
+        double s;
+        kw_totals_t t;
+
+        if (every <= 0)
+                return;
+        if (!w->summary_at_us) { /* the first one a period after start */
+                w->summary_at_us = now + every;
+                return;
+        }
+        if (now < w->summary_at_us)
+                return;
+        s = (double)(now - w->summary_at_us + every) / 1e6;
+        w->summary_at_us = now + every;
+        kw_metrics_totals(w->metrics, &t);
+        kf_info("last %.0f s: %llu jobs (%.1f/s), %llu ok, %llu errors, %llu duplicates, %llu "
+                "dead-lettered; %d batches in flight, %lld partitions",
+                s, (unsigned long long)(t.consumed - w->summary_last.consumed),
+                (double)(t.consumed - w->summary_last.consumed) / s,
+                (unsigned long long)(t.ok - w->summary_last.ok),
+                (unsigned long long)(t.errors - w->summary_last.errors),
+                (unsigned long long)(t.duplicates - w->summary_last.duplicates),
+                (unsigned long long)(t.dead_lettered - w->summary_last.dead_lettered),
+                inflight_get(w), (long long)w->assigned);
+        w->summary_last = t;
+}
+
 /* Metrics the loop thread pulls from elsewhere, once a second: what the
  * model store keeps (its directory mode is the loop thread's alone) and the
  * dead-letter copies acknowledged. */
@@ -328,7 +361,7 @@ static void pull_metrics(kw_worker_t *w, int64_t now)
 {
         ms_store_stats_t st;
         unsigned long long sent;
-        if (!w->metrics || now < w->gauges_at_us)
+        if (now < w->gauges_at_us)
                 return;
         w->gauges_at_us = now + GAUGES_EVERY_US;
         ms_store_stats(w->models, &st);
@@ -337,6 +370,7 @@ static void pull_metrics(kw_worker_t *w, int64_t now)
         sent = atomic_load(&w->dlq.sent);
         kw_metrics_add(w->metrics, KW_C_DEAD_LETTERED, sent - w->dlq_sent_seen);
         w->dlq_sent_seen = sent;
+        summary(w, now);
 }
 
 int kw_worker_run(kw_worker_t *w)

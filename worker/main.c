@@ -65,6 +65,13 @@ int main(int argc, char **argv)
                 return 2;
         }
         kf_log_init("kinfer-worker", (kf_log_level_t)conf.log_level);
+        if (strcmp(conf.log_format, "plain") && strcmp(conf.log_format, "json")) {
+                fprintf(stderr, "kinfer-worker: --log-format '%s': expected plain or json\n",
+                        conf.log_format);
+                kf_config_free(kw_options, &conf, &conf.props);
+                return 2;
+        }
+        kf_log_set_json(!strcmp(conf.log_format, "json"));
         if (conf.print_config) {
                 rc = kf_config_print(stdout, kw_options, &conf, &conf.props, err, sizeof(err));
                 if (rc)

@@ -188,6 +188,25 @@ void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_er
         pthread_mutex_unlock(&m->lock);
 }
 
+void kw_metrics_totals(kw_metrics_t *m, kw_totals_t *t)
+{
+        series_t *s, *tmp;
+        memset(t, 0, sizeof(*t));
+        t->consumed = __atomic_load_n(&m->counters[KW_C_CONSUMED], __ATOMIC_RELAXED);
+        t->duplicates = __atomic_load_n(&m->counters[KW_C_DUPLICATES], __ATOMIC_RELAXED);
+        t->dead_lettered = __atomic_load_n(&m->counters[KW_C_DEAD_LETTERED], __ATOMIC_RELAXED);
+        pthread_mutex_lock(&m->lock);
+        HASH_ITER(hh, m->series, s, tmp) {
+                t->ok += s->codes[KF_OK];
+                for (int c = 1; c < KF_ERR__CNT; c++)
+                        t->errors += s->codes[c];
+        }
+        t->ok += m->other.codes[KF_OK];
+        for (int c = 1; c < KF_ERR__CNT; c++)
+                t->errors += m->other.codes[c];
+        pthread_mutex_unlock(&m->lock);
+}
+
 /* ---- rendering ---- */
 
 static uint64_t load(const uint64_t *p)

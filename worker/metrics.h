@@ -9,6 +9,10 @@
  * KW_METRICS_MAX_SERIES (model, version) pairs are kept, the rest counted
  * under model="(other)": no job can grow a scrape without bound.
  *
+ * A worker keeps them always (they cost a few relaxed atomic adds per job
+ * and a mutex per result): its summary log line reads them, and --http
+ * serves them.
+ *
  * Threads: every kw_metrics_* update may be called from any thread at any
  * time; kw_metrics_render from any thread, usually the HTTP server's.  The
  * per-model table takes a mutex, held for a lookup only; callers add a
@@ -67,6 +71,12 @@ void kw_metrics_observe(kw_metrics_t *m, kw_hist_id_t h, double value);
 /* n results of code for model (NULL or "" = none resolved) version. */
 void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_err_t code,
                      uint64_t n);
+
+/* The totals a summary log line shows. */
+typedef struct kw_totals_s {
+        uint64_t consumed, ok, errors, duplicates, dead_lettered;
+} kw_totals_t;
+void kw_metrics_totals(kw_metrics_t *m, kw_totals_t *t);
 
 /* Writes every metric to fp in the text exposition format.  Returns 0, or
  * -1 if writing failed. */

@@ -16,7 +16,7 @@ const kf_opt_t kw_options[] = {
      "print the effective configuration (a config file, secrets masked) and exit"},
     {"http", 0, "KINFER_HTTP", KF_OPT_STR, O(http_addr), 0, 0, NULL, "ADDR:PORT",
      "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9464 (default: "
-     "off, and no metrics are kept)"},
+     "off)"},
     {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, O(brokers), 0, 0, "localhost:9092", "LIST",
      "Kafka bootstrap servers"},
     {"redis", 'r', "KINFER_REDIS", KF_OPT_STR, O(redis_url), 0, 0, "redis://127.0.0.1:6379/0",
@@ -85,6 +85,11 @@ const kf_opt_t kw_options[] = {
      "3600", "S",
      "a job id is never charged twice within S s (records live S to 2S s); the same on "
      "every worker"},
+    {"log-format", 0, "KINFER_LOG_FORMAT", KF_OPT_STR, O(log_format), 0, 0, "plain", "FORMAT",
+     "plain (one line per event) or json (one JSON object per line: ts, level, prog, pid, "
+     "msg)"},
+    {"log-summary-s", 0, "KINFER_LOG_SUMMARY_S", KF_OPT_INT, O(log_summary_s), 0, 86400, "10",
+     "S", "log one summary line (jobs/s, ok, errors, duplicates) at info this often; 0 = never"},
     {"log-level", 'l', "KINFER_LOG_LEVEL", KF_OPT_LOG, O(log_level), 0, 0, "info", "LEVEL",
      "error, warn, info or debug"},
     {NULL},

@@ -93,7 +93,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         /* A loop stuck for longer than a drain may take is not draining. */
         w->status.stall_us = (c->grace_ms + 30000) * 1000;
         kw_status_tick(&w->status, kf_mono_us());
-        if (c->http_addr && !(w->metrics = kw_metrics_new())) {
+        if (!(w->metrics = kw_metrics_new())) {
                 kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }

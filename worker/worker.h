@@ -24,6 +24,8 @@ typedef struct kw_config_s {
         char *config_file;  /* --config: read by kf_config_parse, kept for --print-config */
         int print_config;
         char *http_addr;    /* --http: metrics and probes; NULL = off */
+        char *log_format;   /* plain or json */
+        int64_t log_summary_s; /* a summary line at info this often; 0 = never */
         char *brokers;
         char *redis_url;
         char *models_dir;

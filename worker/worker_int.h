@@ -72,6 +72,9 @@ struct kw_worker_s {
         kw_endpoint_t *endpoint; /* --http */
         int64_t gauges_at_us;    /* loop thread: next refresh of the pulled metrics */
         unsigned long long dlq_sent_seen; /* loop thread: dead-letter copies counted */
+        int64_t summary_at_us;   /* loop thread: next summary log line */
+        int assigned;            /* loop thread: partitions held */
+        kw_totals_t summary_last; /* loop thread: the totals at the last one */
 };
 
 /* ---- pipeline.c ---- */

@@ -11,7 +11,9 @@ ok jobs, jobs with the wrong number of columns, jobs for a model that does
 not exist, and jobs sent twice. /metrics is parsed with prometheus_client's
 own parser (Debian's python3-prometheus-client) and checked by promtool; the
 counters must equal what was submitted, per code. /readyz must go 503 while
-redis-server is down and 200 when it is back, /healthz stay 200.
+redis-server is down and 200 when it is back, /healthz stay 200. The worker
+logs in JSON (--log-format json): every line must parse, and its summary
+lines (--log-summary-s 1) must add up to the jobs it consumed.
 """
 
 import os
@@ -98,7 +100,8 @@ class MetricsEndpointTest(unittest.TestCase):
         env.update(KINFER_BROKERS=cls.bootstrap, KINFER_REDIS=f"redis://127.0.0.1:{cls.redis_port}/0")
         cls.worker = subprocess.Popen(
             [os.path.join(BIN, "kinfer-worker"), "--models", os.path.join(tmp, "models"),
-             "--http", f"127.0.0.1:{cls.http_port}", "-X", "session.timeout.ms=6000"],
+             "--http", f"127.0.0.1:{cls.http_port}", "-X", "session.timeout.ms=6000",
+             "--log-format", "json", "--log-summary-s", "1"],
             env=env, stdin=subprocess.DEVNULL, stdout=open(cls.worker_log, "wb"),
             stderr=subprocess.STDOUT)
         cls.procs.append(cls.worker)
@@ -238,6 +241,28 @@ class MetricsEndpointTest(unittest.TestCase):
         type(self).start_redis()
         self.wait_ready(200, timeout=30)
         self.assertEqual(get(self.base + "/healthz")[0], 200)
+
+    def test_4_json_log_and_summaries(self):
+        import json
+        import re
+        deadline = time.monotonic() + 10
+        while True:   # the last summary covers every job once a period passed
+            consumed = self.samples(self.scrape())[("kinfer_messages_consumed_total", frozenset())]
+            lines = open(self.worker_log, encoding="utf-8").read().splitlines()
+            recs = [json.loads(l) for l in lines]   # every line is one JSON object
+            total = 0
+            for r in recs:
+                self.assertEqual(set(r), {"ts", "level", "prog", "pid", "msg"}, r)
+                self.assertEqual(r["prog"], "kinfer-worker")
+                self.assertIn(r["level"], ("error", "warn", "info", "debug"))
+                m = re.match(r"last \d+ s: (\d+) jobs \(", r["msg"])
+                if m:
+                    total += int(m.group(1))
+            if total == consumed or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(total, consumed, "the summary lines add up to the jobs consumed")
+        self.assertGreater(consumed, 0)
 
     def test_3_unknown_routes_and_methods(self):
         self.assertEqual(get(self.base + "/nope")[0], 404)
