@@ -28,7 +28,7 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/kf_quota.o common/kf_result.o common/kf_redact.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
-              worker/endpoint.o worker/pipeline.o worker/loop.o \
+              worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
@@ -237,8 +237,11 @@ $(FUZZ_BUILD)/fuzz_%:
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(KF_LIBS)
 
-fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode
-	@set -e; for f in job model result; do \
+$(FUZZ_BUILD)/fuzz_stats_decode: tests/fuzz/fuzz_stats_decode.c worker/lag.c common/kf_util.c
+
+fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode \
+      $(FUZZ_BUILD)/fuzz_stats_decode
+	@set -e; for f in job model result stats; do \
 	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
 	    echo "== fuzz_$${f}_decode for $(FUZZ_SECONDS) s"; \
 	    UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_$${f}_decode \

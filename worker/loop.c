@@ -142,6 +142,12 @@ static int dispatch_now(kw_worker_t *w)
         if (!room)
                 return -1;
         kw_quota_precheck(&w->pre, b);
+        for (int i = 0; i < b->n; i++) { /* what a message of its partition costs */
+                const kw_job_t *j = &b->jobs[i];
+                if (j->model && j->state == KW_JOB_NEW)
+                        kw_costs_observe(w->part_costs, j->rkm->partition,
+                                         (double)j->model->flops_per_row * j->job.rows);
+        }
         for (int i = 0; i < b->n; i++) {
                 rd_kafka_message_t *rkm = b->jobs[i].rkm;
                 /* out of memory, the tracker blocks the partition at it */
@@ -286,6 +292,27 @@ static int drain(kw_worker_t *w, int64_t timeout_ms)
         if (kw_dlq_abandon(&w->dlq))
                 rc = -1;
         return rc;
+}
+
+/* Called by librdkafka from rd_kafka_consumer_poll, on the loop thread,
+ * every statistics.interval.ms. */
+int kw_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+        kw_worker_t *w = opaque;
+        size_t max = (size_t)w->assigned + 1, n = 0;
+        kw_lag_t *lags;
+        char err[256];
+        (void)rk;
+        if (max > KW_LAG_MAX_PARTITIONS)
+                max = KW_LAG_MAX_PARTITIONS;
+        if (!(lags = malloc(max * sizeof(*lags))))
+                return 0;
+        if (kw_lag_parse(json, len, w->conf->topic, lags, max, &n, err, sizeof(err)))
+                kf_debug("%s", err);
+        else
+                kw_metrics_set_lag(w->metrics, lags, n, kw_costs_remaining(w->part_costs, lags, n));
+        free(lags);
+        return 0; /* librdkafka frees json */
 }
 
 /* Called by librdkafka from rd_kafka_consumer_poll, on the loop thread. */

@@ -102,6 +102,10 @@ struct kw_metrics_s {
         series_t *series;
         size_t n_series;
         series_t other; /* past KW_METRICS_MAX_SERIES */
+        kw_lag_t *lags; /* guarded by lock too */
+        size_t n_lags;
+        double work_flops;
+        int have_lag;   /* statistics seen at least once */
         double start_time;
 };
 
@@ -128,6 +132,7 @@ void kw_metrics_destroy(kw_metrics_t *m)
                 free(s);
         }
         pthread_mutex_destroy(&m->lock);
+        free(m->lags);
         free(m);
 }
 
@@ -186,6 +191,25 @@ void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_er
                 s = &m->other;
         s->codes[code] += n;
         pthread_mutex_unlock(&m->lock);
+}
+
+int kw_metrics_set_lag(kw_metrics_t *m, const kw_lag_t *lags, size_t n, double work_flops)
+{
+        kw_lag_t *copy = NULL;
+        if (!m)
+                return 0;
+        if (n && !(copy = malloc(n * sizeof(*copy))))
+                return -1;
+        if (n)
+                memcpy(copy, lags, n * sizeof(*copy));
+        pthread_mutex_lock(&m->lock);
+        free(m->lags);
+        m->lags = copy;
+        m->n_lags = n;
+        m->work_flops = work_flops;
+        m->have_lag = 1;
+        pthread_mutex_unlock(&m->lock);
+        return 0;
 }
 
 void kw_metrics_totals(kw_metrics_t *m, kw_totals_t *t)
@@ -307,6 +331,39 @@ static void render_hist(kw_metrics_t *m, FILE *fp, kw_hist_id_t h)
                 (double)load(&m->hists[h].sum_ns) / 1e9, d->name, (unsigned long long)cum);
 }
 
+static void render_lag(kw_metrics_t *m, FILE *fp)
+{
+        kw_lag_t *lags = NULL;
+        size_t n;
+        double work;
+        int have;
+
+        pthread_mutex_lock(&m->lock);
+        n = m->n_lags;
+        work = m->work_flops;
+        have = m->have_lag;
+        if (n && (lags = malloc(n * sizeof(*lags))))
+                memcpy(lags, m->lags, n * sizeof(*lags));
+        pthread_mutex_unlock(&m->lock);
+        if (!lags)
+                n = 0;
+        head(fp, "kinfer_consumer_lag", "gauge",
+             "Messages of each held partition not yet committed (librdkafka statistics).");
+        for (size_t i = 0; i < n; i++) {
+                fputs("kinfer_consumer_lag{topic=\"", fp);
+                label(fp, lags[i].topic);
+                fprintf(fp, "\",partition=\"%d\"} %lld\n", (int)lags[i].partition,
+                        (long long)lags[i].lag);
+        }
+        free(lags);
+        if (have) {
+                head(fp, "kinfer_work_remaining_flops", "gauge",
+                     "The lag weighted by the recent cost of each partition's jobs (floating-"
+                     "point operations).");
+                fprintf(fp, "kinfer_work_remaining_flops %.17g\n", work);
+        }
+}
+
 /* The process metrics every Prometheus client exports, same names. */
 static void render_process(kw_metrics_t *m, FILE *fp)
 {
@@ -349,6 +406,7 @@ int kw_metrics_render(kw_metrics_t *m, FILE *fp)
         }
         for (int h = 0; h < KW_H__CNT; h++)
                 render_hist(m, fp, (kw_hist_id_t)h);
+        render_lag(m, fp);
         render_process(m, fp);
         return ferror(fp) ? -1 : 0;
 }

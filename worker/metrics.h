@@ -72,6 +72,18 @@ void kw_metrics_observe(kw_metrics_t *m, kw_hist_id_t h, double value);
 void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_err_t code,
                      uint64_t n);
 
+/* The consumer lag of one partition (messages). */
+typedef struct kw_lag_s {
+        char topic[256];
+        int32_t partition;
+        int64_t lag;
+} kw_lag_t;
+
+/* Replaces the lag per partition (n entries, copied) and the work they
+ * stand for (flops; see lag.h).  Returns 0, or -1 out of memory (the old
+ * ones stay). */
+int kw_metrics_set_lag(kw_metrics_t *m, const kw_lag_t *lags, size_t n, double work_flops);
+
 /* The totals a summary log line shows. */
 typedef struct kw_totals_s {
         uint64_t consumed, ok, errors, duplicates, dead_lettered;

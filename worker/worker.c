@@ -56,6 +56,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
              * when the broker does not answer fetches early (the dev
              * broker); real Kafka answers as soon as data arrives. */
             "fetch.wait.max.ms", "50",
+            /* the consumer lag per partition, for the metrics */
+            "statistics.interval.ms", "5000",
             NULL};
         rd_kafka_conf_t *kconf = NULL;
         rd_kafka_topic_partition_list_t *topics = NULL;
@@ -93,7 +95,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         /* A loop stuck for longer than a drain may take is not draining. */
         w->status.stall_us = (c->grace_ms + 30000) * 1000;
         kw_status_tick(&w->status, kf_mono_us());
-        if (!(w->metrics = kw_metrics_new())) {
+        if (!(w->metrics = kw_metrics_new()) || !(w->part_costs = kw_costs_new())) {
                 kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
@@ -146,6 +148,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                                                  errstr, errstr_size)))
                 goto err;
         rd_kafka_conf_set_rebalance_cb(kconf, kw_rebalance_cb);
+        rd_kafka_conf_set_stats_cb(kconf, kw_stats_cb);
         rd_kafka_conf_set_opaque(kconf, w);
         if (!(w->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, errstr, errstr_size)))
                 goto err;
@@ -225,6 +228,7 @@ void kw_worker_destroy(kw_worker_t *w)
         kw_queue_destroy(&w->compute_q);
         kw_queue_destroy(&w->write_q);
         kw_metrics_destroy(w->metrics);
+        kw_costs_free(w->part_costs);
         pthread_cond_destroy(&w->idle);
         pthread_mutex_destroy(&w->lock);
         free(w);

@@ -17,6 +17,7 @@
 #include "commit.h"
 #include "dlq.h"
 #include "endpoint.h"
+#include "lag.h"
 #include "metrics.h"
 #include "model_store.h"
 #include "offsets.h"
@@ -74,6 +75,7 @@ struct kw_worker_s {
         unsigned long long dlq_sent_seen; /* loop thread: dead-letter copies counted */
         int64_t summary_at_us;   /* loop thread: next summary log line */
         int assigned;            /* loop thread: partitions held */
+        kw_costs_t *part_costs;  /* loop thread: recent flops per message, per partition */
         kw_totals_t summary_last; /* loop thread: the totals at the last one */
 };
 
@@ -91,6 +93,9 @@ double kw_since_message(const rd_kafka_message_t *rkm);
 void kw_inflight_gauge(kw_worker_t *w, int n);
 
 /* ---- loop.c ---- */
+
+/* librdkafka's statistics callback (set by kw_worker_new): the lag. */
+int kw_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque);
 
 /* librdkafka's rebalance callback (set by kw_worker_new). */
 void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,

@@ -101,7 +101,8 @@ class MetricsEndpointTest(unittest.TestCase):
         cls.worker = subprocess.Popen(
             [os.path.join(BIN, "kinfer-worker"), "--models", os.path.join(tmp, "models"),
              "--http", f"127.0.0.1:{cls.http_port}", "-X", "session.timeout.ms=6000",
-             "--log-format", "json", "--log-summary-s", "1"],
+             "--log-format", "json", "--log-summary-s", "1",
+             "-X", "statistics.interval.ms=300", "-X", "auto.commit.interval.ms=300"],
             env=env, stdin=subprocess.DEVNULL, stdout=open(cls.worker_log, "wb"),
             stderr=subprocess.STDOUT)
         cls.procs.append(cls.worker)
@@ -263,6 +264,50 @@ class MetricsEndpointTest(unittest.TestCase):
             time.sleep(0.5)
         self.assertEqual(total, consumed, "the summary lines add up to the jobs consumed")
         self.assertGreater(consumed, 0)
+
+    def test_5_lag_and_work_remaining(self):
+        """With Redis frozen nothing is committed: the lag of the jobs' partition
+        grows to exactly what was produced, and the work remaining is that many
+        times the model's cost (lin: 1 row x 2 x 4 x 3 = 24 flops). Thawed, both
+        go back to 0."""
+        self.wait_ready(200)
+
+        def lag_and_work():
+            s = self.samples(self.scrape())
+            lag = {dict(k)["partition"]: v for (n, k), v in s.items()
+                   if n == "kinfer_consumer_lag"}
+            return lag, s.get(("kinfer_work_remaining_flops", frozenset()))
+
+        def wait_for(pred, what, timeout=30):
+            deadline = time.monotonic() + timeout
+            while True:
+                lag, work = lag_and_work()
+                if pred(lag, work):
+                    return lag, work
+                if time.monotonic() > deadline:
+                    self.fail(f"{what}: lag {lag}, work remaining {work}")
+                time.sleep(0.2)
+
+        # a partition nothing was ever committed on has no lag yet (librdkafka: -1)
+        wait_for(lambda lag, work: len(lag) >= 1 and sum(lag.values()) == 0 and work == 0,
+                 "the partitions at lag 0 before")
+        user, n = "lag-" + RUN, 200
+        self.redis_proc.send_signal(signal.SIGSTOP)
+        try:
+            p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+            for i in range(n):   # to both partitions (one never committed on, maybe)
+                p.produce("kinfer.jobs", partition=i % 2, value=msgpack.packb(
+                    {"v": 2, "id": f"lag-{i}", "user": user, "model": "lin",
+                     "input": [[1.0, 2.0, 3.0, 4.0]]}, use_bin_type=True))
+            p.flush(30)
+            lag, work = wait_for(lambda lag, work: len(lag) == 2 and sum(lag.values()) == n,
+                                 f"a lag of {n} while Redis is frozen")
+            self.assertEqual(lag, {"0": n / 2, "1": n / 2})
+            self.assertEqual(work, n * 24)
+        finally:
+            self.redis_proc.send_signal(signal.SIGCONT)
+        wait_for(lambda lag, work: sum(lag.values()) == 0 and work == 0,
+                 "lag and work back to 0 after Redis thawed", timeout=60)
 
     def test_3_unknown_routes_and_methods(self):
         self.assertEqual(get(self.base + "/nope")[0], 404)
