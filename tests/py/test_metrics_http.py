@@ -309,6 +309,37 @@ class MetricsEndpointTest(unittest.TestCase):
         wait_for(lambda lag, work: sum(lag.values()) == 0 and work == 0,
                  "lag and work back to 0 after Redis thawed", timeout=60)
 
+    def test_6_dashboard_and_alerts_use_real_metrics(self):
+        """deploy/monitoring: every metric the dashboard and the alert rules
+        name is one this worker exports; every dashboard query is PromQL that
+        Prometheus parses (promtool, as recording rules); the alert rules pass
+        promtool's check and their unit tests."""
+        import json
+        import re
+        mon = os.path.join(REPO, "deploy", "monitoring")
+        exported = {s_name for (s_name, _) in self.samples(self.scrape())}
+        dash = json.load(open(os.path.join(mon, "kinfer-dashboard.json")))
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+        self.assertGreater(len(exprs), 10)
+        rules_text = open(os.path.join(mon, "kinfer-alerts.yml")).read()
+        used = set(re.findall(r"\b((?:kinfer|process)_[a-z_]+)", " ".join(exprs) + rules_text))
+        self.assertTrue(used)
+        missing = sorted(u for u in used if u not in exported and u + "_bucket" not in exported)
+        self.assertEqual(missing, [], "metrics named in deploy/monitoring that no worker exports")
+        with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+            f.write("groups:\n  - name: dashboard\n    rules:\n")
+            for i, e in enumerate(exprs):
+                f.write(f"      - record: dashboard:q{i}\n        expr: {json.dumps(e)}\n")
+        try:
+            chk = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True)
+            self.assertEqual(chk.returncode, 0, chk.stdout + chk.stderr)
+        finally:
+            os.unlink(f.name)
+        for args in (["check", "rules", "kinfer-alerts.yml"],
+                     ["test", "rules", "kinfer-alerts.test.yml"]):
+            chk = subprocess.run(["promtool"] + args, cwd=mon, capture_output=True)
+            self.assertEqual(chk.returncode, 0, chk.stdout + chk.stderr)
+
     def test_3_unknown_routes_and_methods(self):
         self.assertEqual(get(self.base + "/nope")[0], 404)
         req = urllib.request.Request(self.base + "/metrics", data=b"x", method="POST")
