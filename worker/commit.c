@@ -84,13 +84,16 @@ static void step_code(kw_commit_t *cm, kw_job_t *j, long long code)
         case KW_STEP_DAMAGED:
                 cm->written++;
                 count_result(cm, j, KF_ERR_INTERNAL);
-                kf_error("job %s of user %s: answered internal, the user's usage records in "
-                         "Redis are damaged (see the step's warning)",
-                         j->job.id, j->job.user);
+                kf_error("job %s of user %s (%s/%d/%lld): answered internal, the user's usage "
+                         "records in Redis are damaged (see the step's warning)",
+                         j->job.id, j->job.user, rd_kafka_topic_name(j->rkm->rkt),
+                         (int)j->rkm->partition, (long long)j->rkm->offset);
                 break;
         case KW_STEP_UNKNOWN:
         default:
-                kf_error("job %s: unexpected code %lld from the step script", j->job.id, code);
+                kf_error("job %s (%s/%d/%lld): unexpected code %lld from the step script",
+                         j->job.id, rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
+                         (long long)j->rkm->offset, code);
         }
         j->state = KW_JOB_WRITTEN;
 }
