@@ -367,7 +367,22 @@ int kc_cmd_model(int argc, char **argv)
                           !strcmp(argv[1], "show") || !strcmp(argv[1], "activate") ||
                           !strcmp(argv[1], "rollback") || !strcmp(argv[1], "rm")))
                 return kc_cmd_registry(argc - 1, argv + 1);
+        if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+                printf("Usage: kinfer model SUBCOMMAND [OPTION]... (each takes --help)\n\n"
+                       "Model files:\n"
+                       "  init      write a model file with random weights (for trying things)\n"
+                       "  build     write a model file from exact weights given as JSON\n"
+                       "  inspect   show what a model file holds\n"
+                       "The model registry in Redis (docs/models.md):\n"
+                       "  push      store a model file as a new version (--activate to serve it)\n"
+                       "  list      the models and their active versions\n"
+                       "  show      one model's versions\n"
+                       "  activate  serve a version\n"
+                       "  rollback  serve the version served before\n"
+                       "  rm        remove a version, or a model\n");
+                return KC_EXIT_OK;
+        }
         kc_err("model: expected a subcommand: init, build, inspect (files), or push, list, show, "
-               "activate, rollback, rm (the registry)");
+               "activate, rollback, rm (the registry); see kinfer model --help");
         return KC_EXIT_USAGE;
 }

@@ -321,7 +321,14 @@ int kc_cmd_quota(int argc, char **argv)
                 return quota_get(argc - 1, argv + 1);
         if (argc >= 2 && !strcmp(argv[1], "rm"))
                 return quota_rm(argc - 1, argv + 1);
-        kc_err("quota: expected a subcommand: set, get or rm");
+        if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+                printf("Usage: kinfer quota SUBCOMMAND USER [OPTION]... (each takes --help)\n\n"
+                       "  set   give USER a quota: --jobs N, --rows N per --window S\n"
+                       "  get   show USER's quota\n"
+                       "  rm    remove USER's quota (the workers' defaults apply)\n");
+                return KC_EXIT_OK;
+        }
+        kc_err("quota: expected a subcommand: set, get or rm; see kinfer quota --help");
         return KC_EXIT_USAGE;
 }
 
