@@ -26,6 +26,13 @@ int kf_key(char *buf, const char *prefix, const char *kind, const char *name)
         return n < 0 || n >= KF_KEY_MAX ? -1 : n;
 }
 
+int kf_key_version(char *buf, const char *prefix, const char *kind, const char *name,
+                   uint32_t version)
+{
+        int n = snprintf(buf, KF_KEY_MAX, "%s%s:%s:%u", prefix, kind, name, version);
+        return n < 0 || n >= KF_KEY_MAX ? -1 : n;
+}
+
 static const struct {
         const char *word;
         int named;

@@ -24,6 +24,7 @@
 #define KF_KEYS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define KF_PREFIX_DEFAULT "kinfer:"
 #define KF_PREFIX_MAX     64
@@ -51,6 +52,12 @@ int kf_prefix_valid(const char *prefix, char *errstr, size_t errstr_size);
  * pool-wide key, into buf of size KF_KEY_MAX.  Returns the length, or -1 if
  * it does not fit. */
 int kf_key(char *buf, const char *prefix, const char *kind, const char *name);
+
+/* Writes "{prefix}{kind}:{name}:{version}" (a model blob: "model"), the
+ * same way.  The version is always last, so the name (which may hold ':')
+ * is everything before the last ':': no (name, version) spells another's. */
+int kf_key_version(char *buf, const char *prefix, const char *kind, const char *name,
+                   uint32_t version);
 
 /* Writes "{prefix}{" user "}:" kind's word, then ":" name for the kinds that
  * take one, into buf of size KF_KEY_MAX.  Returns the length, or -1 if user

@@ -15,8 +15,7 @@
 
 int mreg_key_blob(char *buf, const char *prefix, const char *name, uint32_t version)
 {
-        int n = snprintf(buf, KF_KEY_MAX, "%smodel:%s:%u", prefix, name, version);
-        return n < 0 || n >= KF_KEY_MAX ? -1 : n;
+        return kf_key_version(buf, prefix, "model", name, version);
 }
 
 int mreg_key_meta(char *buf, const char *prefix, const char *name)
