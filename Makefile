@@ -174,7 +174,7 @@ $(BUILD)/tests/unit/test_queue: $(B)/tests/unit/test_queue.o $(B)/worker/queue.o
 # may be a different build without them.
 PYTHON = /usr/bin/python3
 
-.PHONY: all run test test-layout test-unit test-integration test-py asan deps clean bench test-faults fuzz \
+.PHONY: all run test test-format format test-layout test-unit test-integration test-py asan deps clean bench test-faults fuzz \
         asan-faults
 .PRECIOUS: $(B)/%.o
 
@@ -184,7 +184,7 @@ tests-build: $(BINS) $(addprefix $(BUILD)/,$(UNIT_TESTS) $(INTEGRATION_TESTS) $(
 # each) and the unit and integration tests again under ASan/UBSan.
 test: deps
 	$(MAKE) tests-build
-	$(MAKE) --no-print-directory test-layout test-unit test-integration test-py test-faults
+	$(MAKE) --no-print-directory test-format test-layout test-unit test-integration test-py test-faults
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory asan
 
@@ -273,6 +273,18 @@ run: deps all
 # BENCH_SOAK_S=600 adds a long open-loop soak sampling the worker's RSS.
 bench: deps all
 	@bash deploy/bench.sh $(BUILD)
+
+# Style is mechanical: the repository's .clang-format (Debian's clang-format
+# 14).  make format rewrites the C files; make test checks them unchanged.
+FORMAT_FILES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
+
+format:
+	clang-format -i $(FORMAT_FILES)
+
+test-format:
+	@bad=$$(for f in $(FORMAT_FILES); do clang-format "$$f" | cmp -s - "$$f" || echo "$$f"; done); \
+	if [ -n "$$bad" ]; then echo "not formatted (run make format):"; echo "$$bad"; exit 1; fi; \
+	echo "format: ok ($(words $(FORMAT_FILES)) files)"
 
 deps:
 	@bash deploy/install-deps.sh

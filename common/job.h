@@ -49,12 +49,12 @@ typedef struct job_s {
         char model[JOB_MODEL_MAX + 1]; /* "" when not (yet) read */
         uint32_t version;              /* 0 = the model's active version */
         uint32_t rows, cols;
-        float *input;         /* rows*cols floats, row-major; owned (free with job_clear) */
-        job_output_t output;  /* default JOB_OUTPUT_RAW */
-        uint32_t k;           /* TOPK: 1..JOB_K_MAX (the model's output_dim is checked
-                               * when it is known); 0 otherwise */
-        int64_t deadline_ms;  /* Unix ms; 0 = no deadline */
-        uint32_t ttl_s;       /* result lifetime; default JOB_TTL_DEFAULT */
+        float *input;        /* rows*cols floats, row-major; owned (free with job_clear) */
+        job_output_t output; /* default JOB_OUTPUT_RAW */
+        uint32_t k;          /* TOPK: 1..JOB_K_MAX (the model's output_dim is checked
+                              * when it is known); 0 otherwise */
+        int64_t deadline_ms; /* Unix ms; 0 = no deadline */
+        uint32_t ttl_s;      /* result lifetime; default JOB_TTL_DEFAULT */
         char inbox[JOB_INBOX_MAX + 1]; /* "" = none: the list that receives the id */
 } job_t;
 
@@ -69,8 +69,8 @@ typedef struct job_s {
  * readable user: results are scoped by user).  Never allocates more than a small multiple of
  * len.  lim may be NULL for job_limits_default.
  * The caller owns job; call job_clear() afterwards in every case. */
-kf_err_t job_decode(const void *buf, size_t len, const job_limits_t *lim, job_t *job,
-                    char *errstr, size_t errstr_size);
+kf_err_t job_decode(const void *buf, size_t len, const job_limits_t *lim, job_t *job, char *errstr,
+                    size_t errstr_size);
 
 /* Frees job->input and resets every field to its default.  Accepts a job that
  * was never decoded if it was zero-initialised. */

@@ -29,7 +29,17 @@ const job_limits_t job_limits_default = {
 
 /* Top-level keys this worker reads; anything else is ignored. */
 enum {
-        F_V, F_ID, F_USER, F_MODEL, F_VERSION, F_INPUT, F_OUTPUT, F_DEADLINE, F_TTL, F_K, F_INBOX,
+        F_V,
+        F_ID,
+        F_USER,
+        F_MODEL,
+        F_VERSION,
+        F_INPUT,
+        F_OUTPUT,
+        F_DEADLINE,
+        F_TTL,
+        F_K,
+        F_INBOX,
         F__CNT
 };
 static const char *const job_fields[F__CNT] = {
@@ -86,7 +96,7 @@ __attribute__((format(printf, 3, 4))) static int dec_fail(job_dec_t *d, kf_err_t
 /* Untrusted text goes into error messages quoted, cut to 32 bytes, with
  * anything but printable ASCII shown as '?' (mp_quote), so a result never
  * carries control characters or broken UTF-8 from the request. */
-#define QUOTE_MAX 32
+#define QUOTE_MAX        32
 #define QUOTE_BUF        (QUOTE_MAX + 4)
 #define QUOTE(buf, p, n) mp_quote((p), (n), QUOTE_MAX, (buf), sizeof(buf))
 

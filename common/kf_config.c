@@ -14,8 +14,8 @@
 
 #define KF_MAX_OPTS 96
 
-static int opt_set(const kf_opt_t *o, void *conf, const char *val, const char *origin,
-                   char *errstr, size_t errstr_size)
+static int opt_set(const kf_opt_t *o, void *conf, const char *val, const char *origin, char *errstr,
+                   size_t errstr_size)
 {
         char *field = (char *)conf + o->offset;
         int64_t v;
@@ -42,8 +42,7 @@ static int opt_set(const kf_opt_t *o, void *conf, const char *val, const char *o
         case KF_OPT_ACTION:
                 if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes"))
                         *(int *)field = 1;
-                else if (!strcmp(val, "0") || !strcasecmp(val, "false") ||
-                         !strcasecmp(val, "no"))
+                else if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
                         *(int *)field = 0;
                 else
                         return kf_errf(errstr, errstr_size,
@@ -74,17 +73,17 @@ int kf_props_add(kf_props_t *props, const char *kv, char *errstr, size_t errstr_
                 size_t nl = strspn(kv, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                        "0123456789._-");
                 return kf_errf(errstr, errstr_size,
-                               "-X '%.*s%s': expected key=value (a librdkafka property)",
-                               (int)nl, kv, kv[nl] ? "..." : "");
+                               "-X '%.*s%s': expected key=value (a librdkafka property)", (int)nl,
+                               kv, kv[nl] ? "..." : "");
         }
         nk = realloc(props->keys, sizeof(*nk) * (size_t)(props->cnt + 1));
         if (!nk)
                 return kf_errf(errstr, errstr_size, "out of memory");
         props->keys = nk;
-        nv          = realloc(props->vals, sizeof(*nv) * (size_t)(props->cnt + 1));
+        nv = realloc(props->vals, sizeof(*nv) * (size_t)(props->cnt + 1));
         if (!nv)
                 return kf_errf(errstr, errstr_size, "out of memory");
-        props->vals             = nv;
+        props->vals = nv;
         props->keys[props->cnt] = strndup(kv, (size_t)(eq - kv));
         props->vals[props->cnt] = strdup(eq + 1);
         if (!props->keys[props->cnt] || !props->vals[props->cnt]) {
@@ -146,7 +145,8 @@ static int config_load(const kf_opt_t *opts, void *conf, kf_props_t *props, cons
                 kf_errf(errstr, errstr_size, "config file %s: expected a JSON object", path);
                 goto out;
         }
-        json_object_foreach(root, key, val) {
+        json_object_foreach(root, key, val)
+        {
                 const kf_opt_t *o = NULL;
                 const char *v = text;
                 snprintf(origin, sizeof(origin), "config file %s: key \"%.64s\"", path, key);
@@ -158,12 +158,13 @@ static int config_load(const kf_opt_t *opts, void *conf, kf_props_t *props, cons
                                         "%s: expected an object of librdkafka properties", origin);
                                 goto out;
                         }
-                        json_object_foreach(val, pk, pv) {
+                        json_object_foreach(val, pk, pv)
+                        {
                                 char kv[1024];
                                 if (!json_is_string(pv)) {
                                         kf_errf(errstr, errstr_size,
-                                                "%s: property \"%.64s\": expected a string",
-                                                origin, pk);
+                                                "%s: property \"%.64s\": expected a string", origin,
+                                                pk);
                                         goto out;
                                 }
                                 if ((size_t)snprintf(kv, sizeof(kv), "%s=%s", pk,
@@ -182,8 +183,9 @@ static int config_load(const kf_opt_t *opts, void *conf, kf_props_t *props, cons
                             s->type != KF_OPT_ACTION)
                                 o = s;
                 if (!o) {
-                        kf_errf(errstr, errstr_size, "%s: unknown key (the keys are the long "
-                                                     "option names of --help%s)",
+                        kf_errf(errstr, errstr_size,
+                                "%s: unknown key (the keys are the long "
+                                "option names of --help%s)",
                                 origin, props ? ", and \"kafka\"" : "");
                         goto out;
                 }
@@ -241,21 +243,21 @@ int kf_config_parse(const kf_opt_t *opts, void *conf, kf_props_t *props, int arg
                         if (opt_set(o, conf, env, origin, errstr, errstr_size))
                                 return KF_CONFIG_ERR;
                 }
-                lopts[n].name    = o->name;
+                lopts[n].name = o->name;
                 lopts[n].has_arg = o->type == KF_OPT_BOOL || o->type == KF_OPT_ACTION
                                        ? optional_argument
                                        : required_argument;
-                lopts[n].flag    = NULL;
-                lopts[n].val     = 256 + n;
+                lopts[n].flag = NULL;
+                lopts[n].val = 256 + n;
                 if (o->short_flag) {
                         sopts[si++] = (char)o->short_flag;
                         if (o->type != KF_OPT_BOOL && o->type != KF_OPT_ACTION)
                                 sopts[si++] = ':';
                 }
         }
-        lopts[n]     = (struct option){"help", no_argument, NULL, 'h'};
+        lopts[n] = (struct option){"help", no_argument, NULL, 'h'};
         lopts[n + 1] = (struct option){NULL, 0, NULL, 0};
-        sopts[si++]  = 'h';
+        sopts[si++] = 'h';
         if (props) {
                 sopts[si++] = 'X';
                 sopts[si++] = ':';
@@ -356,7 +358,7 @@ int kf_config_print(FILE *fp, const kf_opt_t *opts, const void *conf, const kf_p
                         v = json_boolean(*(const int *)field);
                         break;
                 case KF_OPT_LOG:
-                        v = json_string(kf_log_level_name((kf_log_level_t)*(const int *)field));
+                        v = json_string(kf_log_level_name((kf_log_level_t) * (const int *)field));
                         break;
                 }
                 if (!v || json_object_set_new(root, o->name, v))

@@ -26,25 +26,25 @@
 #include <stdio.h>
 
 typedef enum {
-        KF_OPT_STR,  /* char * (malloc'd copy, freed by kf_config_free); NULL if no default */
-        KF_OPT_INT,  /* int64_t within [min, max] */
-        KF_OPT_BOOL, /* int: flag alone sets 1; env/"=" accepts 1/0/true/false/yes/no */
-        KF_OPT_LOG,  /* int: a kf_log level name (error|warn|info|debug) */
+        KF_OPT_STR,    /* char * (malloc'd copy, freed by kf_config_free); NULL if no default */
+        KF_OPT_INT,    /* int64_t within [min, max] */
+        KF_OPT_BOOL,   /* int: flag alone sets 1; env/"=" accepts 1/0/true/false/yes/no */
+        KF_OPT_LOG,    /* int: a kf_log level name (error|warn|info|debug) */
         KF_OPT_CONFIG, /* char *: a config file, read at its precedence (see above) */
         KF_OPT_ACTION, /* int: a flag asking for something else than running (--print-config):
                         * like KF_OPT_BOOL, but neither in config files nor printed */
 } kf_opt_type_t;
 
 typedef struct kf_opt_s {
-        const char *name;   /* long flag without "--", e.g. "brokers" */
-        int short_flag;     /* single-char flag or 0 */
-        const char *env;    /* environment variable or NULL */
+        const char *name; /* long flag without "--", e.g. "brokers" */
+        int short_flag;   /* single-char flag or 0 */
+        const char *env;  /* environment variable or NULL */
         kf_opt_type_t type;
-        size_t offset;      /* offsetof(program config struct, field) */
-        int64_t min, max;   /* KF_OPT_INT bounds */
-        const char *def;    /* default, as text; parsed like user input; NULL = none */
-        const char *arg;    /* argument name shown in --help, e.g. "URL" */
-        const char *help;   /* one line */
+        size_t offset;    /* offsetof(program config struct, field) */
+        int64_t min, max; /* KF_OPT_INT bounds */
+        const char *def;  /* default, as text; parsed like user input; NULL = none */
+        const char *arg;  /* argument name shown in --help, e.g. "URL" */
+        const char *help; /* one line */
 } kf_opt_t;
 
 /* librdkafka properties collected from -X key=value, in order. */

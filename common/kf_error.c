@@ -2,13 +2,13 @@
 #include "kf_error.h"
 
 static const char *const err_names[KF_ERR__CNT] = {
-    [KF_OK]                 = "ok",
-    [KF_ERR_BAD_REQUEST]    = "bad_request",
-    [KF_ERR_UNKNOWN_MODEL]  = "unknown_model",
+    [KF_OK] = "ok",
+    [KF_ERR_BAD_REQUEST] = "bad_request",
+    [KF_ERR_UNKNOWN_MODEL] = "unknown_model",
     [KF_ERR_SHAPE_MISMATCH] = "shape_mismatch",
-    [KF_ERR_EXPIRED]        = "expired",
-    [KF_ERR_TOO_LARGE]      = "too_large",
-    [KF_ERR_INTERNAL]       = "internal",
+    [KF_ERR_EXPIRED] = "expired",
+    [KF_ERR_TOO_LARGE] = "too_large",
+    [KF_ERR_INTERNAL] = "internal",
     [KF_ERR_QUOTA_EXCEEDED] = "quota_exceeded",
 };
 

@@ -64,8 +64,7 @@ int kf_key_version(char *buf, const char *prefix, const char *kind, const char *
  * or name is not a valid name, a name is missing or given where the kind
  * takes none, or it does not fit.  Every caller must check: a key that was
  * not built must not be used. */
-int kf_user_key(char *buf, const char *prefix, const char *user, kf_kind_t kind,
-                const char *name);
+int kf_user_key(char *buf, const char *prefix, const char *user, kf_kind_t kind, const char *name);
 
 /* Writes "{prefix}{" user "}:", what every key of user starts with, for
  * worker/step.lua, which builds the keys whose names depend on the Redis

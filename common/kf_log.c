@@ -18,7 +18,7 @@ static const char *const level_names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
 
 void kf_log_init(const char *progname, kf_log_level_t level)
 {
-        log_progname     = progname;
+        log_progname = progname;
         kf_log_threshold = level;
 }
 
@@ -55,14 +55,14 @@ void kf_log_set_json(int json)
  * message is escaped by jansson (quotes, control characters, any bytes). */
 static void write_json(const char *ts, kf_log_level_t level, const char *msg)
 {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s}", "ts", ts, "level",
-                              kf_log_level_name(level), "prog", log_progname, "pid",
-                              (int)getpid(), "msg", msg);
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:i, s:s}", "ts", ts, "level", kf_log_level_name(level),
+                      "prog", log_progname, "pid", (int)getpid(), "msg", msg);
         char *text;
         if (!o) /* not UTF-8: jansson refuses it; say so rather than drop the line */
                 o = json_pack("{s:s, s:s, s:s, s:i, s:s}", "ts", ts, "level",
-                              kf_log_level_name(level), "prog", log_progname, "pid",
-                              (int)getpid(), "msg", "(a message that is not UTF-8)");
+                              kf_log_level_name(level), "prog", log_progname, "pid", (int)getpid(),
+                              "msg", "(a message that is not UTF-8)");
         if (!o)
                 return;
         text = json_dumps(o, JSON_COMPACT);
@@ -108,8 +108,8 @@ void kf_log_write(kf_log_level_t level, const char *fmt, ...)
         /* Whatever a message quotes (a librdkafka line, a server's reply),
          * no registered password or secret property value gets out. */
         kf_redact_secrets(line);
-        n           = (int)strlen(line);
-        line[n]     = '\n';
+        n = (int)strlen(line);
+        line[n] = '\n';
         line[n + 1] = '\0';
         fputs(line, stderr);
 }

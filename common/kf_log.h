@@ -15,8 +15,8 @@
 
 typedef enum {
         KF_LOG_ERROR = 0,
-        KF_LOG_WARN  = 1,
-        KF_LOG_INFO  = 2,
+        KF_LOG_WARN = 1,
+        KF_LOG_INFO = 2,
         KF_LOG_DEBUG = 3,
 } kf_log_level_t;
 
@@ -35,8 +35,7 @@ void kf_log_set_json(int json);
 int kf_log_level_parse(const char *name);
 const char *kf_log_level_name(kf_log_level_t level); /* the reverse */
 
-void kf_log_write(kf_log_level_t level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void kf_log_write(kf_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define KF_LOG(lvl, ...)                                                                           \
         do {                                                                                       \

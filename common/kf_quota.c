@@ -10,7 +10,7 @@ int kf_quota_parse(kf_quota_field_t f, const char *s, size_t len, int64_t *out, 
 {
         int64_t lo = f == KF_QUOTA_WINDOW ? 1 : 0;
         int64_t hi = f == KF_QUOTA_WINDOW ? KF_QUOTA_WINDOW_MAX : KF_QUOTA_COUNT_MAX;
-        int64_t v  = 0;
+        int64_t v = 0;
 
         /* 16 digits hold every valid value; more cannot be in range and
          * could overflow the accumulation. */

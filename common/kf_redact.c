@@ -12,7 +12,7 @@
 
 int kf_prop_is_secret(const char *name)
 {
-        static const char *const words[] = {"password", "passwd", "secret",     "key",
+        static const char *const words[] = {"password", "passwd",     "secret", "key",
                                             "token",    "credential", NULL};
         if (!name)
                 return 0;
@@ -99,8 +99,8 @@ void kf_redact_secrets(char *s)
 
         for (int i = 0; i < n; i++) {
                 const char *sec = reg_secrets[i];
-                size_t slen     = strlen(sec), rlen = sizeof(KF_REDACTED) - 1;
-                char *p         = s;
+                size_t slen = strlen(sec), rlen = sizeof(KF_REDACTED) - 1;
+                char *p = s;
                 /* In place: slen >= KF_SECRET_MIN > rlen, so the rest moves left. */
                 while ((p = strstr(p, sec))) {
                         memcpy(p, KF_REDACTED, rlen);

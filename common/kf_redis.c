@@ -79,9 +79,9 @@ int kf_redis_url_parse(const char *url, kf_redis_url_t *u, char *errstr, size_t 
                 kf_secret_add(u->pass);
                 p = at + 1;
         }
-        slash   = strchr(p, '/');
+        slash = strchr(p, '/');
         hostend = slash ? slash : p + strlen(p);
-        colon   = memrchr(p, ':', (size_t)(hostend - p));
+        colon = memrchr(p, ':', (size_t)(hostend - p));
         if (colon) {
                 char port[16];
                 size_t pl = (size_t)(hostend - colon - 1);
@@ -91,8 +91,7 @@ int kf_redis_url_parse(const char *url, kf_redis_url_t *u, char *errstr, size_t 
                 port[pl] = '\0';
                 if (kf_parse_i64(port, 1, 65535, &v))
                         return kf_errf(errstr, errstr_size,
-                                       "redis URL '%s': port '%s' is not in 1..65535", shown,
-                                       port);
+                                       "redis URL '%s': port '%s' is not in 1..65535", shown, port);
                 u->port = (int)v;
                 hostend = colon;
         }
@@ -167,8 +166,8 @@ redisContext *kf_redis_connect(const kf_redis_url_t *u, int timeout_ms, char *er
         if (u->db) {
                 r = kf_redis_cmd(c, err, sizeof(err), "SELECT %d", u->db);
                 if (!r) {
-                        kf_errf(errstr, errstr_size, "redis %s:%d: SELECT %d failed: %s",
-                                u->host, u->port, u->db, err);
+                        kf_errf(errstr, errstr_size, "redis %s:%d: SELECT %d failed: %s", u->host,
+                                u->port, u->db, err);
                         goto err;
                 }
                 freeReplyObject(r);
@@ -204,7 +203,7 @@ int kf_script_append(redisContext *c, const kf_script_t *s, int numkeys, int arg
         const char *sav[STACK_ARGS];
         size_t slen[STACK_ARGS];
         const char **av = sav;
-        size_t *al      = slen;
+        size_t *al = slen;
         char nk[16];
         int rc, total = argc + 3;
 

@@ -10,8 +10,7 @@
 
 #define RESULT_MAX_DEPTH 4
 
-int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
-                     size_t errstr_size)
+int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr, size_t errstr_size)
 {
         const msgpack_object *shape = NULL, *output = NULL;
         msgpack_unpacked up;
@@ -37,45 +36,63 @@ int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
         for (uint32_t i = 0; i < up.data.via.map.size; i++) {
                 const msgpack_object *k = &up.data.via.map.ptr[i].key;
                 const msgpack_object *v = &up.data.via.map.ptr[i].val;
-                const char *bad         = NULL;
+                const char *bad = NULL;
 #define STR(name, dst)                                                                             \
-        else if (mp_str_eq(k, name)) { if (mp_get_str(v, dst, sizeof(dst))) bad = name; }
+        else if (mp_str_eq(k, name))                                                               \
+        {                                                                                          \
+                if (mp_get_str(v, dst, sizeof(dst)))                                               \
+                        bad = name;                                                                \
+        }
 #define UINT(name, dst)                                                                            \
-        else if (mp_str_eq(k, name)) { if (mp_get_u64(v, &dst)) bad = name; }
+        else if (mp_str_eq(k, name))                                                               \
+        {                                                                                          \
+                if (mp_get_u64(v, &dst))                                                           \
+                        bad = name;                                                                \
+        }
                 if (mp_str_eq(k, "status")) {
                         if (mp_get_str(v, status, sizeof(status)))
                                 bad = "status";
                 }
-                STR("id", r->id) STR("user", r->user) STR("model", r->model)
-                STR("worker", r->worker) STR("source", r->source) STR("error", r->error)
-                STR("message", r->message)
-                UINT("v", r->v) UINT("enqueued", r->enqueued) UINT("started", r->started)
-                UINT("done", r->done) UINT("version", r->version)
-                UINT("nonfinite", r->nonfinite)
-                else if (mp_str_eq(k, "window")) {
+                STR("id", r->id)
+                STR("user", r->user) STR("model", r->model) STR("worker", r->worker)
+                    STR("source", r->source) STR("error", r->error) STR("message", r->message)
+                        UINT("v", r->v) UINT("enqueued", r->enqueued) UINT("started", r->started)
+                            UINT("done", r->done) UINT("version", r->version)
+                                UINT("nonfinite", r->nonfinite) else if (mp_str_eq(k, "window"))
+                {
                         if (mp_get_u64(v, &r->window))
                                 bad = "window";
                         r->has_window = 1;
-                } else if (mp_str_eq(k, "retry_after")) {
+                }
+                else if (mp_str_eq(k, "retry_after"))
+                {
                         if (mp_get_u64(v, &r->retry_after))
                                 bad = "retry_after";
                         r->has_retry_after = 1;
-                } else if (mp_str_eq(k, "shape")) {
+                }
+                else if (mp_str_eq(k, "shape"))
+                {
                         shape = v;
-                } else if (mp_str_eq(k, "output")) {
+                }
+                else if (mp_str_eq(k, "output"))
+                {
                         output = v;
                 }
 #undef STR
 #undef UINT
                 if (bad) {
-                        kf_errf(errstr, errstr_size, "result field '%s' has the wrong type or "
-                                                     "is too long", bad);
+                        kf_errf(errstr, errstr_size,
+                                "result field '%s' has the wrong type or "
+                                "is too long",
+                                bad);
                         goto out;
                 }
         }
         if (!status[0] || !r->id[0] || !r->user[0]) {
                 kf_errf(errstr, errstr_size, "result lacks %s",
-                        !status[0] ? "'status'" : !r->id[0] ? "'id'" : "'user'");
+                        !status[0]  ? "'status'"
+                        : !r->id[0] ? "'id'"
+                                    : "'user'");
                 goto out;
         }
         r->ok = !strcmp(status, "ok");

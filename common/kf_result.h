@@ -14,8 +14,8 @@
 #include "job.h"
 
 typedef struct kf_result_s {
-        int ok;                        /* status is "ok" */
-        uint64_t v;                    /* protocol version of the result */
+        int ok;     /* status is "ok" */
+        uint64_t v; /* protocol version of the result */
         char id[JOB_ID_MAX + 1];
         char user[JOB_USER_MAX + 1];
         char model[JOB_MODEL_MAX + 1]; /* "" when the job had none readable */
@@ -24,14 +24,14 @@ typedef struct kf_result_s {
         /* ok */
         uint64_t version;
         uint32_t rows, cols;
-        float *output;                 /* rows*cols, malloc'd (NULL on error results) */
-        uint64_t nonfinite;            /* ok: how many output values are NaN or +-Inf */
-        uint64_t window;               /* ok and quota_exceeded: window start, Unix s */
+        float *output;      /* rows*cols, malloc'd (NULL on error results) */
+        uint64_t nonfinite; /* ok: how many output values are NaN or +-Inf */
+        uint64_t window;    /* ok and quota_exceeded: window start, Unix s */
         int has_window;
         /* error */
         char error[32];
         char message[1024];
-        uint64_t retry_after;          /* quota_exceeded */
+        uint64_t retry_after; /* quota_exceeded */
         int has_retry_after;
 } kf_result_t;
 
@@ -39,8 +39,7 @@ typedef struct kf_result_s {
  * must).  Returns 0, or -1 with errstr naming the problem (not msgpack, not a
  * map, a missing or mistyped field, output size not matching shape).  Call
  * kf_result_clear() afterwards in both cases. */
-int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr,
-                     size_t errstr_size);
+int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr, size_t errstr_size);
 
 void kf_result_clear(kf_result_t *r);
 

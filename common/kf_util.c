@@ -98,7 +98,7 @@ int kf_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
         if (!s || !*s)
                 return -1;
         errno = 0;
-        v     = strtoll(s, &end, 10);
+        v = strtoll(s, &end, 10);
         if (errno || *end || v < min || v > max)
                 return -1;
         *out = v;
@@ -214,7 +214,7 @@ int kf_random_hex(char *buf, size_t n)
         if (n > sizeof(raw) || getrandom(raw, n, 0) != (ssize_t)n)
                 return -1;
         for (size_t i = 0; i < n; i++) {
-                buf[2 * i]     = hex[raw[i] >> 4];
+                buf[2 * i] = hex[raw[i] >> 4];
                 buf[2 * i + 1] = hex[raw[i] & 15];
         }
         buf[2 * n] = '\0';

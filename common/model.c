@@ -182,19 +182,19 @@ model_t *model_alias(model_t *m, uint32_t version)
                 return NULL;
         /* Field by field: m's refcnt may be changing on another thread. */
         memcpy(a->name, m->name, sizeof(a->name));
-        a->version       = version;
-        a->input_dim     = m->input_dim;
-        a->output_dim    = m->output_dim;
-        a->n_layers      = m->n_layers;
-        a->layers        = m->layers;
-        a->max_width     = m->max_width;
+        a->version = version;
+        a->input_dim = m->input_dim;
+        a->output_dim = m->output_dim;
+        a->n_layers = m->n_layers;
+        a->layers = m->layers;
+        a->max_width = m->max_width;
         a->flops_per_row = m->flops_per_row;
-        a->weight_bytes  = m->weight_bytes;
-        a->refcnt        = 1;
-        a->kind          = m->kind;
-        a->n_members     = m->n_members;
-        a->members       = m->members;
-        a->alias_of      = model_ref(m->alias_of ? m->alias_of : m);
+        a->weight_bytes = m->weight_bytes;
+        a->refcnt = 1;
+        a->kind = m->kind;
+        a->n_members = m->n_members;
+        a->members = m->members;
+        a->alias_of = model_ref(m->alias_of ? m->alias_of : m);
         return a;
 }
 

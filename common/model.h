@@ -32,12 +32,12 @@
 
 #include "job.h"
 
-#define MODEL_FORMAT_NAME   "kinfer-model"
-#define MODEL_FORMAT_V      1
-#define MODEL_MAX_LAYERS    64
-#define MODEL_MAX_DIM       (1u << 20) /* widest layer side accepted */
-#define MODEL_MAX_MEMBERS   64         /* members of one ensemble, after flattening */
-#define MODEL_MAX_DEPTH     8          /* ensembles of ensembles, nested at most this deep */
+#define MODEL_FORMAT_NAME    "kinfer-model"
+#define MODEL_FORMAT_V       1
+#define MODEL_MAX_LAYERS     64
+#define MODEL_MAX_DIM        (1u << 20) /* widest layer side accepted */
+#define MODEL_MAX_MEMBERS    64         /* members of one ensemble, after flattening */
+#define MODEL_MAX_DEPTH      8          /* ensembles of ensembles, nested at most this deep */
 #define MODEL_MAX_FILE_BYTES ((size_t)4 << 30) /* largest model file read */
 
 typedef enum {
@@ -73,15 +73,15 @@ typedef struct model_s {
         char name[JOB_MODEL_MAX + 1];
         uint32_t version; /* set by whoever loaded it (directory, registry); 0 = unset */
         uint32_t input_dim, output_dim;
-        uint32_t n_layers;       /* MLP; 0 for an ensemble */
-        model_layer_t *layers;   /* MLP; NULL for an ensemble */
-        uint32_t max_width;      /* widest in/out of any layer: scratch sizing */
-        uint64_t flops_per_row;  /* MLP: 2 * sum(in*out) over layers; ensemble: sum of members' */
-        size_t weight_bytes;     /* bytes of W and b (an ensemble's: its members') */
-        int refcnt;              /* atomic; use model_ref/model_unref */
+        uint32_t n_layers;      /* MLP; 0 for an ensemble */
+        model_layer_t *layers;  /* MLP; NULL for an ensemble */
+        uint32_t max_width;     /* widest in/out of any layer: scratch sizing */
+        uint64_t flops_per_row; /* MLP: 2 * sum(in*out) over layers; ensemble: sum of members' */
+        size_t weight_bytes;    /* bytes of W and b (an ensemble's: its members') */
+        int refcnt;             /* atomic; use model_ref/model_unref */
         model_kind_t kind;
-        uint32_t n_members;      /* ensemble: distinct MLPs after flattening */
-        model_member_t *members; /* ensemble: n_members, owned */
+        uint32_t n_members;       /* ensemble: distinct MLPs after flattening */
+        model_member_t *members;  /* ensemble: n_members, owned */
         struct model_s *alias_of; /* layers and members borrowed from this model (an owned
                                    * reference, see model_alias); NULL: its own */
 } model_t;

@@ -22,8 +22,8 @@
 
 /* y[r] += b for every row, and the ReLU (NaN becomes 0) in the same pass
  * when relu: the ReLU is only ever applied here. */
-static void model_add_bias(float *restrict y, const float *restrict b, size_t rows,
-                           uint32_t cols, int relu)
+static void model_add_bias(float *restrict y, const float *restrict b, size_t rows, uint32_t cols,
+                           int relu)
 {
         size_t m = cols & ~(size_t)(MODEL_VEC - 1);
         for (size_t r = 0; r < rows; r++, y += cols) {

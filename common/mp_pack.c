@@ -40,7 +40,7 @@ int mp_pack_f32_le(msgpack_packer *pk, const float *v, size_t n)
                 tmp[o++] = (unsigned char)(u >> 24);
                 if (o == sizeof(tmp) || i + 1 == n) {
                         rc = msgpack_pack_bin_body(pk, tmp, o);
-                        o  = 0;
+                        o = 0;
                 }
         }
 #endif

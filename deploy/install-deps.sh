@@ -8,7 +8,7 @@ PKGS=(
   build-essential pkg-config
   librdkafka-dev libmsgpack-dev libopenblas-dev libhiredis-dev libcmocka-dev libjansson-dev
   libssl-dev uthash-dev libmicrohttpd-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
   redis-server
   prometheus
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis

@@ -124,8 +124,7 @@ static int cmd_init(int argc, char **argv)
                         acts[na++] = (model_act_t)a;
                 }
                 if (na != nd - 1) {
-                        kc_err("model init: --act names %d activations for %d layers", na,
-                               nd - 1);
+                        kc_err("model init: --act names %d activations for %d layers", na, nd - 1);
                         goto out;
                 }
         }
@@ -136,7 +135,7 @@ static int cmd_init(int argc, char **argv)
         seed = (uint64_t)c.seed;
         for (uint32_t l = 0; l < m->n_layers; l++) {
                 model_layer_t *L = &m->layers[l];
-                float a          = sqrtf(6.0f / (float)(L->in + L->out));
+                float a = sqrtf(6.0f / (float)(L->in + L->out));
                 for (size_t i = 0; i < (size_t)L->in * L->out; i++)
                         L->W[i] = rng_uniform(&seed, a);
                 for (uint32_t i = 0; i < L->out; i++)
@@ -243,7 +242,7 @@ static int cmd_build(int argc, char **argv)
                 goto out;
         }
         layers = json_object_get(doc, "layers");
-        nl     = json_array_size(layers);
+        nl = json_array_size(layers);
         if (!json_is_string(json_object_get(doc, "name")) || nl == 0 || nl > MODEL_MAX_LAYERS) {
                 kc_err("model build: %s: need \"name\" and 1..%d \"layers\"", argv[first],
                        MODEL_MAX_LAYERS);
@@ -264,10 +263,10 @@ static int cmd_build(int argc, char **argv)
                 }
                 dims[li] = (uint32_t)json_array_size(W);
                 dims[li + 1] = (uint32_t)json_array_size(b);
-                acts[li]     = (model_act_t)a;
+                acts[li] = (model_act_t)a;
         }
-        if (!(m = model_new_mlp(json_string_value(json_object_get(doc, "name")), (uint32_t)nl,
-                                dims, acts, err, sizeof(err)))) {
+        if (!(m = model_new_mlp(json_string_value(json_object_get(doc, "name")), (uint32_t)nl, dims,
+                                acts, err, sizeof(err)))) {
                 kc_err("model build: %s", err);
                 goto out;
         }

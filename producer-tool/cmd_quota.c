@@ -156,15 +156,14 @@ static int quota_rm(int argc, char **argv)
  * absent fields as 0. */
 static json_t *read_counters_of(redisContext *r, const char *key, const char *suffix)
 {
-        redisReply *rep = cmd(r, "HMGET %s jobs%s rows%s flops%s errors%s", key, suffix, suffix,
-                              suffix, suffix);
-        json_t *o       = json_object();
+        redisReply *rep =
+            cmd(r, "HMGET %s jobs%s rows%s flops%s errors%s", key, suffix, suffix, suffix, suffix);
+        json_t *o = json_object();
         for (int i = 0; counters[i]; i++) {
                 const redisReply *v = rep->element[i];
-                json_object_set_new(o, counters[i],
-                                    json_integer(v->type == REDIS_REPLY_STRING
-                                                     ? strtoll(v->str, NULL, 10)
-                                                     : 0));
+                json_object_set_new(
+                    o, counters[i],
+                    json_integer(v->type == REDIS_REPLY_STRING ? strtoll(v->str, NULL, 10) : 0));
         }
         freeReplyObject(rep);
         return o;
@@ -181,11 +180,11 @@ static json_t *read_window(redisContext *r, const kc_conf_t *c, const char *user
 {
         redisReply *rep = cmd(r, "HMGET %s window_start window_s", usage_key);
         long long start = 0, len = 0, now = kf_now_ms() / 1000;
-        json_t *o       = NULL;
+        json_t *o = NULL;
         if (rep->element[0]->type == REDIS_REPLY_STRING &&
             rep->element[1]->type == REDIS_REPLY_STRING) {
                 start = strtoll(rep->element[0]->str, NULL, 10);
-                len   = strtoll(rep->element[1]->str, NULL, 10);
+                len = strtoll(rep->element[1]->str, NULL, 10);
         }
         freeReplyObject(rep);
         if (len > 0 && start + len > now) {
@@ -218,7 +217,7 @@ static json_t *read_models(redisContext *r, const kc_conf_t *c, const char *user
         }
         rep = cmd(r, "HGETALL %s", key);
         for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-                const char *f     = rep->element[i]->str;
+                const char *f = rep->element[i]->str;
                 const char *colon = strchr(f, ':');
                 json_t *m;
                 int k;
@@ -267,7 +266,7 @@ static int quota_get(int argc, char **argv)
         r = kc_redis(&c);
         key_of(key, &c, KF_K_QUOTA, argv[first], NULL);
         rep = cmd(r, "HMGET %s jobs rows window", key);
-        q   = json_object();
+        q = json_object();
         for (int i = 0; limits[i]; i++) {
                 const redisReply *v = rep->element[i];
                 int64_t n;
@@ -281,8 +280,8 @@ static int quota_get(int argc, char **argv)
         freeReplyObject(rep);
         key_of(key, &c, KF_K_USAGE, argv[first], NULL);
         win = read_window(r, &c, argv[first], key);
-        o   = json_pack("{s:s,s:o,s:o}", "user", argv[first], "quota", q, "window",
-                        win ? win : json_null());
+        o = json_pack("{s:s,s:o,s:o}", "user", argv[first], "quota", q, "window",
+                      win ? win : json_null());
         if (c.json) {
                 kc_print_json(o);
         } else {
@@ -349,7 +348,7 @@ int kc_cmd_usage(int argc, char **argv)
         r = kc_redis(&c);
         key_of(key, &c, KF_K_USAGE, argv[first], NULL);
         models = read_models(r, &c, argv[first]);
-        o   = read_counters(r, key);
+        o = read_counters(r, key);
         win = read_window(r, &c, argv[first], key);
         json_object_set_new(o, "user", json_string(argv[first]));
         json_object_set_new(o, "window", win ? win : json_null());

@@ -12,8 +12,10 @@
 #define O(f) offsetof(kc_conf_t, f)
 
 #define KC_OPT_USER                                                                                \
-        {"user", 'u', "KINFER_USER", KF_OPT_STR, O(user), 0, 0, NULL, "ID",                       \
-         "whose jobs (results are kept per user; required)"}
+        {                                                                                          \
+                "user", 'u', "KINFER_USER", KF_OPT_STR, O(user), 0, 0, NULL, "ID",                 \
+                    "whose jobs (results are kept per user; required)"                             \
+        }
 
 static const kf_opt_t get_opts[] = {KC_OPTS_CONN, KC_OPT_USER, {NULL}};
 
@@ -30,9 +32,9 @@ static const kf_opt_t wait_opts[] = {
 
 static int get_or_wait(int argc, char **argv, int wait)
 {
-        kc_conf_t c          = {0};
+        kc_conf_t c = {0};
         const kf_opt_t *opts = wait ? wait_opts : get_opts;
-        kc_printer_t p       = {NULL, KC_EXIT_OK};
+        kc_printer_t p = {NULL, KC_EXIT_OK};
         char inbox[JOB_INBOX_MAX + 1];
         redisContext *r;
         int first;
@@ -62,7 +64,7 @@ static int get_or_wait(int argc, char **argv, int wait)
                         kf_config_free(opts, &c, NULL);
                         return KC_EXIT_USAGE;
                 }
-        r     = kc_redis(&c);
+        r = kc_redis(&c);
         p.ids = argv + first;
         if (wait) {
                 const char *ib = c.inbox;

@@ -54,8 +54,8 @@ typedef struct submit_s {
         job_output_t output;
         char run[17]; /* random part of generated ids */
         char inbox[JOB_INBOX_MAX + 1];
-        char **ids;   /* every job's id, in submission order */
-        int *failed;  /* per job: delivery failed */
+        char **ids;  /* every job's id, in submission order */
+        int *failed; /* per job: delivery failed */
         size_t n, cap;
         size_t delivered, nfailed;
 } submit_t;
@@ -63,7 +63,7 @@ typedef struct submit_s {
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
         submit_t *s = opaque;
-        size_t idx  = (size_t)(uintptr_t)rkm->_private;
+        size_t idx = (size_t)(uintptr_t)rkm->_private;
         (void)rk;
         if (rkm->err) {
                 s->failed[idx] = 1;
@@ -104,34 +104,33 @@ static int submit_one(const kc_matrix_t *m, void *opaque)
                 if (!(nf = realloc(s->failed, nc * sizeof(*nf))))
                         return -1;
                 s->failed = nf;
-                s->cap    = nc;
+                s->cap = nc;
         }
 
         memset(&job, 0, sizeof(job));
         kf_strlcpy(job.id, id, sizeof(job.id));
         kf_strlcpy(job.user, c->user, sizeof(job.user));
         kf_strlcpy(job.model, c->model, sizeof(job.model));
-        job.version     = (uint32_t)c->version;
-        job.rows        = m->rows;
-        job.cols        = m->cols;
-        job.input       = m->data; /* borrowed: not cleared below */
-        job.output      = s->output;
-        job.k           = (uint32_t)c->k;
-        job.ttl_s       = (uint32_t)c->ttl;
+        job.version = (uint32_t)c->version;
+        job.rows = m->rows;
+        job.cols = m->cols;
+        job.input = m->data; /* borrowed: not cleared below */
+        job.output = s->output;
+        job.k = (uint32_t)c->k;
+        job.ttl_s = (uint32_t)c->ttl;
         job.deadline_ms = c->deadline_ms ? kf_now_ms() + c->deadline_ms : 0;
         kf_strlcpy(job.inbox, s->inbox, sizeof(job.inbox));
         if (job_encode(&job, s->enc, &buf, &len, err, sizeof(err))) {
                 kc_err("job %zu: %s", s->n + 1, err);
                 return -1;
         }
-        s->ids[s->n]    = strdup(id);
+        s->ids[s->n] = strdup(id);
         s->failed[s->n] = 0;
         for (;;) {
-                kerr = rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(c->topic),
-                                         RD_KAFKA_V_KEY(c->user, strlen(c->user)),
-                                         RD_KAFKA_V_VALUE(buf, len),
-                                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-                                         RD_KAFKA_V_OPAQUE((void *)(uintptr_t)s->n), RD_KAFKA_V_END);
+                kerr = rd_kafka_producev(
+                    s->rk, RD_KAFKA_V_TOPIC(c->topic), RD_KAFKA_V_KEY(c->user, strlen(c->user)),
+                    RD_KAFKA_V_VALUE(buf, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                    RD_KAFKA_V_OPAQUE((void *)(uintptr_t)s->n), RD_KAFKA_V_END);
                 if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
                         break;
                 rd_kafka_poll(s->rk, 100); /* let deliveries drain the queue */
@@ -149,14 +148,17 @@ static int submit_one(const kc_matrix_t *m, void *opaque)
 
 int kc_cmd_submit(int argc, char **argv)
 {
-        static const char *const pdefaults[] = {
-            "enable.idempotence", "true", /* no duplicates or reordering on retries */
-            "acks", "all",
-            "linger.ms", "5",
-            "message.timeout.ms", "30000",
-            NULL};
+        static const char *const pdefaults[] = {"enable.idempotence",
+                                                "true", /* no duplicates or reordering on retries */
+                                                "acks",
+                                                "all",
+                                                "linger.ms",
+                                                "5",
+                                                "message.timeout.ms",
+                                                "30000",
+                                                NULL};
         kc_conf_t c = {0};
-        submit_t s  = {0};
+        submit_t s = {0};
         rd_kafka_conf_t *kconf;
         char err[512];
         int first, rc = KC_EXIT_OK;
@@ -265,9 +267,9 @@ int kc_cmd_submit(int argc, char **argv)
 
         if (c.wait) {
                 redisContext *rc_redis = kc_redis(&c);
-                char **ids             = malloc(sizeof(*ids) * (s.n + 1));
-                size_t n               = 0;
-                kc_printer_t wt        = {ids, KC_EXIT_OK};
+                char **ids = malloc(sizeof(*ids) * (s.n + 1));
+                size_t n = 0;
+                kc_printer_t wt = {ids, KC_EXIT_OK};
                 if (!ids) {
                         kc_err("out of memory");
                         rc = KC_EXIT_FAIL;

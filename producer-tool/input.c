@@ -16,16 +16,16 @@ static int parse_csv_row(const char *s, float **vals, size_t *n, size_t *cap, ch
                          size_t errstr_size)
 {
         const char *p = s;
-        int cnt       = 0;
+        int cnt = 0;
         for (;;) {
                 char *end;
                 double v;
                 int len;
                 while (*p == ' ' || *p == '\t')
                         p++;
-                len   = (int)strcspn(p, ",\r\n");
+                len = (int)strcspn(p, ",\r\n");
                 errno = 0;
-                v     = strtod(p, &end);
+                v = strtod(p, &end);
                 if (end == p)
                         return kf_errf(errstr, errstr_size, "value %d ('%.*s') is not a number",
                                        cnt + 1, len, p);
@@ -50,7 +50,7 @@ static int parse_csv_row(const char *s, float **vals, size_t *n, size_t *cap, ch
                         if (!nv)
                                 return kf_errf(errstr, errstr_size, "out of memory");
                         *vals = nv;
-                        *cap  = nc;
+                        *cap = nc;
                 }
                 (*vals)[(*n)++] = (float)v;
                 cnt++;
@@ -78,7 +78,7 @@ static int csv_header_check(const char *line, char *why, size_t why_size)
         int numbers = 0, bad_col = 0, bad_len = 0;
 
         for (int col = 1;; col++) {
-                size_t len    = strcspn(p, ",\r\n");
+                size_t len = strcspn(p, ",\r\n");
                 const char *f = p, *e = p + len;
                 char *end;
 
@@ -90,7 +90,7 @@ static int csv_header_check(const char *line, char *why, size_t why_size)
                 if (f < e && end == e) {
                         numbers++;
                 } else if (!bad) {
-                        bad     = f;
+                        bad = f;
                         bad_col = col;
                         bad_len = (int)(e - f);
                 }
@@ -120,13 +120,12 @@ int kc_rows_from_args(int argc, char **argv, kc_matrix_t *m, char *errstr, size_
                 int cnt = parse_csv_row(argv[i], &vals, &n, &cap, why, sizeof(why));
                 if (cnt < 0) {
                         free(vals);
-                        return kf_errf(errstr, errstr_size, "row %d '%s': %s", i + 1, argv[i],
-                                       why);
+                        return kf_errf(errstr, errstr_size, "row %d '%s': %s", i + 1, argv[i], why);
                 }
                 if (i > 0 && (uint32_t)cnt != m->cols) {
                         free(vals);
-                        return kf_errf(errstr, errstr_size,
-                                       "row %d has %d values, row 1 has %u", i + 1, cnt, m->cols);
+                        return kf_errf(errstr, errstr_size, "row %d has %d values, row 1 has %u",
+                                       i + 1, cnt, m->cols);
                 }
                 m->cols = (uint32_t)cnt;
                 m->rows++;
@@ -155,15 +154,15 @@ static int json_row(json_t *row, float **vals, size_t *n, size_t *cap, char *err
                  * undefined, so the test comes first. */
                 if (fabs(d) > FLT_MAX)
                         return kf_errf(errstr, errstr_size,
-                                       "value %zu (%g) is out of float32 range (largest %g)",
-                                       i + 1, d, (double)FLT_MAX);
+                                       "value %zu (%g) is out of float32 range (largest %g)", i + 1,
+                                       d, (double)FLT_MAX);
                 if (*n == *cap) {
                         size_t nc = *cap ? *cap * 2 : 64;
                         float *nv = realloc(*vals, nc * sizeof(float));
                         if (!nv)
                                 return kf_errf(errstr, errstr_size, "out of memory");
                         *vals = nv;
-                        *cap  = nc;
+                        *cap = nc;
                 }
                 (*vals)[(*n)++] = (float)d;
         }
@@ -194,8 +193,8 @@ int kc_read_jobs(const char *path, const char *format, int64_t rows_per_job, kc_
         size_t linecap = 0, n = 0, cap = 0;
         float *vals = NULL;
         kc_matrix_t m = {0};
-        long lineno   = 0;
-        int rc        = 0;
+        long lineno = 0;
+        int rc = 0;
         char why[256];
 
         if (!fmt)
@@ -219,8 +218,8 @@ int kc_read_jobs(const char *path, const char *format, int64_t rows_per_job, kc_
                         json_t *row;
                         n = 0;
                         if (!doc) {
-                                rc = kf_errf(errstr, errstr_size, "%s:%ld: invalid JSON: %s",
-                                             path, lineno, jerr.text);
+                                rc = kf_errf(errstr, errstr_size, "%s:%ld: invalid JSON: %s", path,
+                                             lineno, jerr.text);
                                 break;
                         }
                         m.rows = 0;
@@ -267,8 +266,7 @@ int kc_read_jobs(const char *path, const char *format, int64_t rows_per_job, kc_
                         if (c < 0) {
                                 if (lineno == 1 && csv_header_check(p, why, sizeof(why)))
                                         continue; /* a header line */
-                                rc = kf_errf(errstr, errstr_size, "%s:%ld: %s", path, lineno,
-                                             why);
+                                rc = kf_errf(errstr, errstr_size, "%s:%ld: %s", path, lineno, why);
                                 break;
                         }
                         if (m.rows && (uint32_t)c != m.cols) {

@@ -40,14 +40,24 @@ typedef struct kc_conf_s {
 
 /* Connection options every subcommand that talks to a server accepts. */
 #define KC_OPTS_CONN                                                                               \
-        {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, offsetof(kc_conf_t, brokers), 0, 0,        \
-         "localhost:9092", "LIST", "Kafka bootstrap servers"},                                     \
-            {"redis", 'r', "KINFER_REDIS", KF_OPT_STR, offsetof(kc_conf_t, redis_url), 0, 0,       \
-             "redis://127.0.0.1:6379/0", "URL", "redis://[user:password@]host:port[/db]"},         \
-            {"topic", 't', "KINFER_TOPIC", KF_OPT_STR, offsetof(kc_conf_t, topic), 0, 0,           \
-             "kinfer.jobs", "NAME", "job topic"},                                                  \
-            {"prefix", 0, "KINFER_PREFIX", KF_OPT_STR, offsetof(kc_conf_t, prefix), 0, 0,          \
-             "kinfer:", "STR", "prefix of every Redis key"}
+        {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, offsetof(kc_conf_t, brokers),               \
+         0,         0,   "localhost:9092", "LIST",     "Kafka bootstrap servers"},                 \
+            {"redis",                                                                              \
+             'r',                                                                                  \
+             "KINFER_REDIS",                                                                       \
+             KF_OPT_STR,                                                                           \
+             offsetof(kc_conf_t, redis_url),                                                       \
+             0,                                                                                    \
+             0,                                                                                    \
+             "redis://127.0.0.1:6379/0",                                                           \
+             "URL",                                                                                \
+             "redis://[user:password@]host:port[/db]"},                                            \
+            {"topic", 't', "KINFER_TOPIC", KF_OPT_STR, offsetof(kc_conf_t, topic),                 \
+             0,       0,   "kinfer.jobs",  "NAME",     "job topic"},                               \
+        {                                                                                          \
+                "prefix", 0, "KINFER_PREFIX", KF_OPT_STR, offsetof(kc_conf_t, prefix), 0, 0,       \
+                    "kinfer:", "STR", "prefix of every Redis key"                                  \
+        }
 
 /* Parses argv (argv[0] = the subcommand) with opts; on --help prints usage
  * (synopsis first) and exits 0, on error prints it and exits 2.  Returns the
@@ -77,9 +87,8 @@ typedef void(kc_result_cb)(size_t i, json_t *res, void *opaque);
  * themselves on inbox (BLPOP); at most every 5 s the results are read again,
  * since another client may take an id from a shared inbox.  inbox NULL:
  * reads the results every 200 ms.  Returns how many did not come. */
-size_t kc_results_wait(redisContext *c, const kc_conf_t *conf, const char *user,
-                       const char *inbox, char **ids, size_t n, int64_t timeout_s,
-                       kc_result_cb *cb, void *opaque);
+size_t kc_results_wait(redisContext *c, const kc_conf_t *conf, const char *user, const char *inbox,
+                       char **ids, size_t n, int64_t timeout_s, kc_result_cb *cb, void *opaque);
 
 /* A kc_result_cb that prints each result as a JSON line and sets rc to
  * KC_EXIT_FAIL for a missing or non-ok one; opaque is a kc_printer_t. */

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kf_log.h"
 #include "kf_keys.h"
+#include "kf_log.h"
 #include "kinfer.h"
 
 static const struct {
@@ -15,14 +15,17 @@ static const struct {
         int (*fn)(int, char **);
         const char *what;
 } cmds[] = {
-    {"submit", kc_cmd_submit, "submit jobs (rows from arguments, JSON lines or CSV); --wait for results"},
+    {"submit", kc_cmd_submit,
+     "submit jobs (rows from arguments, JSON lines or CSV); --wait for results"},
     {"get", kc_cmd_get, "print the results of jobs that are done"},
     {"wait", kc_cmd_wait, "wait for jobs' results and print them"},
     {"usage", kc_cmd_usage, "print a user's usage: lifetime, current window, per model"},
     {"quota", kc_cmd_quota, "set, show or remove a user's quota"},
-    {"model", kc_cmd_model, "model files (init, build, inspect) and the registry (push, list, "
-                            "show, activate, rollback, rm)"},
-    {"bench", kc_cmd_bench, "load generator: drain/open-loop throughput and latency, compute limit"},
+    {"model", kc_cmd_model,
+     "model files (init, build, inspect) and the registry (push, list, "
+     "show, activate, rollback, rm)"},
+    {"bench", kc_cmd_bench,
+     "load generator: drain/open-loop throughput and latency, compute limit"},
 };
 
 static void usage(FILE *fp)

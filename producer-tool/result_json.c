@@ -32,7 +32,9 @@ redisContext *kc_redis(const kc_conf_t *conf)
 static void redis_fail(redisContext *c, const redisReply *r, const char *what)
 {
         kc_err("redis: %s: %s", what,
-               r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr[0] ? c->errstr : "error");
+               r && r->type == REDIS_REPLY_ERROR ? r->str
+               : c->errstr[0]                    ? c->errstr
+                                                 : "error");
         exit(KC_EXIT_CONN);
 }
 
@@ -65,11 +67,11 @@ static json_t *result_to_json(const kf_result_t *r)
                 return o;
         }
         json_t *mat = json_array();
-        json_object_set_new(o, "shape", json_pack("[II]", (json_int_t)r->rows, (json_int_t)r->cols));
+        json_object_set_new(o, "shape",
+                            json_pack("[II]", (json_int_t)r->rows, (json_int_t)r->cols));
         for (uint32_t i = 0; i < r->rows; i++) {
                 json_t *row = json_array();
-                for (uint32_t j = 0; j < r->cols; j++)
-                {
+                for (uint32_t j = 0; j < r->cols; j++) {
                         float v = r->output[(size_t)i * r->cols + j];
                         /* JSON has no NaN or Inf: null, visibly not a number */
                         json_array_append_new(row, isfinite(v) ? json_real(v) : json_null());
@@ -163,8 +165,8 @@ static void fetch_pending(waiter_t *w)
         }
         for (size_t i = w->next; i < w->n; i++) {
                 char key[KF_KEY_MAX];
-                if (w->res[i] || kf_user_key(key, w->conf->prefix, w->user, KF_K_RESULT,
-                                             w->ids[i]) < 0)
+                if (w->res[i] ||
+                    kf_user_key(key, w->conf->prefix, w->user, KF_K_RESULT, w->ids[i]) < 0)
                         continue;
                 redisAppendCommand(w->c, "GET %s", key);
                 sent[ns++] = i;
@@ -180,9 +182,8 @@ static void fetch_pending(waiter_t *w)
         free(sent);
 }
 
-size_t kc_results_wait(redisContext *c, const kc_conf_t *conf, const char *user,
-                       const char *inbox, char **ids, size_t n, int64_t timeout_s,
-                       kc_result_cb *cb, void *opaque)
+size_t kc_results_wait(redisContext *c, const kc_conf_t *conf, const char *user, const char *inbox,
+                       char **ids, size_t n, int64_t timeout_s, kc_result_cb *cb, void *opaque)
 {
         waiter_t w = {c, conf, user, ids, NULL, json_object(), n, 0, n, cb, opaque};
         int64_t until = timeout_s ? kf_now_ms() + timeout_s * 1000 : 0;
@@ -224,7 +225,7 @@ size_t kc_results_wait(redisContext *c, const kc_conf_t *conf, const char *user,
                 if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
                         const redisReply *id = r->element[1];
                         json_t *at = json_object_getn(w.index, id->str, id->len);
-                        size_t i   = at ? (size_t)json_integer_value(at) : n;
+                        size_t i = at ? (size_t)json_integer_value(at) : n;
                         if (i >= w.next && i < n && !w.res[i])
                                 got(&w, i, kc_result_json(c, conf, user, ids[i]));
                 } else { /* a timeout slice: look at the results themselves */
@@ -262,8 +263,9 @@ int kc_inbox_from_id(const char *id, char *buf)
 {
         /* ids made by submit: PREFIX-RUN-N, RUN 16 lowercase hex digits */
         const char *last = strrchr(id, '-');
-        const char *run  = last && last - id >= 17 ? last - 16 : NULL;
-        if (!run || run[-1] != '-' || !last[1] || strspn(last + 1, "0123456789") != strlen(last + 1))
+        const char *run = last && last - id >= 17 ? last - 16 : NULL;
+        if (!run || run[-1] != '-' || !last[1] ||
+            strspn(last + 1, "0123456789") != strlen(last + 1))
                 return -1;
         for (int i = 0; i < 16; i++)
                 if (!strchr("0123456789abcdef", run[i]))
@@ -274,7 +276,7 @@ int kc_inbox_from_id(const char *id, char *buf)
 
 void kc_print_result(size_t i, json_t *res, void *opaque)
 {
-        kc_printer_t *p    = opaque;
+        kc_printer_t *p = opaque;
         const char *status = res ? json_string_value(json_object_get(res, "status")) : NULL;
         if (!res) {
                 kc_err("job %s: no result before the timeout", p->ids[i]);

@@ -10,11 +10,11 @@
 
 static void job_fail(kw_job_t *j, kf_err_t err)
 {
-        j->err   = err;
+        j->err = err;
         j->state = KW_JOB_DONE;
         free(j->job.input); /* the input is not needed for an error result */
         j->job.input = NULL;
-        j->done_ms   = kf_now_ms();
+        j->done_ms = kf_now_ms();
 }
 
 int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim)
@@ -23,16 +23,16 @@ int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim
         kf_err_t err;
 
         if (b->n == b->cap) {
-                int ncap     = b->cap ? b->cap * 2 : 64;
+                int ncap = b->cap ? b->cap * 2 : 64;
                 kw_job_t *nj = realloc(b->jobs, sizeof(*nj) * (size_t)ncap);
                 if (!nj)
                         return -1; /* rkm stays the caller's */
                 b->jobs = nj;
-                b->cap  = ncap;
+                b->cap = ncap;
         }
         j = &b->jobs[b->n++];
         memset(j, 0, sizeof(*j));
-        j->rkm        = rkm;
+        j->rkm = rkm;
         j->started_ms = kf_now_ms();
 
         err = job_decode(rkm->payload, rkm->len, lim, &j->job, j->errmsg, sizeof(j->errmsg));
@@ -84,9 +84,9 @@ static void compute_group(kw_compute_ctx_t *ctx, model_t *m, kw_job_t **grp, int
         if (model_forward(m, ctx->X, rows, ctx->Y, &ctx->scratch))
                 goto oom;
         for (int i = 0; i < n; i++) {
-                kw_job_t *j    = grp[i];
+                kw_job_t *j = grp[i];
                 uint32_t ocols = model_output_cols_k(j->job.output, j->job.k, m->output_dim);
-                j->output      = malloc((size_t)j->job.rows * ocols * sizeof(float));
+                j->output = malloc((size_t)j->job.rows * ocols * sizeof(float));
                 if (!j->output) {
                         snprintf(j->errmsg, sizeof(j->errmsg), "out of memory for the output");
                         job_fail(j, KF_ERR_INTERNAL);
@@ -97,12 +97,12 @@ static void compute_group(kw_compute_ctx_t *ctx, model_t *m, kw_job_t **grp, int
                                     m->output_dim, j->output);
                 done = kf_now_ms(); /* `done` includes post-processing (protocol.md) */
                 yo += (size_t)j->job.rows * m->output_dim;
-                j->out_rows      = j->job.rows;
-                j->out_cols      = ocols;
+                j->out_rows = j->job.rows;
+                j->out_cols = ocols;
                 j->model_version = m->version;
-                j->flops         = m->flops_per_row * j->job.rows;
-                j->state         = KW_JOB_DONE;
-                j->done_ms       = done;
+                j->flops = m->flops_per_row * j->job.rows;
+                j->state = KW_JOB_DONE;
+                j->done_ms = done;
                 free(j->job.input);
                 j->job.input = NULL;
         }
@@ -121,9 +121,9 @@ oom:
 static int check_costs(kw_job_t *j, const kw_compute_limits_t *lim)
 {
         const model_t *m = j->model;
-        uint64_t rows    = j->job.rows;
-        uint64_t ocols   = model_output_cols_k(j->job.output, j->job.k, m->output_dim);
-        uint64_t out     = rows * ocols;
+        uint64_t rows = j->job.rows;
+        uint64_t ocols = model_output_cols_k(j->job.output, j->job.k, m->output_dim);
+        uint64_t out = rows * ocols;
         /* the raw output and the stacked input are no wider than this */
         uint64_t scratch = rows * m->max_width;
 
@@ -202,8 +202,8 @@ void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows)
                 if (b->jobs[i].state != KW_JOB_NEW || !m)
                         continue;
                 grp[0] = &b->jobs[i];
-                rows   = b->jobs[i].job.rows;
-                n      = 1;
+                rows = b->jobs[i].job.rows;
+                n = 1;
                 for (int k = i + 1; k < b->n; k++) {
                         kw_job_t *j = &b->jobs[k];
                         if (j->state != KW_JOB_NEW || j->model != m)
@@ -221,12 +221,12 @@ void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows)
                 model_scratch_free(&ctx->scratch);
         if (ctx->xcap > KW_SCRATCH_KEEP) {
                 free(ctx->X);
-                ctx->X    = NULL;
+                ctx->X = NULL;
                 ctx->xcap = 0;
         }
         if (ctx->ycap > KW_SCRATCH_KEEP) {
                 free(ctx->Y);
-                ctx->Y    = NULL;
+                ctx->Y = NULL;
                 ctx->ycap = 0;
         }
 }

@@ -30,24 +30,24 @@ typedef struct kw_job_s {
         rd_kafka_message_t *rkm; /* owned */
         job_t job;
         kw_job_state_t state;
-        kf_err_t err;        /* KF_OK or the error result's code */
-        char errmsg[256];    /* the error result's human message */
-        float *output;       /* out_rows x out_cols, malloc'd; NULL on error */
+        kf_err_t err;     /* KF_OK or the error result's code */
+        char errmsg[256]; /* the error result's human message */
+        float *output;    /* out_rows x out_cols, malloc'd; NULL on error */
         uint32_t out_rows, out_cols;
         uint32_t model_version;
-        uint64_t flops;      /* charged on success: rows * 2 * sum(in*out) */
-        int64_t started_ms;  /* Unix ms when the worker picked it up */
-        int64_t done_ms;     /* Unix ms when its result was ready */
-        int over_quota;      /* the pre-check found the user over quota: not
-                              * computed, input kept (see commit.h) */
-        int precheck_done;   /* the pre-check is not asked again for this job */
-        model_t *model;      /* set by kw_batch_resolve; a reference */
+        uint64_t flops;     /* charged on success: rows * 2 * sum(in*out) */
+        int64_t started_ms; /* Unix ms when the worker picked it up */
+        int64_t done_ms;    /* Unix ms when its result was ready */
+        int over_quota;     /* the pre-check found the user over quota: not
+                             * computed, input kept (see commit.h) */
+        int precheck_done;  /* the pre-check is not asked again for this job */
+        model_t *model;     /* set by kw_batch_resolve; a reference */
 } kw_job_t;
 
 typedef struct kw_batch_s {
         kw_job_t *jobs;
         int n, cap;
-        uint64_t rows; /* rows of the decoded jobs, for the batch size bound */
+        uint64_t rows;           /* rows of the decoded jobs, for the batch size bound */
         struct kw_batch_s *next; /* queue link (see queue.h) */
 } kw_batch_t;
 

@@ -17,25 +17,25 @@ static const char step_lua[] =
 
 /* What the step script answers for each job (see step.lua). */
 typedef enum {
-        KW_STEP_UNKNOWN   = -1, /* not a code: the reply element is no integer */
+        KW_STEP_UNKNOWN = -1,  /* not a code: the reply element is no integer */
         KW_STEP_DUPLICATE = 0, /* (user, id) already decided: nothing written or charged */
-        KW_STEP_OK        = 1, /* ok result written and charged */
-        KW_STEP_QUOTA     = 2, /* quota_exceeded result written */
-        KW_STEP_ERROR     = 3, /* error result written */
+        KW_STEP_OK = 1,        /* ok result written and charged */
+        KW_STEP_QUOTA = 2,     /* quota_exceeded result written */
+        KW_STEP_ERROR = 3,     /* error result written */
         KW_STEP_RECOMPUTE = 4, /* pre-checked over quota, fits now: compute it */
-        KW_STEP_DAMAGED   = 5, /* internal result: the user's counters are damaged */
+        KW_STEP_DAMAGED = 5,   /* internal result: the user's counters are damaged */
 } kw_step_code_t;
 
 int kw_commit_open(kw_commit_t *cm, const char *url, int timeout_ms, const kw_step_conf_t *conf,
                    char *errstr, size_t errstr_size)
 {
         const kf_script_t step = {"kinfer-step", step_lua, ""};
-        cm->conf        = conf;
-        cm->warned_us   = 0;
-        cm->written     = 0;
-        cm->duplicates  = 0;
+        cm->conf = conf;
+        cm->warned_us = 0;
+        cm->written = 0;
+        cm->duplicates = 0;
         cm->undecodable = 0;
-        cm->metrics     = NULL;
+        cm->metrics = NULL;
         return kw_redis_open(&cm->redis, url, timeout_ms, &step, errstr, errstr_size);
 }
 
@@ -57,9 +57,9 @@ static void step_code(kw_commit_t *cm, kw_job_t *j, long long code)
 {
         switch (code) {
         case KW_STEP_RECOMPUTE: /* the window rolled over since the pre-check */
-                j->state         = KW_JOB_NEW;
-                j->over_quota    = 0;
-                j->err           = KF_OK;
+                j->state = KW_JOB_NEW;
+                j->over_quota = 0;
+                j->err = KF_OK;
                 j->precheck_done = 1;
                 return;
         case KW_STEP_DUPLICATE:
@@ -110,10 +110,10 @@ typedef struct entry_s {
  * need another round (NOSCRIPT), -1 on a connection error or a refused step. */
 static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t errstr_size)
 {
-        kw_redis_t *r     = &cm->redis;
-        int *order        = malloc(sizeof(int) * (size_t)(b->n + 1));
-        char *grouped     = calloc((size_t)b->n + 1, 1);
-        entry_t *ents     = malloc(sizeof(entry_t) * (size_t)(b->n + 1));
+        kw_redis_t *r = &cm->redis;
+        int *order = malloc(sizeof(int) * (size_t)(b->n + 1));
+        char *grouped = calloc((size_t)b->n + 1, 1);
+        entry_t *ents = malloc(sizeof(entry_t) * (size_t)(b->n + 1));
         kw_step_call_t *call = calloc(1, sizeof(*call));
         char stats[KF_KEY_MAX];
         int nord = 0, nents = 0, rc = 0, again = 0, role_change = 0;
@@ -129,13 +129,13 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                 if (j->state != KW_JOB_DONE || grouped[i])
                         continue;
                 e = &ents[nents++];
-                e->first       = nord;
-                e->n           = 0;
+                e->first = nord;
+                e->n = 0;
                 e->undecodable = !j->job.id[0];
                 if (e->undecodable) { /* nothing to key a result by: count it */
                         order[nord++] = i;
-                        e->n          = 1;
-                        grouped[i]    = 1;
+                        e->n = 1;
+                        grouped[i] = 1;
                         if (redisAppendCommand(r->c, "HINCRBY %s undecodable 1", stats) !=
                             REDIS_OK) {
                                 rc = kf_errf(errstr, errstr_size, "out of memory");
@@ -149,23 +149,23 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                             strcmp(o->job.user, j->job.user))
                                 continue;
                         order[nord++] = k;
-                        grouped[k]    = 1;
+                        grouped[k] = 1;
                         e->n++;
                 }
                 switch (kw_step_args(call, cm->conf, b, order + e->first, e->n)) {
                 case 0:
                         /* hiredis copies the arguments into its output buffer
                          * here, so the call can be reused for the next group */
-                        if (kf_script_append(r->c, &r->script, call->nkeys, call->argc,
-                                             call->argv, call->len) != REDIS_OK) {
+                        if (kf_script_append(r->c, &r->script, call->nkeys, call->argc, call->argv,
+                                             call->len) != REDIS_OK) {
                                 rc = kf_errf(errstr, errstr_size, "out of memory");
                                 goto unsent;
                         }
                         break;
                 case -2: /* cannot happen for decoded jobs; never write a wrong key */
                         rc = kf_errf(errstr, errstr_size,
-                                     "job %s: cannot build the Redis keys of user '%s'",
-                                     j->job.id, j->job.user);
+                                     "job %s: cannot build the Redis keys of user '%s'", j->job.id,
+                                     j->job.user);
                         goto unsent;
                 default:
                         rc = kf_errf(errstr, errstr_size, "out of memory");
@@ -187,7 +187,8 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                         /* OOM, BUSY, READONLY...: the step made no write (it fails
                          * on its first write or before), so retrying is safe. */
                         if (rc == 0)
-                                kf_errf(errstr, errstr_size, "redis %s:%d refused a result "
+                                kf_errf(errstr, errstr_size,
+                                        "redis %s:%d refused a result "
                                         "write: %.*s",
                                         r->url.host, r->url.port, (int)rep->len, rep->str);
                         /* this server will not take writes in its role: a new
@@ -196,7 +197,7 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                         rc = -1;
                 } else if (e->undecodable) {
                         kw_job_t *j = &b->jobs[order[e->first]];
-                        j->state    = KW_JOB_WRITTEN;
+                        j->state = KW_JOB_WRITTEN;
                         cm->undecodable++;
                         kf_warn("message %s/%d/%lld has no readable job id, no result can be "
                                 "written: %s",
@@ -204,8 +205,9 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                                 (long long)j->rkm->offset, j->errmsg);
                 } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)e->n + 1) {
                         if (rc == 0)
-                                kf_errf(errstr, errstr_size, "unexpected reply from the step "
-                                                             "script");
+                                kf_errf(errstr, errstr_size,
+                                        "unexpected reply from the step "
+                                        "script");
                         rc = -1;
                 } else {
                         const redisReply *warn = rep->element[0];
@@ -213,7 +215,7 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                                 const redisReply *code = rep->element[i + 1];
                                 step_code(cm, &b->jobs[order[e->first + i]],
                                           code->type == REDIS_REPLY_INTEGER ? code->integer
-                                                                   : KW_STEP_UNKNOWN);
+                                                                            : KW_STEP_UNKNOWN);
                         }
                         if (warn->type == REDIS_REPLY_STRING && warn->len) {
                                 int64_t now = kf_mono_us();

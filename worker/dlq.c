@@ -56,7 +56,7 @@ static void item_failed(kw_dlq_t *d, kw_dlq_item_t *it, rd_kafka_resp_err_t err)
         atomic_fetch_add(&d->failed, 1);
         if (it->abandoned)
                 return;
-        it->backoff_ms  = kf_backoff_next(it->backoff_ms, RETRY_MIN_MS, RETRY_MAX_MS);
+        it->backoff_ms = kf_backoff_next(it->backoff_ms, RETRY_MIN_MS, RETRY_MAX_MS);
         it->retry_at_us = now + (int64_t)it->backoff_ms * 1000;
         if (it->logged_us && now - it->logged_us < RELOG_US && err == it->last_err)
                 return;
@@ -256,8 +256,7 @@ static void *dlq_main(void *arg)
                 if (!dlq_sweep(d) || kf_mono_us() < redis_at_us)
                         continue;
                 if (dlq_count(d)) { /* Redis away: like the writers, back off */
-                        redis_backoff = kf_backoff_next(redis_backoff, RETRY_MIN_MS,
-                                                        RETRY_MAX_MS);
+                        redis_backoff = kf_backoff_next(redis_backoff, RETRY_MIN_MS, RETRY_MAX_MS);
                         redis_at_us = kf_mono_us() + (int64_t)redis_backoff * 1000;
                 } else {
                         redis_backoff = 0;

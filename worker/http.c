@@ -12,8 +12,8 @@
 
 #include "kf_util.h"
 
-#define HTTP_CONN_LIMIT   64 /* scrapers and probes: a handful at a time */
-#define HTTP_TIMEOUT_S    10 /* an idle or slow client is dropped after this */
+#define HTTP_CONN_LIMIT 64 /* scrapers and probes: a handful at a time */
+#define HTTP_TIMEOUT_S  10 /* an idle or slow client is dropped after this */
 
 struct kw_http_s {
         struct MHD_Daemon *d;
@@ -23,8 +23,8 @@ struct kw_http_s {
         int port;
 };
 
-static enum MHD_Result http_reply(struct MHD_Connection *conn, unsigned status,
-                                  const char *type, char *body, size_t len)
+static enum MHD_Result http_reply(struct MHD_Connection *conn, unsigned status, const char *type,
+                                  char *body, size_t len)
 {
         struct MHD_Response *resp =
             MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);

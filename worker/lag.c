@@ -8,7 +8,7 @@
 
 #include "kf_util.h"
 
-#define HASH_NONFATAL_OOM 1
+#define HASH_NONFATAL_OOM        1
 #define uthash_nonfatal_oom(elt) ((elt)->hh_oom = 1)
 #include <uthash.h>
 
@@ -35,9 +35,10 @@ int kw_lag_parse(const char *json, size_t len, const char *topic, kw_lag_t *out,
                 json_decref(root);
                 return kf_errf(errstr, errstr_size, "statistics: not an object");
         }
-        parts = json_object_get(json_object_get(json_object_get(root, "topics"), topic),
-                                "partitions");
-        json_object_foreach(parts, key, p) { /* a NULL or non-object parts: no loop */
+        parts =
+            json_object_get(json_object_get(json_object_get(root, "topics"), topic), "partitions");
+        json_object_foreach(parts, key, p)
+        { /* a NULL or non-object parts: no loop */
                 json_int_t lag = int_field(p, "consumer_lag"), id = int_field(p, "partition");
                 json_int_t hi = int_field(p, "hi_offset"), lo = int_field(p, "lo_offset");
                 if (*n >= max)
@@ -82,7 +83,8 @@ void kw_costs_free(kw_costs_t *c)
         cost_t *e, *tmp;
         if (!c)
                 return;
-        HASH_ITER(hh, c->by_part, e, tmp) {
+        HASH_ITER(hh, c->by_part, e, tmp)
+        {
                 HASH_DEL(c->by_part, e);
                 free(e);
         }
@@ -114,7 +116,7 @@ double kw_costs_remaining(const kw_costs_t *c, const kw_lag_t *lags, size_t n)
         double all = 0, total = 0;
         const cost_t *e, *tmp;
         HASH_ITER(hh, c->by_part, e, tmp)
-                all += e->avg;
+        all += e->avg;
         all = c->n ? all / (double)c->n : 0;
         for (size_t i = 0; i < n; i++) {
                 int32_t p = lags[i].partition;

@@ -112,7 +112,8 @@ static int resolve(kw_worker_t *w, kw_batch_t *b)
                 w->resolve_backoff_ms = BACKOFF_MIN_MS;
         } else {
                 kf_debug("model registry still unreachable (%d jobs wait): %s", held, why);
-                w->resolve_backoff_ms = kf_backoff_next(w->resolve_backoff_ms, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+                w->resolve_backoff_ms =
+                    kf_backoff_next(w->resolve_backoff_ms, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
         }
         w->resolve_at_us = kf_mono_us() + (int64_t)w->resolve_backoff_ms * 1000;
         return -1;
@@ -255,7 +256,7 @@ static void dispatch(kw_worker_t *w)
 static int drain(kw_worker_t *w, int64_t timeout_ms)
 {
         int64_t until = kf_mono_us() + timeout_ms * 1000;
-        int rc        = 0;
+        int rc = 0;
 
         pthread_mutex_lock(&w->lock);
         while (w->inflight > 0 || (w->cur && w->cur->n) || (!rc && kw_dlq_held(&w->dlq))) {
@@ -279,7 +280,7 @@ static int drain(kw_worker_t *w, int64_t timeout_ms)
                         atomic_fetch_add(&w->abandoned, (unsigned long long)held);
                         kw_batch_free(w->cur); /* never dispatched: not tracked */
                         w->cur = NULL;
-                        rc     = -1;
+                        rc = -1;
                 }
                 ts = kf_timespec_after(CLOCK_REALTIME, 50);
                 pthread_cond_timedwait(&w->idle, &w->lock, &ts);
@@ -317,7 +318,7 @@ int kw_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 
 /* Called by librdkafka from rd_kafka_consumer_poll, on the loop thread. */
 void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+                     rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
         kw_worker_t *w = opaque;
 
@@ -403,7 +404,7 @@ static void pull_metrics(kw_worker_t *w, int64_t now)
 int kw_worker_run(kw_worker_t *w)
 {
         const kw_config_t *c = w->conf;
-        int rc               = 0;
+        int rc = 0;
 
         while (!*w->stop) {
                 rd_kafka_message_t *rkm = rd_kafka_consumer_poll(w->rk, 100);

@@ -15,7 +15,7 @@
 #include "job.h"
 #include "kf_util.h"
 
-#define HASH_NONFATAL_OOM 1
+#define HASH_NONFATAL_OOM        1
 #define uthash_nonfatal_oom(elt) ((elt)->hh_oom = 1)
 #include <uthash.h>
 
@@ -29,39 +29,41 @@ typedef struct hist_def_s {
 
 /* Latency buckets from 0.5 ms to 60 s: a W1 job takes well under a
  * millisecond end to end, a backlog drained after a restart minutes. */
-#define LATENCY_BUCKETS                                                                        \
+#define LATENCY_BUCKETS                                                                            \
         {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}, 16
 
 static const hist_def_t hist_defs[KW_H__CNT] = {
     [KW_H_QUEUE_WAIT] = {"kinfer_queue_wait_seconds",
                          "Time from a job's Kafka timestamp to its pick-up by this worker.",
                          LATENCY_BUCKETS},
-    [KW_H_COMPUTE]    = {"kinfer_compute_seconds", "Time of one batch's forward passes.",
-                         LATENCY_BUCKETS},
+    [KW_H_COMPUTE] = {"kinfer_compute_seconds", "Time of one batch's forward passes.",
+                      LATENCY_BUCKETS},
     [KW_H_REDIS_WRITE] = {"kinfer_redis_write_seconds",
                           "Time of one pipelined round of steps, sent to answered.",
                           LATENCY_BUCKETS},
-    [KW_H_END_TO_END] = {"kinfer_end_to_end_seconds",
-                         "Time from a job's Kafka timestamp to its Redis step done (its result written, or "
-                         "found written before: a duplicate).",
-                         LATENCY_BUCKETS},
-    [KW_H_BATCH_JOBS] = {"kinfer_batch_jobs", "Jobs per micro-batch.",
-                         {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096}, 12},
+    [KW_H_END_TO_END] =
+        {"kinfer_end_to_end_seconds",
+         "Time from a job's Kafka timestamp to its Redis step done (its result written, or "
+         "found written before: a duplicate).",
+         LATENCY_BUCKETS},
+    [KW_H_BATCH_JOBS] = {"kinfer_batch_jobs",
+                         "Jobs per micro-batch.",
+                         {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096},
+                         12},
 };
 
 static const struct {
         const char *name, *help;
 } counter_defs[KW_C__CNT] = {
-    [KW_C_CONSUMED]         = {"kinfer_messages_consumed_total",
-                               "Messages taken from the jobs topic."},
-    [KW_C_DUPLICATES]       = {"kinfer_jobs_duplicate_total",
-                               "Jobs whose id already had a result: nothing written or charged."},
-    [KW_C_DEAD_LETTERED]    = {"kinfer_jobs_dead_lettered_total",
-                               "Copies acknowledged by the dead-letter topic."},
+    [KW_C_CONSUMED] = {"kinfer_messages_consumed_total", "Messages taken from the jobs topic."},
+    [KW_C_DUPLICATES] = {"kinfer_jobs_duplicate_total",
+                         "Jobs whose id already had a result: nothing written or charged."},
+    [KW_C_DEAD_LETTERED] = {"kinfer_jobs_dead_lettered_total",
+                            "Copies acknowledged by the dead-letter topic."},
     [KW_C_REDIS_ROUND_TRIPS] = {"kinfer_redis_round_trips_total",
                                 "Pipelined rounds of steps sent to Redis."},
-    [KW_C_REDIS_ERRORS]     = {"kinfer_redis_errors_total",
-                               "Rounds of steps that failed and were retried."},
+    [KW_C_REDIS_ERRORS] = {"kinfer_redis_errors_total",
+                           "Rounds of steps that failed and were retried."},
     [KW_C_REDIS_RECONNECTS] = {"kinfer_redis_reconnects_total",
                                "Redis connections made again after one was dropped."},
 };
@@ -69,12 +71,12 @@ static const struct {
 static const struct {
         const char *name, *help;
 } gauge_defs[KW_G__CNT] = {
-    [KW_G_INFLIGHT_BATCHES]     = {"kinfer_inflight_batches",
-                                   "Batches taken from Kafka and not yet written."},
-    [KW_G_ASSIGNED_PARTITIONS]  = {"kinfer_assigned_partitions",
-                                   "Partitions of the jobs topic this worker holds."},
-    [KW_G_MODELS_CACHED_BYTES]  = {"kinfer_model_cache_bytes",
-                                   "Weights kept for model versions not being served."},
+    [KW_G_INFLIGHT_BATCHES] = {"kinfer_inflight_batches",
+                               "Batches taken from Kafka and not yet written."},
+    [KW_G_ASSIGNED_PARTITIONS] = {"kinfer_assigned_partitions",
+                                  "Partitions of the jobs topic this worker holds."},
+    [KW_G_MODELS_CACHED_BYTES] = {"kinfer_model_cache_bytes",
+                                  "Weights kept for model versions not being served."},
     [KW_G_MODELS_SERVING_BYTES] = {"kinfer_model_serving_bytes",
                                    "Weights of the model versions being served."},
 };
@@ -105,7 +107,7 @@ struct kw_metrics_s {
         kw_lag_t *lags; /* guarded by lock too */
         size_t n_lags;
         double work_flops;
-        int have_lag;   /* statistics seen at least once */
+        int have_lag; /* statistics seen at least once */
         double start_time;
 };
 
@@ -127,7 +129,8 @@ void kw_metrics_destroy(kw_metrics_t *m)
         series_t *s, *tmp;
         if (!m)
                 return;
-        HASH_ITER(hh, m->series, s, tmp) {
+        HASH_ITER(hh, m->series, s, tmp)
+        {
                 HASH_DEL(m->series, s);
                 free(s);
         }
@@ -220,7 +223,8 @@ void kw_metrics_totals(kw_metrics_t *m, kw_totals_t *t)
         t->duplicates = __atomic_load_n(&m->counters[KW_C_DUPLICATES], __ATOMIC_RELAXED);
         t->dead_lettered = __atomic_load_n(&m->counters[KW_C_DEAD_LETTERED], __ATOMIC_RELAXED);
         pthread_mutex_lock(&m->lock);
-        HASH_ITER(hh, m->series, s, tmp) {
+        HASH_ITER(hh, m->series, s, tmp)
+        {
                 t->ok += s->codes[KF_OK];
                 for (int c = 1; c < KF_ERR__CNT; c++)
                         t->errors += s->codes[c];
@@ -281,7 +285,8 @@ static void render_jobs(kw_metrics_t *m, FILE *fp)
         /* Copied under the lock, written after: a slow scraper never holds
          * up the job path. */
         if (m->n_series && (all = malloc(m->n_series * sizeof(*all)))) {
-                HASH_ITER(hh, m->series, s, tmp) {
+                HASH_ITER(hh, m->series, s, tmp)
+                {
                         series_t *c = malloc(sizeof(*c));
                         if (!c)
                                 break;

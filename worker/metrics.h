@@ -30,12 +30,12 @@
 
 /* Plain counters, no labels. */
 typedef enum {
-        KW_C_CONSUMED = 0,     /* messages taken from Kafka */
-        KW_C_DUPLICATES,       /* jobs whose id already had its result: nothing written or charged */
-        KW_C_DEAD_LETTERED,    /* copies acknowledged by the dead-letter topic */
+        KW_C_CONSUMED = 0,  /* messages taken from Kafka */
+        KW_C_DUPLICATES,    /* jobs whose id already had its result: nothing written or charged */
+        KW_C_DEAD_LETTERED, /* copies acknowledged by the dead-letter topic */
         KW_C_REDIS_ROUND_TRIPS, /* pipelined rounds of steps sent to Redis */
-        KW_C_REDIS_ERRORS,     /* rounds that failed (the batch is retried) */
-        KW_C_REDIS_RECONNECTS, /* connections made again after one was dropped */
+        KW_C_REDIS_ERRORS,      /* rounds that failed (the batch is retried) */
+        KW_C_REDIS_RECONNECTS,  /* connections made again after one was dropped */
         KW_C__CNT
 } kw_counter_t;
 

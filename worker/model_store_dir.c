@@ -17,7 +17,7 @@
 #include "kf_log.h"
 #include "kf_util.h"
 
-#define HASH_NONFATAL_OOM 1
+#define HASH_NONFATAL_OOM        1
 #define uthash_nonfatal_oom(elt) ((elt)->hh_oom = 1)
 #include <uthash.h>
 #include <utlist.h>
@@ -53,11 +53,11 @@ typedef struct msd_name_s {
 } msd_name_t;
 
 struct msd_s {
-        char *dir;            /* NULL: every lookup is unknown_model */
-        msd_name_t *names;    /* uthash head */
-        msd_name_t *unknown;  /* utlist */
+        char *dir;           /* NULL: every lookup is unknown_model */
+        msd_name_t *names;   /* uthash head */
+        msd_name_t *unknown; /* utlist */
         size_t n_unknown;
-        uint64_t budget;      /* bytes of weights of versions other than the highest */
+        uint64_t budget; /* bytes of weights of versions other than the highest */
         uint64_t evicted;
 };
 
@@ -95,7 +95,7 @@ void msd_destroy(msd_t *d)
         if (!d)
                 return;
         HASH_ITER(hh, d->names, n, tmp)
-                msd_remove(d, n);
+        msd_remove(d, n);
         free(d->dir);
         free(d);
 }
@@ -133,7 +133,8 @@ static void msd_budget(msd_t *d, const msd_ver_t *keep)
                 msd_ver_t *lru = NULL, **pp;
                 uint64_t total = 0;
 
-                HASH_ITER(hh, d->names, n, tmp) {
+                HASH_ITER(hh, d->names, n, tmp)
+                {
                         for (msd_ver_t *v = n->vers; v; v = v->next) {
                                 uint64_t bytes = msd_ver_bytes(n, v);
                                 total += bytes;
@@ -168,7 +169,8 @@ void msd_stats(msd_t *d, ms_store_stats_t *st)
 {
         msd_name_t *n, *tmp;
         memset(st, 0, sizeof(*st));
-        HASH_ITER(hh, d->names, n, tmp) {
+        HASH_ITER(hh, d->names, n, tmp)
+        {
                 st->names++;
                 st->unknown_names += n->in_unknown;
                 for (msd_ver_t *v = n->vers; v; v = v->next) {
@@ -203,7 +205,7 @@ static int ms_vers_add(ms_vers_t *vl, uint32_t v)
                 uint32_t *grown = realloc(vl->v, cap * sizeof(*grown));
                 if (!grown)
                         return -1;
-                vl->v   = grown;
+                vl->v = grown;
                 vl->cap = cap;
         }
         vl->v[vl->n++] = v;
@@ -223,7 +225,7 @@ static int ms_u32_cmp(const void *a, const void *b)
 static uint32_t ms_entry_version(const char *fname)
 {
         const char *dot = strrchr(fname, '.');
-        size_t len      = dot ? (size_t)(dot - fname) : 0;
+        size_t len = dot ? (size_t)(dot - fname) : 0;
         char num[16];
         int64_t v;
 
@@ -289,7 +291,7 @@ static int ms_scan(const msd_t *ms, const char *name, ms_vers_t *vl, char *errst
 static void ms_versions_str(const ms_vers_t *vl, char *buf, size_t size)
 {
         size_t o = 0, n = vl->n;
-        buf[0]   = '\0';
+        buf[0] = '\0';
         for (size_t i = 0; i < n && o + 12 < size; i++) {
                 if (n > 8 && i == 3) {
                         o += (size_t)snprintf(buf + o, size - o, ", ...");
@@ -367,8 +369,8 @@ model_t *msd_get(msd_t *d, const char *name, uint32_t version, kf_err_t *err, ch
                                 *err = KF_ERR_INTERNAL;
                                 goto out;
                         }
-                        scanned       = 1;
-                        n->highest    = vl.n ? vl.v[vl.n - 1] : 0;
+                        scanned = 1;
+                        n->highest = vl.n ? vl.v[vl.n - 1] : 0;
                         n->checked_us = now;
                         if (before && n->highest != before)
                                 msd_budget(d, NULL); /* `before` is no longer served */
@@ -413,7 +415,7 @@ model_t *msd_get(msd_t *d, const char *name, uint32_t version, kf_err_t *err, ch
                 m = model_load_file(path, why, sizeof(why));
                 if (m && strcmp(m->name, name)) {
                         kf_errf(why, sizeof(why), "%s: the file names its model '%s', not '%s'",
-                                 path, m->name, name);
+                                path, m->name, name);
                         model_unref(m);
                         m = NULL;
                 }
@@ -424,11 +426,11 @@ model_t *msd_get(msd_t *d, const char *name, uint32_t version, kf_err_t *err, ch
                         goto out;
                 }
                 v->version = version;
-                v->model   = m;
+                v->model = m;
                 if (m) {
                         m->version = version;
-                        kf_info("loaded model %s v%u from %s (%u layers, %u->%u, %zu bytes)",
-                                name, version, path, m->n_layers, m->input_dim, m->output_dim,
+                        kf_info("loaded model %s v%u from %s (%u layers, %u->%u, %zu bytes)", name,
+                                version, path, m->n_layers, m->input_dim, m->output_dim,
                                 m->weight_bytes);
                 } else {
                         kf_strlcpy(v->errmsg, why, sizeof(v->errmsg));
@@ -445,7 +447,7 @@ model_t *msd_get(msd_t *d, const char *name, uint32_t version, kf_err_t *err, ch
                 goto out;
         }
         *err = KF_OK;
-        ret  = model_ref(v->model);
+        ret = model_ref(v->model);
         msd_budget(d, v);
 out:
         msd_settle_unknown(d, n);

@@ -13,7 +13,6 @@
 #include "kf_util.h"
 #include "model_store_registry_int.h"
 
-
 msr_t *msr_new(const char *redis_url, const char *prefix, int timeout_ms, int resync_ms,
                char *errstr, size_t errstr_size)
 {
@@ -64,7 +63,8 @@ void msr_stats(msr_t *r, ms_store_stats_t *st)
         msr_model_t *e, *tmp;
         memset(st, 0, sizeof(*st));
         pthread_mutex_lock(&r->lock);
-        HASH_ITER(hh, r->models, e, tmp) {
+        HASH_ITER(hh, r->models, e, tmp)
+        {
                 st->names++;
                 st->unknown_names += !e->found;
                 if (e->serving)
@@ -88,7 +88,7 @@ void msr_destroy(msr_t *r)
         }
         msr_model_t *e, *tmp;
         HASH_ITER(hh, r->models, e, tmp)
-                msr_remove(r, e);
+        msr_remove(r, e);
         for (msr_dirty_t *d = r->dirty, *dn; d; d = dn) {
                 dn = d->next;
                 free(d);

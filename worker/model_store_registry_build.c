@@ -13,7 +13,6 @@
 #include "kf_util.h"
 #include "model_store_registry_int.h"
 
-
 /* Resolves one member of an ensemble: its serving model (no version) or
  * that version, built if needed.  On MSR_BUILT *out holds a new reference
  * and deps has what the member's build followed. */
@@ -207,7 +206,7 @@ static msr_ver_t *msr_alias(msr_t *r, const char *name, const mreg_version_t *vd
 }
 
 msr_res_t msr_build(msr_t *r, msr_conn_t *cn, const char *name, const mreg_version_t *vd,
-                           msr_path_t *path, msr_ver_t **out, char *errstr, size_t errstr_size)
+                    msr_path_t *path, msr_ver_t **out, char *errstr, size_t errstr_size)
 {
         model_file_t f = {0};
         msr_ver_t *v;
@@ -289,11 +288,10 @@ done:
         return res;
 }
 
-
 /* Reads name's metadata and brings its entry up to date (see the top of the
  * file).  MSR_TRANSIENT when Redis failed: the entry is left as it was. */
-msr_res_t msr_refresh(msr_t *r, msr_conn_t *cn, const char *name, int flags,
-                             msr_path_t *path, char *errstr, size_t errstr_size)
+msr_res_t msr_refresh(msr_t *r, msr_conn_t *cn, const char *name, int flags, msr_path_t *path,
+                      char *errstr, size_t errstr_size)
 {
         mreg_meta_t meta;
         mreg_version_t vd = {0};

@@ -71,7 +71,6 @@ int msr_vdup(mreg_version_t *dst, const mreg_version_t *src)
         return 0;
 }
 
-
 /* ---- the cache (caller holds the lock) ---- */
 
 msr_model_t *msr_find(msr_t *r, const char *name)
@@ -173,7 +172,8 @@ void msr_budget(msr_t *r, const msr_ver_t *keep)
                 msr_ver_t *lru = NULL, **pp;
                 uint64_t total = 0;
 
-                HASH_ITER(hh, r->models, e, tmp) {
+                HASH_ITER(hh, r->models, e, tmp)
+                {
                         total += msr_cached_bytes(e);
                         for (msr_ver_t *v = e->vers; v; v = v->next) {
                                 if (msr_ver_cached(e, v) && v != keep &&
@@ -290,7 +290,6 @@ out:
         msr_budget(r, kept);
         return kept;
 }
-
 
 /* Under the lock: the state after an update of e, and whether serving
  * changed (then dependents are invalidated). */

@@ -37,7 +37,7 @@
 
 /* Names are found through a uthash table (Debian's uthash-dev, header only):
  * out of memory while adding is the caller's error, never an abort. */
-#define HASH_NONFATAL_OOM 1
+#define HASH_NONFATAL_OOM        1
 #define uthash_nonfatal_oom(elt) ((elt)->hh_oom = 1)
 #include <uthash.h>
 

@@ -13,7 +13,6 @@
 #include "kf_util.h"
 #include "model_store_registry_int.h"
 
-
 /* ---- the reloader ---- */
 
 static int msr_stopping(msr_t *r)
@@ -55,7 +54,8 @@ static void msr_resync(msr_t *r)
         if (names && seqs && found) {
                 i = 0;
                 msr_model_t *e, *tmp;
-                HASH_ITER(hh, r->models, e, tmp) {
+                HASH_ITER(hh, r->models, e, tmp)
+                {
                         /* Idle versions (not serving) go; unknown names nobody asks
                          * for go too. */
                         for (msr_ver_t **vp = &e->vers; *vp;) {

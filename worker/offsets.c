@@ -14,7 +14,7 @@
 typedef struct part_s {
         char *topic;
         int32_t partition;
-        int64_t *off;  /* ring of in-flight offsets, increasing */
+        int64_t *off; /* ring of in-flight offsets, increasing */
         uint8_t *done;
         size_t head, len, cap;
         int64_t limit;  /* the lowest offset lost to the tracker: nothing past
@@ -50,7 +50,7 @@ static void parts_free(kw_offsets_t *t)
                 free(p->done);
                 free(p);
         }
-        t->parts   = NULL;
+        t->parts = NULL;
         t->blocked = 0;
 }
 
@@ -76,10 +76,10 @@ static part_t *part_get(kw_offsets_t *t, const char *topic, int32_t partition, i
                 return NULL;
         }
         p->partition = partition;
-        p->limit     = NO_LIMIT;
-        p->stored    = -1;
-        p->next      = t->parts;
-        t->parts     = p;
+        p->limit = NO_LIMIT;
+        p->stored = -1;
+        p->next = t->parts;
+        t->parts = p;
         return p;
 }
 
@@ -99,10 +99,10 @@ static int part_grow(part_t *p)
         }
         free(p->off);
         free(p->done);
-        p->off  = no;
+        p->off = no;
         p->done = nd;
         p->head = 0;
-        p->cap  = ncap;
+        p->cap = ncap;
         return 0;
 }
 
@@ -136,7 +136,7 @@ int kw_offsets_add(kw_offsets_t *t, const char *topic, int32_t partition, int64_
         pthread_mutex_lock(&t->lock);
         if ((p = part_get(t, topic, partition, 1)) && (p->len < p->cap || part_grow(p) == 0)) {
                 size_t at = (p->head + p->len) % p->cap;
-                p->off[at]  = offset;
+                p->off[at] = offset;
                 p->done[at] = 0;
                 p->len++;
                 rc = 0;
@@ -177,7 +177,7 @@ int kw_offsets_done(kw_offsets_t *t, const char *topic, int32_t partition, int64
                 goto out;
         p->done[(p->head + lo) % p->cap] = 1;
         while (p->len && p->done[p->head]) {
-                store   = p->off[p->head] + 1;
+                store = p->off[p->head] + 1;
                 p->head = (p->head + 1) % p->cap;
                 p->len--;
                 popped++;

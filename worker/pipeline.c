@@ -27,8 +27,8 @@ void kw_inflight_gauge(kw_worker_t *w, int n)
 
 static void *compute_main(void *arg)
 {
-        kw_worker_t *w           = arg;
-        kw_compute_ctx_t ctx     = {0};
+        kw_worker_t *w = arg;
+        kw_compute_ctx_t ctx = {0};
         kw_batch_t *b;
         while ((b = kw_queue_pop(&w->compute_q))) {
                 if (!atomic_load(&w->abandon)) {
@@ -42,7 +42,6 @@ static void *compute_main(void *arg)
         kw_compute_ctx_free(&ctx);
         return NULL;
 }
-
 
 /* --- writer threads ----------------------------------------------------- */
 
@@ -65,8 +64,8 @@ static int write_once(kw_writer_t *wr, kw_batch_t *b, kw_compute_ctx_t *ctx)
                         return -1;
                 }
                 for (int i = 0; i < b->n; i++)
-                        left += b->jobs[i].state != KW_JOB_WRITTEN &&
-                                b->jobs[i].state != KW_JOB_HELD;
+                        left +=
+                            b->jobs[i].state != KW_JOB_WRITTEN && b->jobs[i].state != KW_JOB_HELD;
                 if (!left)
                         return 0;
         }
@@ -85,8 +84,8 @@ static void backoff_sleep(kw_worker_t *w, int ms)
 
 static void *writer_main(void *arg)
 {
-        kw_writer_t *wr      = arg;
-        kw_worker_t *w       = wr->w;
+        kw_writer_t *wr = arg;
+        kw_worker_t *w = wr->w;
         kw_compute_ctx_t ctx = {0};
         kw_batch_t *b;
 
@@ -100,8 +99,7 @@ static void *writer_main(void *arg)
                         /* Not stored, so redelivered to the partitions' next owner;
                          * any step we did write makes its copy a no-op there. */
                         for (int i = 0; i < b->n; i++) /* HELD: the dead-letter stage's */
-                                atomic_fetch_add(&w->abandoned,
-                                                 b->jobs[i].state != KW_JOB_HELD);
+                                atomic_fetch_add(&w->abandoned, b->jobs[i].state != KW_JOB_HELD);
                 } else {
                         for (int i = 0; i < b->n; i++) {
                                 rd_kafka_message_t *rkm = b->jobs[i].rkm;
@@ -130,7 +128,7 @@ int kw_threads_start(kw_worker_t *w, char *errstr, size_t errstr_size)
         int n = (int)w->conf->compute_threads;
         if (n <= 0) {
                 long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-                n         = cpus > 0 ? (int)cpus : 1;
+                n = cpus > 0 ? (int)cpus : 1;
         }
         if (!(w->computers = calloc((size_t)n, sizeof(pthread_t))))
                 return kf_errf(errstr, errstr_size, "out of memory");

@@ -8,7 +8,7 @@ void kw_queue_init(kw_queue_t *q)
         pthread_mutex_init(&q->lock, NULL);
         pthread_cond_init(&q->cond, NULL);
         q->head = q->tail = NULL;
-        q->closed         = 0;
+        q->closed = 0;
 }
 
 void kw_queue_destroy(kw_queue_t *q)

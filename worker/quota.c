@@ -14,7 +14,7 @@
 int kw_precheck_open(kw_precheck_t *p, const char *url, int timeout_ms, const char *prefix,
                      const kw_quota_t *defaults, char *errstr, size_t errstr_size)
 {
-        p->prefix   = prefix;
+        p->prefix = prefix;
         p->defaults = *defaults;
         p->retry_us = 0;
         return kw_redis_open(&p->redis, url, timeout_ms, NULL, errstr, errstr_size);
@@ -53,7 +53,7 @@ static int64_t pre_used(const redisReply *v)
 
 void kw_quota_precheck(kw_precheck_t *p, kw_batch_t *b)
 {
-        kw_redis_t *r     = &p->redis;
+        kw_redis_t *r = &p->redis;
         pre_user_t *users = calloc((size_t)b->n + 1, sizeof(*users));
         int nusers = 0, sent = 0;
         int64_t now = kf_now_ms() / 1000;
@@ -136,9 +136,9 @@ void kw_quota_precheck(kw_precheck_t *p, kw_batch_t *b)
                 if ((pu->max_jobs >= 0 && pu->used_jobs + 1 > pu->max_jobs) ||
                     (pu->max_rows >= 0 && pu->used_rows + j->job.rows > pu->max_rows)) {
                         j->over_quota = 1;
-                        j->err        = KF_ERR_QUOTA_EXCEEDED;
-                        j->state      = KW_JOB_DONE;
-                        j->done_ms    = kf_now_ms();
+                        j->err = KF_ERR_QUOTA_EXCEEDED;
+                        j->state = KW_JOB_DONE;
+                        j->done_ms = kf_now_ms();
                         continue;
                 }
                 pu->used_jobs++;

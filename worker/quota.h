@@ -21,10 +21,10 @@ typedef struct kw_quota_s {
 } kw_quota_t;
 
 typedef struct kw_precheck_s {
-        kw_redis_t redis;    /* its own connection */
-        const char *prefix;  /* key prefix (not owned) */
+        kw_redis_t redis;   /* its own connection */
+        const char *prefix; /* key prefix (not owned) */
         kw_quota_t defaults;
-        int64_t retry_us;    /* last reconnect attempt (at most one a second) */
+        int64_t retry_us; /* last reconnect attempt (at most one a second) */
 } kw_precheck_t;
 
 /* Connects (redis_conn.h); prefix is not owned.  Returns 0 or -1 with

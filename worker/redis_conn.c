@@ -8,10 +8,10 @@ int kw_redis_open(kw_redis_t *r, const char *url, int timeout_ms, const kf_scrip
                   char *errstr, size_t errstr_size)
 {
         memset(r, 0, sizeof(*r));
-        r->timeout_ms  = timeout_ms;
+        r->timeout_ms = timeout_ms;
         if (script) {
                 r->script.name = script->name;
-                r->script.src  = script->src;
+                r->script.src = script->src;
         }
         if (kf_redis_url_parse(url, &r->url, errstr, errstr_size))
                 return -1;

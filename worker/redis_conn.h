@@ -15,8 +15,8 @@
 
 typedef struct kw_redis_s {
         kf_redis_url_t url;
-        redisContext *c; /* NULL while disconnected */
-        int timeout_ms;  /* connect and every command */
+        redisContext *c;    /* NULL while disconnected */
+        int timeout_ms;     /* connect and every command */
         kf_script_t script; /* loaded on every connect (src NULL: none); its
                              * sha for EVALSHA */
 } kw_redis_t;

@@ -12,7 +12,7 @@
 static int call_reserve(kw_step_call_t *c, int more)
 {
         if (c->argc + more > c->cap) {
-                int ncap          = (c->argc + more) * 2;
+                int ncap = (c->argc + more) * 2;
                 const char **nargv = realloc(c->argv, sizeof(*nargv) * (size_t)ncap);
                 size_t *nlen;
                 if (!nargv)
@@ -29,7 +29,7 @@ static int call_reserve(kw_step_call_t *c, int more)
 static void arg(kw_step_call_t *c, const char *s, size_t len)
 {
         c->argv[c->argc] = s;
-        c->len[c->argc]  = len;
+        c->len[c->argc] = len;
         c->argc++;
 }
 
@@ -47,7 +47,7 @@ static int pack_value(const kw_step_conf_t *conf, const kw_job_t *j, msgpack_sbu
                       kw_step_text_t *t)
 {
         const job_t *job = &j->job;
-        int ok           = j->err == KF_OK;
+        int ok = j->err == KF_OK;
         rd_kafka_timestamp_type_t tstype;
         int64_t enq = rd_kafka_message_timestamp(j->rkm, &tstype);
         unsigned char hdr[3] = {0xde, 0, 0};
@@ -81,7 +81,7 @@ static int pack_value(const kw_step_conf_t *conf, const kw_job_t *j, msgpack_sbu
         rc |= mp_pack_kv_u64(&pk, "enqueued", (uint64_t)(enq > 0 ? enq : j->started_ms));
         rc |= mp_pack_kv_u64(&pk, "started", (uint64_t)j->started_ms);
         rc |= mp_pack_kv_u64(&pk, "done", (uint64_t)j->done_ms);
-        t->clen    = (uint32_t)(sb->size - cpos);
+        t->clen = (uint32_t)(sb->size - cpos);
         t->ncommon = (uint8_t)ncommon;
         if (ok) {
                 size_t n = (size_t)j->out_rows * j->out_cols;
@@ -116,18 +116,18 @@ static unsigned char *put_le(unsigned char *p, uint64_t v, int n)
 static void step_job_args(const kw_job_t *j, kw_step_text_t *t, kw_step_call_t *c)
 {
         const job_t *job = &j->job;
-        double flops     = j->err == KF_OK ? (double)j->flops : 0.0;
+        double flops = j->err == KF_OK ? (double)j->flops : 0.0;
         uint64_t fbits;
         unsigned char *p = t->meta;
 
         memcpy(&fbits, &flops, sizeof(fbits));
-        *p++ = j->err == KF_OK  ? KW_STEP_KIND_OK
+        *p++ = j->err == KF_OK ? KW_STEP_KIND_OK
                : j->over_quota ? KW_STEP_KIND_OVER
                                : KW_STEP_KIND_ERROR;
-        p    = put_le(p, job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT, 4);
-        p    = put_le(p, job->rows, 4);
-        p    = put_le(p, fbits, 8);
-        p    = put_le(p, t->clen, 4);
+        p = put_le(p, job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT, 4);
+        p = put_le(p, job->rows, 4);
+        p = put_le(p, fbits, 8);
+        p = put_le(p, t->clen, 4);
         *p++ = t->ncommon;
         arg(c, (const char *)t->meta, KW_STEP_META_LEN);
         sarg(c, job->id);
@@ -179,9 +179,9 @@ int kw_step_args(kw_step_call_t *call, const kw_step_conf_t *conf, const kw_batc
                 step_job_args(&b->jobs[idx[i]], &call->text[i], call);
         }
         for (int i = 0; i < n; i++) { /* the values no longer move */
-                int a         = first_job + i * KW_STEP_JOB_ARGS + 4;
+                int a = first_job + i * KW_STEP_JOB_ARGS + 4;
                 call->argv[a] = call->vals.data + call->text[i].voff;
-                call->len[a]  = call->text[i].vlen;
+                call->len[a] = call->text[i].vlen;
         }
         return 0;
 }
@@ -193,6 +193,6 @@ void kw_step_call_free(kw_step_call_t *call)
         free(call->argv);
         free(call->len);
         call->argv = NULL;
-        call->len  = NULL;
+        call->len = NULL;
         call->argc = call->cap = call->nkeys = 0;
 }

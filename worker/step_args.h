@@ -25,10 +25,10 @@ typedef struct kw_step_conf_s {
         int64_t charge_horizon; /* seconds a charge record lasts at least */
 } kw_step_conf_t;
 
-#define KW_STEP_GROUP_MAX 128 /* jobs of one user per script call */
-#define KW_STEP_JOB_ARGS  5   /* ARGV entries per job: meta, id, model, inbox, value */
-#define KW_STEP_FIXED_ARGS 6  /* ARGV entries before the jobs' */
-#define KW_STEP_FIXED_KEYS 3  /* KEYS before the jobs' result keys */
+#define KW_STEP_GROUP_MAX  128 /* jobs of one user per script call */
+#define KW_STEP_JOB_ARGS   5   /* ARGV entries per job: meta, id, model, inbox, value */
+#define KW_STEP_FIXED_ARGS 6   /* ARGV entries before the jobs' */
+#define KW_STEP_FIXED_KEYS 3   /* KEYS before the jobs' result keys */
 
 /* A job's meta argument: struct '<BI4I4dI4B' in step.lua: kind, ttl (s),
  * rows, flops (a double), clen, ncommon. */
@@ -36,9 +36,9 @@ typedef struct kw_step_conf_s {
 
 /* The meta record's kind (step.lua). */
 typedef enum {
-        KW_STEP_KIND_OK    = 1, /* computed: an ok result, charged */
+        KW_STEP_KIND_OK = 1,    /* computed: an ok result, charged */
         KW_STEP_KIND_ERROR = 2, /* an error result */
-        KW_STEP_KIND_OVER  = 3, /* the pre-check found the user over quota: not computed */
+        KW_STEP_KIND_OVER = 3,  /* the pre-check found the user over quota: not computed */
 } kw_step_kind_t;
 
 /* The text one job's step arguments point into.  The result value itself
@@ -62,7 +62,7 @@ typedef struct kw_step_call_s {
         kw_step_text_t text[KW_STEP_GROUP_MAX];
         msgpack_sbuffer vals; /* the group's result values */
         char keys[KW_STEP_FIXED_KEYS][KF_KEY_MAX], base[KF_KEY_MAX];
-        char num[5][24];      /* the ARGV numbers, as text */
+        char num[5][24]; /* the ARGV numbers, as text */
 } kw_step_call_t;
 
 /* Builds the call for b->jobs[idx[0..n-1]] (1 <= n <= KW_STEP_GROUP_MAX),

@@ -45,20 +45,17 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         /* at-least-once: offsets are stored by us after Redis acknowledged the
          * results, and committed by librdkafka in the background and on close. */
         static const char *const defaults[] = {
-            "enable.auto.offset.store", "false",
-            "enable.auto.commit", "true",
-            "auto.offset.reset", "earliest",
+            "enable.auto.offset.store", "false", "enable.auto.commit", "true", "auto.offset.reset",
+            "earliest",
             /* Eager protocol: librdkafka 2.0.2's cooperative-sticky has bugs
              * fixed only in 2.1-2.10; see docs/operations.md. */
-            "partition.assignment.strategy", "range,roundrobin",
-            "enable.partition.eof", "false",
+            "partition.assignment.strategy", "range,roundrobin", "enable.partition.eof", "false",
             /* Bounds how long an idle fetch waits before new jobs are seen
              * when the broker does not answer fetches early (the dev
              * broker); real Kafka answers as soon as data arrives. */
             "fetch.wait.max.ms", "50",
             /* the consumer lag per partition, for the metrics */
-            "statistics.interval.ms", "5000",
-            NULL};
+            "statistics.interval.ms", "5000", NULL};
         rd_kafka_conf_t *kconf = NULL;
         rd_kafka_topic_partition_list_t *topics = NULL;
         rd_kafka_resp_err_t err;
@@ -86,11 +83,12 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         }
         w->limits = (job_limits_t){(size_t)c->max_message_bytes, (uint32_t)c->max_rows,
                                    (uint32_t)c->max_cols, (uint64_t)c->max_elements};
-        w->costs  = (kw_compute_limits_t){(uint64_t)c->max_output_elements,
-                                          (uint64_t)c->max_scratch_elements};
-        w->step   = (kw_step_conf_t){c->prefix, w->worker_id,
-                                       {c->quota_jobs, c->quota_rows, c->quota_window},
-                                       c->charge_horizon};
+        w->costs = (kw_compute_limits_t){(uint64_t)c->max_output_elements,
+                                         (uint64_t)c->max_scratch_elements};
+        w->step = (kw_step_conf_t){c->prefix,
+                                   w->worker_id,
+                                   {c->quota_jobs, c->quota_rows, c->quota_window},
+                                   c->charge_horizon};
         openblas_set_num_threads((int)c->blas_threads);
         /* A loop stuck for longer than a drain may take is not draining. */
         w->status.stall_us = (c->grace_ms + 30000) * 1000;
@@ -103,8 +101,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         if (c->models_dir)
                 w->models = ms_store_new(c->models_dir);
         else
-                w->models = ms_store_new_registry(c->redis_url, c->prefix,
-                                                  (int)c->redis_timeout_ms,
+                w->models = ms_store_new_registry(c->redis_url, c->prefix, (int)c->redis_timeout_ms,
                                                   (int)c->model_resync_ms, errstr, errstr_size);
         if (!w->models) {
                 if (c->models_dir)
@@ -128,8 +125,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                         goto err;
                 w->writers[i].commit.metrics = w->metrics;
         }
-        if (kw_commit_open(&w->dlq_commit, c->redis_url, (int)c->redis_timeout_ms, &w->step,
-                           errstr, errstr_size))
+        if (kw_commit_open(&w->dlq_commit, c->redis_url, (int)c->redis_timeout_ms, &w->step, errstr,
+                           errstr_size))
                 goto err;
         if (kw_dlq_init(&w->dlq, c->brokers, &c->props, c->dlq_topic, w->worker_id,
                         c->max_message_bytes, errstr, errstr_size))
@@ -144,8 +141,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 goto err;
         if (rd_kafka_conf_set(kconf, "group.id", c->group, errstr, errstr_size) ||
             rd_kafka_conf_set(kconf, "client.id", w->worker_id, errstr, errstr_size) ||
-            (c->instance_id && rd_kafka_conf_set(kconf, "group.instance.id", c->instance_id,
-                                                 errstr, errstr_size)))
+            (c->instance_id &&
+             rd_kafka_conf_set(kconf, "group.instance.id", c->instance_id, errstr, errstr_size)))
                 goto err;
         rd_kafka_conf_set_rebalance_cb(kconf, kw_rebalance_cb);
         rd_kafka_conf_set_stats_cb(kconf, kw_stats_cb);
@@ -173,10 +170,9 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         rd_kafka_topic_partition_list_destroy(topics);
         topics = NULL;
         if (c->http_addr) {
-                if (!(w->endpoint = kw_endpoint_start(c->http_addr, w->metrics, &w->status,
-                                                      &w->pre.redis.url,
-                                                      (int)c->redis_timeout_ms, errstr,
-                                                      errstr_size)))
+                if (!(w->endpoint =
+                          kw_endpoint_start(c->http_addr, w->metrics, &w->status, &w->pre.redis.url,
+                                            (int)c->redis_timeout_ms, errstr, errstr_size)))
                         goto err;
                 kf_info("serving /metrics, /healthz and /readyz on %s (port %d)", c->http_addr,
                         kw_endpoint_port(w->endpoint));
@@ -184,8 +180,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s, "
                 "%d compute threads x %lld BLAS threads, %d writer threads",
                 w->worker_id, c->group, c->topic, c->brokers, w->pre.redis.url.host,
-                w->pre.redis.url.port,
-                c->models_dir ? c->models_dir : "(registry)", w->n_computers,
+                w->pre.redis.url.port, c->models_dir ? c->models_dir : "(registry)", w->n_computers,
                 (long long)c->blas_threads, w->n_writers);
         return w;
 err:

@@ -21,10 +21,10 @@
 #include "kf_config.h"
 
 typedef struct kw_config_s {
-        char *config_file;  /* --config: read by kf_config_parse, kept for --print-config */
+        char *config_file; /* --config: read by kf_config_parse, kept for --print-config */
         int print_config;
-        char *http_addr;    /* --http: metrics and probes; NULL = off */
-        char *log_format;   /* plain or json */
+        char *http_addr;       /* --http: metrics and probes; NULL = off */
+        char *log_format;      /* plain or json */
         int64_t log_summary_s; /* a summary line at info this often; 0 = never */
         char *brokers;
         char *redis_url;
@@ -51,10 +51,10 @@ typedef struct kw_config_s {
         int64_t max_elements;
         int64_t max_output_elements;  /* rows x output columns of one job */
         int64_t max_scratch_elements; /* rows x widest layer of one job */
-        int64_t quota_jobs;   /* default quota: max jobs per window, -1 = unlimited */
-        int64_t quota_rows;   /* default quota: max rows per window, -1 = unlimited */
-        int64_t quota_window; /* default quota window, seconds */
-        int64_t charge_horizon; /* seconds a charge record lasts at least (protocol.md) */
+        int64_t quota_jobs;           /* default quota: max jobs per window, -1 = unlimited */
+        int64_t quota_rows;           /* default quota: max rows per window, -1 = unlimited */
+        int64_t quota_window;         /* default quota window, seconds */
+        int64_t charge_horizon;       /* seconds a charge record lasts at least (protocol.md) */
         int log_level;
         kf_props_t props; /* -X librdkafka properties */
 } kw_config_t;

@@ -25,9 +25,9 @@
 #include "quota.h"
 #include "worker.h"
 
-#define BACKOFF_MIN_MS 50
-#define BACKOFF_MAX_MS 5000
-#define PAUSE_AFTER_MS 1000 /* a full pipeline for this long pauses fetching */
+#define BACKOFF_MIN_MS  50
+#define BACKOFF_MAX_MS  5000
+#define PAUSE_AFTER_MS  1000    /* a full pipeline for this long pauses fetching */
 #define GAUGES_EVERY_US 1000000 /* the loop thread refreshes pulled metrics this often */
 
 typedef struct kw_writer_s {
@@ -49,14 +49,14 @@ struct kw_worker_s {
         kw_precheck_t pre;   /* loop thread: quota pre-check */
         kw_writer_t *writers;
         int n_writers;
-        kw_dlq_t dlq;        /* the dead-letter stage (thread-safe, see dlq.h) */
+        kw_dlq_t dlq;           /* the dead-letter stage (thread-safe, see dlq.h) */
         kw_commit_t dlq_commit; /* the dead-letter stage's counting */
         kw_offsets_t *offsets;
         kw_queue_t compute_q, write_q;
         pthread_t *computers;
         int n_computers;
-        kw_batch_t *cur;     /* loop thread: the batch being filled */
-        int paused;          /* loop thread: the assignment is paused */
+        kw_batch_t *cur;        /* loop thread: the batch being filled */
+        int paused;             /* loop thread: the assignment is paused */
         int resolve_backoff_ms; /* loop thread: the registry is away (0: it is not) */
         int64_t resolve_at_us;  /* loop thread: when to ask it again */
         rd_kafka_topic_partition_list_t *rewind; /* loop thread: see rewind_later */
@@ -66,17 +66,17 @@ struct kw_worker_s {
         int inflight;         /* batches dispatched, not yet written */
         atomic_int abandon;   /* writer: drop batches instead of retrying */
         atomic_ullong batches, abandoned;
-        unsigned long long jobs_seen; /* loop thread */
-        int fatal;            /* loop thread: the consumer had a fatal error */
-        kw_metrics_t *metrics;   /* NULL unless --http (then thread-safe) */
-        kw_status_t status;      /* what /healthz and /readyz read (atomics) */
-        kw_endpoint_t *endpoint; /* --http */
-        int64_t gauges_at_us;    /* loop thread: next refresh of the pulled metrics */
+        unsigned long long jobs_seen;     /* loop thread */
+        int fatal;                        /* loop thread: the consumer had a fatal error */
+        kw_metrics_t *metrics;            /* NULL unless --http (then thread-safe) */
+        kw_status_t status;               /* what /healthz and /readyz read (atomics) */
+        kw_endpoint_t *endpoint;          /* --http */
+        int64_t gauges_at_us;             /* loop thread: next refresh of the pulled metrics */
         unsigned long long dlq_sent_seen; /* loop thread: dead-letter copies counted */
-        int64_t summary_at_us;   /* loop thread: next summary log line */
-        int assigned;            /* loop thread: partitions held */
-        kw_costs_t *part_costs;  /* loop thread: recent flops per message, per partition */
-        kw_totals_t summary_last; /* loop thread: the totals at the last one */
+        int64_t summary_at_us;            /* loop thread: next summary log line */
+        int assigned;                     /* loop thread: partitions held */
+        kw_costs_t *part_costs;           /* loop thread: recent flops per message, per partition */
+        kw_totals_t summary_last;         /* loop thread: the totals at the last one */
 };
 
 /* ---- pipeline.c ---- */

@@ -379,8 +379,7 @@ static int cmd_topic_error(db_state_t *st, int argc, char **argv, char *errstr, 
  * announces none, as a broker too old for the request would (e.g.
  * InitProducerId: Kafka < 0.11, no idempotent producer).  Clients see it on
  * their next connection. */
-static int cmd_api_version(db_state_t *st, int argc, char **argv, char *errstr,
-                           size_t errstr_size)
+static int cmd_api_version(db_state_t *st, int argc, char **argv, char *errstr, size_t errstr_size)
 {
         int64_t lo, hi;
         int16_t key;
@@ -393,8 +392,9 @@ static int cmd_api_version(db_state_t *st, int argc, char **argv, char *errstr,
                 return kf_errf(errstr, errstr_size,
                                "bad version range %lld..%lld (MIN <= MAX, or -1 -1 for none)",
                                (long long)lo, (long long)hi);
-        return mock_result(rd_kafka_mock_set_apiversion(st->mcluster, key, (int16_t)lo, (int16_t)hi),
-                           errstr, errstr_size);
+        return mock_result(
+            rd_kafka_mock_set_apiversion(st->mcluster, key, (int16_t)lo, (int16_t)hi), errstr,
+            errstr_size);
 }
 
 static int create_topic(db_state_t *st, const char *name, int partitions, char *errstr,

@@ -305,10 +305,14 @@ static void test_consumer_fatal(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_dlq_copy_over_1mb, fx_state_setup, fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_dlq_copy_refused, fx_state_setup, fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_dlq_copies_abandoned, fx_state_setup, fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_dlq_producer_fatal, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_copy_over_1mb, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_copy_refused, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_copies_abandoned, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_producer_fatal, fx_state_setup,
+                                            fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_consumer_fatal, fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);

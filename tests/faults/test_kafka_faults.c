@@ -121,8 +121,10 @@ static void test_leaders_coordinator_and_request_errors(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_broker_down_and_up, fx_state_setup, fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_leaders_coordinator_and_request_errors, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_broker_down_and_up, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_leaders_coordinator_and_request_errors,
+                                            fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }

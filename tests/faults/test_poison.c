@@ -133,9 +133,9 @@ static int add_error_jobs(fx_t *fx)
         fx_job_t *job;
         fx_msg_t m;
 
-#define BEGIN(what, code, message)                                                         \
-        job = new_job(fx, what, k++);                                                      \
-        job->want_error = code;                                                            \
+#define BEGIN(what, code, message)                                                                 \
+        job = new_job(fx, what, k++);                                                              \
+        job->want_error = code;                                                                    \
         job->want_message = message
 #define END() fx_msg_take(&m, job)
 
@@ -393,11 +393,11 @@ static int add_dlq_messages(fx_t *fx)
         static const unsigned char never_used[] = {0xc1};
         static const unsigned char array32[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02};
         static const unsigned char map32[] = {0xdf, 0xff, 0xff, 0xff, 0xff, 0xa1, 'v', 0x02};
-        static const unsigned char str32_id[] = {0x81, 0xa2, 'i', 'd', 0xdb, 0xff,
-                                                 0xff, 0xff, 0xff, 'a', 'b', 'c'};
-        static const unsigned char bin32_data[] = {0x82, 0xa2, 'i', 'd', 0xa3, 'x', 'y', 'z',
-                                                   0xa5, 'i', 'n', 'p', 'u', 't', 0xc6, 0xff,
-                                                   0xff, 0xff, 0xff, 0x00};
+        static const unsigned char str32_id[] = {0x81, 0xa2, 'i',  'd', 0xdb, 0xff,
+                                                 0xff, 0xff, 0xff, 'a', 'b',  'c'};
+        static const unsigned char bin32_data[] = {0x82, 0xa2, 'i',  'd',  0xa3, 'x', 'y',
+                                                   'z',  0xa5, 'i',  'n',  'p',  'u', 't',
+                                                   0xc6, 0xff, 0xff, 0xff, 0xff, 0x00};
         static const char not_msgpack[] = "{\"v\":2,\"id\":\"json-is-not-msgpack\"}";
         float row[FX_IN] = {1, 2, 3, 4, 5, 6, 7, 8};
         char long_id[140], *big;
@@ -412,7 +412,7 @@ static int add_dlq_messages(fx_t *fx)
         dlq_msg(fx, &k, "bad_request", NOT_MSGPACK, bin32_data, sizeof(bin32_data));
         dlq_msg(fx, &k, "bad_request", NOT_MSGPACK, not_msgpack, strlen(not_msgpack));
         dlq_msg(fx, &k, "bad_request", NOT_MSGPACK, "", 0); /* an empty value */
-        job = fx_add_raw(fx);                                 /* no value at all (a tombstone) */
+        job = fx_add_raw(fx);                               /* no value at all (a tombstone) */
         job->dlq = 1;
         job->want_error = "bad_request";
         job->want_message = NOT_MSGPACK;
@@ -618,15 +618,15 @@ static void test_dlq_across_sigkill(void **state)
                                 msgpack_pack_map(&m.pk, 2);
                                 kv_uint(&m, "v", 2);
                                 kv_str(&m, "user", fx_user(fx, 0));
-                                dlq_msg_take(fx, &k, "bad_request",
-                                             "^missing required field 'id'", &m);
+                                dlq_msg_take(fx, &k, "bad_request", "^missing required field 'id'",
+                                             &m);
                                 break;
                         default: /* over the size limit */
                                 fx_msg_init(&m);
                                 for (int b = 0; b < 300; b++)
                                         msgpack_pack_uint64(&m.pk, UINT64_MAX);
-                                dlq_msg_take(fx, &k, "too_large",
-                                             "limit max_message_bytes is 2048", &m);
+                                dlq_msg_take(fx, &k, "too_large", "limit max_message_bytes is 2048",
+                                             &m);
                                 break;
                         }
                 } else {
@@ -660,8 +660,10 @@ static void test_dlq_across_sigkill(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_poison_mixed_into_good_traffic, fx_state_setup, fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_dlq_across_sigkill, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_poison_mixed_into_good_traffic, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_across_sigkill, fx_state_setup,
+                                            fx_state_teardown),
         };
         return fx_run(tests);
 }

@@ -91,8 +91,8 @@ static void test_redis_killed_and_restarted(void **state)
                 }
         }
         after = fx_count_results(fx, fx_produced(fx));
-        print_message("redis restarted from its AOF with %lld results, %d jobs produced\n",
-                      after, fx_produced(fx));
+        print_message("redis restarted from its AOF with %lld results, %d jobs produced\n", after,
+                      fx_produced(fx));
         /* Nothing acknowledged was lost with the process. */
         assert_true(after >= before);
 
@@ -190,7 +190,7 @@ static void check_no_partial_charge(fx_t *fx)
         long long jobs[FX_MAX_USERS] = {0}, rows[FX_MAX_USERS] = {0};
         int n = fx_produced(fx), nkeys = fx->n_users + n, argc = 0;
         const char **argv = calloc((size_t)nkeys + 8, sizeof(*argv));
-        char (*keys)[200] = calloc((size_t)nkeys, sizeof(*keys));
+        char(*keys)[200] = calloc((size_t)nkeys, sizeof(*keys));
         char numkeys[16], nusers[16];
         redisReply *res;
 
@@ -232,8 +232,8 @@ static void check_no_partial_charge(fx_t *fx)
                 }
                 if (!r.ok) {
                         kt_stack_fail(&fx->stack);
-                        fail_msg("during OOM, job %s got an error result: %s: %s",
-                                 fx->jobs[i].id, r.error, r.message);
+                        fail_msg("during OOM, job %s got an error result: %s: %s", fx->jobs[i].id,
+                                 r.error, r.message);
                 }
                 jobs[fx->jobs[i].user]++;
                 rows[fx->jobs[i].user] += fx->jobs[i].rows;
@@ -244,8 +244,7 @@ static void check_no_partial_charge(fx_t *fx)
                 long long rw = atoll(res->element[4 * u + 1]->str);
                 long long fl = atoll(res->element[4 * u + 2]->str);
                 long long er = atoll(res->element[4 * u + 3]->str);
-                if (j != jobs[u] || rw != rows[u] || fl != rows[u] * FX_FLOPS_PER_ROW ||
-                    er != 0) {
+                if (j != jobs[u] || rw != rows[u] || fl != rows[u] * FX_FLOPS_PER_ROW || er != 0) {
                         kt_stack_fail(&fx->stack);
                         fail_msg("during OOM, %s is charged jobs %lld rows %lld flops %lld "
                                  "errors %lld but its results add up to %lld %lld %lld 0",
@@ -327,7 +326,7 @@ static void test_registry_first_use_while_redis_paused(void **state)
         fx_setup(fx, "rfirst", 1, 4, 8, NULL);
         fx_push_model(fx);
         fx_add_good(fx, 400);
-        w        = fx_worker(fx, "w1", NULL);
+        w = fx_worker(fx, "w1", NULL);
         deadline = kt_now_ms() + WAIT_MS;
         while (fx_log_count(fx, w, "assigned") == 0) { /* in the group, no job yet */
                 if (kt_now_ms() > deadline)
@@ -351,11 +350,13 @@ static void test_registry_first_use_while_redis_paused(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, fx_state_setup,
+                                            fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_redis_paused, fx_state_setup, fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_script_flush, fx_state_setup, fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_maxmemory_oom, fx_state_setup, fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_registry_first_use_while_redis_paused, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_registry_first_use_while_redis_paused,
+                                            fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }

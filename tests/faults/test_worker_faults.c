@@ -87,8 +87,8 @@ static void test_sigkill_repeatedly(void **state)
         fx_wait_results(fx, fx->n_jobs, at + 300, WAIT_MS);
         assert_int_equal(kt_stack_kill(&fx->stack, w, SIGKILL, 5000), 128 + SIGKILL);
         at = fx_count_results(fx, fx_produced(fx));
-        print_message("kill 3: in its backlog, 300 results later (%lld written, %d produced)\n",
-                      at, fx_produced(fx));
+        print_message("kill 3: in its backlog, 300 results later (%lld written, %d produced)\n", at,
+                      fx_produced(fx));
 
         w = fx_worker(fx, "kill-w4", NULL);
         wait_caught_up(fx, 40);
@@ -255,10 +255,13 @@ static void test_scale_up_and_down(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test_setup_teardown(test_sigkill_repeatedly, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_sigkill_repeatedly, fx_state_setup,
+                                            fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_zombie_sigstop, fx_state_setup, fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_sigterm_under_load, fx_state_setup, fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_scale_up_and_down, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_sigterm_under_load, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_scale_up_and_down, fx_state_setup,
+                                            fx_state_teardown),
         };
         return fx_run(tests);
 }

@@ -29,14 +29,14 @@ static const job_limits_t fuzz_limits = {
 
 /* A broken invariant is a finding: print why, then abort so libFuzzer
  * saves the input. */
-#define CHECK(cond, ...)                                                                   \
-        do {                                                                               \
-                if (!(cond)) {                                                             \
-                        fprintf(stderr, "fuzz_job_decode: %s: ", #cond);                   \
-                        fprintf(stderr, __VA_ARGS__);                                      \
-                        fputc('\n', stderr);                                               \
-                        abort();                                                           \
-                }                                                                          \
+#define CHECK(cond, ...)                                                                           \
+        do {                                                                                       \
+                if (!(cond)) {                                                                     \
+                        fprintf(stderr, "fuzz_job_decode: %s: ", #cond);                           \
+                        fprintf(stderr, __VA_ARGS__);                                              \
+                        fputc('\n', stderr);                                                       \
+                        abort();                                                                   \
+                }                                                                                  \
         } while (0)
 
 static int name_ok(const char *s, size_t max)
@@ -105,31 +105,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                       "input %ux%u over the limits", job.rows, job.cols);
                 CHECK(job.input != NULL, "no input");
                 for (uint64_t i = 0; i < n; i++)
-                        CHECK(isfinite(job.input[i]), "input[%llu] = %g",
-                              (unsigned long long)i, (double)job.input[i]);
+                        CHECK(isfinite(job.input[i]), "input[%llu] = %g", (unsigned long long)i,
+                              (double)job.input[i]);
                 CHECK(job.ttl_s >= 1 && job.ttl_s <= JOB_TTL_MAX, "ttl %u", job.ttl_s);
                 CHECK((unsigned)job.output <= JOB_OUTPUT_ARGMAX, "output %d", (int)job.output);
                 CHECK(job.deadline_ms >= 0, "deadline %lld", (long long)job.deadline_ms);
                 check_round_trip(&job);
         } else {
-                CHECK(rc == KF_ERR_BAD_REQUEST || rc == KF_ERR_TOO_LARGE,
-                      "unexpected code %s: %s", kf_err_name(rc), err);
+                CHECK(rc == KF_ERR_BAD_REQUEST || rc == KF_ERR_TOO_LARGE, "unexpected code %s: %s",
+                      kf_err_name(rc), err);
                 CHECK(err[0] != '\0', "error %s without a message", kf_err_name(rc));
                 CHECK(job.input == NULL && job.rows == 0 && job.cols == 0,
-                      "error %s but input %p %ux%u", kf_err_name(rc), (void *)job.input,
-                      job.rows, job.cols);
+                      "error %s but input %p %ux%u", kf_err_name(rc), (void *)job.input, job.rows,
+                      job.cols);
                 CHECK(job.id[0] == '\0' || name_ok(job.id, JOB_ID_MAX), "bad id '%s' on error",
                       job.id);
                 CHECK(job.user[0] == '\0' || name_ok(job.user, JOB_USER_MAX), "bad user '%s'",
                       job.user);
-                CHECK(job.model[0] == '\0' || name_ok(job.model, JOB_MODEL_MAX),
-                      "bad model '%s'", job.model);
+                CHECK(job.model[0] == '\0' || name_ok(job.model, JOB_MODEL_MAX), "bad model '%s'",
+                      job.model);
                 CHECK(job.ttl_s >= 1 && job.ttl_s <= JOB_TTL_MAX, "ttl %u on error", job.ttl_s);
                 /* v2: a result's address is user and id, both or neither */
-                CHECK(job.id[0] == '\0' || job.user[0] != '\0', "id '%s' without a user",
-                      job.id);
-                CHECK(job.inbox[0] == '\0' || name_ok(job.inbox, JOB_INBOX_MAX),
-                      "bad inbox '%s'", job.inbox);
+                CHECK(job.id[0] == '\0' || job.user[0] != '\0', "id '%s' without a user", job.id);
+                CHECK(job.inbox[0] == '\0' || name_ok(job.inbox, JOB_INBOX_MAX), "bad inbox '%s'",
+                      job.inbox);
         }
         job_clear(&job);
         CHECK(job.input == NULL, "job_clear left input");

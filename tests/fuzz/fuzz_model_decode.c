@@ -21,14 +21,14 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond, ...)                                                                   \
-        do {                                                                               \
-                if (!(cond)) {                                                             \
-                        fprintf(stderr, "fuzz_model_decode: %s: ", #cond);                 \
-                        fprintf(stderr, __VA_ARGS__);                                      \
-                        fputc('\n', stderr);                                               \
-                        abort();                                                           \
-                }                                                                          \
+#define CHECK(cond, ...)                                                                           \
+        do {                                                                                       \
+                if (!(cond)) {                                                                     \
+                        fprintf(stderr, "fuzz_model_decode: %s: ", #cond);                         \
+                        fprintf(stderr, __VA_ARGS__);                                              \
+                        fputc('\n', stderr);                                                       \
+                        abort();                                                                   \
+                }                                                                                  \
         } while (0)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

@@ -15,14 +15,14 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond, ...)                                                                   \
-        do {                                                                               \
-                if (!(cond)) {                                                             \
-                        fprintf(stderr, "fuzz_result_decode: %s: ", #cond);                \
-                        fprintf(stderr, __VA_ARGS__);                                      \
-                        fputc('\n', stderr);                                               \
-                        abort();                                                           \
-                }                                                                          \
+#define CHECK(cond, ...)                                                                           \
+        do {                                                                                       \
+                if (!(cond)) {                                                                     \
+                        fprintf(stderr, "fuzz_result_decode: %s: ", #cond);                        \
+                        fprintf(stderr, __VA_ARGS__);                                              \
+                        fputc('\n', stderr);                                                       \
+                        abort();                                                                   \
+                }                                                                                  \
         } while (0)
 
 #define TERMINATED(field) (memchr((field), '\0', sizeof(field)) != NULL)

@@ -15,12 +15,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                        \
-        do {                                                                               \
-                if (!(cond)) {                                                             \
-                        fprintf(stderr, "fuzz_stats_decode: %s\n", #cond);                 \
-                        abort();                                                           \
-                }                                                                          \
+#define CHECK(cond)                                                                                \
+        do {                                                                                       \
+                if (!(cond)) {                                                                     \
+                        fprintf(stderr, "fuzz_stats_decode: %s\n", #cond);                         \
+                        abort();                                                                   \
+                }                                                                                  \
         } while (0)
 
 #define MAX 8
@@ -32,8 +32,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char err[256] = "";
         size_t n = 99;
         double work;
-        int rc = kw_lag_parse((const char *)data, size, "kinfer.jobs", lags, MAX, &n, err,
-                              sizeof(err));
+        int rc =
+            kw_lag_parse((const char *)data, size, "kinfer.jobs", lags, MAX, &n, err, sizeof(err));
 
         CHECK(costs);
         CHECK(n <= MAX);

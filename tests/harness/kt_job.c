@@ -76,8 +76,7 @@ int kt_produce(const char *brokers, const char *topic, const kt_msg_t *msgs, int
                 rd_kafka_resp_err_t e;
                 do {
                         e = rd_kafka_producev(
-                            rk, RD_KAFKA_V_TOPIC(topic),
-                            RD_KAFKA_V_PARTITION(msgs[i].partition),
+                            rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(msgs[i].partition),
                             RD_KAFKA_V_KEY(msgs[i].key, msgs[i].key ? strlen(msgs[i].key) : 0),
                             RD_KAFKA_V_VALUE((void *)msgs[i].val, msgs[i].len),
                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);

@@ -25,8 +25,8 @@ struct kt_proxy_s {
 static int connect_to(int port)
 {
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-        int fd                = socket(AF_INET, SOCK_STREAM, 0);
-        sa.sin_addr.s_addr    = htonl(INADDR_LOOPBACK);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
                 return fd;
         if (fd >= 0)
@@ -68,9 +68,9 @@ static void *proxy_main(void *arg)
                 fds[n++] = (struct pollfd){p->lfd, POLLIN, 0};
                 for (int i = 0; i < KT_PROXY_MAX_PAIRS; i++)
                         if (p->a[i] >= 0) {
-                                idx[n]   = i;
+                                idx[n] = i;
                                 fds[n++] = (struct pollfd){p->a[i], POLLIN, 0};
-                                idx[n]   = i;
+                                idx[n] = i;
                                 fds[n++] = (struct pollfd){p->b[i], POLLIN, 0};
                         }
                 if (poll(fds, (nfds_t)n, 100) <= 0)
@@ -105,9 +105,9 @@ static void *proxy_main(void *arg)
 kt_proxy_t *kt_proxy_start(int target_port)
 {
         struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t len         = sizeof(sa);
-        kt_proxy_t *p         = calloc(1, sizeof(*p));
-        int one               = 1;
+        socklen_t len = sizeof(sa);
+        kt_proxy_t *p = calloc(1, sizeof(*p));
+        int one = 1;
 
         if (!p)
                 return NULL;

@@ -2,11 +2,14 @@
  * real dev broker: jobs submitted through the `kinfer` CLI, computed by
  * kinfer-worker processes, checked in Redis against a reference computed
  * here in double precision with plain loops (not kinfer's sgemm code). */
+/* cmocka.h needs these first, in this order */
+/* clang-format off */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+/* clang-format on */
 
 #include <math.h>
 #include <msgpack.h>
@@ -169,7 +172,7 @@ static int teardown(void **state)
 static void submit_all(e2e_t *t, const char *tag)
 {
         int next[N_USERS] = {0};
-        t->jobs           = calloc(N_JOBS, sizeof(*t->jobs));
+        t->jobs = calloc(N_JOBS, sizeof(*t->jobs));
         assert_non_null(t->jobs);
         for (int j = 0; j < N_JOBS; j++) {
                 t->jobs[j].user = j % N_USERS;
@@ -288,10 +291,16 @@ static int spawn_worker(e2e_t *t, const char *id, const char *const *extra)
 {
         /* A short session timeout so the group notices the SIGKILLed worker in
          * seconds rather than librdkafka's default 45 s. */
-        const char *argv[20] = {"kinfer-worker", "--models", t->models_dir, "--worker-id", id,
-                                "-X", "session.timeout.ms=6000", "-X",
+        const char *argv[20] = {"kinfer-worker",
+                                "--models",
+                                t->models_dir,
+                                "--worker-id",
+                                id,
+                                "-X",
+                                "session.timeout.ms=6000",
+                                "-X",
                                 "heartbeat.interval.ms=500"};
-        int n                = 9;
+        int n = 9;
         for (int i = 0; extra && extra[i]; i++)
                 argv[n++] = extra[i];
         argv[n] = NULL;
@@ -317,8 +326,8 @@ static void test_two_workers(void **state)
         assert_non_null(c);
         wait_all_done(t, c, "two", 90000);
         check_results(t, c, "two", workers, per_worker, 2);
-        print_message("results per worker: %s %d, %s %d\n", workers[0], per_worker[0],
-                      workers[1], per_worker[1]);
+        print_message("results per worker: %s %d, %s %d\n", workers[0], per_worker[0], workers[1],
+                      per_worker[1]);
         assert_int_equal(per_worker[0] + per_worker[1], N_JOBS);
         assert_true(per_worker[0] > 0);
         assert_true(per_worker[1] > 0);

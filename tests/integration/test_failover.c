@@ -34,7 +34,7 @@
 static int free_port(void)
 {
         struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t len         = sizeof(sa);
+        socklen_t len = sizeof(sa);
         int fd = socket(AF_INET, SOCK_STREAM, 0), port;
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
@@ -56,7 +56,7 @@ static redisContext *connect_port(int port)
 static int info_has(redisContext *c, const char *want)
 {
         redisReply *r = redisCommand(c, "INFO replication");
-        int has       = r && r->type == REDIS_REPLY_STRING && strstr(r->str, want) != NULL;
+        int has = r && r->type == REDIS_REPLY_STRING && strstr(r->str, want) != NULL;
         freeReplyObject(r);
         return has;
 }
@@ -73,7 +73,7 @@ static void wait_for(redisContext *c, const char *want, int timeout_ms)
 
 static void produce_phase(kt_stack_t *s, int first)
 {
-        kt_msg_t *msgs        = calloc(N_JOBS, sizeof(*msgs));
+        kt_msg_t *msgs = calloc(N_JOBS, sizeof(*msgs));
         msgpack_sbuffer *bufs = calloc(N_JOBS, sizeof(*bufs));
         for (int i = 0; i < N_JOBS; i++) {
                 char id[32];
@@ -132,10 +132,23 @@ static void test_follows_failover(void **state)
         snprintf(port_a, sizeof(port_a), "%d", s.redis_port);
         snprintf(port_b, sizeof(port_b), "%d", pb);
         {
-                const char *argv[] = {"/usr/bin/redis-server", "--port", port_b, "--bind",
-                                      "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
-                                      s.dir, "--dbfilename", "replica.rdb", "--replicaof",
-                                      "127.0.0.1", port_a, NULL};
+                const char *argv[] = {"/usr/bin/redis-server",
+                                      "--port",
+                                      port_b,
+                                      "--bind",
+                                      "127.0.0.1",
+                                      "--save",
+                                      "",
+                                      "--appendonly",
+                                      "no",
+                                      "--dir",
+                                      s.dir,
+                                      "--dbfilename",
+                                      "replica.rdb",
+                                      "--replicaof",
+                                      "127.0.0.1",
+                                      port_a,
+                                      NULL};
                 assert_true(kt_stack_spawn(&s, "redis-replica", argv, NULL) >= 0);
         }
         kt_sleep_ms(300);
@@ -148,7 +161,7 @@ static void test_follows_failover(void **state)
         snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", kt_proxy_port(px));
         {
                 const char *argv[] = {"kinfer-worker", "--models", models, "--redis", url,
-                                      "--worker-id", "fo-w1", NULL};
+                                      "--worker-id",   "fo-w1",    NULL};
                 assert_true(kt_stack_spawn(&s, "fo-w1", argv, NULL) >= 0);
         }
         produce_phase(&s, 0);

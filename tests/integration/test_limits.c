@@ -27,14 +27,14 @@ static void write_model(const char *dir, const char *name, int n_layers, const i
         char path[400];
         for (int l = 0; l < n_layers; l++) {
                 size_t nw = (size_t)dims[l] * (size_t)dims[l + 1];
-                W[l]      = malloc(nw * sizeof(float));
-                b[l]      = calloc((size_t)dims[l + 1], sizeof(float));
+                W[l] = malloc(nw * sizeof(float));
+                b[l] = calloc((size_t)dims[l + 1], sizeof(float));
                 for (size_t i = 0; i < nw; i++)
                         W[l][i] = 0.5f;
         }
         snprintf(path, sizeof(path), "%s/%s.kmodel", dir, name);
-        assert_int_equal(kt_write_model(path, name, n_layers, dims, acts,
-                                        (const float *const *)W, (const float *const *)b),
+        assert_int_equal(kt_write_model(path, name, n_layers, dims, acts, (const float *const *)W,
+                                        (const float *const *)b),
                          0);
         for (int l = 0; l < n_layers; l++) {
                 free(W[l]);
@@ -45,8 +45,8 @@ static void write_model(const char *dir, const char *name, int n_layers, const i
 static char *submit(kt_stack_t *s, const char *model, const char *output, int want_rc,
                     const char *row1, const char *row2)
 {
-        const char *argv[16] = {"kinfer", "submit", "--model", model, "--user", "lim",
-                                "--wait", "--output", output};
+        const char *argv[16] = {"kinfer", "submit", "--model",  model, "--user",
+                                "lim",    "--wait", "--output", output};
         int n = 9;
         char *out = NULL;
         argv[n++] = row1;
@@ -71,9 +71,9 @@ static void test_output_and_scratch_bounded(void **state)
         write_model(models, "wide", 1, wide);
         write_model(models, "tall", 2, tall);
         {
-                const char *argv[] = {"kinfer-worker", "--models", models,
-                                      "--max-output-elements", "1500",
-                                      "--max-scratch-elements", "3000", NULL};
+                const char *argv[] = {
+                    "kinfer-worker",          "--models", models, "--max-output-elements", "1500",
+                    "--max-scratch-elements", "3000",     NULL};
                 assert_true(kt_stack_spawn(&s, "lim-w1", argv, NULL) >= 0);
         }
         /* within both limits */

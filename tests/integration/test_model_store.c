@@ -708,8 +708,7 @@ static void test_unknown_names_bounded(void **state)
  * would see it freed), and the next job pinning it gets it rebuilt.  The
  * serving version is never counted nor dropped. */
 #define BT_VERSIONS 4
-static void run_budget(ms_store_t *ms, const char *name, tm_t *tm, uint32_t *vers,
-                       uint32_t serving)
+static void run_budget(ms_store_t *ms, const char *name, tm_t *tm, uint32_t *vers, uint32_t serving)
 {
         const double w1[1] = {1};
         ms_store_stats_t st;
@@ -924,8 +923,7 @@ static void test_dir_all_versions(void **state)
                 snprintf(name, sizeof(name), "wide%d", k);
                 m = get(t->ms, name, 0);
                 if (m->version != top)
-                        fail_msg("%s: served version %u, the highest is %u", name, m->version,
-                                 top);
+                        fail_msg("%s: served version %u, the highest is %u", name, m->version, top);
                 check_outputs(m, 1, one, w1);
                 model_unref(m);
         }
@@ -943,8 +941,8 @@ static void test_dir_names_stay_inside(void **state)
 {
         dt_t *t = *state;
         const int dims[] = {2, 2};
-        static const char *const bad[] = {"..", ".", "...", ".hidden", "../models/ok",
-                                          "ok/../ok", "/etc/passwd", "", NULL};
+        static const char *const bad[] = {
+            "..", ".", "...", ".hidden", "../models/ok", "ok/../ok", "/etc/passwd", "", NULL};
         char path[700];
         tm_t tm;
         model_t *m;

@@ -42,8 +42,8 @@ static void test_overflow_is_visible(void **state)
                 assert_true(kt_stack_spawn(&s, "nf-w1", argv, NULL) >= 0);
         }
         {
-                const char *argv[] = {"kinfer", "submit", "--model", "big", "--user", "nf",
-                                      "--id", "nf-1", "--wait", "1e10,2", "1,3", NULL};
+                const char *argv[] = {"kinfer", "submit", "--model", "big",    "--user", "nf",
+                                      "--id",   "nf-1",   "--wait",  "1e10,2", "1,3",    NULL};
                 assert_int_equal(kt_stack_run(&s, argv, NULL, &out, 90000), 1);
                 assert_non_null(strstr(out, "\"status\":\"ok\""));
                 if (!strstr(out, "\"output\":[[null,2.0],[1.00000002e30,3.0]]"))
@@ -59,8 +59,8 @@ static void test_overflow_is_visible(void **state)
         kf_result_clear(&r);
         {
                 /* a finite result has no such field and exits 0 */
-                const char *argv[] = {"kinfer", "submit", "--model", "big", "--user", "nf",
-                                      "--wait", "0,1", NULL};
+                const char *argv[] = {"kinfer", "submit", "--model", "big", "--user",
+                                      "nf",     "--wait", "0,1",     NULL};
                 assert_int_equal(kt_stack_run(&s, argv, NULL, &out, 90000), 0);
                 assert_null(strstr(out, "nonfinite"));
                 free(out);

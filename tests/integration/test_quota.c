@@ -1,11 +1,14 @@
 /* test_quota.c - per-user quotas with exactly-once effects, on a real
  * redis-server and the dev broker: two workers racing on one user's quota,
  * replays of the same jobs, a SIGKILL, window rollover, bad settings. */
+/* cmocka.h needs these first, in this order */
+/* clang-format off */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+/* clang-format on */
 
 #include <signal.h>
 #include <stdio.h>
@@ -52,9 +55,18 @@ static int teardown(void **state)
 
 static int spawn_worker(qt_t *t, const char *id, const char *group)
 {
-        const char *argv[] = {"kinfer-worker", "--models", t->models, "--worker-id", id,
-                              "--group", group, "-X", "session.timeout.ms=6000", "-X",
-                              "heartbeat.interval.ms=500", NULL};
+        const char *argv[] = {"kinfer-worker",
+                              "--models",
+                              t->models,
+                              "--worker-id",
+                              id,
+                              "--group",
+                              group,
+                              "-X",
+                              "session.timeout.ms=6000",
+                              "-X",
+                              "heartbeat.interval.ms=500",
+                              NULL};
         int slot = kt_stack_spawn(&t->stack, id, argv, NULL);
         assert_true(slot >= 0);
         return slot;
@@ -63,7 +75,7 @@ static int spawn_worker(qt_t *t, const char *id, const char *group)
 static long long hget_ll(redisContext *c, const char *key, const char *field)
 {
         redisReply *r = redisCommand(c, "HGET %s %s", key, field);
-        long long v   = 0;
+        long long v = 0;
         assert_non_null(r);
         if (r->type == REDIS_REPLY_STRING)
                 v = atoll(r->str);
@@ -82,8 +94,8 @@ static void job_input(int i, float *x)
  * both workers race on this user's quota. */
 static void produce_jobs(qt_t *t, const char *user, int first, int n)
 {
-        kt_msg_t *msgs           = calloc((size_t)n, sizeof(*msgs));
-        msgpack_sbuffer *bufs    = calloc((size_t)n, sizeof(*bufs));
+        kt_msg_t *msgs = calloc((size_t)n, sizeof(*msgs));
+        msgpack_sbuffer *bufs = calloc((size_t)n, sizeof(*bufs));
         static const char *keys[] = {"k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"};
         assert_non_null(msgs);
         assert_non_null(bufs);
@@ -162,8 +174,8 @@ static int run_cli(qt_t *t, const char *const *argv, char **out)
 static void test_limit_exact_and_replay(void **state)
 {
         qt_t *t = *state;
-        const char *set[] = {"kinfer", "quota", "set", "qa", "--jobs", "500", "--window",
-                             "31536000", NULL};
+        const char *set[] = {"kinfer", "quota",    "set",      "qa", "--jobs",
+                             "500",    "--window", "31536000", NULL};
         char **worker_of = calloc(2000, sizeof(char *));
         int ok, over, w1, w2, w3;
         long long before[4];
@@ -174,8 +186,9 @@ static void test_limit_exact_and_replay(void **state)
         w2 = spawn_worker(t, "q-w2", "kinfer-workers");
         produce_jobs(t, "qa", 0, 1000);
         /* kill one worker as soon as results start to appear */
-        while (hget_ll(t->c, "kinfer:{qa}:usage", "jobs") + hget_ll(t->c, "kinfer:{qa}:usage",
-                                                                  "errors") == 0)
+        while (hget_ll(t->c, "kinfer:{qa}:usage", "jobs") +
+                   hget_ll(t->c, "kinfer:{qa}:usage", "errors") ==
+               0)
                 kt_sleep_ms(2);
         assert_int_equal(kt_stack_kill(&t->stack, w1, SIGKILL, 5000), 128 + SIGKILL);
         w3 = spawn_worker(t, "q-w3", "kinfer-workers");
@@ -241,8 +254,7 @@ static void test_limit_exact_and_replay(void **state)
 static void test_window_rollover(void **state)
 {
         qt_t *t = *state;
-        const char *set[] = {"kinfer", "quota", "set", "qw", "--jobs", "5", "--window", "3",
-                             NULL};
+        const char *set[] = {"kinfer", "quota", "set", "qw", "--jobs", "5", "--window", "3", NULL};
         int per_window_ok[64] = {0};
         long long starts[64];
         int nwin = 0;
@@ -330,8 +342,10 @@ static void test_bad_settings(void **state)
             {"--jobs", "1e3", "--jobs: quota jobs \"1e3\" is not a decimal integer"},
             {"--rows", "1.5", "--rows: quota rows \"1.5\" is not a decimal integer"},
             {"--rows", " 7", "--rows: quota rows \" 7\" is not a decimal integer"},
-            {"--window", "0", "--window: quota window \"0\" is not a decimal integer in 1..31622400"},
-            {"--window", "999999999", "quota window \"999999999\" is not a decimal integer in 1..31622400"},
+            {"--window", "0",
+             "--window: quota window \"0\" is not a decimal integer in 1..31622400"},
+            {"--window", "999999999",
+             "quota window \"999999999\" is not a decimal integer in 1..31622400"},
             {"--window", "unlimited", "--window: quota window \"unlimited\" is not a decimal"},
         };
         char *out = NULL, log[600], *text;
@@ -340,8 +354,8 @@ static void test_bad_settings(void **state)
         int ok, over;
 
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-                const char *argv[] = {"kinfer", "quota", "set", "qb", bad[i].flag, bad[i].value,
-                                      NULL};
+                const char *argv[] = {"kinfer",    "quota",      "set", "qb",
+                                      bad[i].flag, bad[i].value, NULL};
                 assert_int_equal(run_cli(t, argv, NULL), 2);
                 /* kt_stack_run keeps stderr in run.log */
                 snprintf(log, sizeof(log), "%s/run.log", t->stack.dir);

@@ -480,14 +480,14 @@ static int result(reg_t *t, const tjob_t *j, tres_t *r)
                 return 0;
         snprintf(r->status, sizeof(r->status), "%s", res.ok ? "ok" : "error");
         r->version = (unsigned)res.version;
-        r->rows    = (int)res.rows;
-        r->cols    = (int)res.cols;
+        r->rows = (int)res.rows;
+        r->cols = (int)res.cols;
         if (res.output && (size_t)res.rows * res.cols <= sizeof(r->out) / sizeof(r->out[0]))
                 memcpy(r->out, res.output, (size_t)res.rows * res.cols * sizeof(float));
         snprintf(r->error, sizeof(r->error), "%s", res.error);
         snprintf(r->message, sizeof(r->message), "%s", res.message);
         r->enqueued = (long long)res.enqueued;
-        r->started  = (long long)res.started;
+        r->started = (long long)res.started;
         kf_result_clear(&res);
         return 1;
 }

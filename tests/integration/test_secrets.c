@@ -33,7 +33,7 @@ static int setup(void **state)
                 return -1;
         }
         s->failed = 1; /* until the test reaches its end: keep the logs */
-        *state    = s;
+        *state = s;
         return 0;
 }
 
@@ -49,8 +49,8 @@ static int teardown(void **state)
 static int closed_port(void)
 {
         struct sockaddr_in a = {.sin_family = AF_INET};
-        socklen_t len        = sizeof(a);
-        int fd               = socket(AF_INET, SOCK_STREAM, 0), port;
+        socklen_t len = sizeof(a);
+        int fd = socket(AF_INET, SOCK_STREAM, 0), port;
         assert_true(fd >= 0);
         a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
@@ -119,7 +119,7 @@ static void run_check(kt_stack_t *s, const char *name, const char *const *argv,
 static void all_passed(kt_stack_t *s)
 {
         int bad = n_bad;
-        n_bad   = 0;
+        n_bad = 0;
         if (bad)
                 fail_msg("%d check(s) failed (above)", bad);
         s->failed = 0;
@@ -148,9 +148,9 @@ static void test_redis_url_secrets(void **state)
 
         for (int i = 0; i < n; i++) {
                 const char *const worker[] = {"kinfer-worker", "--redis", url[i], NULL};
-                const char *const get[]    = {"kinfer", "get",   "--user", "u", "--redis",
-                                              url[i],   "some-id", NULL};
-                const char *const want[]   = {hp, NULL};
+                const char *const get[] = {"kinfer",  "get",  "--user",  "u",
+                                           "--redis", url[i], "some-id", NULL};
+                const char *const want[] = {hp, NULL};
                 snprintf(name, sizeof(name), "worker-url%d", i);
                 run_check(s, name, worker, NULL, 20000, 1, want);
                 snprintf(name, sizeof(name), "get-url%d", i);
@@ -160,18 +160,18 @@ static void test_redis_url_secrets(void **state)
         snprintf(url[0], sizeof(url[0]), "redis://kinfer:" SECRET "@%s/0", bad_port);
         {
                 const char *const worker[] = {"kinfer-worker", "--redis", url[0], NULL};
-                const char *const usage[]  = {"kinfer", "usage", "--redis", url[0], "alice", NULL};
-                const char *const want[]   = {"99999", NULL};
+                const char *const usage[] = {"kinfer", "usage", "--redis", url[0], "alice", NULL};
+                const char *const want[] = {"99999", NULL};
                 run_check(s, "worker-port", worker, NULL, 20000, 1, want);
                 run_check(s, "usage-port", usage, NULL, 20000, 2, want);
         }
         /* --help, with the URL in the environment */
         snprintf(url[0], sizeof(url[0]), "KINFER_REDIS=redis://kinfer:" SECRET "@%s/0", hp);
         {
-                const char *const env[]    = {url[0], NULL};
+                const char *const env[] = {url[0], NULL};
                 const char *const worker[] = {"kinfer-worker", "--help", NULL};
                 const char *const submit[] = {"kinfer", "submit", "--help", NULL};
-                const char *const want[]   = {"--redis", NULL};
+                const char *const want[] = {"--redis", NULL};
                 run_check(s, "worker-help", worker, env, 20000, 0, want);
                 run_check(s, "submit-help", submit, env, 20000, 0, want);
         }
@@ -185,8 +185,8 @@ static void test_kafka_property_secrets(void **state)
 {
         kt_stack_t *s = *state;
         static const char *const props[] = {
-            "sasl.passwrod=" SECRET,                 /* unknown: a typo */
-            "ssl_key=" SECRET,                       /* known, never settable */
+            "sasl.passwrod=" SECRET,                  /* unknown: a typo */
+            "ssl_key=" SECRET,                        /* known, never settable */
             "sasl.oauthbearer.client.secret=" SECRET, /* needs libcurl in librdkafka */
             NULL};
         static const char *const names[] = {"sasl.passwrod", "ssl_key",
@@ -197,9 +197,9 @@ static void test_kafka_property_secrets(void **state)
         assert_int_equal(kt_stack_start_redis(s, NULL), 0);
         for (int i = 0; props[i]; i++) {
                 const char *const worker[] = {"kinfer-worker", "-X", props[i], NULL};
-                const char *const submit[] = {"kinfer", "submit", "--model", "m", "--user", "u",
-                                              "-X",     props[i], "1,2",     NULL};
-                const char *const want[]   = {names[i], NULL};
+                const char *const submit[] = {"kinfer", "submit", "--model", "m",   "--user",
+                                              "u",      "-X",     props[i],  "1,2", NULL};
+                const char *const want[] = {names[i], NULL};
                 snprintf(name, sizeof(name), "worker-prop%d", i);
                 run_check(s, name, worker, NULL, 20000, -1, want);
                 snprintf(name, sizeof(name), "submit-prop%d", i);
@@ -207,9 +207,8 @@ static void test_kafka_property_secrets(void **state)
         }
         /* -X without '=': the argument may be "name:value" */
         {
-                const char *const worker[] = {"kinfer-worker", "-X", "sasl.password:" SECRET,
-                                              NULL};
-                const char *const want[]   = {"sasl.password", "key=value", NULL};
+                const char *const worker[] = {"kinfer-worker", "-X", "sasl.password:" SECRET, NULL};
+                const char *const want[] = {"sasl.password", "key=value", NULL};
                 run_check(s, "worker-noeq", worker, NULL, 20000, 2, want);
         }
         all_passed(s);
@@ -221,18 +220,25 @@ static void test_kafka_property_secrets(void **state)
 static void test_kafka_log_secrets(void **state)
 {
         kt_stack_t *s = *state;
-        const char *const worker[] = {
-            "kinfer-worker", "-X", "security.protocol=sasl_plaintext",
-            "-X", "sasl.mechanism=OAUTHBEARER",
-            "-X", "enable.sasl.oauthbearer.unsecure.jwt=true",
-            "-X", "sasl.oauthbearer.config=" SECRET, NULL};
-        const char *const submit[] = {
-            "kinfer", "submit", "--model", "m", "--user", "u",
-            "-X", "security.protocol=sasl_plaintext",
-            "-X", "sasl.mechanism=OAUTHBEARER",
-            "-X", "enable.sasl.oauthbearer.unsecure.jwt=true",
-            "-X", "message.timeout.ms=1000",
-            "-X", "sasl.oauthbearer.config=" SECRET, "1,2", NULL};
+        const char *const worker[] = {"kinfer-worker",
+                                      "-X",
+                                      "security.protocol=sasl_plaintext",
+                                      "-X",
+                                      "sasl.mechanism=OAUTHBEARER",
+                                      "-X",
+                                      "enable.sasl.oauthbearer.unsecure.jwt=true",
+                                      "-X",
+                                      "sasl.oauthbearer.config=" SECRET,
+                                      NULL};
+        const char *const submit[] = {"kinfer",  "submit",
+                                      "--model", "m",
+                                      "--user",  "u",
+                                      "-X",      "security.protocol=sasl_plaintext",
+                                      "-X",      "sasl.mechanism=OAUTHBEARER",
+                                      "-X",      "enable.sasl.oauthbearer.unsecure.jwt=true",
+                                      "-X",      "message.timeout.ms=1000",
+                                      "-X",      "sasl.oauthbearer.config=" SECRET,
+                                      "1,2",     NULL};
         const char *const want[] = {"sasl.oauthbearer.config", NULL};
 
         assert_int_equal(kt_stack_start_redis(s, NULL), 0);

@@ -43,8 +43,8 @@ static int setup(void **state)
         t->c = kt_stack_redis(&t->stack);
         assert_non_null(t->c);
         {
-                const char *argv[] = {"kinfer-worker", "--models", t->models, "--worker-id",
-                                      "ten-w1", NULL};
+                const char *argv[] = {"kinfer-worker", "--models", t->models,
+                                      "--worker-id",   "ten-w1",   NULL};
                 assert_true(kt_stack_spawn(&t->stack, "ten-w1", argv, NULL) >= 0);
         }
         *state = t;
@@ -104,8 +104,8 @@ static void produce(tt_t *t, const char *user, const char *id, const char *model
 
 /* Pops ids from user's inbox until id has come n times in all (counting in
  * *seen across calls); fails after timeout_ms. */
-static void await_announce(tt_t *t, const char *user, const char *inbox, const char *id,
-                           int n, int *seen, int timeout_ms)
+static void await_announce(tt_t *t, const char *user, const char *inbox, const char *id, int n,
+                           int *seen, int timeout_ms)
 {
         long long until = kt_now_ms() + timeout_ms;
         while (*seen < n) {
@@ -116,8 +116,7 @@ static void await_announce(tt_t *t, const char *user, const char *inbox, const c
                 freeReplyObject(r);
                 if (*seen < n && kt_now_ms() > until) {
                         kt_stack_fail(&t->stack);
-                        fail_msg("job %s of %s: announced %d times, want %d", id, user, *seen,
-                                 n);
+                        fail_msg("job %s of %s: announced %d times, want %d", id, user, *seen, n);
                 }
         }
 }
@@ -136,9 +135,9 @@ static char *user_state(tt_t *t, const char *user)
         for (size_t i = 0; i < keys->elements; i++)
                 for (size_t j = i + 1; j < keys->elements; j++)
                         if (strcmp(keys->element[i]->str, keys->element[j]->str) > 0) {
-                                redisReply *tmp   = keys->element[i];
-                                keys->element[i]  = keys->element[j];
-                                keys->element[j]  = tmp;
+                                redisReply *tmp = keys->element[i];
+                                keys->element[i] = keys->element[j];
+                                keys->element[j] = tmp;
                         }
         for (size_t i = 0; i < keys->elements; i++) {
                 redisReply *d = redisCommand(t->c, "DUMP %s", keys->element[i]->str);
@@ -149,7 +148,7 @@ static char *user_state(tt_t *t, const char *user)
                 for (size_t k = 0; k < d->len; k++)
                         len += (size_t)sprintf(out + len, "%02x", (unsigned char)d->str[k]);
                 out[len++] = '\n';
-                out[len]   = '\0';
+                out[len] = '\0';
                 freeReplyObject(d);
         }
         freeReplyObject(keys);
@@ -164,9 +163,9 @@ static char *user_state(tt_t *t, const char *user)
 static void test_colliding_names(void **state)
 {
         tt_t *t = *state;
-        static const char *const attackers[] = {"ten:usage",      "ten:quota", "ten:result",
-                                                "ten:usage:window", "ten:",    "kinfer:",
-                                                "ten:inbox",      "ten:charged"};
+        static const char *const attackers[] = {
+            "ten:usage", "ten:quota", "ten:result", "ten:usage:window",
+            "ten:",      "kinfer:",   "ten:inbox",  "ten:charged"};
         static const char *const models[] = {"lin", "lin:jobs", "jobs:lin", "lin:usage"};
         const char *set[] = {"kinfer", "quota", "set", "ten", "--jobs", "3", NULL};
         char *before, *after, *out = NULL;
@@ -360,8 +359,9 @@ static void test_damaged_counters(void **state)
             {"dmg1", "HSET kinfer:{dmg1}:usage jobs abc", "field jobs holds \"abc\""},
             {"dmg2", "HSET kinfer:{dmg2}:usage flops 9999999999999999999",
              "field flops holds \"9999999999999999999\""},
-            {"dmg3", "SET kinfer:{dmg3}:usage:models x", "kinfer:{dmg3}:usage:models is not a "
-                                                         "hash"},
+            {"dmg3", "SET kinfer:{dmg3}:usage:models x",
+             "kinfer:{dmg3}:usage:models is not a "
+             "hash"},
             {"dmg4", "HSET kinfer:{dmg4}:usage errors 1.5", "field errors holds \"1.5\""},
         };
         const char *set[] = {"kinfer", "quota", "set", "dmg1", "--jobs", "1", NULL};
@@ -386,8 +386,7 @@ static void test_damaged_counters(void **state)
                         snprintf(id, sizeof(id), "d-%d", k);
                         assert_int_equal(kt_result_get(t->c, cases[i].user, id, &r), 1);
                         if (r.ok || strcmp(r.error, "internal") ||
-                            !strstr(r.message, cases[i].says) ||
-                            !strstr(r.message, "not charged"))
+                            !strstr(r.message, cases[i].says) || !strstr(r.message, "not charged"))
                                 fail_msg("%s/%s: %s: %s", cases[i].user, id, r.error, r.message);
                         kf_result_clear(&r);
                 }
@@ -446,9 +445,9 @@ static void test_never_fits_quota(void **state)
         tt_t *t = *state;
         const char *set[] = {"kinfer", "quota", "set", "big", "--rows", "2", NULL};
         const char *argv[] = {"kinfer", "submit", "--model", "lin", "--user", "big", "--id",
-                              "b-3", "--wait", "1,1", "2,2", "3,3", NULL};
-        const char *ok[] = {"kinfer", "submit", "--model", "lin", "--user", "big", "--id",
-                            "b-2", "--wait", "1,1", "2,2", NULL};
+                              "b-3",    "--wait", "1,1",     "2,2", "3,3",    NULL};
+        const char *ok[] = {"kinfer", "submit", "--model", "lin", "--user", "big",
+                            "--id",   "b-2",    "--wait",  "1,1", "2,2",    NULL};
         char *out = NULL;
         assert_int_equal(kt_stack_run(&t->stack, set, NULL, NULL, 30000), 0);
         assert_int_equal(kt_stack_run(&t->stack, argv, NULL, &out, 60000), 1);
@@ -473,8 +472,8 @@ static void test_prefix_refused(void **state)
         memset(long_prefix, 'p', 65);
         long_prefix[65] = '\0';
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-                const char *w[] = {"kinfer-worker", "--models", t->models, "--prefix", bad[i],
-                                   NULL};
+                const char *w[] = {"kinfer-worker", "--models", t->models,
+                                   "--prefix",      bad[i],     NULL};
                 const char *g[] = {"kinfer", "get", "--user", "u", "--prefix", bad[i], "j", NULL};
                 assert_int_equal(kt_stack_run(&t->stack, w, NULL, NULL, 30000), 2);
                 assert_int_equal(kt_stack_run(&t->stack, g, NULL, NULL, 30000), 2);

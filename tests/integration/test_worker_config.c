@@ -50,8 +50,9 @@ static int worker(const char *env, const char *args, char **out)
 {
         char cmd[4096];
         const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
-        snprintf(cmd, sizeof(cmd), "env -u KINFER_BATCH_MAX_JOBS -u KINFER_REDIS %s %s/kinfer-worker %s 2>&1",
-                 env, stack.bindir, args);
+        snprintf(cmd, sizeof(cmd),
+                 "env -u KINFER_BATCH_MAX_JOBS -u KINFER_REDIS %s %s/kinfer-worker %s 2>&1", env,
+                 stack.bindir, args);
         return kt_stack_run(&stack, argv, NULL, out, 10000);
 }
 
@@ -134,7 +135,8 @@ static void test_bad_files_refused(void **state)
             {"{\"batch-max-jobs\": 3,", "line 1"},
             {"[1, 2]", "expected a JSON object"},
             {"{\"print-config\": true}", "key \"print-config\": unknown key"},
-            {"{\"kafka\": {\"fetch.wait.max.ms\": 7}}", "property \"fetch.wait.max.ms\": expected a string"},
+            {"{\"kafka\": {\"fetch.wait.max.ms\": 7}}",
+             "property \"fetch.wait.max.ms\": expected a string"},
             {"{\"kafka\": {\"no.such.property\": \"1\"}}", "no.such.property"},
             {"{\"log-level\": \"loud\"}", "key \"log-level\": 'loud' is not a log level"},
         };
@@ -187,9 +189,8 @@ static void test_print_config_hides_secrets(void **state)
         assert_non_null(strstr(out, "\"sasl.username\": \"u\""));
         free(out);
 
-        assert_int_equal(worker("KINFER_REDIS=redis://:envPW4712@127.0.0.1:1/0", "--print-config",
-                                &out),
-                         0);
+        assert_int_equal(
+            worker("KINFER_REDIS=redis://:envPW4712@127.0.0.1:1/0", "--print-config", &out), 0);
         if (strstr(out, "envPW4712"))
                 fail_msg("--print-config shows KINFER_REDIS' password:\n%s", out);
         assert_non_null(strstr(out, "***@127.0.0.1:1/0"));

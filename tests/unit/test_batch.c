@@ -39,7 +39,7 @@ static int npasses, destroyed, fail_realloc;
 int __wrap_model_forward(const model_t *m, const float *X, uint32_t rows, float *Y,
                          model_scratch_t *s)
 {
-        passes[npasses].m      = m;
+        passes[npasses].m = m;
         passes[npasses++].rows = rows;
         return __real_model_forward(m, X, rows, Y, s);
 }
@@ -67,8 +67,8 @@ model_t *__wrap_ms_store_get(ms_store_t *ms, const char *name, uint32_t version,
 /* y = a*x0 + b*x1: one linear layer 2 -> 1. */
 static model_t *linear(float a, float b)
 {
-        const uint32_t dims[]     = {2, 1};
-        const model_act_t acts[]  = {MODEL_ACT_IDENTITY};
+        const uint32_t dims[] = {2, 1};
+        const model_act_t acts[] = {MODEL_ACT_IDENTITY};
         char err[256];
         model_t *m = model_new_mlp("lin", 1, dims, acts, err, sizeof(err));
         assert_non_null(m);
@@ -82,18 +82,18 @@ static void add_job(kw_batch_t *b, model_t *m, int id, uint32_t rows)
 {
         kw_job_t *j;
         if (b->n == b->cap) {
-                b->cap  = b->cap ? b->cap * 2 : 8;
+                b->cap = b->cap ? b->cap * 2 : 8;
                 b->jobs = __real_realloc(b->jobs, sizeof(*b->jobs) * (size_t)b->cap);
         }
         j = &b->jobs[b->n++];
         memset(j, 0, sizeof(*j));
-        j->model     = model_ref(m);
-        j->job.rows  = rows;
-        j->job.cols  = 2;
+        j->model = model_ref(m);
+        j->job.rows = rows;
+        j->job.cols = 2;
         j->job.input = malloc(sizeof(float) * 2 * rows);
         snprintf(j->job.id, sizeof(j->job.id), "%d", id);
         for (uint32_t r = 0; r < rows; r++) {
-                j->job.input[2 * r]     = (float)id;
+                j->job.input[2 * r] = (float)id;
                 j->job.input[2 * r + 1] = (float)r;
         }
 }
@@ -110,7 +110,7 @@ static int setup(void **state)
 static void test_grouping(void **state)
 {
         model_t *A = linear(1, 10), *B = linear(2, 0);
-        kw_batch_t *b    = calloc(1, sizeof(*b));
+        kw_batch_t *b = calloc(1, sizeof(*b));
         kw_compute_ctx_t ctx = {0};
         /* A1 2 rows, B1 1, A2 3, A3 2, B2 1 */
         (void)state;
@@ -150,7 +150,7 @@ static void test_grouping(void **state)
 static void test_skips_and_large(void **state)
 {
         model_t *A = linear(1, 1);
-        kw_batch_t *b    = calloc(1, sizeof(*b));
+        kw_batch_t *b = calloc(1, sizeof(*b));
         kw_compute_ctx_t ctx = {0};
         (void)state;
         add_job(b, A, 1, 1);
@@ -189,21 +189,21 @@ static void test_add(void **state)
         strcpy(job.id, "j1");
         strcpy(job.user, "alice");
         strcpy(job.model, "lin");
-        job.rows  = 2;
-        job.cols  = 2;
+        job.rows = 2;
+        job.cols = 2;
         job.input = in;
         assert_int_equal(job_encode(&job, JOB_ENC_F32, &buf, &len, err, sizeof(err)), 0);
         msgs[0].payload = buf;
-        msgs[0].len     = len;
+        msgs[0].len = len;
         assert_int_equal(kw_batch_add(b, &msgs[0], &lim), 0);
         msgs[1].payload = "not msgpack";
-        msgs[1].len     = 11;
+        msgs[1].len = 11;
         assert_int_equal(kw_batch_add(b, &msgs[1], &lim), 0);
         job.deadline_ms = kf_now_ms() - 1000;
         free(buf);
         assert_int_equal(job_encode(&job, JOB_ENC_F32, &buf, &len, err, sizeof(err)), 0);
         msgs[2].payload = buf;
-        msgs[2].len     = len;
+        msgs[2].len = len;
         assert_int_equal(kw_batch_add(b, &msgs[2], &lim), 0);
         assert_int_equal(b->n, 3);
         assert_int_equal(b->rows, 2);
@@ -228,8 +228,8 @@ static void test_add_oom_keeps_message(void **state)
         rd_kafka_message_t msg;
         (void)state;
         memset(&msg, 0, sizeof(msg));
-        msg.payload  = "x";
-        msg.len      = 1;
+        msg.payload = "x";
+        msg.len = 1;
         fail_realloc = 1;
         assert_int_equal(kw_batch_add(b, &msg, &lim), -1);
         fail_realloc = 0;

@@ -93,9 +93,9 @@ static void test_failed_build_drops_appended_steps(void **state)
         memset(msgs, 0, sizeof(msgs));
         memset(jobs, 0, sizeof(jobs));
         for (int i = 0; i < 2; i++) {
-                jobs[i].rkm   = &msgs[i];
+                jobs[i].rkm = &msgs[i];
                 jobs[i].state = KW_JOB_DONE;
-                jobs[i].err   = KF_ERR_BAD_REQUEST;
+                jobs[i].err = KF_ERR_BAD_REQUEST;
                 snprintf(jobs[i].job.id, sizeof(jobs[i].job.id), "j%d", i);
                 snprintf(jobs[i].job.user, sizeof(jobs[i].job.user), "user%d", i);
         }

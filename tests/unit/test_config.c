@@ -64,7 +64,7 @@ static void test_precedence(void **state)
 {
         char *argv_none[] = {"kinfer-worker", NULL};
         char *argv_flag[] = {"kinfer-worker", "--writer-threads", "5", "-t", "flagged", NULL};
-        char *argv_eq[]   = {"kinfer-worker", "--writer-threads=6", NULL};
+        char *argv_eq[] = {"kinfer-worker", "--writer-threads=6", NULL};
         char err[512] = "";
         kw_config_t c;
         (void)state;
@@ -88,24 +88,22 @@ static void test_refused(void **state)
         static const struct {
                 const char *flag, *value, *want;
         } bad[] = {
-            {"--writer-threads", "0", "writer-threads"}, /* below 1 */
+            {"--writer-threads", "0", "writer-threads"},  /* below 1 */
             {"--writer-threads", "17", "writer-threads"}, /* above 16 */
-            {"--writer-threads", "2x", "writer-threads"},
-            {"--quota-jobs", "-2", "quota-jobs"},
-            {"--log-level", "loud", "log-level"},
-            {"--no-such-flag", "1", "no-such-flag"},
+            {"--writer-threads", "2x", "writer-threads"}, {"--quota-jobs", "-2", "quota-jobs"},
+            {"--log-level", "loud", "log-level"},         {"--no-such-flag", "1", "no-such-flag"},
         };
         char err[512];
         kw_config_t c;
         (void)state;
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 char *argv[] = {"kinfer-worker", (char *)bad[i].flag, (char *)bad[i].value, NULL};
-                err[0]       = '\0';
+                err[0] = '\0';
                 if (parse(&c, 3, argv, err, sizeof(err)) != KF_CONFIG_ERR)
                         fail_msg("%s %s was accepted", bad[i].flag, bad[i].value);
                 if (!strstr(err, bad[i].want))
-                        fail_msg("%s %s: error '%s' does not name it", bad[i].flag,
-                                 bad[i].value, err);
+                        fail_msg("%s %s: error '%s' does not name it", bad[i].flag, bad[i].value,
+                                 err);
                 kf_config_free(kw_options, &c, &c.props);
         }
         /* a bad variable is refused the same way, by its name */
@@ -120,10 +118,9 @@ static void test_refused(void **state)
 
 static void test_props_and_help(void **state)
 {
-        char *argv[]  = {"kinfer-worker", "-X", "fetch.wait.max.ms=10", "-X",
-                         "dlq.acks=all", NULL};
-        char *help[]  = {"kinfer-worker", "--help", NULL};
-        char *noeq[]  = {"kinfer-worker", "-X", "novalue", NULL};
+        char *argv[] = {"kinfer-worker", "-X", "fetch.wait.max.ms=10", "-X", "dlq.acks=all", NULL};
+        char *help[] = {"kinfer-worker", "--help", NULL};
+        char *noeq[] = {"kinfer-worker", "-X", "novalue", NULL};
         char err[512] = "";
         kw_config_t c;
         (void)state;

@@ -47,8 +47,8 @@ static void test_user_keys_exact(void **state)
  * no user name builds another user's key, and the hash tag is the user. */
 static void test_hostile_names(void **state)
 {
-        static const char *const users[] = {"a", "a:b", "a:usage", "a:usage:window", "b",
-                                            "kinfer:", "usage", "a.b", "-", ":"};
+        static const char *const users[] = {
+            "a", "a:b", "a:usage", "a:usage:window", "b", "kinfer:", "usage", "a.b", "-", ":"};
         static const kf_kind_t kinds[] = {KF_K_RESULT, KF_K_INBOX,  KF_K_CHARGED, KF_K_USAGE,
                                           KF_K_WINDOW, KF_K_MODELS, KF_K_QUOTA};
         static const char *const names[] = {NULL, "1", "usage", "a:b", "window:1", ":"};
@@ -70,10 +70,10 @@ static void test_hostile_names(void **state)
                                         continue;
                                 }
                                 n++;
-                                assert_true(kf_user_key(k, "kinfer:", users[u], kinds[kd],
-                                                        names[nm]) > 0);
+                                assert_true(
+                                    kf_user_key(k, "kinfer:", users[u], kinds[kd], names[nm]) > 0);
                                 /* the hash tag is exactly the user */
-                                open  = strchr(k, '{');
+                                open = strchr(k, '{');
                                 close = strchr(open, '}');
                                 assert_int_equal(open - k, 7);
                                 assert_int_equal((size_t)(close - open - 1), strlen(users[u]));
@@ -181,13 +181,16 @@ static void test_result_decode_ok(void **state)
                                     "\xa1v\x02"
                                     "\xa6status\xa2ok"
                                     "\xa2id\xa2j1"
-                                    "\xa4user\xa5" "alice"
+                                    "\xa4user\xa5"
+                                    "alice"
                                     "\xa5model\xa3xor"
                                     "\xa6worker\xa4w:12"
                                     "\xa6source\xa3t/0"
-                                    "\xa8" "enqueued\xcf\x00\x00\x01\xa2\x00\x00\x00\x01"
+                                    "\xa8"
+                                    "enqueued\xcf\x00\x00\x01\xa2\x00\x00\x00\x01"
                                     "\xa7started\x05"
-                                    "\xa4" "done\x06"
+                                    "\xa4"
+                                    "done\x06"
                                     "\xa7version\x03"
                                     "\xa5shape\x92\x02\x01"
                                     "\xa6output\xc4\x08\x00\x00\x80\x3f\x00\x00\x00\xc0";
@@ -221,7 +224,9 @@ static void test_result_decode_bad(void **state)
             {LIT("\x85\xa6status\xa2ok\xa2id\xa1j\xa4user\xa1u\xa5shape\x92\x02\x02"
                  "\xa6output\xc4\x04\x00\x00\x00\x00"),
              "2 x 2 float32"},
-            {LIT("\x83\xa6status\xa5" "error\xa2id\xa1j\xa4user\xa1u"), "lacks 'error'"},
+            {LIT("\x83\xa6status\xa5"
+                 "error\xa2id\xa1j\xa4user\xa1u"),
+             "lacks 'error'"},
             {LIT("\x82\xa6status\xa2ok\xa2id\xa1j"), "lacks 'user'"},
             {LIT("\x83\xa6status\xa4meh!\xa2id\xa1j\xa4user\xa1u"), "ok or error"},
             {LIT("\x83\xa6status\xa2ok\xa2id\x05\xa4user\xa1u"), "'id' has the wrong type"},
@@ -234,9 +239,8 @@ static void test_result_decode_bad(void **state)
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 kf_result_t r;
                 char err[256] = "";
-                assert_int_equal(kf_result_decode(cases[i].bytes, cases[i].len, &r, err,
-                                                  sizeof(err)),
-                                 -1);
+                assert_int_equal(
+                    kf_result_decode(cases[i].bytes, cases[i].len, &r, err, sizeof(err)), -1);
                 if (!strstr(err, cases[i].want))
                         fail_msg("case %zu: '%s' lacks '%s'", i, err, cases[i].want);
                 kf_result_clear(&r);
@@ -246,9 +250,9 @@ static void test_result_decode_bad(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_user_keys_exact),  cmocka_unit_test(test_hostile_names),
-            cmocka_unit_test(test_user_key_refuses), cmocka_unit_test(test_prefix_valid),
-            cmocka_unit_test(test_quota_grammar),    cmocka_unit_test(test_result_decode_ok),
+            cmocka_unit_test(test_user_keys_exact),   cmocka_unit_test(test_hostile_names),
+            cmocka_unit_test(test_user_key_refuses),  cmocka_unit_test(test_prefix_valid),
+            cmocka_unit_test(test_quota_grammar),     cmocka_unit_test(test_result_decode_ok),
             cmocka_unit_test(test_result_decode_bad),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

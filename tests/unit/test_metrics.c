@@ -165,8 +165,8 @@ static void test_series_bounded(void **state)
         for (const char *p = text; (p = strstr(p, "\nkinfer_jobs_total{")); p++)
                 series++;
         if (series != KW_METRICS_MAX_SERIES + 1)
-                fail_msg("%d kinfer_jobs_total series for %d models; want %d + (other)", series,
-                         n, KW_METRICS_MAX_SERIES);
+                fail_msg("%d kinfer_jobs_total series for %d models; want %d + (other)", series, n,
+                         KW_METRICS_MAX_SERIES);
         assert_true(sample(text, "kinfer_jobs_total{model=\"(other)\",version=\"\",code=\"ok\"}") ==
                     500);
         promtool_check(text);
@@ -259,8 +259,9 @@ static void test_http_routes(void **state)
 
 static void test_http_bad_addresses(void **state)
 {
-        static const char *const bad[] = {"9464", "127.0.0.1", "127.0.0.1:99999", "host:80",
-                                          "example.com:9464", "[::1:9464", NULL};
+        static const char *const bad[] = {"9464",    "127.0.0.1",        "127.0.0.1:99999",
+                                          "host:80", "example.com:9464", "[::1:9464",
+                                          NULL};
         char err[256];
         (void)state;
         for (int i = 0; bad[i]; i++) {

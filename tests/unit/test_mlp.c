@@ -386,7 +386,7 @@ static void test_random_against_reference(void **state)
                               d6[] = {12, 40, 6, 30, 9, 2},
                               /* widths of 8k + a tail: the bias/ReLU pass
                                * runs 8 at a time, then the rest */
-                              d7[] = {13, 21, 11};
+            d7[] = {13, 21, 11};
         static const model_act_t a0[] = {MODEL_ACT_RELU, MODEL_ACT_IDENTITY},
                                  a1[] = {MODEL_ACT_TANH, MODEL_ACT_SOFTMAX},
                                  a2[] = {MODEL_ACT_RELU, MODEL_ACT_SOFTMAX},

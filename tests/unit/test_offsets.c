@@ -93,7 +93,7 @@ rd_kafka_resp_err_t __wrap_rd_kafka_offsets_store(rd_kafka_t *rk,
                 strncpy(stores[nstores].topic, offsets->elems[i].topic,
                         sizeof(stores[nstores].topic) - 1);
                 stores[nstores].partition = offsets->elems[i].partition;
-                stores[nstores].offset    = offsets->elems[i].offset;
+                stores[nstores].offset = offsets->elems[i].offset;
                 nstores++;
         }
         return RD_KAFKA_RESP_ERR_NO_ERROR;
@@ -122,9 +122,9 @@ static int64_t last_stored(const char *topic, int32_t partition)
 static int setup(void **state)
 {
         (void)state;
-        nstores     = 0;
+        nstores = 0;
         fail_allocs = 0;
-        failed      = 0;
+        failed = 0;
         return 0;
 }
 
@@ -415,8 +415,8 @@ static void test_ring_wraps_and_grows(void **state)
                 for (int64_t i = n - 1; i > 0; i--) { /* shuffle */
                         int64_t k, tmp;
                         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-                        k        = (int64_t)(x % (uint64_t)(i + 1));
-                        tmp      = order[i];
+                        k = (int64_t)(x % (uint64_t)(i + 1));
+                        tmp = order[i];
                         order[i] = order[k];
                         order[k] = tmp;
                 }
@@ -425,7 +425,7 @@ static void test_ring_wraps_and_grows(void **state)
                         int64_t s;
                         assert_int_equal(kw_offsets_done(t, "jobs", 0, o), 0);
                         done[o] = 1;
-                        s       = last_stored("jobs", 0);
+                        s = last_stored("jobs", 0);
                         for (int64_t k = 0; k < s; k++)
                                 if (!done[k])
                                         fail_msg("stored %lld with %lld not done", (long long)s,

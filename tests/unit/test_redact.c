@@ -61,14 +61,27 @@ static void test_redact_url(void **state)
 
 static void test_prop_is_secret(void **state)
 {
-        static const char *const secret[] = {
-            "sasl.password", "SASL.Password", "ssl.key.password", "ssl.keystore.password",
-            "ssl.key.pem", "ssl_key", "sasl.oauthbearer.client.secret",
-            "sasl.oauthbearer.config", "sasl.oauthbearer.token.endpoint.url",
-            "sasl.kerberos.keytab", "x.passwd", "some.credentials", NULL};
-        static const char *const plain[] = {"bootstrap.servers", "sasl.username",
-                                            "sasl.mechanism", "security.protocol",
-                                            "acks", "debug", "sasl.oauthbearer.method", NULL};
+        static const char *const secret[] = {"sasl.password",
+                                             "SASL.Password",
+                                             "ssl.key.password",
+                                             "ssl.keystore.password",
+                                             "ssl.key.pem",
+                                             "ssl_key",
+                                             "sasl.oauthbearer.client.secret",
+                                             "sasl.oauthbearer.config",
+                                             "sasl.oauthbearer.token.endpoint.url",
+                                             "sasl.kerberos.keytab",
+                                             "x.passwd",
+                                             "some.credentials",
+                                             NULL};
+        static const char *const plain[] = {"bootstrap.servers",
+                                            "sasl.username",
+                                            "sasl.mechanism",
+                                            "security.protocol",
+                                            "acks",
+                                            "debug",
+                                            "sasl.oauthbearer.method",
+                                            NULL};
         (void)state;
         for (int i = 0; secret[i]; i++)
                 if (!kf_prop_is_secret(secret[i]))
@@ -83,9 +96,9 @@ static void test_redact_value(void **state)
 {
         char buf[128];
         (void)state;
-        assert_string_equal(kf_redact_value(buf, sizeof(buf), "Invalid value \"hunter2\" for x",
-                                            "hunter2"),
-                            "Invalid value \"***\" for x");
+        assert_string_equal(
+            kf_redact_value(buf, sizeof(buf), "Invalid value \"hunter2\" for x", "hunter2"),
+            "Invalid value \"***\" for x");
         assert_string_equal(kf_redact_value(buf, sizeof(buf), "ab ab aab", "ab"), "*** *** a***");
         assert_string_equal(kf_redact_value(buf, sizeof(buf), "as is", ""), "as is");
         assert_string_equal(kf_redact_value(buf, sizeof(buf), "as is", NULL), "as is");
@@ -217,7 +230,7 @@ static void test_kafka_conf_errors(void **state)
                 rd_kafka_conf_t *conf;
                 assert_int_equal(kf_props_add(&props, kv[i], err, sizeof(err)), 0);
                 err[0] = '\0';
-                conf   = kf_kafka_conf_new("127.0.0.1:9092", NULL, &props, err, sizeof(err));
+                conf = kf_kafka_conf_new("127.0.0.1:9092", NULL, &props, err, sizeof(err));
                 if (conf) { /* a librdkafka built with libcurl takes the last one */
                         rd_kafka_conf_destroy(conf);
                         assert_int_equal(i, 2);
@@ -232,7 +245,7 @@ static void test_kafka_conf_errors(void **state)
 static void test_props_add_errors(void **state)
 {
         kf_props_t props = {0};
-        char err[512]    = "";
+        char err[512] = "";
         (void)state;
         assert_int_equal(kf_props_add(&props, "sasl.password:" SECRET, err, sizeof(err)), -1);
         check_msg("props_add", err, "sasl.password");

@@ -79,8 +79,7 @@ static void test_refused(void **state)
                 if (kf_redis_url_parse(bad[i].url, &u, err, sizeof(err)) == 0)
                         fail_msg("%s was accepted", bad[i].url);
                 if (!strstr(err, bad[i].want))
-                        fail_msg("%s: error '%s' does not say '%s'", bad[i].url, err,
-                                 bad[i].want);
+                        fail_msg("%s: error '%s' does not say '%s'", bad[i].url, err, bad[i].want);
         }
         /* a host longer than the field is refused, not cut */
         snprintf(longhost, sizeof(longhost), "redis://%0256d", 0);

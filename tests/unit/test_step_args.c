@@ -51,35 +51,35 @@ static void make_batch(kw_batch_t *b)
         memset(msgs, 0, sizeof(msgs));
         for (int i = 0; i < 3; i++) {
                 msgs[i].partition = 3;
-                msgs[i].offset    = 40 + i;
-                jobs[i].rkm       = &msgs[i];
-                jobs[i].state     = KW_JOB_DONE;
+                msgs[i].offset = 40 + i;
+                jobs[i].rkm = &msgs[i];
+                jobs[i].state = KW_JOB_DONE;
                 strcpy(jobs[i].job.user, "alice");
                 jobs[i].started_ms = 1700000000100LL;
-                jobs[i].done_ms    = 1700000000200LL;
+                jobs[i].done_ms = 1700000000200LL;
         }
         strcpy(jobs[0].job.id, "j-ok");
         strcpy(jobs[0].job.model, "xor");
         strcpy(jobs[0].job.inbox, "box1");
-        jobs[0].job.rows      = 1;
-        jobs[0].job.ttl_s     = 60;
-        jobs[0].output        = out0;
-        jobs[0].out_rows      = 1;
-        jobs[0].out_cols      = 2;
+        jobs[0].job.rows = 1;
+        jobs[0].job.ttl_s = 60;
+        jobs[0].output = out0;
+        jobs[0].out_rows = 1;
+        jobs[0].out_cols = 2;
         jobs[0].model_version = 7;
-        jobs[0].flops         = 12;
-        jobs[0].err           = KF_OK;
+        jobs[0].flops = 12;
+        jobs[0].err = KF_OK;
 
         strcpy(jobs[1].job.id, "j-err");
         jobs[1].job.rows = 4; /* an error result: charged no flops */
-        jobs[1].flops    = 99;
-        jobs[1].err      = KF_ERR_BAD_REQUEST;
+        jobs[1].flops = 99;
+        jobs[1].err = KF_ERR_BAD_REQUEST;
         strcpy(jobs[1].errmsg, "bad");
 
         strcpy(jobs[2].job.id, "j-over");
         strcpy(jobs[2].job.model, "xor");
-        jobs[2].job.rows   = 3;
-        jobs[2].err        = KF_ERR_QUOTA_EXCEEDED;
+        jobs[2].job.rows = 3;
+        jobs[2].err = KF_ERR_QUOTA_EXCEEDED;
         jobs[2].over_quota = 1;
 
         memset(b, 0, sizeof(*b));
@@ -90,8 +90,7 @@ static void make_batch(kw_batch_t *b)
 static void assert_arg(const kw_step_call_t *c, int i, const char *want)
 {
         if (c->len[i] != strlen(want) || memcmp(c->argv[i], want, c->len[i]))
-                fail_msg("argument %d: got '%.*s', want '%s'", i, (int)c->len[i], c->argv[i],
-                         want);
+                fail_msg("argument %d: got '%.*s', want '%s'", i, (int)c->len[i], c->argv[i], want);
 }
 
 /* The value's map: a map16 header of ncommon + own pairs; the first
@@ -151,7 +150,7 @@ static void test_keys_and_fixed_args(void **state)
 {
         kw_batch_t b;
         kw_step_call_t *c = calloc(1, sizeof(*c));
-        int idx[]         = {0, 1, 2};
+        int idx[] = {0, 1, 2};
         (void)state;
         make_batch(&b);
         assert_int_equal(kw_step_args(c, &conf, &b, idx, 3), 0);
@@ -187,11 +186,11 @@ static void test_meta_by_hand(void **state)
 {
         kw_batch_t b;
         kw_step_call_t *c = calloc(1, sizeof(*c));
-        int idx[]         = {0, 1, 2};
+        int idx[] = {0, 1, 2};
         /* 12.0 as an IEEE double is 0x4028000000000000 */
-        unsigned char want_ok[22] = {1,    60, 0, 0, 0, /* kind ok, ttl 60 */
-                                     1,    0,  0, 0,    /* rows 1 */
-                                     0,    0,  0, 0, 0, 0, 0x28, 0x40, /* flops 12.0 */
+        unsigned char want_ok[22] = {1,    60,   0,    0,    0,                /* kind ok, ttl 60 */
+                                     1,    0,    0,    0,                      /* rows 1 */
+                                     0,    0,    0,    0,    0, 0, 0x28, 0x40, /* flops 12.0 */
                                      0xff, 0xff, 0xff, 0xff, /* clen: patched below */
                                      0xff};
         /* 86400 = 0x00015180, the default ttl */
@@ -204,14 +203,14 @@ static void test_meta_by_hand(void **state)
          * ok: status version shape output, and window (the step appends it);
          * error: status error message; over quota: none (the step decides) */
         uint32_t npairs[3] = {9 + 4 + 1, 8 + 3, 9};
-        const char *status[3]  = {"ok", "error", ""};
+        const char *status[3] = {"ok", "error", ""};
         (void)state;
         make_batch(&b);
         assert_int_equal(kw_step_args(c, &conf, &b, idx, 3), 0);
         for (int i = 0; i < 3; i++) {
                 const unsigned char *meta = (const unsigned char *)c->argv[12 + 5 * i];
-                const char *value         = c->argv[12 + 5 * i + 4];
-                size_t vlen               = c->len[12 + 5 * i + 4];
+                const char *value = c->argv[12 + 5 * i + 4];
+                size_t vlen = c->len[12 + 5 * i + 4];
                 uint32_t clen;
                 uint8_t ncommon = i == 1 ? 8 : 9; /* a job without a model: no model pair */
                 assert_int_equal(c->len[12 + 5 * i], 22);
@@ -234,7 +233,7 @@ static void test_bad_user(void **state)
 {
         kw_batch_t b;
         kw_step_call_t *c = calloc(1, sizeof(*c));
-        int idx[]         = {0};
+        int idx[] = {0};
         (void)state;
         make_batch(&b);
         strcpy(b.jobs[0].job.user, "a}b");
