@@ -11,6 +11,9 @@ PKGS=(
   clang libclang-rt-14-dev
   redis-server
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
+  # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
+  # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
+  openjdk-17-jre-headless maven
 )
 
 missing=()
