@@ -47,6 +47,28 @@ int kt_stack_start_redis(kt_stack_t *s, const char *const *extra_args);
  * per kinfer topic and waits for its bootstrap line. */
 int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions);
 
+/* Starts a genuine single-node Apache Kafka 4.x instead of the dev broker
+ * (KRaft, broker and controller in one JVM, started by deploy/kafka/node.sh
+ * from the jars `make kafka-jars` resolves from Maven Central) on two free
+ * loopback ports, its configuration, data and log in the stack's dir, and
+ * creates kinfer.jobs and kinfer.dlq with `partitions` partitions each (the
+ * broker, like production clusters, creates no topic by itself).  Returns
+ * when every partition has a leader, or -1 (the log is kafka.log).  Run from
+ * the source tree, or set KINFER_KAFKA_NODE (node.sh) and KINFER_KAFKA_JARS
+ * (default $KINFER_BIN/kafka/jars).  s->brokers is its address; the stack
+ * stops it like the dev broker, and kt_stack_broker_cmd does not apply. */
+int kt_stack_start_kafka(kt_stack_t *s, int partitions);
+
+/* Sends sig to the Kafka JVM: SIGKILL (a crash) or SIGTERM (a clean
+ * shutdown) wait for its exit and return its status as kt_stack_kill does;
+ * SIGSTOP/SIGCONT return 0 at once. */
+int kt_stack_kill_kafka(kt_stack_t *s, int sig);
+
+/* Starts Kafka again, after kt_stack_kill_kafka, on the same ports and the
+ * same data directory, and waits until the topics' partitions have a leader
+ * again.  Returns 0 or -1. */
+int kt_stack_restart_kafka(kt_stack_t *s);
+
 /* Sends one control command line to the dev broker's stdin (see
  * docs/devbroker.md, e.g. "broker-down 1") and waits for its reply line.
  * Returns 0 if the broker answered "ok", -1 otherwise. */
