@@ -231,8 +231,13 @@ static void fx_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
  * workers must (and do) treat as a duplicate. */
 static rd_kafka_t *fx_producer_new(fx_t *fx)
 {
-        static const char *const props[] = {
-            "enable.idempotence", "false", "acks", "all", "linger.ms", "5",
+        /* A genuine broker (fx_setup_kafka) checks the sequence numbers, so
+         * there the producer is idempotent: a produce retried across a broker
+         * crash is then stored once, at the offset its delivery report gives
+         * (fx_check compares each result's source with it). */
+        const char *idempotent = fx->real_kafka ? "true" : "false";
+        const char *const props[] = {
+            "enable.idempotence", idempotent, "acks", "all", "linger.ms", "5",
             "message.timeout.ms", FX_MSG_TIMEOUT_MS, "message.max.bytes", "2000000",
             NULL};
         char err[512];
@@ -370,6 +375,70 @@ int fx_produced(fx_t *fx)
         return atomic_load(&fx->produced);
 }
 
+/* One user's jobs of [from, to) as JSON lines (values printed with %.9g,
+ * which a float32 survives exactly), submitted with one `kinfer submit`. */
+static void fx_submit_cli_user(fx_t *fx, int u, int from, int to)
+{
+        char path[400], *out = NULL, *line, *save = NULL;
+        const char *argv[] = {"kinfer", "submit", "--model", "mlp", "--user", fx_user(fx, u),
+                              "--file", path, NULL};
+        int n = 0, next = from, rc;
+        FILE *fp;
+
+        snprintf(path, sizeof(path), "%s/cli-%s-u%d-%d.jsonl", fx->stack.dir, fx->tag, u, from);
+        fp = fopen(path, "w");
+        assert_non_null(fp);
+        for (int i = from; i < to; i++) {
+                fx_job_t *job = &fx->jobs[i];
+                if (job->user != u)
+                        continue;
+                assert_true(!job->value && !job->null_value && !job->dlq && !job->want_error);
+                job->cli = 1;
+                job->inbox = 0; /* the CLI names an inbox of its own */
+                fputc('[', fp);
+                for (int r = 0; r < job->rows; r++) {
+                        fputs(r ? ",[" : "[", fp);
+                        for (int v = 0; v < FX_IN; v++)
+                                fprintf(fp, "%s%.9g", v ? "," : "", job->x[r * FX_IN + v]);
+                        fputc(']', fp);
+                }
+                fputs("]\n", fp);
+                n++;
+        }
+        assert_int_equal(fclose(fp), 0);
+        if (!n)
+                return;
+        rc = kt_stack_run(&fx->stack, argv, NULL, &out, 120000);
+        if (rc != 0) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("kinfer submit --user %s --file %s: exit %d (run.log)", fx_user(fx, u),
+                         path, rc);
+        }
+        /* One id per line, in the order of the file. */
+        for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                while (next < to && fx->jobs[next].user != u)
+                        next++;
+                if (next == to)
+                        fail_msg("kinfer submit printed more ids than the %d jobs of %s", n,
+                                 fx_user(fx, u));
+                snprintf(fx->jobs[next].id, sizeof(fx->jobs[next].id), "%s", line);
+                next++;
+                n--;
+        }
+        free(out);
+        if (n)
+                fail_msg("kinfer submit printed %d ids too few for %s", n, fx_user(fx, u));
+}
+
+void fx_submit_cli(fx_t *fx, int from, int to)
+{
+        assert_false(fx->streaming);
+        for (int u = 0; u < fx->n_users; u++)
+                fx_submit_cli_user(fx, u, from, to);
+        if (atomic_load(&fx->produced) < to)
+                atomic_store(&fx->produced, to);
+}
+
 int fx_run_group(const char *name, const struct CMUnitTest *tests, size_t n)
 {
         const char *only = getenv("FAULTS_ONLY");
@@ -420,10 +489,12 @@ fx_job_t *fx_add_raw(fx_t *fx)
 
 /* ---- setup and teardown ----------------------------------------------- */
 
-void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
-              const char *const *redis_args)
+/* fx_setup and fx_setup_kafka: n_brokers 0 starts a genuine Kafka. */
+static void fx_setup_on(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
+                        const char *const *redis_args)
 {
         memset(fx, 0, sizeof(*fx));
+        fx->real_kafka = n_brokers == 0;
         fx->rng = 0x6b696e666572ULL ^ (uint64_t)strlen(tag);
         snprintf(fx->tag, sizeof(fx->tag), "%s", tag);
         assert_true(n_users >= 1 && n_users <= FX_MAX_USERS);
@@ -432,11 +503,29 @@ void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_us
                 snprintf(fx->users[u], sizeof(fx->users[u]), "%s-u%d", tag, u);
         assert_int_equal(kt_stack_init(&fx->stack), 0);
         assert_int_equal(kt_stack_start_redis(&fx->stack, redis_args), 0);
-        assert_int_equal(kt_stack_start_broker(&fx->stack, n_brokers, partitions), 0);
+        if (fx->real_kafka ? kt_stack_start_kafka(&fx->stack, partitions)
+                           : kt_stack_start_broker(&fx->stack, n_brokers, partitions)) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("%s: could not start the %s (above)", tag,
+                         fx->real_kafka ? "Kafka broker" : "dev broker");
+        }
         fx_write_model(fx);
         fx->producer = fx_producer_new(fx);
         fx->rc = kt_stack_redis(&fx->stack);
         assert_non_null(fx->rc);
+}
+
+void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
+              const char *const *redis_args)
+{
+        assert_true(n_brokers >= 1);
+        fx_setup_on(fx, tag, n_brokers, partitions, n_users, redis_args);
+}
+
+void fx_setup_kafka(fx_t *fx, const char *tag, int partitions, int n_users,
+                    const char *const *redis_args)
+{
+        fx_setup_on(fx, tag, 0, partitions, n_users, redis_args);
 }
 
 void fx_teardown(fx_t *fx)
@@ -876,10 +965,21 @@ static void fx_check_job(fx_t *fx, const fx_job_t *job, const kf_result_t *r, lo
                         fx_model_of(job));
         if (!r->worker[0])
                 FX_FAIL(fx, "job %s: no worker field", job->id);
-        snprintf(source, sizeof(source), "%s/%d/%lld", FX_TOPIC, (int)job->partition,
-                 (long long)job->offset);
-        if (strcmp(r->source, source))
-                FX_FAIL(fx, "job %s: source '%s', want %s", job->id, r->source, source);
+        if (job->cli) {
+                /* Produced by `kinfer submit`: where it went is known only
+                 * from the result, but it must name one message of the topic. */
+                int p = -1, end = 0;
+                long long off = -1;
+                if (sscanf(r->source, FX_TOPIC "/%d/%lld%n", &p, &off, &end) != 2 ||
+                    r->source[end] || p < 0 || off < 0)
+                        FX_FAIL(fx, "job %s: source '%s', want %s/PARTITION/OFFSET", job->id,
+                                r->source, FX_TOPIC);
+        } else {
+                snprintf(source, sizeof(source), "%s/%d/%lld", FX_TOPIC, (int)job->partition,
+                         (long long)job->offset);
+                if (strcmp(r->source, source))
+                        FX_FAIL(fx, "job %s: source '%s', want %s", job->id, r->source, source);
+        }
         if (job->want_error) {
                 if (strcmp(r->error, job->want_error))
                         FX_FAIL(fx, "job %s: error '%s' (%s), want %s", job->id, r->error,

@@ -69,6 +69,10 @@ typedef struct fx_job_s {
         size_t len;
         int null_value;     /* produce a message with no value at all */
         char key[80];       /* message key; "" = the user's name */
+        int cli;            /* 1: submitted with `kinfer submit` (fx_submit_cli),
+                               which chose the id; partition and offset are
+                               not known, the result's source must name some
+                               message of FX_TOPIC */
         /* Set by the delivery report. */
         int32_t partition;
         int64_t offset;
@@ -107,6 +111,7 @@ typedef struct fx_s {
                                 twice: fx_check then wants >= instead of == */
         int registry;        /* 1: workers start without --models and load the
                                 model from the registry (fx_push_model) */
+        int real_kafka;      /* 1: the stack runs a genuine Kafka (fx_setup_kafka) */
         uint64_t rng;
 } fx_t;
 
@@ -120,6 +125,16 @@ int fx_state_teardown(void **state);
  * producer.  tag prefixes job ids and user names. */
 void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
               const char *const *redis_args);
+
+/* The same on a genuine single-node Apache Kafka (kt_stack_start_kafka)
+ * instead of the dev broker; the test producer is then idempotent. */
+void fx_setup_kafka(fx_t *fx, const char *tag, int partitions, int n_users,
+                    const char *const *redis_args);
+
+/* Submits jobs [from, to) (good jobs of fx_add_good) through the `kinfer`
+ * CLI, one `kinfer submit --file` of JSON lines per user: the CLI chooses
+ * the ids (recorded into the jobs) and produces them; no inbox is named. */
+void fx_submit_cli(fx_t *fx, int from, int to);
 
 /* Stops the stream, the producer and the stack; keeps the logs (and prints
  * them) unless fx_finish ran. */

@@ -1,0 +1,146 @@
+/* test_real_e2e.c - kinfer on a genuine Apache Kafka 4.x broker (single node,
+ * KRaft; kt_stack_start_kafka), not on the dev broker's mock cluster: jobs
+ * through the `kinfer` CLI to two workers, and poison messages dead-lettered
+ * and read back from the broker with their headers.  Each case ends with the
+ * fault fixture's check (tests/faults/faults.h): every job exactly one
+ * result, equal to a double-precision reference, usage exact. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../faults/faults.h"
+
+#define WAIT_MS 120000
+
+/* 1,000 jobs of 10 users submitted with `kinfer submit` (idempotent
+ * producer, acks=all, on the real broker) to two workers in one group:
+ * every result correct and present once, usage exact, both workers took
+ * part (the group really split the partitions), both leave cleanly. */
+static void test_cli_two_workers(void **state)
+{
+        fx_t *fx = *state;
+        int w[2];
+
+        fx_setup_kafka(fx, "rke2e", 4, 10, NULL);
+        w[0] = fx_worker(fx, "rke2e-w1", NULL);
+        w[1] = fx_worker(fx, "rke2e-w2", NULL);
+        fx_add_good(fx, 1000);
+        fx_submit_cli(fx, 0, fx->n_jobs);
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        {
+                long long n1 = fx_count_by_worker(fx, fx->n_jobs, "rke2e-w1");
+                long long n2 = fx_count_by_worker(fx, fx->n_jobs, "rke2e-w2");
+                print_message("results by rke2e-w1 %lld, rke2e-w2 %lld\n", n1, n2);
+                assert_int_equal(n1 + n2, fx->n_jobs);
+                if (n1 == 0 || n2 == 0)
+                        fail_msg("one worker wrote every result: the group did not share the "
+                                 "partitions");
+        }
+        fx_finish(fx, w, 2);
+}
+
+static void kv_str(fx_msg_t *m, const char *k, const char *v)
+{
+        fx_msg_str(m, k);
+        fx_msg_str(m, v);
+}
+
+/* Messages without an address, between good jobs and jobs that get error
+ * results: each address-less one must be on the real broker's dead-letter
+ * topic with its key, value and kinfer.* headers (the 0.11 record format),
+ * copied by the workers' idempotent producer, and counted once. */
+static void test_poison_to_dlq(void **state)
+{
+        fx_t *fx = *state;
+        static const unsigned char never_used[] = {0xc1};
+        static const char json[] = "{\"v\":2,\"id\":\"json-is-not-msgpack\"}";
+        const char *const names[] = {"rkdlq-w1", "rkdlq-w2"};
+        float row[FX_IN] = {1, 2, 3, 4, 5, 6, 7, 8};
+        fx_job_t *job;
+        fx_msg_t m;
+        int w[2], k = 0, n_dlq = 0;
+
+        fx_setup_kafka(fx, "rkdlq", 4, 4, NULL);
+        fx_add_good(fx, 100);
+        fx_add_dlq(fx, &k, "bad_request", never_used, sizeof(never_used))->want_message =
+            "^not valid msgpack";
+        fx_add_dlq(fx, &k, "bad_request", json, strlen(json))->want_message =
+            "^not valid msgpack";
+        n_dlq += 2;
+        fx_add_good(fx, 100);
+
+        /* An id but no user. */
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 4);
+        fx_msg_str(&m, "v");
+        msgpack_pack_uint32(&m.pk, 2);
+        kv_str(&m, "id", "rkdlq-userless");
+        kv_str(&m, "model", "mlp");
+        fx_msg_str(&m, "input");
+        msgpack_pack_array(&m.pk, 1);
+        msgpack_pack_array(&m.pk, FX_IN);
+        for (int i = 0; i < FX_IN; i++)
+                msgpack_pack_float(&m.pk, row[i]);
+        job = fx_add_dlq(fx, &k, "bad_request", m.sb.data, m.sb.size);
+        job->want_message = "missing required field 'user'";
+        msgpack_sbuffer_destroy(&m.sb);
+        n_dlq++;
+
+        /* No value at all (a tombstone). */
+        job = fx_add_raw(fx);
+        job->dlq = 1;
+        job->null_value = 1;
+        job->want_error = "bad_request";
+        job->want_message = "^not valid msgpack";
+        snprintf(job->key, sizeof(job->key), "%s-dlq-key-%d", fx->tag, k++);
+        n_dlq++;
+
+        /* An address and an unknown model: an error result, not a dead letter. */
+        job = fx_add_raw(fx);
+        snprintf(job->id, sizeof(job->id), "%s-nomodel", fx->tag);
+        job->user = 1;
+        job->model = "no-such-model";
+        job->want_error = "unknown_model";
+        fx_msg_init(&m);
+        msgpack_pack_map(&m.pk, 5);
+        fx_msg_str(&m, "v");
+        msgpack_pack_uint32(&m.pk, 2);
+        kv_str(&m, "id", job->id);
+        kv_str(&m, "user", fx_user(fx, 1));
+        kv_str(&m, "model", "no-such-model");
+        fx_msg_str(&m, "input");
+        msgpack_pack_array(&m.pk, 1);
+        msgpack_pack_array(&m.pk, FX_IN);
+        for (int i = 0; i < FX_IN; i++)
+                msgpack_pack_float(&m.pk, row[i]);
+        fx_msg_take(&m, job);
+        fx_add_good(fx, 100);
+
+        w[0] = fx_worker(fx, names[0], NULL);
+        w[1] = fx_worker(fx, names[1], NULL);
+        fx_produce(fx, 0, fx->n_jobs);
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        fx_check_dlq(fx, n_dlq, names, 2, 0);
+        fx_finish(fx, w, 2);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_cli_two_workers, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_poison_to_dlq, fx_state_setup,
+                                            fx_state_teardown),
+        };
+        return fx_run(tests);
+}
