@@ -134,12 +134,44 @@ static void test_poison_to_dlq(void **state)
         fx_finish(fx, w, 2);
 }
 
+/* A worker whose Kafka client believes the broker is 0.9 (no ApiVersions
+ * request, broker.version.fallback 0.9.0.1: what librdkafka concludes on a
+ * real 0.9 broker, the one issue 13 was first tried on) cannot have an
+ * idempotent dead-letter producer: it must say so and exit 1
+ * (docs/operations.md, Kafka brokers), not sit in the group computing
+ * nothing. */
+static void test_pre_011_protocol_exits(void **state)
+{
+        fx_t *fx = *state;
+        const char *old[] = {"-X", "api.version.request=false", "-X",
+                             "broker.version.fallback=0.9.0.1", NULL};
+        int w, st;
+
+        fx_setup_kafka(fx, "rkold", 1, 1, NULL);
+        w = fx_worker(fx, "rkold-w1", old);
+        st = kt_stack_wait(&fx->stack, w, 60000);
+        if (st != 1) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("a worker on a pre-0.11 protocol: exit status %d (-1: still running "
+                         "after 60 s), want 1",
+                         st);
+        }
+        if (fx_log_count(fx, w, "Idempotent producer not supported") < 1) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("rkold-w1 exited 1 without naming the idempotent producer (its log)");
+        }
+        fx_check_logs(fx);
+        fx->passed = 1;
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_cli_two_workers, fx_state_setup,
                                             fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_poison_to_dlq, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_pre_011_protocol_exits, fx_state_setup,
                                             fx_state_teardown),
         };
         return fx_run(tests);

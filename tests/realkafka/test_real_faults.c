@@ -1,0 +1,210 @@
+/* test_real_faults.c - crashes on a genuine Apache Kafka 4.x broker (single
+ * node, KRaft; kt_stack_start_kafka): workers SIGKILLed, restarted, added and
+ * removed while a 20,000-job backlog drains through a real group coordinator,
+ * and the broker itself SIGKILLed and restarted on its data directory while
+ * jobs flow.  Each case ends with the fault fixture's check
+ * (tests/faults/faults.h): every job exactly one result, equal to the
+ * reference, usage exact: nothing lost, nobody charged twice. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../faults/faults.h"
+
+#define WAIT_MS 120000
+
+/* Small batches, one compute thread: slow enough that the faults below land
+ * while the backlog is still draining, on any machine. */
+static const char *const slow[] = {"--batch-max-jobs", "8", "--compute-threads", "1", NULL};
+
+/* Asserts that the drain is still going: a fault that lands after the last
+ * result would prove nothing. */
+static void assert_midrun(fx_t *fx, const char *what)
+{
+        long long done = fx_count_results(fx, fx->n_jobs);
+        print_message("%s with %lld of %d results written\n", what, done, fx->n_jobs);
+        if (done >= fx->n_jobs) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("the backlog had drained before: %s (the workers are faster than "
+                         "this test assumes; slow them down)",
+                         what);
+        }
+}
+
+/* Waits until worker `name` has written a result, i.e. it joined the group
+ * and got partitions. */
+static void wait_working(fx_t *fx, const char *name)
+{
+        long long deadline = kt_now_ms() + WAIT_MS;
+        while (fx_count_by_worker(fx, fx->n_jobs, name) < 1) {
+                if (kt_now_ms() > deadline) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s never wrote a result", name);
+                }
+                fx_sleep_ms(50);
+        }
+}
+
+/* A 20,000-job backlog on 6 partitions, drained by two workers; one is
+ * SIGKILLed mid-run and restarted under its name, a third joins, and one of
+ * the first two leaves (SIGTERM), each while the drain goes on.  The killed
+ * worker's uncommitted jobs are redone by whoever gets its partitions:
+ * every job must still have one result and one charge. */
+static void test_backlog_kill_restart_scale(void **state)
+{
+        fx_t *fx = *state;
+        long long t0, t_end, dups = 0;
+        int w1, w2, w3, last[2];
+
+        fx_setup_kafka(fx, "rkscale", 6, 12, NULL);
+        fx_add_good(fx, 20000);
+        t0 = kt_now_ms();
+        fx_produce(fx, 0, fx->n_jobs);
+        print_message("20000 jobs produced to the real broker in %lld ms\n", kt_now_ms() - t0);
+
+        t0 = kt_now_ms();
+        w1 = fx_worker(fx, "rkscale-w1", slow);
+        w2 = fx_worker(fx, "rkscale-w2", slow);
+        fx_wait_results(fx, fx->n_jobs, 2000, WAIT_MS);
+        assert_int_equal(kt_stack_kill(&fx->stack, w1, SIGKILL, 5000), 128 + SIGKILL);
+        assert_midrun(fx, "rkscale-w1 SIGKILLed");
+
+        w1 = fx_worker(fx, "rkscale-w1", slow);
+        fx_wait_results(fx, fx->n_jobs, fx_count_results(fx, fx->n_jobs) + 2000, WAIT_MS);
+        assert_midrun(fx, "rkscale-w1 restarted and working");
+
+        w3 = fx_worker(fx, "rkscale-w3", slow);
+        wait_working(fx, "rkscale-w3");
+        assert_midrun(fx, "rkscale-w3 joined");
+
+        assert_int_equal(kt_stack_kill(&fx->stack, w2, SIGTERM, 30000), 0);
+        assert_midrun(fx, "rkscale-w2 left (SIGTERM, exit 0)");
+
+        fx_wait_all(fx, WAIT_MS);
+        t_end = kt_now_ms();
+        fx_check(fx);
+        print_message("drained in %lld ms; results by w1 %lld, w2 %lld, w3 %lld\n", t_end - t0,
+                      fx_count_by_worker(fx, fx->n_jobs, "rkscale-w1"),
+                      fx_count_by_worker(fx, fx->n_jobs, "rkscale-w2"),
+                      fx_count_by_worker(fx, fx->n_jobs, "rkscale-w3"));
+        last[0] = w1;
+        last[1] = w3;
+        fx_finish(fx, last, 2);
+        for (int i = 0; i < 2; i++)
+                dups += fx_log_stat(fx, last[i], "duplicates") > 0
+                            ? fx_log_stat(fx, last[i], "duplicates")
+                            : 0;
+        print_message("jobs redelivered and found already done (not charged again): %lld\n",
+                      dups);
+}
+
+/* The broker SIGKILLed while two workers consume a stream (with some
+ * address-less messages for the dead-letter producer) and restarted on the
+ * same data directory after a while: every acknowledged job still gets its
+ * one result and one charge, the same two worker processes carry on without
+ * a restart, dead letters are on the DLQ, and the group's committed offsets
+ * reach the end of every partition. */
+static void test_broker_sigkill_restart(void **state)
+{
+        fx_t *fx = *state;
+        const char *const names[] = {"rkbrk-w1", "rkbrk-w2"};
+        const int n = 6000;
+        int64_t end[4] = {0, 0, 0, 0}, committed[4];
+        long long at_kill, at_restart, t_down;
+        int w[2], k = 0, n_dlq = 0, produced_at_kill;
+
+        fx_setup_kafka(fx, "rkbrk", 4, 8, NULL);
+        for (int i = 0; i < n; i++) {
+                if (i % 500 == 250) {
+                        char bad[64];
+                        int len = snprintf(bad, sizeof(bad), "not msgpack %d", i);
+                        fx_add_dlq(fx, &k, "bad_request", bad, (size_t)len)->want_message =
+                            "^not valid msgpack";
+                        n_dlq++;
+                } else {
+                        fx_add_good(fx, 1);
+                }
+        }
+        /* A revoke around the broker's restart may hand a partition over
+         * before its stored offsets were committed: a dead letter can then
+         * be copied (and counted) twice, never lost. */
+        fx->redelivered_dlq = 1;
+        w[0] = fx_worker(fx, names[0], NULL);
+        w[1] = fx_worker(fx, names[1], NULL);
+        fx_stream_start(fx, 0, fx->n_jobs, 400);
+        fx_wait_results(fx, fx->n_jobs, 1000, WAIT_MS);
+        /* Crash the broker only once the group has committed offsets on every
+         * partition (the workers commit every 5 s): they must survive it. */
+        for (int p = 0; p < 4; p++)
+                fx_wait_committed(fx, p, 1, WAIT_MS);
+        for (int p = 0; p < 4; p++)
+                committed[p] = fx_committed(fx, p);
+
+        assert_int_equal(kt_stack_kill_kafka(&fx->stack, SIGKILL), 128 + SIGKILL);
+        t_down = kt_now_ms();
+        at_kill = fx_count_results(fx, fx->n_jobs);
+        produced_at_kill = fx_produced(fx);
+        print_message("broker SIGKILLed: %lld results, %d jobs handed to the producer\n",
+                      at_kill, produced_at_kill);
+        /* Pacing, not synchronisation: the broker stays down for 3 s while the
+         * stream goes on into the producer's queue and the workers retry. */
+        fx_sleep_ms(3000);
+        assert_int_equal(kt_stack_restart_kafka(&fx->stack), 0);
+        at_restart = fx_count_results(fx, fx->n_jobs);
+        print_message("broker back after %lld ms (%lld results)\n", kt_now_ms() - t_down,
+                      at_restart);
+        /* The offsets committed before the crash are still there: a group
+         * whose offsets were lost would start over (auto.offset.reset is
+         * earliest) and redo every job. */
+        for (int p = 0; p < 4; p++) {
+                int64_t now = fx_committed(fx, p);
+                if (now < committed[p]) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("kinfer.jobs/%d: committed offset %lld after the broker's "
+                                 "restart, %lld before its crash",
+                                 p, (long long)now, (long long)committed[p]);
+                }
+        }
+
+        fx_stream_join(fx);
+        fx_wait_all(fx, WAIT_MS);
+        /* The workers were not restarted: the same processes are still up. */
+        for (int i = 0; i < 2; i++)
+                if (kt_stack_wait(&fx->stack, w[i], 0) != -1) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s exited during the broker's outage", names[i]);
+                }
+        assert_true(fx_count_results(fx, fx->n_jobs) > at_restart);
+        fx_check(fx);
+        fx_check_dlq(fx, n_dlq, names, 2, 1);
+
+        /* Offsets: the group commits after the restart too. */
+        for (int i = 0; i < fx->n_jobs; i++)
+                if (fx->jobs[i].partition >= 0 && fx->jobs[i].partition < 4 &&
+                    fx->jobs[i].offset + 1 > end[fx->jobs[i].partition])
+                        end[fx->jobs[i].partition] = fx->jobs[i].offset + 1;
+        for (int p = 0; p < 4; p++)
+                fx_wait_committed(fx, p, end[p], 30000);
+        print_message("committed offsets reached the end of all 4 partitions\n");
+        fx_finish(fx, w, 2);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_backlog_kill_restart_scale, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_broker_sigkill_restart, fx_state_setup,
+                                            fx_state_teardown),
+        };
+        return fx_run(tests);
+}
