@@ -40,30 +40,38 @@ static void assert_midrun(fx_t *fx, const char *what)
         }
 }
 
-/* Waits until worker `name` has written a result, i.e. it joined the group
- * and got partitions. */
-static void wait_working(fx_t *fx, const char *name)
+/* Waits until the worker in `slot` has logged more than `before`
+ * assignments ("assigned N partitions"), i.e. it joined the group; fails at
+ * once if the backlog drained first.  (Not "until it writes a result": the
+ * partitions it gets may be ones already drained.) */
+#define ASSIGNED "INFO  assigned "
+static void wait_assigned(fx_t *fx, int slot, int before)
 {
         long long deadline = kt_now_ms() + WAIT_MS;
-        while (fx_count_by_worker(fx, fx->n_jobs, name) < 1) {
+        const char *name = fx->stack.procs[slot].name;
+        while (fx_log_count(fx, slot, ASSIGNED) <= before) {
+                if (fx_count_results(fx, fx->n_jobs) >= fx->n_jobs) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("the backlog drained before %s got partitions", name);
+                }
                 if (kt_now_ms() > deadline) {
                         kt_stack_fail(&fx->stack);
-                        fail_msg("%s never wrote a result", name);
+                        fail_msg("%s got no partitions in %d ms", name, WAIT_MS);
                 }
                 fx_sleep_ms(50);
         }
 }
 
 /* A 20,000-job backlog on 6 partitions, drained by two workers; one is
- * SIGKILLed mid-run and restarted under its name, a third joins, and one of
- * the first two leaves (SIGTERM), each while the drain goes on.  The killed
- * worker's uncommitted jobs are redone by whoever gets its partitions:
- * every job must still have one result and one charge. */
+ * SIGKILLed mid-run and restarted under its name while a third joins, then
+ * one of the first two leaves (SIGTERM), each while the drain goes on.  The
+ * killed worker's uncommitted jobs are redone by whoever gets its
+ * partitions: every job must still have one result and one charge. */
 static void test_backlog_kill_restart_scale(void **state)
 {
         fx_t *fx = *state;
         long long t0, t_end, dups = 0;
-        int w1, w2, w3, last[2];
+        int w1, w2, w3, last[2], before;
 
         fx_setup_kafka(fx, "rkscale", 6, 12, NULL);
         fx_add_good(fx, 20000);
@@ -74,17 +82,19 @@ static void test_backlog_kill_restart_scale(void **state)
         t0 = kt_now_ms();
         w1 = fx_worker(fx, "rkscale-w1", slow);
         w2 = fx_worker(fx, "rkscale-w2", slow);
-        fx_wait_results(fx, fx->n_jobs, 2000, WAIT_MS);
+        fx_wait_results(fx, fx->n_jobs, 1000, WAIT_MS);
         assert_int_equal(kt_stack_kill(&fx->stack, w1, SIGKILL, 5000), 128 + SIGKILL);
         assert_midrun(fx, "rkscale-w1 SIGKILLed");
 
+        /* Its restart and a third worker join together: the group waits for
+         * the dead member's session (6 s) to end, then splits 6 partitions
+         * three ways. */
+        before = fx_log_count(fx, w1, ASSIGNED); /* the restart appends to its log */
         w1 = fx_worker(fx, "rkscale-w1", slow);
-        fx_wait_results(fx, fx->n_jobs, fx_count_results(fx, fx->n_jobs) + 2000, WAIT_MS);
-        assert_midrun(fx, "rkscale-w1 restarted and working");
-
         w3 = fx_worker(fx, "rkscale-w3", slow);
-        wait_working(fx, "rkscale-w3");
-        assert_midrun(fx, "rkscale-w3 joined");
+        wait_assigned(fx, w1, before);
+        wait_assigned(fx, w3, 0);
+        assert_midrun(fx, "rkscale-w1 restarted and rkscale-w3 joined, both assigned");
 
         assert_int_equal(kt_stack_kill(&fx->stack, w2, SIGTERM, 30000), 0);
         assert_midrun(fx, "rkscale-w2 left (SIGTERM, exit 0)");
