@@ -208,12 +208,78 @@ static void test_broker_sigkill_restart(void **state)
         fx_finish(fx, w, 2);
 }
 
+/* Static membership (--instance-id, group.instance.id), which the dev
+ * broker's mock ignores: a worker SIGKILLed and restarted under the same
+ * instance id within the session timeout gets its partitions back without a
+ * rebalance (the other worker is never revoked or assigned again), redoes
+ * the jobs whose offsets it had not committed, and charges none twice. */
+static void test_static_member_restart(void **state)
+{
+        fx_t *fx = *state;
+        const char *id1[] = {"--instance-id", "rkstatic-1", NULL};
+        const char *id2[] = {"--instance-id", "rkstatic-2", NULL};
+        int w1, w2, last[2], before;
+        long long at;
+
+        fx_setup_kafka(fx, "rkstatic", 4, 8, NULL);
+        fx_add_good(fx, 6000);
+        w1 = fx_worker(fx, "rkstatic-w1", id1);
+        w2 = fx_worker(fx, "rkstatic-w2", id2);
+        fx_stream_start(fx, 0, fx->n_jobs, 500);
+        /* Both members in the group, each with its share. */
+        {
+                long long deadline = kt_now_ms() + WAIT_MS;
+                while (fx_count_by_worker(fx, fx_produced(fx), "rkstatic-w1") < 100 ||
+                       fx_count_by_worker(fx, fx_produced(fx), "rkstatic-w2") < 100) {
+                        if (kt_now_ms() > deadline) {
+                                kt_stack_fail(&fx->stack);
+                                fail_msg("the two static members did not both start working");
+                        }
+                        fx_sleep_ms(50);
+                }
+        }
+        assert_int_equal(fx_log_count(fx, w2, ASSIGNED), 1);
+        assert_int_equal(kt_stack_kill(&fx->stack, w1, SIGKILL, 5000), 128 + SIGKILL);
+        at = fx_count_by_worker(fx, fx_produced(fx), "rkstatic-w1");
+        before = fx_log_count(fx, w1, ASSIGNED);
+        w1 = fx_worker(fx, "rkstatic-w1", id1);
+        wait_assigned(fx, w1, before);
+        /* Working again on its own partitions: new results of its own. */
+        {
+                long long deadline = kt_now_ms() + WAIT_MS;
+                while (fx_count_by_worker(fx, fx_produced(fx), "rkstatic-w1") < at + 100) {
+                        if (kt_now_ms() > deadline) {
+                                kt_stack_fail(&fx->stack);
+                                fail_msg("the restarted static member wrote no new results");
+                        }
+                        fx_sleep_ms(50);
+                }
+        }
+        fx_stream_join(fx);
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        /* No rebalance: rkstatic-w2 kept its one assignment throughout. */
+        if (fx_log_count(fx, w2, ASSIGNED) != 1 || fx_log_count(fx, w2, "INFO  revoking") != 0) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("rkstatic-w2 was assigned %d times and revoked %d times: the static "
+                         "member's restart caused a rebalance",
+                         fx_log_count(fx, w2, ASSIGNED), fx_log_count(fx, w2, "INFO  revoking"));
+        }
+        last[0] = w1;
+        last[1] = w2;
+        fx_finish(fx, last, 2);
+        print_message("rkstatic-w1 restarted without a rebalance; it redid %lld jobs\n",
+                      fx_log_stat(fx, w1, "duplicates"));
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_backlog_kill_restart_scale, fx_state_setup,
                                             fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_broker_sigkill_restart, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_static_member_restart, fx_state_setup,
                                             fx_state_teardown),
         };
         return fx_run(tests);
