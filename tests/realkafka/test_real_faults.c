@@ -152,12 +152,24 @@ static void test_broker_sigkill_restart(void **state)
         w[1] = fx_worker(fx, names[1], NULL);
         fx_stream_start(fx, 0, fx->n_jobs, 400);
         fx_wait_results(fx, fx->n_jobs, 1000, WAIT_MS);
-        /* Crash the broker only once the group has committed offsets on every
-         * partition (the workers commit every 5 s): they must survive it. */
-        for (int p = 0; p < 4; p++)
-                fx_wait_committed(fx, p, 1, WAIT_MS);
-        for (int p = 0; p < 4; p++)
-                committed[p] = fx_committed(fx, p);
+        /* Crash the broker only once the group has committed offsets (the
+         * workers commit every 5 s): they must survive the crash. */
+        {
+                long long deadline = kt_now_ms() + WAIT_MS;
+                int n_committed;
+                do {
+                        if (kt_now_ms() > deadline) {
+                                kt_stack_fail(&fx->stack);
+                                fail_msg("the workers committed no offset in %d ms", WAIT_MS);
+                        }
+                        fx_sleep_ms(100);
+                        n_committed = 0;
+                        for (int p = 0; p < 4; p++)
+                                n_committed += (committed[p] = fx_committed(fx, p)) > 0;
+                } while (n_committed == 0);
+                print_message("offsets committed on %d of 4 partitions before the crash\n",
+                              n_committed);
+        }
 
         assert_int_equal(kt_stack_kill_kafka(&fx->stack, SIGKILL), 128 + SIGKILL);
         t_down = kt_now_ms();
@@ -203,8 +215,9 @@ static void test_broker_sigkill_restart(void **state)
                     fx->jobs[i].offset + 1 > end[fx->jobs[i].partition])
                         end[fx->jobs[i].partition] = fx->jobs[i].offset + 1;
         for (int p = 0; p < 4; p++)
-                fx_wait_committed(fx, p, end[p], 30000);
-        print_message("committed offsets reached the end of all 4 partitions\n");
+                if (end[p] > 0)
+                        fx_wait_committed(fx, p, end[p], 30000);
+        print_message("committed offsets reached the end of every partition\n");
         fx_finish(fx, w, 2);
 }
 
