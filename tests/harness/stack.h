@@ -44,7 +44,10 @@ int kt_stack_init(kt_stack_t *s);
 int kt_stack_start_redis(kt_stack_t *s, const char *const *extra_args);
 
 /* Starts kinfer-devbroker with n_brokers brokers and `partitions` partitions
- * per kinfer topic and waits for its bootstrap line. */
+ * per kinfer topic and waits for its bootstrap line.  With the environment
+ * variable KINFER_TEST_BROKER=kafka it starts a genuine Kafka instead
+ * (kt_stack_start_kafka; one broker only), so a whole suite can be run on
+ * one: then kt_stack_broker_cmd fails, and so do the tests that need it. */
 int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions);
 
 /* Starts a genuine single-node Apache Kafka 4.x instead of the dev broker
