@@ -29,10 +29,10 @@ static const char *const kk_topics[] = {"kinfer.jobs", "kinfer.dlq"};
 
 /* The Kafka node of this process's stack (stack.h: one stack per process). */
 static struct {
-        int port, cport;    /* client and controller listeners, 0 = none */
+        int port, cport; /* client and controller listeners, 0 = none */
         int partitions;
-        char dir[400];      /* its configuration and data: node.sh DIR */
-        char node[512];     /* deploy/kafka/node.sh */
+        char dir[400];  /* its configuration and data: node.sh DIR */
+        char node[512]; /* deploy/kafka/node.sh */
         char jars[512];
         char last_err[512]; /* librdkafka's last complaint, shown on a timeout */
 } kk;
@@ -48,9 +48,13 @@ static void kk_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 static rd_kafka_t *kk_admin_new(const kt_stack_t *s)
 {
-        static const char *const props[] = {"reconnect.backoff.ms", "50",
-                                            "reconnect.backoff.max.ms", "500",
-                                            "socket.connection.setup.timeout.ms", "5000", NULL};
+        static const char *const props[] = {"reconnect.backoff.ms",
+                                            "50",
+                                            "reconnect.backoff.max.ms",
+                                            "500",
+                                            "socket.connection.setup.timeout.ms",
+                                            "5000",
+                                            NULL};
         char err[512];
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
         rd_kafka_t *rk;
@@ -172,8 +176,9 @@ static int kk_wait_ready(kt_stack_t *s, int create, int *exited)
         while (kt_now_ms() < deadline) {
                 int st = kt_wait_pid(s->broker.pid, 0);
                 if (st != -2) {
-                        fprintf(stderr, "stack: kafka exited with status %d while starting "
-                                        "(log: %s)\n",
+                        fprintf(stderr,
+                                "stack: kafka exited with status %d while starting "
+                                "(log: %s)\n",
                                 st, s->broker.log);
                         s->broker.pid = 0;
                         *exited = 1;
@@ -195,8 +200,9 @@ static int kk_wait_ready(kt_stack_t *s, int create, int *exited)
                 kt_sleep_ms(100);
         }
         if (rc == -2)
-                fprintf(stderr, "stack: kafka at %s did not serve %s and %s within %d ms (last "
-                                "client message: %s; log: %s)\n",
+                fprintf(stderr,
+                        "stack: kafka at %s did not serve %s and %s within %d ms (last "
+                        "client message: %s; log: %s)\n",
                         s->brokers, kk_topics[0], kk_topics[1], KK_START_TIMEOUT_MS,
                         kk.last_err[0] ? kk.last_err : "none", s->broker.log);
         else if (rc == 0)
@@ -254,14 +260,16 @@ int kt_stack_start_kafka(kt_stack_t *s, int partitions)
         else
                 snprintf(kk.jars, sizeof(kk.jars), "%s/kafka/jars", s->bindir);
         if (access(kk.node, R_OK)) {
-                fprintf(stderr, "stack: %s: %s (KINFER_KAFKA_NODE; run the tests from the "
-                                "source tree)\n",
+                fprintf(stderr,
+                        "stack: %s: %s (KINFER_KAFKA_NODE; run the tests from the "
+                        "source tree)\n",
                         kk.node, strerror(errno));
                 return -1;
         }
         if (stat(kk.jars, &st) || !S_ISDIR(st.st_mode)) {
-                fprintf(stderr, "stack: no Kafka jars in %s (KINFER_KAFKA_JARS): run `make "
-                                "kafka-jars`\n",
+                fprintf(stderr,
+                        "stack: no Kafka jars in %s (KINFER_KAFKA_JARS): run `make "
+                        "kafka-jars`\n",
                         kk.jars);
                 return -1;
         }
@@ -296,8 +304,8 @@ int kt_stack_start_kafka(kt_stack_t *s, int partitions)
                         kt_signal_proc(&s->broker.pid, SIGKILL, 0);
                 if (!exited)
                         break; /* a timeout or a refused topic: not a port race */
-                fprintf(stderr, "stack: kafka exited at start on ports %d/%d, retrying\n",
-                        kk.port, kk.cport);
+                fprintf(stderr, "stack: kafka exited at start on ports %d/%d, retrying\n", kk.port,
+                        kk.cport);
         }
         fprintf(stderr, "stack: could not start kafka (log: %s)\n", s->broker.log);
         kk.port = kk.cport = 0;

@@ -73,8 +73,7 @@ static void test_poison_to_dlq(void **state)
         fx_add_good(fx, 100);
         fx_add_dlq(fx, &k, "bad_request", never_used, sizeof(never_used))->want_message =
             "^not valid msgpack";
-        fx_add_dlq(fx, &k, "bad_request", json, strlen(json))->want_message =
-            "^not valid msgpack";
+        fx_add_dlq(fx, &k, "bad_request", json, strlen(json))->want_message = "^not valid msgpack";
         n_dlq += 2;
         fx_add_good(fx, 100);
 
@@ -169,8 +168,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_cli_two_workers, fx_state_setup,
                                             fx_state_teardown),
-            cmocka_unit_test_setup_teardown(test_poison_to_dlq, fx_state_setup,
-                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_poison_to_dlq, fx_state_setup, fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_pre_011_protocol_exits, fx_state_setup,
                                             fx_state_teardown),
         };

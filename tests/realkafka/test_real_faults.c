@@ -113,8 +113,7 @@ static void test_backlog_kill_restart_scale(void **state)
                 dups += fx_log_stat(fx, last[i], "duplicates") > 0
                             ? fx_log_stat(fx, last[i], "duplicates")
                             : 0;
-        print_message("jobs redelivered and found already done (not charged again): %lld\n",
-                      dups);
+        print_message("jobs redelivered and found already done (not charged again): %lld\n", dups);
 }
 
 /* The broker SIGKILLed while two workers consume a stream (with some
@@ -175,8 +174,8 @@ static void test_broker_sigkill_restart(void **state)
         t_down = kt_now_ms();
         at_kill = fx_count_results(fx, fx->n_jobs);
         produced_at_kill = fx_produced(fx);
-        print_message("broker SIGKILLed: %lld results, %d jobs handed to the producer\n",
-                      at_kill, produced_at_kill);
+        print_message("broker SIGKILLed: %lld results, %d jobs handed to the producer\n", at_kill,
+                      produced_at_kill);
         /* Pacing, not synchronisation: the broker stays down for 3 s while the
          * stream goes on into the producer's queue and the workers retry. */
         fx_sleep_ms(3000);
