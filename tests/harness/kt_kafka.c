@@ -345,6 +345,63 @@ int kt_stack_restart_kafka(kt_stack_t *s)
         return 0;
 }
 
+int kt_stack_kafka_topic_config(kt_stack_t *s, const char *topic, const char *key,
+                                const char *value)
+{
+        rd_kafka_ConfigResource_t *res = NULL;
+        rd_kafka_AdminOptions_t *opts = NULL;
+        rd_kafka_queue_t *q = NULL;
+        rd_kafka_event_t *ev = NULL;
+        rd_kafka_t *rk;
+        char err[512];
+        int rc = -1;
+
+        if (!kk.port || !s->broker.pid) {
+                fprintf(stderr, "stack: kafka_topic_config: kafka is not running\n");
+                return -1;
+        }
+        if (!(rk = kk_admin_new(s)))
+                return -1;
+        q = rd_kafka_queue_new(rk);
+        /* AlterConfigs (librdkafka 2.0.2 has no incremental one) replaces the
+         * topic's dynamic configuration with this one key. */
+        res = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic);
+        if (rd_kafka_ConfigResource_set_config(res, key, value)) {
+                fprintf(stderr, "stack: kafka_topic_config %s: cannot set %s\n", topic, key);
+                goto cleanup;
+        }
+        opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_ALTERCONFIGS);
+        rd_kafka_AdminOptions_set_request_timeout(opts, 10000, err, sizeof(err));
+        rd_kafka_AlterConfigs(rk, &res, 1, opts, q);
+        if (!(ev = rd_kafka_queue_poll(q, 15000)) || rd_kafka_event_error(ev)) {
+                fprintf(stderr, "stack: kafka_topic_config %s %s=%s: %s\n", topic, key, value,
+                        ev ? rd_kafka_event_error_string(ev) : "no answer in 15 s");
+                goto cleanup;
+        }
+        {
+                size_t n = 0;
+                const rd_kafka_ConfigResource_t **r = rd_kafka_AlterConfigs_result_resources(
+                    rd_kafka_event_AlterConfigs_result(ev), &n);
+                if (n != 1 || rd_kafka_ConfigResource_error(r[0])) {
+                        fprintf(stderr, "stack: kafka_topic_config %s %s=%s: %s\n", topic, key,
+                                value,
+                                n ? rd_kafka_ConfigResource_error_string(r[0]) : "no result");
+                        goto cleanup;
+                }
+        }
+        rc = 0;
+cleanup:
+        if (ev)
+                rd_kafka_event_destroy(ev);
+        if (opts)
+                rd_kafka_AdminOptions_destroy(opts);
+        if (res)
+                rd_kafka_ConfigResource_destroy(res);
+        rd_kafka_queue_destroy(q);
+        rd_kafka_destroy(rk);
+        return rc;
+}
+
 void kt_kafka_forget(void)
 {
         memset(&kk, 0, sizeof(kk));

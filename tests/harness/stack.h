@@ -72,6 +72,11 @@ int kt_stack_kill_kafka(kt_stack_t *s, int sig);
  * again.  Returns 0 or -1. */
 int kt_stack_restart_kafka(kt_stack_t *s);
 
+/* Sets one topic configuration on the running Kafka (e.g. "max.message.bytes"),
+ * replacing the topic's other dynamic settings.  Returns 0 or -1. */
+int kt_stack_kafka_topic_config(kt_stack_t *s, const char *topic, const char *key,
+                                const char *value);
+
 /* Sends one control command line to the dev broker's stdin (see
  * docs/devbroker.md, e.g. "broker-down 1") and waits for its reply line.
  * Returns 0 if the broker answered "ok", -1 otherwise. */

@@ -133,6 +133,83 @@ static void test_poison_to_dlq(void **state)
         fx_finish(fx, w, 2);
 }
 
+/* Waits until a log line of the worker in `slot` holds both needles. */
+static void wait_log(fx_t *fx, int slot, const char *a, const char *b)
+{
+        long long deadline = kt_now_ms() + WAIT_MS;
+        char line[4096];
+        for (;;) {
+                FILE *fp = fopen(fx->stack.procs[slot].log, "r");
+                int found = 0;
+                while (fp && !found && fgets(line, sizeof(line), fp))
+                        found = strstr(line, a) && strstr(line, b);
+                if (fp)
+                        fclose(fp);
+                if (found)
+                        return;
+                if (kt_now_ms() > deadline) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s: no log line with '%s' and '%s' within %d ms",
+                                 fx->stack.procs[slot].name, a, b, WAIT_MS);
+                }
+                fx_sleep_ms(100);
+        }
+}
+
+/* What only a real broker enforces: a topic's max.message.bytes.  The jobs
+ * topic takes 2 MiB messages, the dead-letter topic keeps the default 1 MB,
+ * so the copy of a 1.5 MB address-less message is refused (docs/operations.md,
+ * Dead letters: "Message size too large").  The jobs around it still get
+ * their results, the committed offset stops at it, and once an operator
+ * raises the dead-letter topic's limit the copy is taken, without a restart. */
+static void test_dlq_message_too_large_then_fixed(void **state)
+{
+        fx_t *fx = *state;
+        const char *const names[] = {"rkbig-w1"};
+        const size_t big_n = 1536 * 1024;
+        unsigned char *big = malloc(big_n);
+        char src[128];
+        int64_t poison_off;
+        int w, k = 0, poison;
+
+        assert_non_null(big);
+        fx_setup_kafka(fx, "rkbig", 1, 4, NULL);
+        assert_int_equal(
+            kt_stack_kafka_topic_config(&fx->stack, FX_TOPIC, "max.message.bytes", "2097152"), 0);
+        fx_add_good(fx, 40);
+        memset(big, 'p', big_n);
+        big[0] = 0xc1; /* not msgpack: no id to read */
+        poison = fx->n_jobs;
+        fx_add_dlq(fx, &k, "bad_request", big, big_n)->want_message = "^not valid msgpack";
+        free(big);
+        fx_add_good(fx, 40);
+        fx_produce(fx, 0, fx->n_jobs);
+        poison_off = fx->jobs[poison].offset;
+        snprintf(src, sizeof(src), "%s/%d/%lld", FX_TOPIC, (int)fx->jobs[poison].partition,
+                 (long long)poison_off);
+
+        w = fx_worker(fx, names[0], NULL);
+        fx_wait_results(fx, fx->n_jobs, fx->n_jobs - 1, WAIT_MS);
+        wait_log(fx, w, src, "Message size too large");
+        fx_wait_committed(fx, 0, poison_off, WAIT_MS);
+        if (fx_committed(fx, 0) != poison_off) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("committed offset %lld while the copy of %s is refused, want %lld",
+                         (long long)fx_committed(fx, 0), src, (long long)poison_off);
+        }
+        print_message("%d results written, offset held at %lld while %s refuses the copy\n",
+                      fx->n_jobs - 1, (long long)poison_off, FX_DLQ_TOPIC);
+
+        assert_int_equal(
+            kt_stack_kafka_topic_config(&fx->stack, FX_DLQ_TOPIC, "max.message.bytes", "2097152"),
+            0);
+        wait_log(fx, w, src, "taken by");
+        fx_wait_committed(fx, 0, fx->jobs[fx->n_jobs - 1].offset + 1, WAIT_MS);
+        fx_check(fx);
+        fx_check_dlq(fx, 1, names, 1, 0);
+        fx_finish(fx, &w, 1);
+}
+
 /* A worker whose Kafka client believes the broker is 0.9 (no ApiVersions
  * request, broker.version.fallback 0.9.0.1: what librdkafka concludes on a
  * real 0.9 broker, the one issue 13 was first tried on) cannot have an
@@ -169,6 +246,8 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_cli_two_workers, fx_state_setup,
                                             fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_poison_to_dlq, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_dlq_message_too_large_then_fixed, fx_state_setup,
+                                            fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_pre_011_protocol_exits, fx_state_setup,
                                             fx_state_teardown),
         };
