@@ -20,6 +20,29 @@
 
 #define WAIT_MS 120000
 
+/* Waits until a log line of the worker in `slot` holds both needles. */
+static void wait_log(fx_t *fx, int slot, const char *a, const char *b)
+{
+        long long deadline = kt_now_ms() + WAIT_MS;
+        char line[4096];
+        for (;;) {
+                FILE *fp = fopen(fx->stack.procs[slot].log, "r");
+                int found = 0;
+                while (fp && !found && fgets(line, sizeof(line), fp))
+                        found = strstr(line, a) && strstr(line, b);
+                if (fp)
+                        fclose(fp);
+                if (found)
+                        return;
+                if (kt_now_ms() > deadline) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s: no log line with '%s' and '%s' within %d ms",
+                                 fx->stack.procs[slot].name, a, b, WAIT_MS);
+                }
+                fx_sleep_ms(100);
+        }
+}
+
 /* 1,000 jobs of 10 users submitted with `kinfer submit` (idempotent
  * producer, acks=all, on the real broker) to two workers in one group:
  * every result correct and present once, usage exact, both workers took
@@ -32,6 +55,10 @@ static void test_cli_two_workers(void **state)
         fx_setup_kafka(fx, "rke2e", 4, 10, NULL);
         w[0] = fx_worker(fx, "rke2e-w1", NULL);
         w[1] = fx_worker(fx, "rke2e-w2", NULL);
+        /* Both in the group before any job: else the first to join may
+         * drain all 1,000 before the rebalance gives the other its half. */
+        wait_log(fx, w[0], "INFO  assigned 2 partitions", "assigned");
+        wait_log(fx, w[1], "INFO  assigned 2 partitions", "assigned");
         fx_add_good(fx, 1000);
         fx_submit_cli(fx, 0, fx->n_jobs);
         fx_wait_all(fx, WAIT_MS);
@@ -131,29 +158,6 @@ static void test_poison_to_dlq(void **state)
         fx_check(fx);
         fx_check_dlq(fx, n_dlq, names, 2, 0);
         fx_finish(fx, w, 2);
-}
-
-/* Waits until a log line of the worker in `slot` holds both needles. */
-static void wait_log(fx_t *fx, int slot, const char *a, const char *b)
-{
-        long long deadline = kt_now_ms() + WAIT_MS;
-        char line[4096];
-        for (;;) {
-                FILE *fp = fopen(fx->stack.procs[slot].log, "r");
-                int found = 0;
-                while (fp && !found && fgets(line, sizeof(line), fp))
-                        found = strstr(line, a) && strstr(line, b);
-                if (fp)
-                        fclose(fp);
-                if (found)
-                        return;
-                if (kt_now_ms() > deadline) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("%s: no log line with '%s' and '%s' within %d ms",
-                                 fx->stack.procs[slot].name, a, b, WAIT_MS);
-                }
-                fx_sleep_ms(100);
-        }
 }
 
 /* What only a real broker enforces: a topic's max.message.bytes.  The jobs
