@@ -42,11 +42,13 @@ KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.
               producer-tool/cmd_bench.o producer-tool/bench_cpu.o producer-tool/bench_compute.o \
               producer-tool/bench_probe.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o
-HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o tests/harness/kt_proxy.o
+HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o tests/harness/kt_proxy.o \
+                 tests/harness/kt_kafka.o
 
 UNIT_TESTS        = $(patsubst %.c,%,$(wildcard tests/unit/test_*.c))
 INTEGRATION_TESTS = $(patsubst %.c,%,$(wildcard tests/integration/test_*.c))
 FAULT_TESTS       = $(patsubst %.c,%,$(wildcard tests/faults/test_*.c))
+REALKAFKA_TESTS   = $(patsubst %.c,%,$(wildcard tests/realkafka/test_*.c))
 
 BINS = $(BUILD)/kinfer-worker $(BUILD)/kinfer $(BUILD)/kinfer-devbroker $(BUILD)/kinfer-convert
 B    = $(BUILD)/obj
@@ -174,17 +176,19 @@ $(BUILD)/tests/unit/test_queue: $(B)/tests/unit/test_queue.o $(B)/worker/queue.o
 # may be a different build without them.
 PYTHON = /usr/bin/python3
 
-.PHONY: all run test test-format format test-layout test-unit test-integration test-py asan deps clean bench test-faults fuzz \
-        asan-faults
+.PHONY: all run test test-format format test-layout test-unit test-integration test-py asan deps \
+        clean bench test-faults fuzz asan-faults test-realkafka kafka-jars
 .PRECIOUS: $(B)/%.o
 
-tests-build: $(BINS) $(addprefix $(BUILD)/,$(UNIT_TESTS) $(INTEGRATION_TESTS) $(FAULT_TESTS))
+tests-build: $(BINS) $(addprefix $(BUILD)/,$(UNIT_TESTS) $(INTEGRATION_TESTS) $(FAULT_TESTS) \
+                                 $(REALKAFKA_TESTS))
 
 # Everything CI runs: the tests, the fault suite, the fuzzers (FUZZ_SECONDS
 # each) and the unit and integration tests again under ASan/UBSan.
 test: deps
 	$(MAKE) tests-build
-	$(MAKE) --no-print-directory test-format test-layout test-unit test-integration test-py test-faults
+	$(MAKE) --no-print-directory test-format test-layout test-unit test-integration test-py \
+	    test-faults test-realkafka
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory asan
 
@@ -216,6 +220,27 @@ $(BUILD)/tests/faults/%: $(B)/tests/faults/%.o $(addprefix $(B)/,$(FAULT_OBJS) $
 test-faults: $(BINS) $(addprefix $(BUILD)/,$(FAULT_TESTS))
 	@set -e; for t in $(addprefix $(BUILD)/,$(FAULT_TESTS)); do \
 	    echo "== $$t"; KINFER_BIN=$(BUILD) $$t; done
+
+# The genuine Apache Kafka broker of the real-Kafka tests and deploy/kafka-local:
+# its jars, resolved by Maven from Maven Central (deploy/kafka/pom.xml) into
+# $(KAFKA_DIR)/jars, once (again only when the pom changes).
+KAFKA_DIR ?= $(BUILD)/kafka
+
+kafka-jars:
+	@bash deploy/kafka/fetch-jars.sh $(KAFKA_DIR)
+
+# Tests on a genuine single-node Kafka (tests/realkafka/: the fault fixture
+# on kt_stack_start_kafka): the CLI and workers end to end, workers killed
+# and scaled, the broker killed and restarted, dead letters read back.
+$(BUILD)/tests/realkafka/%: $(B)/tests/realkafka/%.o $(addprefix $(B)/,$(FAULT_OBJS) $(HARNESS_OBJS)) \
+                            $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
+test-realkafka: $(BINS) kafka-jars $(addprefix $(BUILD)/,$(REALKAFKA_TESTS))
+	@set -e; for t in $(addprefix $(BUILD)/,$(REALKAFKA_TESTS)); do \
+	    echo "== $$t"; KINFER_BIN=$(BUILD) KINFER_KAFKA_JARS=$(KAFKA_DIR)/jars \
+	    KINFER_KAFKA_NODE=deploy/kafka/node.sh $$t; done
 
 # libFuzzer targets, built with clang straight from the common/ sources they
 # need (not from $(BUILD)): make fuzz [FUZZ_SECONDS=60].  A finding fails the

@@ -34,6 +34,11 @@
 #   BENCH_RATE_FROM=DIR    take the open-loop rates from the drain JSON lines in DIR
 #                          (W1.drain.json, ...) instead of this run's drains
 #   BENCH_BIN_OLD=DIR      old against new in one run: see "Old against new" below
+#   BENCH_KAFKA=dev        the broker: dev (kinfer-devbroker, the mock cluster), real
+#                          (a genuine single-node Apache Kafka 4.x started with
+#                          deploy/kafka-local in the run directory, JVM options
+#                          BENCH_KAFKA_JAVA_OPTS, default those of Kafka's own
+#                          kafka-server-start.sh), or both: see "Dev against real"
 #
 # The charge records of a run are found (memory report) and deleted at the
 # periods of the workers' charge horizon: to change it, set
@@ -52,6 +57,11 @@
 # stays in /tmp/kinfer-bench-ab-*/.  The old build's kinfer bench must take
 # this script's options (those of before protocol v2 do); its JSON lines lack
 # the Redis memory figures (-).  BENCH_SOAK_S is ignored there.
+#
+# Dev against real (BENCH_KAFKA=both): this script once per workload and
+# broker, like old against new: W1 on the dev broker, then on a genuine Kafka
+# (at the dev broker's open-loop rates), then W2, ...  A table of both closes,
+# and all of it stays in /tmp/kinfer-bench-kafka-*/.
 set -euo pipefail
 BIN=${1:-build}
 BIN=$(cd "$BIN" && pwd)
@@ -73,6 +83,67 @@ declare -A ROWS=([W1]=1 [W2]=1 [W3]=64)
 declare -A WHAT=([W1]="MLP 16-32-4, 1 row/job" [W2]="MLP 784-512-512-10, 1 row/job"
                  [W3]="MLP 784-512-512-10, 64 rows/job")
 PY=/usr/bin/python3
+
+KAFKA=${BENCH_KAFKA:-dev}
+case "$KAFKA" in dev | real | both) ;; *) echo "bench: BENCH_KAFKA=$KAFKA: dev, real or both" >&2; exit 2 ;; esac
+
+# ---- dev against real: this script once per workload and broker -------------
+if [ "$KAFKA" = both ]; then
+  AB=$(mktemp -d /tmp/kinfer-bench-kafka-XXXXXX)
+  rc=0
+  for w in $ONLY; do
+    for side in dev real; do
+      from=$([ $side = real ] && echo "$AB/dev/$w" || echo "")
+      printf '\n======== %s, %s broker\n' "$w" "$side" >&2
+      BENCH_KAFKA=$side BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from \
+        BENCH_SOAK_S=0 bash "$0" "$BIN" || { echo "bench: the $side broker's $w run failed" >&2; rc=1; }
+    done
+  done
+  $PY - "$AB" "$ONLY" "$OPEN_PCT" <<'PYEOF' | tee "$AB/compare.md"
+import json, os, statistics, sys
+ab, only, pcts = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+def lines(side, w, kind):
+    f = os.path.join(ab, side, w, "%s.%s.json" % (w, kind))
+    return [json.loads(l) for l in open(f) if l.strip()] if os.path.exists(f) else []
+def med(js, *path):
+    v = []
+    for j in js:
+        for p in path:
+            j = j.get(p) if isinstance(j, dict) else None
+        if isinstance(j, (int, float)):
+            v.append(j)
+    return round(statistics.median(v), 2) if v else "-"
+W, R, BROKER = "kinfer-worker", "redis-server", {"dev": "kinfer-devbroke", "real": "java"}
+print("\nOne worker on the dev broker against a genuine Apache Kafka (one node): medians; "
+      "per workload the dev broker first.")
+print("\n| workload | broker | drain jobs/s | write lag ms | worker µs/job | broker µs/job | "
+      "redis µs/job | machine cores | errors |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+for w in only:
+    for side in ("dev", "real"):
+        d = lines(side, w, "drain")
+        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            w, side, med(d, "jobs_per_s"), med(d, "write_lag_ms"),
+            med(d, "cpu", W, "us_per_job"), med(d, "cpu", BROKER[side], "us_per_job"),
+            med(d, "cpu", R, "us_per_job"), med(d, "cpu", "machine", "cores"),
+            sum(j.get("errors", 0) + j.get("missing", 0) for j in d) if d else "-"))
+print("\nOpen loop, both brokers at the dev broker's rates:")
+print("\n| workload | broker | rate jobs/s | achieved | p50 ms | p99 ms | visible p50 | "
+      "visible p99 | errors |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+for w in only:
+    for pct in pcts:
+        for side in ("dev", "real"):
+            o = lines(side, w, "open" + pct)
+            print("| %s @%s%% | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                w, pct, side, med(o, "rate"), med(o, "jobs_per_s"), med(o, "p50_ms"),
+                med(o, "p99_ms"), med(o, "visible_p50_ms"), med(o, "visible_p99_ms"),
+                sum(j.get("errors", 0) + j.get("missing", 0) for j in o) if o else "-"))
+PYEOF
+  echo "bench: dev against real: JSON lines and tables in $AB/{dev,real}/W*/, this table in" \
+    "$AB/compare.md" >&2
+  exit $rc
+fi
 
 # ---- old against new: this script once per workload and build --------------
 if [ -n "${BENCH_BIN_OLD:-}" ]; then
@@ -239,7 +310,7 @@ openblas) ($(OPENBLAS_VERBOSE=2 "$BIN/kinfer" --help 2>&1 | sed -n 's/^Core: //p
 } | tee "$RUN/machine.txt" >&2
 
 # ---- the stack ----------------------------------------------------------------
-say "starting redis-server, the dev broker ($PARTITIONS partitions), one worker"
+say "starting redis-server, the $([ "$KAFKA" = real ] && echo "Kafka broker" || echo "dev broker") ($PARTITIONS partitions), one worker"
 PORT=$(free_port)
 redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN" \
   >"$RUN/redis.log" 2>&1 &
@@ -247,10 +318,21 @@ REDIS_PID=$!
 for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 export KINFER_REDIS="redis://127.0.0.1:$PORT/0"
 
-"$BIN/kinfer-devbroker" --partitions "$PARTITIONS" </dev/null >"$RUN/broker.out" \
-  2>"$RUN/broker.log" &
-BROKER_PID=$!
-for _ in $(seq 50); do [ -s "$RUN/broker.out" ] && break; sleep 0.1; done
+if [ "$KAFKA" = real ]; then
+  # deploy/kafka-local: the real-Kafka tests' broker, here with Kafka's own
+  # JVM settings rather than the tests' small, quickly started JVM.
+  KINFER_KAFKA_PORT=$(free_port) KINFER_KAFKA_PARTITIONS=$PARTITIONS \
+    KINFER_KAFKA_JAVA_OPTS=${BENCH_KAFKA_JAVA_OPTS:-"-Xmx1G -Xms1G -server -XX:+UseG1GC \
+-XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent"} \
+    BUILD="$BIN" bash "$(dirname "$0")/kafka-local" start "$RUN/kafka" >"$RUN/broker.out" \
+    2>"$RUN/broker.log" || { cat "$RUN/broker.log" >&2; exit 1; }
+  BROKER_PID=$(cat "$RUN/kafka/kafka.pid")
+else
+  "$BIN/kinfer-devbroker" --partitions "$PARTITIONS" </dev/null >"$RUN/broker.out" \
+    2>"$RUN/broker.log" &
+  BROKER_PID=$!
+  for _ in $(seq 50); do [ -s "$RUN/broker.out" ] && break; sleep 0.1; done
+fi
 KINFER_BROKERS=$(head -1 "$RUN/broker.out")
 export KINFER_BROKERS
 unset KINFER_TOPIC KINFER_PREFIX
@@ -290,7 +372,7 @@ echo "redis $KINFER_REDIS (pid $REDIS_PID), brokers $KINFER_BROKERS (pid $BROKER
 for w in $ONLY; do
   cols=$([ "${MODEL[$w]}" = tiny ] && echo 16 || echo 784)
   per=$(( JOBS[$w] * (ROWS[$w] * cols * 4 + 200) / PARTITIONS ))
-  if [ "$per" -gt $((4 * 1024 * 1024)) ]; then
+  if [ "$KAFKA" = dev ] && [ "$per" -gt $((4 * 1024 * 1024)) ]; then
     echo "bench: $w's backlog is ~$((per / 1024)) KiB per partition, over the dev broker's" \
       "~5 MiB retention: raise BENCH_PARTITIONS or lower BENCH_${w}_JOBS" >&2
     exit 2
@@ -407,7 +489,8 @@ SAMPLER_PID=
 
 # ---- the table ------------------------------------------------------------------
 say "results (medians of $REPEAT runs)"
-W=kinfer-worker K=kinfer-devbroke R=redis-server   # /proc/PID/comm names
+W=kinfer-worker R=redis-server   # /proc/PID/comm names
+K=$([ "$KAFKA" = real ] && echo java || echo kinfer-devbroke)   # the broker's: a JVM is "java"
 {
   echo "Drain (a backlog published while the worker is stopped, then timed until every"
   echo "result can be read; write lag: how long after the last \`done\`) against the"

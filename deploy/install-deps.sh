@@ -13,6 +13,9 @@ PKGS=(
   prometheus
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
   python3-prometheus-client
+  # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
+  # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
+  openjdk-17-jre-headless maven
 )
 
 missing=()

@@ -231,17 +231,29 @@ static void fx_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
  * workers must (and do) treat as a duplicate. */
 static rd_kafka_t *fx_producer_new(fx_t *fx)
 {
-        static const char *const props[] = {
-            "enable.idempotence", "false", "acks", "all", "linger.ms", "5",
-            "message.timeout.ms", FX_MSG_TIMEOUT_MS, "message.max.bytes", "2000000",
-            NULL};
+        /* A genuine broker (fx_setup_kafka) checks the sequence numbers, so
+         * there the producer is idempotent: a produce retried across a broker
+         * crash is then stored once, at the offset its delivery report gives
+         * (fx_check compares each result's source with it). */
+        const char *idempotent = fx->real_kafka ? "true" : "false";
+        const char *const props[] = {"enable.idempotence",
+                                     idempotent,
+                                     "acks",
+                                     "all",
+                                     "linger.ms",
+                                     "5",
+                                     "message.timeout.ms",
+                                     FX_MSG_TIMEOUT_MS,
+                                     "message.max.bytes",
+                                     "2000000",
+                                     NULL};
         char err[512];
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
         rd_kafka_t *rk;
 
-        assert_int_equal(rd_kafka_conf_set(conf, "bootstrap.servers", fx->stack.brokers, err,
-                                           sizeof(err)),
-                         RD_KAFKA_CONF_OK);
+        assert_int_equal(
+            rd_kafka_conf_set(conf, "bootstrap.servers", fx->stack.brokers, err, sizeof(err)),
+            RD_KAFKA_CONF_OK);
         for (int i = 0; props[i]; i += 2)
                 if (rd_kafka_conf_set(conf, props[i], props[i + 1], err, sizeof(err)))
                         fail_msg("producer %s: %s", props[i], err);
@@ -274,11 +286,10 @@ static void fx_produce_one(fx_t *fx, fx_job_t *job)
         }
         job->delivered = 0;
         for (;;) {
-                err = rd_kafka_producev(fx->producer, RD_KAFKA_V_TOPIC(FX_TOPIC),
-                                        RD_KAFKA_V_KEY(key, strlen(key)),
-                                        RD_KAFKA_V_VALUE((void *)val, len),
-                                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                        RD_KAFKA_V_OPAQUE(job), RD_KAFKA_V_END);
+                err = rd_kafka_producev(
+                    fx->producer, RD_KAFKA_V_TOPIC(FX_TOPIC), RD_KAFKA_V_KEY(key, strlen(key)),
+                    RD_KAFKA_V_VALUE((void *)val, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                    RD_KAFKA_V_OPAQUE(job), RD_KAFKA_V_END);
                 if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
                         break;
                 rd_kafka_poll(fx->producer, 10);
@@ -317,8 +328,8 @@ static void *fx_stream_main(void *arg)
         fx_t *fx = arg;
         long long start = kt_now_ms();
         for (int i = fx->stream_from; i < fx->stream_to && !atomic_load(&fx->stream_stop); i++) {
-                long long due = start + (long long)(i - fx->stream_from + 1) * 1000 /
-                                            fx->stream_rate;
+                long long due =
+                    start + (long long)(i - fx->stream_from + 1) * 1000 / fx->stream_rate;
                 fx_produce_one(fx, &fx->jobs[i]);
                 atomic_store(&fx->produced, i + 1);
                 rd_kafka_poll(fx->producer, 0);
@@ -368,6 +379,70 @@ void fx_stream_stop(fx_t *fx)
 int fx_produced(fx_t *fx)
 {
         return atomic_load(&fx->produced);
+}
+
+/* One user's jobs of [from, to) as JSON lines (values printed with %.9g,
+ * which a float32 survives exactly), submitted with one `kinfer submit`. */
+static void fx_submit_cli_user(fx_t *fx, int u, int from, int to)
+{
+        char path[400], *out = NULL, *line, *save = NULL;
+        const char *argv[] = {"kinfer",       "submit", "--model", "mlp", "--user",
+                              fx_user(fx, u), "--file", path,      NULL};
+        int n = 0, next = from, rc;
+        FILE *fp;
+
+        snprintf(path, sizeof(path), "%s/cli-%s-u%d-%d.jsonl", fx->stack.dir, fx->tag, u, from);
+        fp = fopen(path, "w");
+        assert_non_null(fp);
+        for (int i = from; i < to; i++) {
+                fx_job_t *job = &fx->jobs[i];
+                if (job->user != u)
+                        continue;
+                assert_true(!job->value && !job->null_value && !job->dlq && !job->want_error);
+                job->cli = 1;
+                job->inbox = 0; /* the CLI names an inbox of its own */
+                fputc('[', fp);
+                for (int r = 0; r < job->rows; r++) {
+                        fputs(r ? ",[" : "[", fp);
+                        for (int v = 0; v < FX_IN; v++)
+                                fprintf(fp, "%s%.9g", v ? "," : "", job->x[r * FX_IN + v]);
+                        fputc(']', fp);
+                }
+                fputs("]\n", fp);
+                n++;
+        }
+        assert_int_equal(fclose(fp), 0);
+        if (!n)
+                return;
+        rc = kt_stack_run(&fx->stack, argv, NULL, &out, 120000);
+        if (rc != 0) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("kinfer submit --user %s --file %s: exit %d (run.log)", fx_user(fx, u),
+                         path, rc);
+        }
+        /* One id per line, in the order of the file. */
+        for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                while (next < to && fx->jobs[next].user != u)
+                        next++;
+                if (next == to)
+                        fail_msg("kinfer submit printed more ids than the %d jobs of %s", n,
+                                 fx_user(fx, u));
+                snprintf(fx->jobs[next].id, sizeof(fx->jobs[next].id), "%s", line);
+                next++;
+                n--;
+        }
+        free(out);
+        if (n)
+                fail_msg("kinfer submit printed %d ids too few for %s", n, fx_user(fx, u));
+}
+
+void fx_submit_cli(fx_t *fx, int from, int to)
+{
+        assert_false(fx->streaming);
+        for (int u = 0; u < fx->n_users; u++)
+                fx_submit_cli_user(fx, u, from, to);
+        if (atomic_load(&fx->produced) < to)
+                atomic_store(&fx->produced, to);
 }
 
 int fx_run_group(const char *name, const struct CMUnitTest *tests, size_t n)
@@ -420,10 +495,12 @@ fx_job_t *fx_add_raw(fx_t *fx)
 
 /* ---- setup and teardown ----------------------------------------------- */
 
-void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
-              const char *const *redis_args)
+/* fx_setup and fx_setup_kafka: n_brokers 0 starts a genuine Kafka. */
+static void fx_setup_on(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
+                        const char *const *redis_args)
 {
         memset(fx, 0, sizeof(*fx));
+        fx->real_kafka = n_brokers == 0;
         fx->rng = 0x6b696e666572ULL ^ (uint64_t)strlen(tag);
         snprintf(fx->tag, sizeof(fx->tag), "%s", tag);
         assert_true(n_users >= 1 && n_users <= FX_MAX_USERS);
@@ -432,11 +509,29 @@ void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_us
                 snprintf(fx->users[u], sizeof(fx->users[u]), "%s-u%d", tag, u);
         assert_int_equal(kt_stack_init(&fx->stack), 0);
         assert_int_equal(kt_stack_start_redis(&fx->stack, redis_args), 0);
-        assert_int_equal(kt_stack_start_broker(&fx->stack, n_brokers, partitions), 0);
+        if (fx->real_kafka ? kt_stack_start_kafka(&fx->stack, partitions)
+                           : kt_stack_start_broker(&fx->stack, n_brokers, partitions)) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("%s: could not start the %s (above)", tag,
+                         fx->real_kafka ? "Kafka broker" : "dev broker");
+        }
         fx_write_model(fx);
         fx->producer = fx_producer_new(fx);
         fx->rc = kt_stack_redis(&fx->stack);
         assert_non_null(fx->rc);
+}
+
+void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
+              const char *const *redis_args)
+{
+        assert_true(n_brokers >= 1);
+        fx_setup_on(fx, tag, n_brokers, partitions, n_users, redis_args);
+}
+
+void fx_setup_kafka(fx_t *fx, const char *tag, int partitions, int n_users,
+                    const char *const *redis_args)
+{
+        fx_setup_on(fx, tag, 0, partitions, n_users, redis_args);
 }
 
 void fx_teardown(fx_t *fx)
@@ -483,17 +578,10 @@ void fx_push_model(fx_t *fx)
 int fx_worker(fx_t *fx, const char *name, const char *const *extra)
 {
         static const char *const env[] = {"KINFER_DLQ_TOPIC=" FX_DLQ_TOPIC, NULL};
-        const char *argv[48] = {"kinfer-worker",
-                                "--worker-id",
-                                name,
-                                "--redis-timeout-ms",
-                                "1000",
+        const char *argv[48] = {"kinfer-worker", "--worker-id", name, "--redis-timeout-ms", "1000",
                                 /* The group notices a dead or stopped worker
                                  * within seconds, not librdkafka's 45 s. */
-                                "-X",
-                                "session.timeout.ms=6000",
-                                "-X",
-                                "heartbeat.interval.ms=500"};
+                                "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"};
         const char *debug = getenv("FAULTS_WORKER_DEBUG");
         int n = 9, slot;
         char debug_prop[256];
@@ -790,8 +878,8 @@ void fx_wait_all(fx_t *fx, int timeout_ms)
         if (got != want) {
                 kt_stack_fail(&fx->stack);
                 fx_report_missing(fx, where, sizeof(where));
-                fail_msg("%s: %lld of %lld results after %d ms; missing by partition: %s",
-                         fx->tag, got, want, timeout_ms, where);
+                fail_msg("%s: %lld of %lld results after %d ms; missing by partition: %s", fx->tag,
+                         got, want, timeout_ms, where);
         }
         /* The dead-letter stage counts a copy once the broker has it, on its
          * own time: results of the jobs around it do not wait for that. */
@@ -832,10 +920,10 @@ static long long fx_elem_ll(const redisReply *r, size_t i)
         return s ? atoll(s) : 0;
 }
 
-#define FX_FAIL(fx, ...)                                                                   \
-        do {                                                                               \
-                kt_stack_fail(&(fx)->stack);                                               \
-                fail_msg(__VA_ARGS__);                                                     \
+#define FX_FAIL(fx, ...)                                                                           \
+        do {                                                                                       \
+                kt_stack_fail(&(fx)->stack);                                                       \
+                fail_msg(__VA_ARGS__);                                                             \
         } while (0)
 
 static const char *fx_model_of(const fx_job_t *job)
@@ -876,10 +964,21 @@ static void fx_check_job(fx_t *fx, const fx_job_t *job, const kf_result_t *r, lo
                         fx_model_of(job));
         if (!r->worker[0])
                 FX_FAIL(fx, "job %s: no worker field", job->id);
-        snprintf(source, sizeof(source), "%s/%d/%lld", FX_TOPIC, (int)job->partition,
-                 (long long)job->offset);
-        if (strcmp(r->source, source))
-                FX_FAIL(fx, "job %s: source '%s', want %s", job->id, r->source, source);
+        if (job->cli) {
+                /* Produced by `kinfer submit`: where it went is known only
+                 * from the result, but it must name one message of the topic. */
+                int p = -1, end = 0;
+                long long off = -1;
+                if (sscanf(r->source, FX_TOPIC "/%d/%lld%n", &p, &off, &end) != 2 ||
+                    r->source[end] || p < 0 || off < 0)
+                        FX_FAIL(fx, "job %s: source '%s', want %s/PARTITION/OFFSET", job->id,
+                                r->source, FX_TOPIC);
+        } else {
+                snprintf(source, sizeof(source), "%s/%d/%lld", FX_TOPIC, (int)job->partition,
+                         (long long)job->offset);
+                if (strcmp(r->source, source))
+                        FX_FAIL(fx, "job %s: source '%s', want %s", job->id, r->source, source);
+        }
         if (job->want_error) {
                 if (strcmp(r->error, job->want_error))
                         FX_FAIL(fx, "job %s: error '%s' (%s), want %s", job->id, r->error,
@@ -933,8 +1032,7 @@ static long long fx_check_inbox(fx_t *fx, int u)
 
         assert_non_null(want);
         for (int i = 0; i < fx->n_jobs; i++)
-                if (fx_expects_result(&fx->jobs[i]) && fx->jobs[i].user == u &&
-                    fx->jobs[i].inbox)
+                if (fx_expects_result(&fx->jobs[i]) && fx->jobs[i].user == u && fx->jobs[i].inbox)
                         want[n_want++] = fx->jobs[i].id;
         l = fx_redis(fx, "LRANGE kinfer:{%s}:inbox:" FX_INBOX " 0 -1", fx_user(fx, u));
         assert_non_null(l);
@@ -945,8 +1043,7 @@ static long long fx_check_inbox(fx_t *fx, int u)
         assert_non_null(got);
         for (size_t k = 0; k < l->elements; k++) {
                 if (l->element[k]->type != REDIS_REPLY_STRING)
-                        FX_FAIL(fx, "inbox of %s: element %zu is not a string", fx_user(fx, u),
-                                k);
+                        FX_FAIL(fx, "inbox of %s: element %zu is not a string", fx_user(fx, u), k);
                 got[k] = l->element[k]->str;
         }
         qsort(want, n_want, sizeof(*want), fx_cmp_str);
@@ -956,12 +1053,14 @@ static long long fx_check_inbox(fx_t *fx, int u)
                 int c = w == n_want ? 1 : g == l->elements ? -1 : strcmp(want[w], got[g]);
                 size_t same = 0;
                 if (c < 0)
-                        FX_FAIL(fx, "job %s of %s: its id is not on kinfer:{%s}:inbox:" FX_INBOX
-                                    " (%zu ids there): its result was never announced",
+                        FX_FAIL(fx,
+                                "job %s of %s: its id is not on kinfer:{%s}:inbox:" FX_INBOX
+                                " (%zu ids there): its result was never announced",
                                 want[w], fx_user(fx, u), fx_user(fx, u), l->elements);
                 if (c > 0)
-                        FX_FAIL(fx, "kinfer:{%s}:inbox:" FX_INBOX " holds '%s', the id of no "
-                                    "job of %s that names this inbox",
+                        FX_FAIL(fx,
+                                "kinfer:{%s}:inbox:" FX_INBOX " holds '%s', the id of no "
+                                "job of %s that names this inbox",
                                 fx_user(fx, u), got[g], fx_user(fx, u));
                 while (g < l->elements && !strcmp(want[w], got[g])) {
                         g++;
@@ -1060,8 +1159,9 @@ static void fx_check_usage_split(fx_t *fx, int u, const fx_usage_t *us)
                         matched += want != 0;
                 }
                 if (got != want)
-                        FX_FAIL(fx, "usage of %s per model: %s is %lld, want %lld (a lost or "
-                                    "doubled charge)",
+                        FX_FAIL(fx,
+                                "usage of %s per model: %s is %lld, want %lld (a lost or "
+                                "doubled charge)",
                                 fx_user(fx, u), field, got, want);
         }
         if (matched != want_fields) {
@@ -1069,8 +1169,9 @@ static void fx_check_usage_split(fx_t *fx, int u, const fx_usage_t *us)
                         print_error("want for %s: jobs:%s %lld rows %lld errors %lld\n",
                                     fx_user(fx, u), us->m[k].model, us->m[k].jobs, us->m[k].rows,
                                     us->m[k].errors);
-                FX_FAIL(fx, "usage of %s per model: %d of the %d non-zero counters wanted in "
-                            "kinfer:{%s}:usage:models",
+                FX_FAIL(fx,
+                        "usage of %s per model: %d of the %d non-zero counters wanted in "
+                        "kinfer:{%s}:usage:models",
                         fx_user(fx, u), matched, want_fields, fx_user(fx, u));
         }
         freeReplyObject(r);
@@ -1090,8 +1191,9 @@ static void fx_check_usage_split(fx_t *fx, int u, const fx_usage_t *us)
         }
         if (wj != us->jobs || wr != us->rows || wf != us->rows * FX_FLOPS_PER_ROW ||
             we != us->errors)
-                FX_FAIL(fx, "usage of %s over its %zu quota windows: jobs %lld rows %lld flops "
-                            "%lld errors %lld, want %lld %lld %lld %lld",
+                FX_FAIL(fx,
+                        "usage of %s over its %zu quota windows: jobs %lld rows %lld flops "
+                        "%lld errors %lld, want %lld %lld %lld %lld",
                         fx_user(fx, u), keys->elements, wj, wr, wf, we, us->jobs, us->rows,
                         us->rows * FX_FLOPS_PER_ROW, us->errors);
         freeReplyObject(keys);
@@ -1156,8 +1258,7 @@ void fx_check(fx_t *fx)
 
         for (int u = 0; u < fx->n_users; u++) {
                 const fx_usage_t *us = &usage[u];
-                r = fx_redis(fx, "HMGET kinfer:{%s}:usage jobs rows flops errors",
-                             fx_user(fx, u));
+                r = fx_redis(fx, "HMGET kinfer:{%s}:usage jobs rows flops errors", fx_user(fx, u));
                 assert_non_null(r);
                 assert_int_equal(r->type, REDIS_REPLY_ARRAY);
                 if (fx_elem_ll(r, 0) != us->jobs || fx_elem_ll(r, 1) != us->rows ||
@@ -1227,8 +1328,9 @@ void fx_snapshot_check(fx_t *fx, const fx_snapshot_t *snap)
                         continue;
                 fx_snapshot_of(fx, i, now, sizeof(now));
                 if (strcmp(now, snap->val[i]))
-                        FX_FAIL(fx, "job %s: result replaced: was '%s' (worker started done), "
-                                    "now '%s'",
+                        FX_FAIL(fx,
+                                "job %s: result replaced: was '%s' (worker started done), "
+                                "now '%s'",
                                 fx->jobs[i].id, snap->val[i], now[0] ? now : "(none)");
         }
 }
@@ -1246,8 +1348,7 @@ static void fx_copy_header(rd_kafka_headers_t *hdrs, const char *name, char *dst
         const void *v;
         size_t n;
         dst[0] = '\0';
-        if (hdrs && rd_kafka_header_get_last(hdrs, name, &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-            v)
+        if (hdrs && rd_kafka_header_get_last(hdrs, name, &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR && v)
                 snprintf(dst, size, "%.*s", (int)n, (const char *)v);
 }
 
@@ -1289,8 +1390,7 @@ fx_dlq_rec_t *fx_dlq_read(fx_t *fx, int want, int timeout_ms, int idle_ms, int *
         /* assign() rather than subscribe(): every partition from the start,
          * without waiting for the mock's 3 s first-join delay. */
         rkt = rd_kafka_topic_new(rk, FX_DLQ_TOPIC, NULL);
-        if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) || md->topic_cnt != 1 ||
-            md->topics[0].err)
+        if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) || md->topic_cnt != 1 || md->topics[0].err)
                 fail_msg("dlq reader: no metadata for %s", FX_DLQ_TOPIC);
         parts = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
         for (int p = 0; p < md->topics[0].partition_cnt; p++)
@@ -1428,9 +1528,8 @@ void fx_check_dlq(fx_t *fx, int n_dlq, const char *const *workers, int n_workers
                                     : rec->value_len != job->len ||
                                           (job->len && memcmp(rec->value, job->value, job->len)))
                         fail_msg("%s (key %s): value of %zu bytes%s, want the original %zu%s",
-                                 rec->source, job->key, rec->value_len,
-                                 rec->value ? "" : " (null)", job->len,
-                                 job->null_value ? " (null)" : "");
+                                 rec->source, job->key, rec->value_len, rec->value ? "" : " (null)",
+                                 job->len, job->null_value ? " (null)" : "");
         }
         for (int i = 0; i < fx->n_jobs; i++)
                 if (fx->jobs[i].dlq && !seen[i]) {

@@ -35,44 +35,48 @@
 
 #include "../harness/stack.h"
 
-#define FX_IN      8  /* the model: 8 -> 16 (tanh) -> 4 (identity) */
-#define FX_HID     16
-#define FX_OUT     4
-#define FX_MAXROWS 3
+#define FX_IN            8 /* the model: 8 -> 16 (tanh) -> 4 (identity) */
+#define FX_HID           16
+#define FX_OUT           4
+#define FX_MAXROWS       3
 #define FX_FLOPS_PER_ROW (2LL * (FX_IN * FX_HID + FX_HID * FX_OUT))
-#define FX_MAX_USERS 16
-#define FX_TOPIC     "kinfer.jobs"
-#define FX_DLQ_TOPIC "kinfer.dlq"
-#define FX_GROUP     "kinfer-workers"
-#define FX_INBOX     "fx" /* the inbox every good job names */
+#define FX_MAX_USERS     16
+#define FX_TOPIC         "kinfer.jobs"
+#define FX_DLQ_TOPIC     "kinfer.dlq"
+#define FX_GROUP         "kinfer-workers"
+#define FX_INBOX         "fx" /* the inbox every good job names */
 
 /* One message the test produces, and what it must become. */
 typedef struct fx_job_s {
-        char id[160];       /* the job id a result is keyed by; "" = none readable */
-        int user;           /* index of its user; -1 = no readable user (then the
-                               message has no address: dlq must be 1) */
-        int rows;           /* input rows (good jobs) */
+        char id[160]; /* the job id a result is keyed by; "" = none readable */
+        int user;     /* index of its user; -1 = no readable user (then the
+                         message has no address: dlq must be 1) */
+        int rows;     /* input rows (good jobs) */
         float x[FX_MAXROWS * FX_IN];
-        const char *want_error; /* NULL: an ok result; else the error code expected
-                                   (on the result, or in kinfer.error on the DLQ) */
+        const char *want_error;   /* NULL: an ok result; else the error code expected
+                                     (on the result, or in kinfer.error on the DLQ) */
         const char *want_message; /* NULL: any non-empty message; else text the
                                      result's message (or the DLQ copy's
                                      kinfer.reason) contains; a leading '^'
                                      means it must start with the rest */
-        const char *model;  /* the model the result names and is charged to:
-                               NULL = "mlp", "" = none readable */
-        int inbox;          /* 1: the message names the inbox FX_INBOX, so its id
-                               must be pushed onto kinfer:{USER}:inbox:fx */
-        int dlq;            /* 1: no result possible; expect a DLQ copy instead */
-        char *value;        /* a hand-made message value (malloc'd), or NULL to
-                               encode the good job from id/user/rows/x */
+        const char *model;        /* the model the result names and is charged to:
+                                     NULL = "mlp", "" = none readable */
+        int inbox;                /* 1: the message names the inbox FX_INBOX, so its id
+                                     must be pushed onto kinfer:{USER}:inbox:fx */
+        int dlq;                  /* 1: no result possible; expect a DLQ copy instead */
+        char *value;              /* a hand-made message value (malloc'd), or NULL to
+                                     encode the good job from id/user/rows/x */
         size_t len;
-        int null_value;     /* produce a message with no value at all */
-        char key[80];       /* message key; "" = the user's name */
+        int null_value; /* produce a message with no value at all */
+        char key[80];   /* message key; "" = the user's name */
+        int cli;        /* 1: submitted with `kinfer submit` (fx_submit_cli),
+                           which chose the id; partition and offset are
+                           not known, the result's source must name some
+                           message of FX_TOPIC */
         /* Set by the delivery report. */
         int32_t partition;
         int64_t offset;
-        int delivered;      /* 1 ok, -1 failed */
+        int delivered; /* 1 ok, -1 failed */
 } fx_job_t;
 
 /* What a DLQ message carried. */
@@ -80,7 +84,7 @@ typedef struct fx_dlq_rec_s {
         char source[128], error[64], reason[512], worker[128];
         char *key, *value; /* malloc'd copies (NULL if absent) */
         size_t key_len, value_len;
-        int found;         /* matched to a produced message */
+        int found; /* matched to a produced message */
 } fx_dlq_rec_t;
 
 typedef struct fx_s {
@@ -107,6 +111,7 @@ typedef struct fx_s {
                                 twice: fx_check then wants >= instead of == */
         int registry;        /* 1: workers start without --models and load the
                                 model from the registry (fx_push_model) */
+        int real_kafka;      /* 1: the stack runs a genuine Kafka (fx_setup_kafka) */
         uint64_t rng;
 } fx_t;
 
@@ -120,6 +125,16 @@ int fx_state_teardown(void **state);
  * producer.  tag prefixes job ids and user names. */
 void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
               const char *const *redis_args);
+
+/* The same on a genuine single-node Apache Kafka (kt_stack_start_kafka)
+ * instead of the dev broker; the test producer is then idempotent. */
+void fx_setup_kafka(fx_t *fx, const char *tag, int partitions, int n_users,
+                    const char *const *redis_args);
+
+/* Submits jobs [from, to) (good jobs of fx_add_good) through the `kinfer`
+ * CLI, one `kinfer submit --file` of JSON lines per user: the CLI chooses
+ * the ids (recorded into the jobs) and produces them; no inbox is named. */
+void fx_submit_cli(fx_t *fx, int from, int to);
 
 /* Stops the stream, the producer and the stack; keeps the logs (and prints
  * them) unless fx_finish ran. */
@@ -222,8 +237,8 @@ long long fx_log_stat(fx_t *fx, int slot, const char *what);
 
 /* Reads the DLQ topic from the beginning (own consumer group) until
  * messages from `want` distinct kinfer.source values arrived or timeout_ms
- * passed, then reads idle_ms more to catch extras.  Returns the records (caller frees with fx_dlq_free) and their
- * number in *n. */
+ * passed, then reads idle_ms more to catch extras.  Returns the records (caller frees with
+ * fx_dlq_free) and their number in *n. */
 fx_dlq_rec_t *fx_dlq_read(fx_t *fx, int want, int timeout_ms, int idle_ms, int *n);
 void fx_dlq_free(fx_dlq_rec_t *recs, int n);
 
@@ -234,9 +249,9 @@ void fx_dlq_free(fx_dlq_rec_t *recs, int n);
 fx_job_t *fx_add_dlq(fx_t *fx, int *k, const char *code, const void *bytes, size_t n);
 
 /* Every address-less message is on the DLQ with its key, value and headers
- * (kinfer.reason matching the slot's want_message), and nothing else is; kinfer.worker names one of `workers`.  allow_dups: after
- * crashes or revokes a message may be copied more than once (at least once),
- * but never lost. */
+ * (kinfer.reason matching the slot's want_message), and nothing else is; kinfer.worker names one of
+ * `workers`.  allow_dups: after crashes or revokes a message may be copied more than once (at least
+ * once), but never lost. */
 void fx_check_dlq(fx_t *fx, int n_dlq, const char *const *workers, int n_workers, int allow_dups);
 
 /* The workers' group's committed offset of FX_TOPIC's partition (the next

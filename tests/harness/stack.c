@@ -1,6 +1,7 @@
 /* stack.c - throwaway redis-server and kinfer-devbroker processes for integration tests,
  * each on a free loopback port in a private temp dir, plus spawning kinfer programs. */
 #include "stack.h"
+#include "stack_int.h"
 
 #include "kf_util.h"
 
@@ -58,7 +59,7 @@ static void close_fd(int *fdp)
         *fdp = -1;
 }
 
-static void free_strv(char **v)
+void kt_free_strv(char **v)
 {
         if (!v)
                 return;
@@ -77,7 +78,7 @@ static char **dup_strv(const char *const *v)
                 return NULL;
         for (size_t i = 0; i < n; i++) {
                 if (!(copy[i] = strdup(v[i]))) {
-                        free_strv(copy);
+                        kt_free_strv(copy);
                         return NULL;
                 }
         }
@@ -96,7 +97,7 @@ static int decode_status(int status)
 
 /* Waits up to timeout_ms (< 0: forever) for pid.  Returns its kt status, or -2
  * if it is still running. */
-static int wait_pid(pid_t pid, int timeout_ms)
+int kt_wait_pid(pid_t pid, int timeout_ms)
 {
         long long deadline = kt_now_ms() + timeout_ms;
         int status;
@@ -115,7 +116,7 @@ static int wait_pid(pid_t pid, int timeout_ms)
 
 /* Sends sig; for terminating signals waits for the exit (SIGKILL after
  * timeout_ms) and clears *pidp.  The kt_stack_kill contract. */
-static int signal_proc(pid_t *pidp, int sig, int timeout_ms)
+int kt_signal_proc(pid_t *pidp, int sig, int timeout_ms)
 {
         int st;
         if (*pidp <= 0)
@@ -126,17 +127,17 @@ static int signal_proc(pid_t *pidp, int sig, int timeout_ms)
                 return 0;
         /* A stopped process would only see SIGTERM once continued. */
         kill(*pidp, SIGCONT);
-        st = wait_pid(*pidp, timeout_ms);
+        st = kt_wait_pid(*pidp, timeout_ms);
         if (st == -2) {
                 kill(*pidp, SIGKILL);
-                st = wait_pid(*pidp, -1);
+                st = kt_wait_pid(*pidp, -1);
         }
         *pidp = 0;
         return st;
 }
 
 /* Opens a child's log for appending: a restarted server keeps one log. */
-static int open_log(const char *path)
+int kt_open_log(const char *path)
 {
         int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         if (fd < 0)
@@ -168,7 +169,7 @@ static char *find_on_path(const char *name)
 /* The environment a child gets: ours without any inherited KINFER_BROKERS /
  * KINFER_REDIS (a developer's shell must never point a test at a real cluster),
  * then this stack's servers, then extra_env, which wins.  Caller frees. */
-static char **build_env(const kt_stack_t *s, const char *const *extra_env)
+char **kt_build_env(const kt_stack_t *s, const char *const *extra_env)
 {
         size_t n = 0, extra = 0, k = 0;
         char **env;
@@ -205,7 +206,7 @@ static char **build_env(const kt_stack_t *s, const char *const *extra_env)
                         goto oom;
         return env;
 oom:
-        free_strv(env);
+        kt_free_strv(env);
         return NULL;
 }
 
@@ -214,8 +215,8 @@ oom:
  * the child may only make async-signal-safe calls until exec.  An exec failure
  * comes back through a close-on-exec pipe, so a missing binary is an error
  * here and not a mysterious exit status 127 later.  Returns the pid or -1. */
-static pid_t spawn_child(const char *path, char *const *argv, char *const *envp, int in, int out,
-                         int err)
+pid_t kt_spawn_child(const char *path, char *const *argv, char *const *envp, int in, int out,
+                     int err)
 {
         pid_t parent = getpid();
         int errpipe[2];
@@ -298,7 +299,7 @@ int kt_stack_init(kt_stack_t *s)
 
 /* A loopback port nobody listened on a moment ago.  Another process may take it
  * before our server binds, so callers retry on a start failure. */
-static int free_port(void)
+int kt_free_port(void)
 {
         struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         socklen_t len = sizeof(sin);
@@ -387,15 +388,15 @@ static int redis_start_on_port(kt_stack_t *s)
         snprintf(s->redis.name, sizeof(s->redis.name), "redis");
         snprintf(s->redis.log, sizeof(s->redis.log), "%s/redis.log", s->dir);
         if ((nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0 ||
-            (logfd = open_log(s->redis.log)) < 0 || !(envp = build_env(s, NULL)))
+            (logfd = kt_open_log(s->redis.log)) < 0 || !(envp = kt_build_env(s, NULL)))
                 goto cleanup;
-        if ((pid = spawn_child(path, argv, envp, nullfd, logfd, logfd)) < 0)
+        if ((pid = kt_spawn_child(path, argv, envp, nullfd, logfd, logfd)) < 0)
                 goto cleanup;
         s->redis.pid = pid;
 
         deadline = kt_now_ms() + KT_START_TIMEOUT_MS;
         while (kt_now_ms() < deadline) {
-                if ((st = wait_pid(pid, 0)) != -2) {
+                if ((st = kt_wait_pid(pid, 0)) != -2) {
                         s->redis.pid = 0;
                         rc = -1;
                         goto cleanup;
@@ -408,13 +409,13 @@ static int redis_start_on_port(kt_stack_t *s)
         }
         fprintf(stderr, "stack: redis-server did not answer on port %d within %d ms\n",
                 s->redis_port, KT_START_TIMEOUT_MS);
-        signal_proc(&s->redis.pid, SIGKILL, 0);
+        kt_signal_proc(&s->redis.pid, SIGKILL, 0);
 cleanup:
         if (nullfd >= 0)
                 close(nullfd);
         if (logfd >= 0)
                 close(logfd);
-        free_strv(envp);
+        kt_free_strv(envp);
         free(path);
         return rc;
 }
@@ -425,12 +426,12 @@ int kt_stack_start_redis(kt_stack_t *s, const char *const *extra_args)
                 fprintf(stderr, "stack: redis already running\n");
                 return -1;
         }
-        free_strv(priv.redis_args);
+        kt_free_strv(priv.redis_args);
         if (!(priv.redis_args = dup_strv(extra_args)))
                 return -1;
         for (int attempt = 0; attempt < KT_REDIS_ATTEMPTS; attempt++) {
                 int r;
-                if ((s->redis_port = free_port()) < 0)
+                if ((s->redis_port = kt_free_port()) < 0)
                         break;
                 snprintf(s->redis_url, sizeof(s->redis_url), "redis://127.0.0.1:%d/0",
                          s->redis_port);
@@ -455,7 +456,7 @@ int kt_stack_restart_redis(kt_stack_t *s)
                 return -1;
         }
         if (s->redis.pid)
-                signal_proc(&s->redis.pid, SIGTERM, KT_STOP_TIMEOUT_MS);
+                kt_signal_proc(&s->redis.pid, SIGTERM, KT_STOP_TIMEOUT_MS);
         /* The same port: clients under test reconnect to the address they had.
          * redis sets SO_REUSEADDR, so TIME_WAIT sockets do not block the bind. */
         r = redis_start_on_port(s);
@@ -467,7 +468,7 @@ int kt_stack_restart_redis(kt_stack_t *s)
 
 int kt_stack_signal_redis(kt_stack_t *s, int sig)
 {
-        return signal_proc(&s->redis.pid, sig, KT_STOP_TIMEOUT_MS);
+        return kt_signal_proc(&s->redis.pid, sig, KT_STOP_TIMEOUT_MS);
 }
 
 redisContext *kt_stack_redis(kt_stack_t *s)
@@ -531,6 +532,7 @@ static void broker_close_pipes(void)
 
 int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions)
 {
+        const char *which = getenv("KINFER_TEST_BROKER");
         char path[600], nb[16], np[16];
         char *argv[] = {"kinfer-devbroker", "--brokers", nb, "--partitions", np, NULL};
         int in[2] = {-1, -1}, out[2] = {-1, -1};
@@ -542,6 +544,22 @@ int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions)
                 fprintf(stderr, "stack: devbroker already running\n");
                 return -1;
         }
+        /* Any suite on a genuine Kafka instead (stack.h); a test that needs
+         * several brokers or the dev broker's commands cannot run there. */
+        if (which && !strcmp(which, "kafka")) {
+                if (n_brokers != 1) {
+                        fprintf(stderr,
+                                "stack: KINFER_TEST_BROKER=kafka runs one broker; this "
+                                "test needs %d\n",
+                                n_brokers);
+                        return -1;
+                }
+                return kt_stack_start_kafka(s, partitions);
+        }
+        if (which && *which && strcmp(which, "dev")) {
+                fprintf(stderr, "stack: KINFER_TEST_BROKER=%s: dev or kafka\n", which);
+                return -1;
+        }
         resolve_prog(s, "kinfer-devbroker", path, sizeof(path));
         snprintf(nb, sizeof(nb), "%d", n_brokers);
         snprintf(np, sizeof(np), "%d", partitions);
@@ -551,9 +569,9 @@ int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions)
                 fprintf(stderr, "stack: pipe: %s\n", strerror(errno));
                 goto cleanup;
         }
-        if ((logfd = open_log(s->broker.log)) < 0 || !(envp = build_env(s, NULL)))
+        if ((logfd = kt_open_log(s->broker.log)) < 0 || !(envp = kt_build_env(s, NULL)))
                 goto cleanup;
-        if ((pid = spawn_child(path, argv, envp, in[0], out[1], logfd)) < 0)
+        if ((pid = kt_spawn_child(path, argv, envp, in[0], out[1], logfd)) < 0)
                 goto cleanup;
         s->broker.pid = pid;
         priv.broker_in = in[1];
@@ -566,7 +584,7 @@ int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions)
                 fprintf(stderr, "stack: devbroker gave no bootstrap line (log: %s)\n",
                         s->broker.log);
                 s->brokers[0] = '\0';
-                signal_proc(&s->broker.pid, SIGKILL, 0);
+                kt_signal_proc(&s->broker.pid, SIGKILL, 0);
                 broker_close_pipes();
                 goto cleanup;
         }
@@ -577,7 +595,7 @@ cleanup:
         close_fd(&out[0]);
         close_fd(&out[1]);
         close_fd(&logfd);
-        free_strv(envp);
+        kt_free_strv(envp);
         return rc;
 }
 
@@ -653,16 +671,16 @@ int kt_stack_spawn(kt_stack_t *s, const char *name, const char *const *argv,
         resolve_prog(s, argv[0], path, sizeof(path));
 
         if ((nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0 ||
-            (logfd = open_log(p->log)) < 0 || !(envp = build_env(s, extra_env)))
+            (logfd = kt_open_log(p->log)) < 0 || !(envp = kt_build_env(s, extra_env)))
                 goto cleanup;
         /* execve's argv is char *const[] for historical reasons; it is not written. */
-        pid = spawn_child(path, (char *const *)argv, envp, nullfd, logfd, logfd);
+        pid = kt_spawn_child(path, (char *const *)argv, envp, nullfd, logfd, logfd);
         if (pid > 0)
                 p->pid = pid;
 cleanup:
         close_fd(&nullfd);
         close_fd(&logfd);
-        free_strv(envp);
+        kt_free_strv(envp);
         return p->pid ? slot : -1;
 }
 
@@ -670,7 +688,7 @@ int kt_stack_kill(kt_stack_t *s, int slot, int sig, int timeout_ms)
 {
         if (slot < 0 || slot >= KT_MAX_PROCS)
                 return -1;
-        return signal_proc(&s->procs[slot].pid, sig, timeout_ms);
+        return kt_signal_proc(&s->procs[slot].pid, sig, timeout_ms);
 }
 
 int kt_stack_wait(kt_stack_t *s, int slot, int timeout_ms)
@@ -678,7 +696,7 @@ int kt_stack_wait(kt_stack_t *s, int slot, int timeout_ms)
         int st;
         if (slot < 0 || slot >= KT_MAX_PROCS || !s->procs[slot].pid)
                 return -1;
-        st = wait_pid(s->procs[slot].pid, timeout_ms);
+        st = kt_wait_pid(s->procs[slot].pid, timeout_ms);
         if (st == -2)
                 return -1;
         s->procs[slot].pid = 0;
@@ -691,7 +709,7 @@ static int run_log_open(kt_stack_t *s, const char *const *argv)
         char path[600];
         int fd;
         snprintf(path, sizeof(path), "%s/run.log", s->dir);
-        if ((fd = open_log(path)) < 0)
+        if ((fd = kt_open_log(path)) < 0)
                 return -1;
         dprintf(fd, "==== run:");
         for (const char *const *a = argv; *a; a++)
@@ -722,9 +740,9 @@ int kt_stack_run(kt_stack_t *s, const char *const *argv, const char *stdin_path,
                 goto cleanup;
         }
         if (pipe2(pipefd, O_CLOEXEC) == -1 || (errfd = run_log_open(s, argv)) < 0 ||
-            !(envp = build_env(s, NULL)))
+            !(envp = kt_build_env(s, NULL)))
                 goto cleanup;
-        if ((pid = spawn_child(path, (char *const *)argv, envp, infd, pipefd[1], errfd)) < 0) {
+        if ((pid = kt_spawn_child(path, (char *const *)argv, envp, infd, pipefd[1], errfd)) < 0) {
                 pid = 0;
                 goto cleanup;
         }
@@ -757,7 +775,7 @@ int kt_stack_run(kt_stack_t *s, const char *const *argv, const char *stdin_path,
                 } else if (eof) {
                         kt_sleep_ms(wait);
                 }
-                if (st == -2 && (st = wait_pid(pid, 0)) != -2)
+                if (st == -2 && (st = kt_wait_pid(pid, 0)) != -2)
                         pid = 0;
         }
         rc = st;
@@ -772,12 +790,12 @@ int kt_stack_run(kt_stack_t *s, const char *const *argv, const char *stdin_path,
         }
 cleanup:
         if (pid > 0)
-                signal_proc(&pid, SIGKILL, 0);
+                kt_signal_proc(&pid, SIGKILL, 0);
         close_fd(&pipefd[0]);
         close_fd(&pipefd[1]);
         close_fd(&infd);
         close_fd(&errfd);
-        free_strv(envp);
+        kt_free_strv(envp);
         free(buf);
         return rc;
 }
@@ -870,21 +888,22 @@ void kt_stack_stop(kt_stack_t *s)
         for (int i = 0; i < KT_MAX_PROCS; i++) {
                 if (s->procs[i].pid) {
                         long long left = deadline - kt_now_ms();
-                        int st = wait_pid(s->procs[i].pid, left > 0 ? (int)left : 0);
+                        int st = kt_wait_pid(s->procs[i].pid, left > 0 ? (int)left : 0);
                         if (st == -2) {
                                 fprintf(stderr, "stack: %s (pid %d) ignored SIGTERM for %d ms\n",
                                         s->procs[i].name, (int)s->procs[i].pid, KT_STOP_TIMEOUT_MS);
-                                signal_proc(&s->procs[i].pid, SIGKILL, 0);
+                                kt_signal_proc(&s->procs[i].pid, SIGKILL, 0);
                         }
                         s->procs[i].pid = 0;
                 }
         }
         if (s->broker.pid)
-                signal_proc(&s->broker.pid, SIGTERM, KT_STOP_TIMEOUT_MS);
+                kt_signal_proc(&s->broker.pid, SIGTERM, KT_STOP_TIMEOUT_MS);
         broker_close_pipes();
+        kt_kafka_forget();
         if (s->redis.pid)
-                signal_proc(&s->redis.pid, SIGTERM, KT_STOP_TIMEOUT_MS);
-        free_strv(priv.redis_args);
+                kt_signal_proc(&s->redis.pid, SIGTERM, KT_STOP_TIMEOUT_MS);
+        kt_free_strv(priv.redis_args);
         priv.redis_args = NULL;
 
         if (!s->dir[0])

@@ -32,7 +32,7 @@ typedef struct kt_stack_s {
         char brokers[512];   /* devbroker bootstrap list, "" until started */
         kt_proc_t redis, broker;
         kt_proc_t procs[KT_MAX_PROCS];
-        int failed;          /* set by kt_stack_fail: keep dir, dump logs */
+        int failed; /* set by kt_stack_fail: keep dir, dump logs */
 } kt_stack_t;
 
 /* Creates the temp dir.  Returns 0 or -1 (message on stderr). */
@@ -44,8 +44,38 @@ int kt_stack_init(kt_stack_t *s);
 int kt_stack_start_redis(kt_stack_t *s, const char *const *extra_args);
 
 /* Starts kinfer-devbroker with n_brokers brokers and `partitions` partitions
- * per kinfer topic and waits for its bootstrap line. */
+ * per kinfer topic and waits for its bootstrap line.  With the environment
+ * variable KINFER_TEST_BROKER=kafka it starts a genuine Kafka instead
+ * (kt_stack_start_kafka; one broker only), so a whole suite can be run on
+ * one: then kt_stack_broker_cmd fails, and so do the tests that need it. */
 int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions);
+
+/* Starts a genuine single-node Apache Kafka 4.x instead of the dev broker
+ * (KRaft, broker and controller in one JVM, started by deploy/kafka/node.sh
+ * from the jars `make kafka-jars` resolves from Maven Central) on two free
+ * loopback ports, its configuration, data and log in the stack's dir, and
+ * creates kinfer.jobs and kinfer.dlq with `partitions` partitions each (the
+ * broker, like production clusters, creates no topic by itself).  Returns
+ * when every partition has a leader, or -1 (the log is kafka.log).  Run from
+ * the source tree, or set KINFER_KAFKA_NODE (node.sh) and KINFER_KAFKA_JARS
+ * (default $KINFER_BIN/kafka/jars).  s->brokers is its address; the stack
+ * stops it like the dev broker, and kt_stack_broker_cmd does not apply. */
+int kt_stack_start_kafka(kt_stack_t *s, int partitions);
+
+/* Sends sig to the Kafka JVM: SIGKILL (a crash) or SIGTERM (a clean
+ * shutdown) wait for its exit and return its status as kt_stack_kill does;
+ * SIGSTOP/SIGCONT return 0 at once. */
+int kt_stack_kill_kafka(kt_stack_t *s, int sig);
+
+/* Starts Kafka again, after kt_stack_kill_kafka, on the same ports and the
+ * same data directory, and waits until the topics' partitions have a leader
+ * again.  Returns 0 or -1. */
+int kt_stack_restart_kafka(kt_stack_t *s);
+
+/* Sets one topic configuration on the running Kafka (e.g. "max.message.bytes"),
+ * replacing the topic's other dynamic settings.  Returns 0 or -1. */
+int kt_stack_kafka_topic_config(kt_stack_t *s, const char *topic, const char *key,
+                                const char *value);
 
 /* Sends one control command line to the dev broker's stdin (see
  * docs/devbroker.md, e.g. "broker-down 1") and waits for its reply line.

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# node.sh DIR PORT CONTROLLER_PORT JARS_DIR - runs one Apache Kafka 4.x node in
+# KRaft combined mode (broker and controller in one process) on loopback, with
+# its configuration and data under DIR.  The test harness (tests/harness/stack.c)
+# and deploy/kafka-local both start Kafka through this script, so the two run
+# the same broker with the same settings.
+#
+# The first run writes DIR/server.properties and formats DIR/data with a new
+# cluster id; a later run on the same DIR (a restart, e.g. after SIGKILL) reuses
+# both.  The script ends by exec'ing the JVM, so the PID that started it is the
+# broker's: stop it with SIGTERM (a clean shutdown) or SIGKILL.
+#
+# KINFER_KAFKA_JAVA_OPTS replaces the JVM options below (a small heap, the serial
+# collector and the C1 compiler only: a node starts in about two seconds).
+set -euo pipefail
+
+dir=${1:?usage: node.sh DIR PORT CONTROLLER_PORT JARS_DIR}
+port=${2:?usage: node.sh DIR PORT CONTROLLER_PORT JARS_DIR}
+cport=${3:?usage: node.sh DIR PORT CONTROLLER_PORT JARS_DIR}
+jars=${4:?usage: node.sh DIR PORT CONTROLLER_PORT JARS_DIR}
+dir=$(cd "$dir" && pwd)
+[ -d "$jars" ] || { echo "kafka: no jars in $jars (deploy/kafka/fetch-jars.sh)" >&2; exit 1; }
+
+java_opts=${KINFER_KAFKA_JAVA_OPTS:-"-Xms64m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto"}
+# slf4j-simple: Kafka's own log lines on stderr, with times, at INFO.
+log_opts="-Dorg.slf4j.simpleLogger.showDateTime=true \
+-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS -Djava.awt.headless=true"
+
+props="$dir/server.properties"
+if [ ! -f "$props" ]; then
+  cat >"$props.tmp" <<PROPS
+# Written by deploy/kafka/node.sh: one node, broker and controller, loopback only.
+node.id=1
+process.roles=broker,controller
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+# A static quorum of this one node: no --standalone formatting, no bootstrap
+# controller discovery.
+controller.quorum.voters=1@127.0.0.1:$cport
+log.dirs=$dir/data
+# One copy of everything, including the internal topics, which default to 3
+# and could never be created on one node.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+default.replication.factor=1
+min.insync.replicas=1
+# Consumers join a new group at once, not after the default 3 s.
+group.initial.rebalance.delay.ms=0
+# After a crash, the restarted node waits out its previous self's broker
+# session before it serves (9 s by default); 4 s keeps a restart quick.
+broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=1000
+# Like production clusters: topics are created on purpose (the harness and
+# kafka-local create kinfer.jobs and kinfer.dlq), never by a typo.
+auto.create.topics.enable=false
+num.partitions=1
+num.network.threads=2
+num.io.threads=4
+PROPS
+  mv "$props.tmp" "$props"
+fi
+
+# shellcheck disable=SC2086 # the options are words
+if [ ! -f "$dir/data/meta.properties" ]; then
+  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+  java $java_opts $log_opts -cp "$jars/*" kafka.tools.StorageTool format \
+       --cluster-id "$cluster_id" --config "$props" --ignore-formatted >"$dir/format.log" 2>&1 ||
+    { echo "kafka: formatting $dir/data failed:" >&2; tail -20 "$dir/format.log" >&2; exit 1; }
+fi
+# shellcheck disable=SC2086
+exec java $java_opts $log_opts -cp "$jars/*" kafka.Kafka "$props"
