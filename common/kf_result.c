@@ -37,49 +37,39 @@ int kf_result_decode(const void *buf, size_t len, kf_result_t *r, char *errstr, 
                 const msgpack_object *k = &up.data.via.map.ptr[i].key;
                 const msgpack_object *v = &up.data.via.map.ptr[i].val;
                 const char *bad = NULL;
+/* An else-if chain of macros, which clang-format cannot lay out. */
+/* clang-format off */
 #define STR(name, dst)                                                                             \
-        else if (mp_str_eq(k, name))                                                               \
-        {                                                                                          \
-                if (mp_get_str(v, dst, sizeof(dst)))                                               \
-                        bad = name;                                                                \
-        }
+        else if (mp_str_eq(k, name)) { if (mp_get_str(v, dst, sizeof(dst))) bad = name; }
 #define UINT(name, dst)                                                                            \
-        else if (mp_str_eq(k, name))                                                               \
-        {                                                                                          \
-                if (mp_get_u64(v, &dst))                                                           \
-                        bad = name;                                                                \
-        }
+        else if (mp_str_eq(k, name)) { if (mp_get_u64(v, &dst)) bad = name; }
                 if (mp_str_eq(k, "status")) {
                         if (mp_get_str(v, status, sizeof(status)))
                                 bad = "status";
                 }
-                STR("id", r->id)
-                STR("user", r->user) STR("model", r->model) STR("worker", r->worker)
-                    STR("source", r->source) STR("error", r->error) STR("message", r->message)
-                        UINT("v", r->v) UINT("enqueued", r->enqueued) UINT("started", r->started)
-                            UINT("done", r->done) UINT("version", r->version)
-                                UINT("nonfinite", r->nonfinite) else if (mp_str_eq(k, "window"))
-                {
+                STR("id", r->id) STR("user", r->user) STR("model", r->model)
+                STR("worker", r->worker) STR("source", r->source) STR("error", r->error)
+                STR("message", r->message)
+                UINT("v", r->v) UINT("enqueued", r->enqueued) UINT("started", r->started)
+                UINT("done", r->done) UINT("version", r->version)
+                UINT("nonfinite", r->nonfinite)
+                else if (mp_str_eq(k, "window")) {
                         if (mp_get_u64(v, &r->window))
                                 bad = "window";
                         r->has_window = 1;
-                }
-                else if (mp_str_eq(k, "retry_after"))
-                {
+                } else if (mp_str_eq(k, "retry_after")) {
                         if (mp_get_u64(v, &r->retry_after))
                                 bad = "retry_after";
                         r->has_retry_after = 1;
-                }
-                else if (mp_str_eq(k, "shape"))
-                {
+                } else if (mp_str_eq(k, "shape")) {
                         shape = v;
-                }
-                else if (mp_str_eq(k, "output"))
-                {
+                } else if (mp_str_eq(k, "output")) {
                         output = v;
                 }
 #undef STR
 #undef UINT
+                /* clang-format on */
+                /* clang-format on */
                 if (bad) {
                         kf_errf(errstr, errstr_size,
                                 "result field '%s' has the wrong type or "
