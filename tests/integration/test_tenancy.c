@@ -430,9 +430,11 @@ static void test_damaged_counters(void **state)
         text = calloc(1, 1 << 20);
         assert_true(fread(text, 1, (1 << 20) - 1, fp) > 0);
         fclose(fp);
-        /* per job, and the damage itself (rate-limited: one of them at least) */
-        assert_non_null(strstr(text, "job d-1 of user dmg1: answered internal"));
-        assert_non_null(strstr(text, "job d-2 of user dmg2: answered internal"));
+        /* per job, with where it came from, and the damage itself
+         * (rate-limited: one of them at least) */
+        assert_non_null(strstr(text, "job d-1 of user dmg1 (kinfer.jobs/"));
+        assert_non_null(strstr(text, "job d-2 of user dmg2 (kinfer.jobs/"));
+        assert_non_null(strstr(text, "): answered internal, the user's usage records"));
         assert_non_null(strstr(text, "bad data in Redis: "));
         free(text);
 }
