@@ -401,6 +401,46 @@ static void pull_metrics(kw_worker_t *w, int64_t now)
         summary(w, now);
 }
 
+static void *closer_main(void *arg)
+{
+        kw_worker_t *w = arg;
+        rd_kafka_consumer_close(w->rk);
+        __atomic_store_n(&w->closed, 1, __ATOMIC_RELEASE);
+        return NULL;
+}
+
+/* rd_kafka_consumer_close waits until the group coordinator acknowledges
+ * that this member left; with every broker gone that is the whole session
+ * timeout (45 s by default), past any grace period, and a supervisor would
+ * kill the worker first.  So the close runs on a thread of its own, waited
+ * for until deadline; if it is not done by then, the worker says so and
+ * leaves without it (kw_worker_closed): what it stored but could not
+ * commit is consumed again by the partitions' next owner and found done. */
+static void close_bounded(kw_worker_t *w, int64_t deadline_us)
+{
+        pthread_t t;
+        if (pthread_create(&t, NULL, closer_main, w)) {
+                closer_main(w);
+                return;
+        }
+        while (!__atomic_load_n(&w->closed, __ATOMIC_ACQUIRE) && kf_mono_us() < deadline_us)
+                kf_sleep_us(10000, NULL);
+        if (__atomic_load_n(&w->closed, __ATOMIC_ACQUIRE)) {
+                pthread_join(t, NULL);
+                return;
+        }
+        pthread_detach(t);
+        kf_warn("leaving the consumer group did not finish within --grace-ms + %d ms (brokers "
+                "unreachable?): exiting without it; offsets stored since the last commit are "
+                "consumed again by the next owner and found done",
+                KW_CLOSE_EXTRA_MS);
+}
+
+int kw_worker_closed(const kw_worker_t *w)
+{
+        return __atomic_load_n(&w->closed, __ATOMIC_ACQUIRE);
+}
+
 int kw_worker_run(kw_worker_t *w)
 {
         const kw_config_t *c = w->conf;
@@ -435,9 +475,12 @@ int kw_worker_run(kw_worker_t *w)
         __atomic_store_n(&w->status.stopping, 1, __ATOMIC_RELAXED);
         kf_info("shutting down: %d batches in flight, %d dead-letter copies outstanding",
                 inflight_get(w) + (w->cur != NULL), kw_dlq_held(&w->dlq));
-        if (drain(w, c->grace_ms))
-                rc = -1;
-        rd_kafka_consumer_close(w->rk);
+        {
+                int64_t deadline = kf_mono_us() + (c->grace_ms + KW_CLOSE_EXTRA_MS) * 1000;
+                if (drain(w, c->grace_ms))
+                        rc = -1;
+                close_bounded(w, deadline);
+        }
         /* A client that died is an error a supervisor must see: exit 1. */
         if (w->fatal || kw_dlq_fatal(&w->dlq))
                 rc = -1;

@@ -107,6 +107,13 @@ int main(int argc, char **argv)
                 return 1;
         }
         rc = kw_worker_run(w);
+        if (!kw_worker_closed(w)) {
+                /* librdkafka still waits for the brokers on another thread:
+                 * nothing of ours is left to finish, and destroying under
+                 * it would block as long.  Leave now. */
+                fflush(NULL);
+                _exit(rc ? 1 : 0);
+        }
         kw_worker_destroy(w);
         kf_config_free(kw_options, &conf, &conf.props);
         return rc ? 1 : 0;

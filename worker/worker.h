@@ -72,9 +72,15 @@ kw_worker_t *kw_worker_new(const kw_config_t *conf, volatile sig_atomic_t *stop,
                            size_t errstr_size);
 
 /* Runs until *stop, then finishes in-flight work (up to grace_ms), commits
- * offsets and leaves the group.  Returns 0 on a clean shutdown, -1 if work
+ * offsets and leaves the group, all within grace_ms + 2 s whatever the
+ * brokers' state.  Returns 0 on a clean shutdown, -1 if work
  * had to be abandoned (it will be redelivered to another worker). */
 int kw_worker_run(kw_worker_t *w);
+
+/* 0 if kw_worker_run had to leave without closing the consumer (brokers
+ * unreachable): then the caller must not kw_worker_destroy (librdkafka is
+ * still closing on another thread) but exit the process. */
+int kw_worker_closed(const kw_worker_t *w);
 
 void kw_worker_destroy(kw_worker_t *w); /* accepts NULL */
 

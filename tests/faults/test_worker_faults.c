@@ -211,6 +211,41 @@ static void test_sigterm_under_load(void **state)
                          dups);
 }
 
+/* SIGTERM with every broker gone: the worker must still exit within its
+ * grace period plus the 2 s it may take to leave the group (librdkafka's
+ * consumer close alone waited the whole 45 s session timeout), exit 0 since
+ * everything it took was written, and lose nothing. */
+static void test_sigterm_brokers_down(void **state)
+{
+        static const char *const extra[] = {"--grace-ms", "3000", "-X", "session.timeout.ms=45000",
+                                            NULL};
+        fx_t *fx = *state;
+        const int n = 200;
+        long long t0, took;
+        int w, st;
+
+        fx_setup(fx, "down", 1, 2, 4, NULL);
+        fx_add_good(fx, n);
+        fx_produce(fx, 0, n);
+        w = fx_worker(fx, "down-w1", extra);
+        fx_wait_results(fx, n, n, WAIT_MS);
+        assert_int_equal(kt_stack_broker_cmd(&fx->stack, "broker-down -1"), 0);
+        kt_sleep_ms(1000);
+        t0 = kt_now_ms();
+        st = kt_stack_kill(&fx->stack, w, SIGTERM, 30000);
+        took = kt_now_ms() - t0;
+        print_message("down-w1: exit status %d %lld ms after SIGTERM, the brokers down\n", st,
+                      took);
+        if (st != 0 || took > 3000 + 2000 + 2500)
+                fail_msg("down-w1 took %lld ms to exit (status %d) with --grace-ms 3000 and the "
+                         "brokers down; the bound is 5000 ms (+ 2500 ms for a slow machine)",
+                         took, st);
+        assert_int_equal(kt_stack_broker_cmd(&fx->stack, "broker-up -1"), 0);
+        fx_check(fx);
+        fx_check_logs(fx);
+        fx->passed = 1;
+}
+
 /* The group grows from one worker to three and shrinks again (one SIGTERM,
  * one SIGKILL) while jobs flow; the survivor finishes. */
 static void test_scale_up_and_down(void **state)
@@ -259,6 +294,8 @@ int main(void)
                                             fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_zombie_sigstop, fx_state_setup, fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_sigterm_under_load, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_sigterm_brokers_down, fx_state_setup,
                                             fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_scale_up_and_down, fx_state_setup,
                                             fx_state_teardown),
