@@ -26,10 +26,10 @@
 #include "worker.h"
 
 #define KW_CLOSE_EXTRA_MS 2000 /* leaving the group may take this beyond --grace-ms */
-#define BACKOFF_MIN_MS  50
-#define BACKOFF_MAX_MS  5000
-#define PAUSE_AFTER_MS  1000    /* a full pipeline for this long pauses fetching */
-#define GAUGES_EVERY_US 1000000 /* the loop thread refreshes pulled metrics this often */
+#define BACKOFF_MIN_MS    50
+#define BACKOFF_MAX_MS    5000
+#define PAUSE_AFTER_MS    1000    /* a full pipeline for this long pauses fetching */
+#define GAUGES_EVERY_US   1000000 /* the loop thread refreshes pulled metrics this often */
 
 typedef struct kw_writer_s {
         kw_worker_t *w;
@@ -77,7 +77,7 @@ struct kw_worker_s {
         int64_t summary_at_us;            /* loop thread: next summary log line */
         int assigned;                     /* loop thread: partitions held */
         kw_costs_t *part_costs;           /* loop thread: recent flops per message, per partition */
-        int closed; /* atomic: rd_kafka_consumer_close returned */
+        int closed;                       /* atomic: rd_kafka_consumer_close returned */
         kw_totals_t summary_last;         /* loop thread: the totals at the last one */
 };
 
