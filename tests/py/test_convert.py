@@ -129,6 +129,21 @@ class ConvertTest(unittest.TestCase):
                       self.path("rev.kmodel"))
         self.assertEqual(rc, 0, err)
 
+    def test_other_libraries_activation_names(self):
+        """scikit-learn's 'logistic' is the sigmoid; PyTorch's module names are
+        capitalised: both are written as kinfer's names, and the summary line
+        says '1 layer', not '1 layers'."""
+        np.savez(self.path("a.npz"), W0=np.ones((2, 3), np.float32), W1=np.ones((3, 2), np.float32))
+        out = self.path("a.kmodel")
+        rc, err = run(self.path("a.npz"), "-o", out, "--act", "logistic,ReLU")
+        self.assertEqual(rc, 0, err)
+        m, layers = load(out)
+        self.assertEqual([l[2] for l in layers], ["sigmoid", "relu"])
+        np.savez(self.path("one.npz"), W0=np.ones((2, 3), np.float32))
+        rc, err = run(self.path("one.npz"), "-o", self.path("one.kmodel"))
+        self.assertEqual(rc, 0, err)
+        self.assertIn(", 1 layer, 2 -> 3,", err)
+
     def test_refusals_write_nothing(self):
         cases = [
             ({"W0": np.array([[1.0, np.nan]]), "b0": np.zeros(2)}, [], "'W0'[0, 1] is NaN"),
@@ -139,7 +154,12 @@ class ConvertTest(unittest.TestCase):
             ({"fc.weight": np.ones((2, 3)), "bn.running_mean": np.ones(2)}, [],
              "'bn.running_mean' is neither"),
             ({"W0": np.ones((2, 3))}, ["--act", "gelu"], "unknown activation 'gelu'"),
-            ({"W0": np.ones((2, 3))}, ["--act", "relu,relu"], "2 activations for 1 layers"),
+            ({"W0": np.ones((2, 3))}, ["--act", "relu,relu"], "2 activations for 1 layer"),
+            # scikit-learn's coef_ is [out, in]: the bias then fits the wrong side
+            ({"W0": np.ones((3, 2)), "b0": np.zeros(3)}, [],
+             "or is 'W0' (3x2) transposed? kinfer wants [in, out]"),
+            ({"W0": np.ones((4, 3)), "W1": np.ones((2, 3))}, [],
+             "layer 1 ('W1', 2x3) takes 2 inputs, but layer 0 gives 3: transposed?"),
             ({"W0": np.ones((2, 3))}, ["--name", "no spaces"], "model name 'no spaces'"),
             ({"W0": np.ones(3)}, [], "'W0' has shape [3], expected [in, out]"),
         ]
