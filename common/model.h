@@ -199,8 +199,14 @@ uint32_t model_output_cols_k(job_output_t mode, uint32_t k, uint32_t cols);
 void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t rows,
                          uint32_t cols, float *out);
 
+/* 1 if m's outputs are already probability distributions: an MLP whose
+ * last layer is softmax, or an ensemble of such members with weights >= 0
+ * summing to 1. */
+int model_outputs_distribution(const model_t *m);
+
 /* Whether job can run on m: its columns must be m's input_dim
- * (KF_ERR_SHAPE_MISMATCH) and a TOPK job's k at most m's output_dim
+ * (KF_ERR_SHAPE_MISMATCH), a TOPK job's k at most m's output_dim, and a
+ * SOFTMAX job's model must not output probabilities already
  * (KF_ERR_BAD_REQUEST).  Returns 0, or -1 with *err and a message naming
  * the model and version. */
 int model_check_job(const model_t *m, const job_t *job, kf_err_t *err, char *errstr,

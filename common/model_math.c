@@ -370,6 +370,21 @@ void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t
         }
 }
 
+int model_outputs_distribution(const model_t *m)
+{
+        double sum = 0;
+        if (m->kind == MODEL_KIND_MLP)
+                return m->n_layers && m->layers[m->n_layers - 1].act == MODEL_ACT_SOFTMAX;
+        /* An ensemble's output is a distribution when it is a convex
+         * combination of distributions. */
+        for (uint32_t i = 0; i < m->n_members; i++) {
+                if (m->members[i].weight < 0 || !model_outputs_distribution(m->members[i].model))
+                        return 0;
+                sum += m->members[i].weight;
+        }
+        return m->n_members && fabs(sum - 1.0) <= 1e-5;
+}
+
 int model_check_job(const model_t *m, const job_t *job, kf_err_t *err, char *errstr,
                     size_t errstr_size)
 {
@@ -385,6 +400,16 @@ int model_check_job(const model_t *m, const job_t *job, kf_err_t *err, char *err
                                "k = %u, but model '%s' version %u has %u outputs (k must be "
                                "1..%u)",
                                job->k, m->name, m->version, m->output_dim, m->output_dim);
+        }
+        if (job->output == JOB_OUTPUT_SOFTMAX && model_outputs_distribution(m)) {
+                /* A second softmax would flatten the probabilities (0.9998
+                 * becomes 0.23 over ten classes), silently. */
+                *err = KF_ERR_BAD_REQUEST;
+                return kf_errf(errstr, errstr_size,
+                               "output softmax: model '%s' version %u already outputs "
+                               "probabilities (it ends in softmax); a second softmax would "
+                               "flatten them: ask for raw, argmax or topk",
+                               m->name, m->version);
         }
         *err = KF_OK;
         return 0;

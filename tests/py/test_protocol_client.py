@@ -859,15 +859,13 @@ class ProtocolClientTest(unittest.TestCase):
             out = self.assert_ok(self.result(user, jid, "v"), jid, rep, user, "soft", ver)
             self.assert_close(out, m.forward(x), f"soft {tag}")
             np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=0, atol=1e-5)
-        # output=softmax on a model whose last layer is already a softmax: softmax of it
-        js = self.new_id("ver-sm")
-        rep = self.produce_jobs([(user, self.job(js, user, "soft", f32_input(x),
-                                                 version=1, output="softmax", inbox="v"))])[0]
-        out = self.assert_ok(self.result(user, js, "v"), js, rep, user, "soft", 1)
-        self.assert_close(out, softmax(self.soft1.forward(x)), "softmax of softmax layer")
         # flops are those of the version that computed the job
         u = self.usage(user)
-        self.assertEqual(u["flops"], 6 * (3 * self.soft3.flops_per_row + 2 * self.soft1.flops_per_row))
+        self.assertEqual(u["flops"], 6 * (3 * self.soft3.flops_per_row + self.soft1.flops_per_row))
+        # output=softmax on a model whose last layer is already a softmax: refused
+        # ("Result": a second softmax would flatten the probabilities)
+        self.expect_error("smsm", {"version": 1, "output": "softmax", "input": f32_input(x)},
+                          "bad_request", ["softmax", "probabilities"], model="soft")
 
     def test_ttl_and_inbox(self):
         user = "ttl-" + RUN

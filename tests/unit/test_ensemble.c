@@ -452,6 +452,54 @@ static void test_nested_flattened(void **state)
         model_ens_spec_free(s2);
 }
 
+/* output softmax on probabilities is refused: an MLP that ends in softmax,
+ * or a convex combination of such members; anything else is computed. */
+static void test_softmax_on_probabilities_refused(void **state)
+{
+        const uint32_t d[] = {3, 2};
+        const model_act_t sm[] = {MODEL_ACT_SOFTMAX}, id[] = {MODEL_ACT_IDENTITY};
+        model_t *p1 = random_mlp("p1", 1, d, sm), *p2 = random_mlp("p2", 1, d, sm),
+                *raw = random_mlp("raw", 1, d, id), *e;
+        const char *names[] = {"p1", "p2"}, *mixed[] = {"p1", "raw"};
+        const double half[] = {0.5, 0.5}, over[] = {0.5, 0.6}, neg[] = {1.5, -0.5};
+        model_t *rp[2] = {p1, p2}, *rm[2] = {p1, raw};
+        job_t job = {0};
+        kf_err_t err;
+        char msg[256];
+        (void)state;
+
+        job.cols = 3;
+        job.output = JOB_OUTPUT_SOFTMAX;
+        assert_int_equal(model_check_job(p1, &job, &err, msg, sizeof(msg)), -1);
+        assert_int_equal(err, KF_ERR_BAD_REQUEST);
+        assert_non_null(strstr(msg, "model 'p1' version 0 already outputs probabilities"));
+        assert_int_equal(model_check_job(raw, &job, &err, msg, sizeof(msg)), 0);
+        job.output = JOB_OUTPUT_RAW; /* raw, argmax, topk of probabilities are fine */
+        assert_int_equal(model_check_job(p1, &job, &err, msg, sizeof(msg)), 0);
+        job.output = JOB_OUTPUT_SOFTMAX;
+
+        {
+                const double *ws[] = {half, over, neg, half};
+                const char *const *ns[] = {names, names, names, mixed};
+                model_t **rs[] = {rp, rp, rp, rm};
+                const int want[] = {1, 0, 0, 0};
+                for (int c = 0; c < 4; c++) {
+                        model_ens_spec_t *spec = spec_of("E", 3, 2, 2, ns[c], ws[c]);
+                        assert_non_null(e = model_ens_build(spec, rs[c], msg, sizeof(msg)));
+                        if (model_outputs_distribution(e) != want[c])
+                                fail_msg("ensemble case %d: distribution %d, want %d", c,
+                                         model_outputs_distribution(e), want[c]);
+                        assert_int_equal(model_check_job(e, &job, &err, msg, sizeof(msg)),
+                                         want[c] ? -1 : 0);
+                        model_unref(e);
+                        model_ens_spec_free(spec);
+                }
+        }
+        model_unref(p1);
+        model_unref(p2);
+        model_unref(raw);
+}
+
 static void test_build_refused(void **state)
 {
         const uint32_t d_ok[] = {3, 2}, d_in[] = {4, 2}, d_out[] = {3, 5};
@@ -499,6 +547,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_decode_ensemble),
+            cmocka_unit_test(test_softmax_on_probabilities_refused),
             cmocka_unit_test(test_ensemble_refused),
             cmocka_unit_test(test_encode_round_trip),
             cmocka_unit_test(test_forward_matches_reference),
