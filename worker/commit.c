@@ -36,6 +36,7 @@ int kw_commit_open(kw_commit_t *cm, const char *url, int timeout_ms, const kw_st
         cm->duplicates = 0;
         cm->undecodable = 0;
         cm->metrics = NULL;
+        cm->series = NULL;
         return kw_redis_open(&cm->redis, url, timeout_ms, &step, errstr, errstr_size);
 }
 
@@ -48,8 +49,14 @@ void kw_commit_close(kw_commit_t *cm)
  * it never resolved one). */
 static void count_result(kw_commit_t *cm, const kw_job_t *j, kf_err_t code)
 {
-        kw_metrics_jobs(cm->metrics, j->model ? j->model->name : NULL,
-                        j->model ? j->model->version : 0, code, 1);
+        const char *name = j->model ? j->model->name : "";
+        uint32_t version = j->model ? j->model->version : 0;
+        if (!cm->series || version != cm->series_version || strcmp(name, cm->series_model)) {
+                cm->series = kw_metrics_series(cm->metrics, name, version);
+                kf_strlcpy(cm->series_model, name, sizeof(cm->series_model));
+                cm->series_version = version;
+        }
+        kw_metrics_series_add(cm->series, code, 1);
 }
 
 /* Applies a job's code from its group's reply (see step.lua). */

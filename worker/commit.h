@@ -29,6 +29,13 @@ typedef struct kw_commit_s {
         const kw_step_conf_t *conf; /* shared, read only (not owned) */
         int64_t warned_us;          /* last "bad data in Redis" log, rate limit */
         kw_metrics_t *metrics;      /* NULL: none (shared, thread-safe; not owned) */
+        /* The metrics series of the (model, version) last counted: most
+         * jobs of a batch share one, so a result is counted without a
+         * lookup.  Keyed by name, not by the model pointer, which a freed
+         * model's successor may reuse. */
+        kw_series_t *series;
+        char series_model[JOB_MODEL_MAX + 1];
+        uint32_t series_version;
         /* counters since start, for logs */
         unsigned long long written, duplicates, undecodable;
 } kw_commit_t;

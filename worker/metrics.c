@@ -165,14 +165,13 @@ void kw_metrics_observe(kw_metrics_t *m, kw_hist_id_t h, double value)
                            __ATOMIC_RELAXED);
 }
 
-void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_err_t code,
-                     uint64_t n)
+kw_series_t *kw_metrics_series(kw_metrics_t *m, const char *model, uint32_t version)
 {
         char key[sizeof(((series_t *)0)->key)];
         series_t *s;
 
-        if (!m || code < 0 || code >= KF_ERR__CNT)
-                return;
+        if (!m)
+                return NULL;
         if (!model || !model[0])
                 version = 0;
         snprintf(key, sizeof(key), "%.*s/%u", JOB_MODEL_MAX, model ? model : "", version);
@@ -192,8 +191,30 @@ void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_er
         }
         if (!s)
                 s = &m->other;
-        s->codes[code] += n;
         pthread_mutex_unlock(&m->lock);
+        return s;
+}
+
+void kw_metrics_series_add(kw_series_t *s, kf_err_t code, uint64_t n)
+{
+        if (s && code >= 0 && code < KF_ERR__CNT)
+                __atomic_add_fetch(&s->codes[code], n, __ATOMIC_RELAXED);
+}
+
+void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_err_t code,
+                     uint64_t n)
+{
+        kw_metrics_series_add(kw_metrics_series(m, model, version), code, n);
+}
+
+/* A copy of s for reading, its counters read atomically (they are added to
+ * without the lock). */
+static void series_copy(series_t *dst, const series_t *s)
+{
+        memcpy(dst->model, s->model, sizeof(dst->model));
+        dst->version = s->version;
+        for (int c = 0; c < KF_ERR__CNT; c++)
+                dst->codes[c] = __atomic_load_n(&s->codes[c], __ATOMIC_RELAXED);
 }
 
 int kw_metrics_set_lag(kw_metrics_t *m, const kw_lag_t *lags, size_t n, double work_flops)
@@ -225,13 +246,13 @@ void kw_metrics_totals(kw_metrics_t *m, kw_totals_t *t)
         pthread_mutex_lock(&m->lock);
         HASH_ITER(hh, m->series, s, tmp)
         {
-                t->ok += s->codes[KF_OK];
+                t->ok += __atomic_load_n(&s->codes[KF_OK], __ATOMIC_RELAXED);
                 for (int c = 1; c < KF_ERR__CNT; c++)
-                        t->errors += s->codes[c];
+                        t->errors += __atomic_load_n(&s->codes[c], __ATOMIC_RELAXED);
         }
-        t->ok += m->other.codes[KF_OK];
+        t->ok += __atomic_load_n(&m->other.codes[KF_OK], __ATOMIC_RELAXED);
         for (int c = 1; c < KF_ERR__CNT; c++)
-                t->errors += m->other.codes[c];
+                t->errors += __atomic_load_n(&m->other.codes[c], __ATOMIC_RELAXED);
         pthread_mutex_unlock(&m->lock);
 }
 
@@ -290,11 +311,11 @@ static void render_jobs(kw_metrics_t *m, FILE *fp)
                         series_t *c = malloc(sizeof(*c));
                         if (!c)
                                 break;
-                        memcpy(c, s, sizeof(*c));
+                        series_copy(c, s);
                         all[n++] = c;
                 }
         }
-        other = m->other;
+        series_copy(&other, &m->other);
         pthread_mutex_unlock(&m->lock);
         if (n > 1)
                 qsort(all, n, sizeof(*all), cmp_series);

@@ -15,8 +15,9 @@
  *
  * Threads: every kw_metrics_* update may be called from any thread at any
  * time; kw_metrics_render from any thread, usually the HTTP server's.  The
- * per-model table takes a mutex, held for a lookup only; callers add a
- * batch's counts at once. */
+ * per-model table takes a mutex, held for a lookup only; a writer keeps the
+ * series of the model it last counted (kw_metrics_series), so counting a
+ * result is one atomic add. */
 #ifndef KW_METRICS_H
 #define KW_METRICS_H
 
@@ -68,7 +69,18 @@ void kw_metrics_add(kw_metrics_t *m, kw_counter_t c, uint64_t n);
 void kw_metrics_set(kw_metrics_t *m, kw_gauge_t g, int64_t v);
 void kw_metrics_observe(kw_metrics_t *m, kw_hist_id_t h, double value);
 
-/* n results of code for model (NULL or "" = none resolved) version. */
+/* The counters of one (model, version): found or made once (a lookup under
+ * the mutex), then counted into without a lock.  model NULL or "" = none
+ * resolved (version ignored).  Never freed before kw_metrics_destroy, so a
+ * caller may keep the pointer; past KW_METRICS_MAX_SERIES it is the
+ * "(other)" one.  NULL only when m is. */
+typedef struct series_s kw_series_t;
+kw_series_t *kw_metrics_series(kw_metrics_t *m, const char *model, uint32_t version);
+
+/* n results of code in s (NULL: nothing). */
+void kw_metrics_series_add(kw_series_t *s, kf_err_t code, uint64_t n);
+
+/* Both at once, for one-off counts. */
 void kw_metrics_jobs(kw_metrics_t *m, const char *model, uint32_t version, kf_err_t code,
                      uint64_t n);
 
