@@ -99,47 +99,9 @@ if [ "$KAFKA" = both ]; then
         BENCH_SOAK_S=0 bash "$0" "$BIN" || { echo "bench: the $side broker's $w run failed" >&2; rc=1; }
     done
   done
-  $PY - "$AB" "$ONLY" "$OPEN_PCT" <<'PYEOF' | tee "$AB/compare.md"
-import json, os, statistics, sys
-ab, only, pcts = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-def lines(side, w, kind):
-    f = os.path.join(ab, side, w, "%s.%s.json" % (w, kind))
-    return [json.loads(l) for l in open(f) if l.strip()] if os.path.exists(f) else []
-def med(js, *path):
-    v = []
-    for j in js:
-        for p in path:
-            j = j.get(p) if isinstance(j, dict) else None
-        if isinstance(j, (int, float)):
-            v.append(j)
-    return round(statistics.median(v), 2) if v else "-"
-W, R, BROKER = "kinfer-worker", "redis-server", {"dev": "kinfer-devbroke", "real": "java"}
-print("\nOne worker on the dev broker against a genuine Apache Kafka (one node): medians; "
-      "per workload the dev broker first.")
-print("\n| workload | broker | drain jobs/s | write lag ms | worker µs/job | broker µs/job | "
-      "redis µs/job | machine cores | errors |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
-for w in only:
-    for side in ("dev", "real"):
-        d = lines(side, w, "drain")
-        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            w, side, med(d, "jobs_per_s"), med(d, "write_lag_ms"),
-            med(d, "cpu", W, "us_per_job"), med(d, "cpu", BROKER[side], "us_per_job"),
-            med(d, "cpu", R, "us_per_job"), med(d, "cpu", "machine", "cores"),
-            sum(j.get("errors", 0) + j.get("missing", 0) for j in d) if d else "-"))
-print("\nOpen loop, both brokers at the dev broker's rates:")
-print("\n| workload | broker | rate jobs/s | achieved | p50 ms | p99 ms | visible p50 | "
-      "visible p99 | errors |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
-for w in only:
-    for pct in pcts:
-        for side in ("dev", "real"):
-            o = lines(side, w, "open" + pct)
-            print("| %s @%s%% | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                w, pct, side, med(o, "rate"), med(o, "jobs_per_s"), med(o, "p50_ms"),
-                med(o, "p99_ms"), med(o, "visible_p50_ms"), med(o, "visible_p99_ms"),
-                sum(j.get("errors", 0) + j.get("missing", 0) for j in o) if o else "-"))
-PYEOF
+  $PY "$(dirname "$0")/bench_compare.py" "$AB" "$ONLY" "$OPEN_PCT" dev:kinfer-devbroke real:java \
+    "One worker on the dev broker against a genuine Apache Kafka (one node): medians; per workload the dev broker first." \
+    | tee "$AB/compare.md"
   echo "bench: dev against real: JSON lines and tables in $AB/{dev,real}/W*/, this table in" \
     "$AB/compare.md" >&2
   exit $rc
@@ -160,52 +122,9 @@ if [ -n "${BENCH_BIN_OLD:-}" ]; then
     done
   done
   # the side-by-side table, from both builds' JSON lines
-  $PY - "$AB" "$ONLY" "$OPEN_PCT" "$OLD" "$BIN" <<'PYEOF' | tee "$AB/compare.md"
-import json, os, statistics, sys
-ab, only, pcts = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-def lines(side, w, kind):
-    f = os.path.join(ab, side, w, "%s.%s.json" % (w, kind))
-    return [json.loads(l) for l in open(f) if l.strip()] if os.path.exists(f) else []
-def med(js, *path):
-    v = []
-    for j in js:
-        for p in path:
-            j = j.get(p) if isinstance(j, dict) else None
-        if isinstance(j, (int, float)):
-            v.append(j)
-    return round(statistics.median(v), 2) if v else "-"
-W, K, R = "kinfer-worker", "kinfer-devbroke", "redis-server"
-print("\nOld (%s) against new (%s): medians; each build on its own stack, per workload the "
-      "old one first." % (sys.argv[4], sys.argv[5]))
-print("\n| workload | build | drain jobs/s | write lag ms | worker µs/job | broker µs/job | "
-      "redis µs/job | redis B/result | B/charge record | machine cores | other cores | "
-      "errors |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for w in only:
-    for side in ("old", "new"):
-        d = lines(side, w, "drain")
-        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            w, side, med(d, "jobs_per_s"), med(d, "write_lag_ms"),
-            med(d, "cpu", W, "us_per_job"), med(d, "cpu", K, "us_per_job"),
-            med(d, "cpu", R, "us_per_job"), med(d, "redis_bytes_per_result"),
-            med(d, "redis_bytes_per_charge_record"), med(d, "cpu", "machine", "cores"),
-            med(d, "cpu", "other", "cores"),
-            sum(j.get("errors", 0) + j.get("missing", 0) for j in d) if d else "-"))
-print("\nOpen loop, both builds at the old build's rates:")
-print("\n| workload | build | rate jobs/s | achieved | p50 ms | p99 ms | visible p50 | "
-      "visible p99 | redis µs/job | machine cores | other cores | errors |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for w in only:
-    for pct in pcts:
-        for side in ("old", "new"):
-            o = lines(side, w, "open" + pct)
-            print("| %s @%s%% | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                w, pct, side, med(o, "rate"), med(o, "jobs_per_s"), med(o, "p50_ms"),
-                med(o, "p99_ms"), med(o, "visible_p50_ms"), med(o, "visible_p99_ms"),
-                med(o, "cpu", R, "us_per_job"), med(o, "cpu", "machine", "cores"),
-                med(o, "cpu", "other", "cores"),
-                sum(j.get("errors", 0) + j.get("missing", 0) for j in o) if o else "-"))
-PYEOF
+  $PY "$(dirname "$0")/bench_compare.py" "$AB" "$ONLY" "$OPEN_PCT" old:kinfer-devbroke new:kinfer-devbroke \
+    "Old ($OLD) against new ($BIN): medians; each build on its own stack, per workload the old one first." \
+    | tee "$AB/compare.md"
   echo "bench: old against new: JSON lines and tables in $AB/{old,new}/W*/, this table in" \
     "$AB/compare.md" >&2
   exit $rc
