@@ -150,6 +150,8 @@ static int config_load(const kf_opt_t *opts, void *conf, kf_props_t *props, cons
                 const kf_opt_t *o = NULL;
                 const char *v = text;
                 snprintf(origin, sizeof(origin), "config file %s: key \"%.64s\"", path, key);
+                if (!props && !strcmp(key, "kafka"))
+                        continue; /* one file for every subcommand; this one needs no Kafka */
                 if (props && !strcmp(key, "kafka")) {
                         const char *pk;
                         json_t *pv;

@@ -12,7 +12,8 @@
  * The config file is one JSON object whose keys are the options' long
  * names ("brokers", "batch-max-jobs"), with strings, whole numbers or
  * booleans as values (null: a string option unset), and "kafka":
- * {property: value} for -X properties.
+ * {property: value} for -X properties (ignored by a program that takes
+ * none, so one file serves every subcommand of the CLI).
  * An unknown key is an error.  kf_config_print writes the effective
  * configuration in the same format, secrets masked, so its output can be
  * a config file (with the secrets filled in).

@@ -20,6 +20,7 @@
 #define KC_EXIT_CONN  3
 
 typedef struct kc_conf_s {
+        char *config_file; /* --config: settings (and secrets) from a file */
         char *brokers, *redis_url, *topic, *prefix;
         /* submit */
         char *model, *user, *output, *file, *format, *encoding, *id, *id_prefix, *inbox;
@@ -38,10 +39,23 @@ typedef struct kc_conf_s {
         kf_props_t props;
 } kc_conf_t;
 
-/* Connection options every subcommand that talks to a server accepts. */
+/* Connection options every subcommand that talks to a server accepts.
+ * --config (KINFER_CLI_CONFIG, not the worker's KINFER_CONFIG: a worker's
+ * file has keys the CLI does not know) keeps the Redis password and the
+ * Kafka credentials out of the command line, where `ps` shows them. */
 #define KC_OPTS_CONN                                                                               \
-        {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, offsetof(kc_conf_t, brokers),               \
-         0,         0,   "localhost:9092", "LIST",     "Kafka bootstrap servers"},                 \
+        {"config",                                                                                 \
+         0,                                                                                        \
+         "KINFER_CLI_CONFIG",                                                                      \
+         KF_OPT_CONFIG,                                                                            \
+         offsetof(kc_conf_t, config_file),                                                         \
+         0,                                                                                        \
+         0,                                                                                        \
+         NULL,                                                                                     \
+         "FILE",                                                                                   \
+         "a JSON config file: these options' long names, \"kafka\": -X properties"},               \
+            {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, offsetof(kc_conf_t, brokers),           \
+             0,         0,   "localhost:9092", "LIST",     "Kafka bootstrap servers"},             \
             {"redis",                                                                              \
              'r',                                                                                  \
              "KINFER_REDIS",                                                                       \

@@ -62,6 +62,34 @@ static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
         kf_warn("consumer: %s", rd_kafka_message_errstr(rkm));
 }
 
+/* The consumer's error callback (client-wide errors: brokers down,
+ * authentication, TLS), called from rd_kafka_consumer_poll on the loop
+ * thread.  Refused credentials or a failing TLS handshake (an unknown CA, a
+ * certificate that does not name the broker) before the worker ever joined
+ * the group is a configuration that cannot work: the worker stops at start
+ * with the reason (exit status 1) rather than wait unready forever.  Later,
+ * the same errors are logged and retried like any broker outage (a broker
+ * restarted with a new certificate, credentials being rotated). */
+void kw_consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+        kw_worker_t *w = opaque;
+        int ssl = err == RD_KAFKA_RESP_ERR__SSL;
+
+        if (!w->ever_assigned && (ssl || err == RD_KAFKA_RESP_ERR__AUTHENTICATION)) {
+                if (!w->fatal)
+                        kf_error("Kafka %s at start: %s; check %s (-X or the config file's "
+                                 "\"kafka\"); the worker stops (exit status 1)",
+                                 ssl ? "TLS handshake failed" : "refused the credentials", reason,
+                                 ssl ? "security.protocol, ssl.ca.location and the broker address"
+                                     : "sasl.username, sasl.password and sasl.mechanism");
+                w->fatal = 1;
+                *w->stop = 1;
+                return;
+        }
+        /* What librdkafka logs when there is no callback (kafka.c's format). */
+        kf_error("kafka %s ERROR: %s: %s", rd_kafka_name(rk), rd_kafka_err2name(err), reason);
+}
+
 /* Adds a polled message to the batch being filled (or logs an error event).
  * Out of memory, the message is dropped, and the offset tracker blocks its
  * partition (logged), so that no later offset is stored before it is
@@ -325,6 +353,7 @@ void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
                 kf_info("assigned %d partitions", parts->cnt);
                 w->assigned = parts->cnt;
+                w->ever_assigned = 1;
                 rd_kafka_assign(rk, parts);
                 w->paused = 0;
                 kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, parts->cnt);

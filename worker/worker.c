@@ -146,6 +146,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 goto err;
         rd_kafka_conf_set_rebalance_cb(kconf, kw_rebalance_cb);
         rd_kafka_conf_set_stats_cb(kconf, kw_stats_cb);
+        rd_kafka_conf_set_error_cb(kconf, kw_consumer_error_cb);
         rd_kafka_conf_set_opaque(kconf, w);
         if (!(w->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, errstr, errstr_size)))
                 goto err;

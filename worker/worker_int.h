@@ -76,6 +76,7 @@ struct kw_worker_s {
         unsigned long long dlq_sent_seen; /* loop thread: dead-letter copies counted */
         int64_t summary_at_us;            /* loop thread: next summary log line */
         int assigned;                     /* loop thread: partitions held */
+        int ever_assigned;                /* loop thread: held partitions since the start */
         kw_costs_t *part_costs;           /* loop thread: recent flops per message, per partition */
         int closed;                       /* atomic: rd_kafka_consumer_close returned */
         kw_totals_t summary_last;         /* loop thread: the totals at the last one */
@@ -98,6 +99,9 @@ void kw_inflight_gauge(kw_worker_t *w, int n);
 
 /* librdkafka's statistics callback (set by kw_worker_new): the lag. */
 int kw_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque);
+/* The consumer's error callback (set by kw_worker_new): a Kafka that
+ * refuses the credentials or the TLS handshake at start stops the worker. */
+void kw_consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque);
 
 /* librdkafka's rebalance callback (set by kw_worker_new). */
 void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,

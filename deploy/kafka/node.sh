@@ -12,6 +12,21 @@
 #
 # KINFER_KAFKA_JAVA_OPTS replaces the JVM options below (a small heap, the serial
 # collector and the C1 compiler only: a node starts in about two seconds).
+#
+# A locked-down listener beside the plaintext one (tests/harness/kt_kafka.c,
+# docs/security.md), read at the first run only:
+#   KINFER_KAFKA_SASL_SSL_PORT  a SASL_SSL listener: TLS, then SASL PLAIN or
+#                               SCRAM-SHA-512
+#   KINFER_KAFKA_KEYSTORE       the broker's key and certificate, PKCS#12
+#   KINFER_KAFKA_KEYSTORE_PASSWORD_FILE  the keystore's password, in a file
+#   KINFER_KAFKA_USERS_FILE     its users, one "name password" per line (no
+#                               spaces, quotes, commas or brackets in either):
+#                               PLAIN's list in server.properties, and SCRAM
+#                               credentials stored by the storage tool when
+#                               formatting (librdkafka 2.0.2, Debian 12's,
+#                               fails SCRAM against Kafka 4.x: docs/security.md)
+# The plaintext listener stays (the harness's admin client uses it, and so do
+# the broker's own inter-broker and controller connections).
 set -euo pipefail
 
 dir=${1:?usage: node.sh DIR PORT CONTROLLER_PORT JARS_DIR}
@@ -27,14 +42,21 @@ log_opts="-Dorg.slf4j.simpleLogger.showDateTime=true \
 -Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS -Djava.awt.headless=true"
 
 props="$dir/server.properties"
+sasl_port=${KINFER_KAFKA_SASL_SSL_PORT:-}
+listeners="PLAINTEXT://127.0.0.1:$port"
+protomap="PLAINTEXT:PLAINTEXT"
+if [ -n "$sasl_port" ]; then
+  listeners="$listeners,SASL_SSL://127.0.0.1:$sasl_port"
+  protomap="$protomap,SASL_SSL:SASL_SSL"
+fi
 if [ ! -f "$props" ]; then
   cat >"$props.tmp" <<PROPS
 # Written by deploy/kafka/node.sh: one node, broker and controller, loopback only.
 node.id=1
 process.roles=broker,controller
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$listeners
+listener.security.protocol.map=$protomap,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 # A static quorum of this one node: no --standalone formatting, no bootstrap
@@ -65,14 +87,44 @@ num.partitions=1
 num.network.threads=2
 num.io.threads=4
 PROPS
+  if [ -n "$sasl_port" ]; then
+    ks=${KINFER_KAFKA_KEYSTORE:?KINFER_KAFKA_SASL_SSL_PORT needs KINFER_KAFKA_KEYSTORE}
+    kspass=$(cat "${KINFER_KAFKA_KEYSTORE_PASSWORD_FILE:?KINFER_KAFKA_SASL_SSL_PORT needs KINFER_KAFKA_KEYSTORE_PASSWORD_FILE}")
+    plain=""
+    while read -r name pass; do
+      [ -n "$name" ] && plain="$plain user_$name=\"$pass\""
+    done <"${KINFER_KAFKA_USERS_FILE:?KINFER_KAFKA_SASL_SSL_PORT needs KINFER_KAFKA_USERS_FILE}"
+    cat >>"$props.tmp" <<PROPS
+# The SASL_SSL listener: TLS with the broker's certificate (clients check it
+# against their CA), then PLAIN against this list or SCRAM-SHA-512 against
+# the credentials stored at format.
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$plain;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$ks
+listener.name.sasl_ssl.ssl.keystore.password=$kspass
+listener.name.sasl_ssl.ssl.key.password=$kspass
+PROPS
+    chmod 600 "$props.tmp"
+  fi
   mv "$props.tmp" "$props"
 fi
 
 # shellcheck disable=SC2086 # the options are words
 if [ ! -f "$dir/data/meta.properties" ]; then
   cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+  # SCRAM credentials the KRaft way (KIP-900): records of the bootstrap
+  # metadata, written when the log directory is formatted.
+  scram=()
+  if [ -n "${KINFER_KAFKA_SASL_SSL_PORT:-}" ]; then
+    while read -r name pass; do
+      [ -n "$name" ] && scram+=(--add-scram "SCRAM-SHA-512=[name=\"$name\",password=\"$pass\"]")
+    done <"$KINFER_KAFKA_USERS_FILE"
+  fi
   java $java_opts $log_opts -cp "$jars/*" kafka.tools.StorageTool format \
-       --cluster-id "$cluster_id" --config "$props" --ignore-formatted >"$dir/format.log" 2>&1 ||
+       --cluster-id "$cluster_id" --config "$props" --ignore-formatted "${scram[@]}" \
+       >"$dir/format.log" 2>&1 ||
     { echo "kafka: formatting $dir/data failed:" >&2; tail -20 "$dir/format.log" >&2; exit 1; }
 fi
 # shellcheck disable=SC2086

@@ -386,9 +386,9 @@ int fx_produced(fx_t *fx)
 static void fx_submit_cli_user(fx_t *fx, int u, int from, int to)
 {
         char path[400], *out = NULL, *line, *save = NULL;
-        const char *argv[] = {"kinfer",       "submit", "--model", "mlp", "--user",
-                              fx_user(fx, u), "--file", path,      NULL};
-        int n = 0, next = from, rc;
+        const char *argv[32] = {"kinfer",       "submit", "--model", "mlp", "--user",
+                                fx_user(fx, u), "--file", path,      NULL};
+        int n = 0, next = from, rc, a = 8;
         FILE *fp;
 
         snprintf(path, sizeof(path), "%s/cli-%s-u%d-%d.jsonl", fx->stack.dir, fx->tag, u, from);
@@ -414,6 +414,11 @@ static void fx_submit_cli_user(fx_t *fx, int u, int from, int to)
         assert_int_equal(fclose(fp), 0);
         if (!n)
                 return;
+        for (int i = 0; fx->cli_args && fx->cli_args[i]; i++) {
+                assert_true(a < 31);
+                argv[a++] = fx->cli_args[i];
+        }
+        argv[a] = NULL;
         rc = kt_stack_run(&fx->stack, argv, NULL, &out, 120000);
         if (rc != 0) {
                 kt_stack_fail(&fx->stack);
@@ -497,9 +502,10 @@ fx_job_t *fx_add_raw(fx_t *fx)
 
 /* fx_setup and fx_setup_kafka: n_brokers 0 starts a genuine Kafka. */
 static void fx_setup_on(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_users,
-                        const char *const *redis_args)
+                        const char *const *redis_args, const char *const *kafka_users)
 {
         memset(fx, 0, sizeof(*fx));
+        fx->kafka_users = kafka_users;
         fx->real_kafka = n_brokers == 0;
         fx->rng = 0x6b696e666572ULL ^ (uint64_t)strlen(tag);
         snprintf(fx->tag, sizeof(fx->tag), "%s", tag);
@@ -509,8 +515,9 @@ static void fx_setup_on(fx_t *fx, const char *tag, int n_brokers, int partitions
                 snprintf(fx->users[u], sizeof(fx->users[u]), "%s-u%d", tag, u);
         assert_int_equal(kt_stack_init(&fx->stack), 0);
         assert_int_equal(kt_stack_start_redis(&fx->stack, redis_args), 0);
-        if (fx->real_kafka ? kt_stack_start_kafka(&fx->stack, partitions)
-                           : kt_stack_start_broker(&fx->stack, n_brokers, partitions)) {
+        if (kafka_users      ? kt_stack_start_kafka_secure(&fx->stack, partitions, kafka_users)
+            : fx->real_kafka ? kt_stack_start_kafka(&fx->stack, partitions)
+                             : kt_stack_start_broker(&fx->stack, n_brokers, partitions)) {
                 kt_stack_fail(&fx->stack);
                 fail_msg("%s: could not start the %s (above)", tag,
                          fx->real_kafka ? "Kafka broker" : "dev broker");
@@ -525,13 +532,19 @@ void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_us
               const char *const *redis_args)
 {
         assert_true(n_brokers >= 1);
-        fx_setup_on(fx, tag, n_brokers, partitions, n_users, redis_args);
+        fx_setup_on(fx, tag, n_brokers, partitions, n_users, redis_args, NULL);
 }
 
 void fx_setup_kafka(fx_t *fx, const char *tag, int partitions, int n_users,
                     const char *const *redis_args)
 {
-        fx_setup_on(fx, tag, 0, partitions, n_users, redis_args);
+        fx_setup_on(fx, tag, 0, partitions, n_users, redis_args, NULL);
+}
+
+void fx_setup_kafka_secure(fx_t *fx, const char *tag, int partitions, int n_users,
+                           const char *const *users)
+{
+        fx_setup_on(fx, tag, 0, partitions, n_users, NULL, users);
 }
 
 void fx_teardown(fx_t *fx)

@@ -104,14 +104,17 @@ typedef struct fx_s {
         int stream_from, stream_to, stream_rate;
         atomic_int produced; /* jobs [0, produced) have been handed to librdkafka */
         atomic_int stream_stop;
-        int passed;          /* set by fx_finish; else teardown keeps logs */
-        int redelivered_dlq; /* 1: address-less messages may have been redelivered, so
-                                kinfer:stats undecodable (a plain counter, not
-                                part of the idempotent step) may count some
-                                twice: fx_check then wants >= instead of == */
-        int registry;        /* 1: workers start without --models and load the
-                                model from the registry (fx_push_model) */
-        int real_kafka;      /* 1: the stack runs a genuine Kafka (fx_setup_kafka) */
+        int passed;                     /* set by fx_finish; else teardown keeps logs */
+        int redelivered_dlq;            /* 1: address-less messages may have been redelivered, so
+                                           kinfer:stats undecodable (a plain counter, not
+                                           part of the idempotent step) may count some
+                                           twice: fx_check then wants >= instead of == */
+        int registry;                   /* 1: workers start without --models and load the
+                                           model from the registry (fx_push_model) */
+        int real_kafka;                 /* 1: the stack runs a genuine Kafka (fx_setup_kafka) */
+        const char *const *kafka_users; /* fx_setup_kafka_secure's users, else NULL */
+        const char *const *cli_args;    /* more arguments for fx_submit_cli's `kinfer
+                                           submit` (NULL-terminated), or NULL */
         uint64_t rng;
 } fx_t;
 
@@ -130,6 +133,12 @@ void fx_setup(fx_t *fx, const char *tag, int n_brokers, int partitions, int n_us
  * instead of the dev broker; the test producer is then idempotent. */
 void fx_setup_kafka(fx_t *fx, const char *tag, int partitions, int n_users,
                     const char *const *redis_args);
+
+/* fx_setup_kafka on a Kafka with a SASL_SSL listener too
+ * (kt_stack_start_kafka_secure) for the users name, password, ..., NULL;
+ * the test's own clients keep the plaintext listener. */
+void fx_setup_kafka_secure(fx_t *fx, const char *tag, int partitions, int n_users,
+                           const char *const *users);
 
 /* Submits jobs [from, to) (good jobs of fx_add_good) through the `kinfer`
  * CLI, one `kinfer submit --file` of JSON lines per user: the CLI chooses

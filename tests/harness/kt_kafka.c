@@ -29,7 +29,9 @@ static const char *const kk_topics[] = {"kinfer.jobs", "kinfer.dlq"};
 
 /* The Kafka node of this process's stack (stack.h: one stack per process). */
 static struct {
-        int port, cport; /* client and controller listeners, 0 = none */
+        int port, cport;   /* client and controller listeners, 0 = none */
+        int tls_port;      /* the SASL_SSL listener (kt_stack_start_kafka_secure), 0 = none */
+        char tls_dir[400]; /* its certificates and users file */
         int partitions;
         char dir[400];  /* its configuration and data: node.sh DIR */
         char node[512]; /* deploy/kafka/node.sh */
@@ -218,13 +220,22 @@ static int kk_spawn(kt_stack_t *s)
         char port[16], cport[16];
         char *argv[] = {"/bin/bash", kk.node, kk.dir, port, cport, kk.jars, NULL};
         char **envp = NULL;
+        char tls[4][480];
+        const char *extra[] = {tls[0], tls[1], tls[2], tls[3], NULL};
         int nullfd = -1, logfd = -1, rc = -1;
         pid_t pid;
 
         snprintf(port, sizeof(port), "%d", kk.port);
         snprintf(cport, sizeof(cport), "%d", kk.cport);
+        /* node.sh's locked-down listener (read at its first run only). */
+        snprintf(tls[0], sizeof(tls[0]), "KINFER_KAFKA_SASL_SSL_PORT=%d", kk.tls_port);
+        snprintf(tls[1], sizeof(tls[1]), "KINFER_KAFKA_KEYSTORE=%s/broker.p12", kk.tls_dir);
+        snprintf(tls[2], sizeof(tls[2]), "KINFER_KAFKA_KEYSTORE_PASSWORD_FILE=%s/broker.pass",
+                 kk.tls_dir);
+        snprintf(tls[3], sizeof(tls[3]), "KINFER_KAFKA_USERS_FILE=%s/users", kk.tls_dir);
         if ((nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0 ||
-            (logfd = kt_open_log(s->broker.log)) < 0 || !(envp = kt_build_env(s, NULL)))
+            (logfd = kt_open_log(s->broker.log)) < 0 ||
+            !(envp = kt_build_env(s, kk.tls_port ? extra : NULL)))
                 goto cleanup;
         dprintf(logfd, "==== stack: %s %s %s %s %s\n", kk.node, kk.dir, port, cport, kk.jars);
         if ((pid = kt_spawn_child(argv[0], argv, envp, nullfd, logfd, logfd)) < 0)
@@ -295,6 +306,15 @@ int kt_stack_start_kafka(kt_stack_t *s, int partitions)
                 while (kk.cport == kk.port);
                 if (kk.port < 0 || kk.cport < 0)
                         break;
+                if (kk.tls_port) {
+                        do
+                                kk.tls_port = kt_free_port();
+                        while (kk.tls_port == kk.port || kk.tls_port == kk.cport);
+                        if (kk.tls_port < 0)
+                                break;
+                        snprintf(s->kafka_tls_brokers, sizeof(s->kafka_tls_brokers), "127.0.0.1:%d",
+                                 kk.tls_port);
+                }
                 snprintf(s->brokers, sizeof(s->brokers), "127.0.0.1:%d", kk.port);
                 if (kk_spawn(s))
                         break;
@@ -308,9 +328,54 @@ int kt_stack_start_kafka(kt_stack_t *s, int partitions)
                         kk.cport);
         }
         fprintf(stderr, "stack: could not start kafka (log: %s)\n", s->broker.log);
-        kk.port = kk.cport = 0;
-        s->brokers[0] = '\0';
+        kk.port = kk.cport = kk.tls_port = 0;
+        s->brokers[0] = s->kafka_tls_brokers[0] = '\0';
         return -1;
+}
+
+int kt_stack_start_kafka_secure(kt_stack_t *s, int partitions, const char *const *users)
+{
+        const char *certs = getenv("KINFER_KAFKA_CERTS");
+        char script[512], path[600];
+        FILE *fp;
+        int rc;
+
+        if (s->broker.pid || kk.port) {
+                fprintf(stderr, "stack: a broker is already running\n");
+                return -1;
+        }
+        snprintf(script, sizeof(script), "%s",
+                 certs && *certs ? certs : "tests/harness/kafka-certs.sh");
+        snprintf(kk.tls_dir, sizeof(kk.tls_dir), "%s/kafka-tls", s->dir);
+        if (mkdir(kk.tls_dir, 0700)) {
+                fprintf(stderr, "stack: mkdir %s: %s\n", kk.tls_dir, strerror(errno));
+                return -1;
+        }
+        {
+                const char *argv[] = {"/bin/bash", script, kk.tls_dir, NULL};
+                if ((rc = kt_stack_run(s, argv, NULL, NULL, 60000)) != 0) {
+                        fprintf(stderr, "stack: %s %s: exit %d (see %s/certs.log)\n", script,
+                                kk.tls_dir, rc, kk.tls_dir);
+                        return -1;
+                }
+        }
+        snprintf(path, sizeof(path), "%s/users", kk.tls_dir);
+        if (!(fp = fopen(path, "w"))) {
+                fprintf(stderr, "stack: %s: %s\n", path, strerror(errno));
+                return -1;
+        }
+        for (int i = 0; users && users[i] && users[i + 1]; i += 2)
+                fprintf(fp, "%s %s\n", users[i], users[i + 1]);
+        if (fclose(fp)) {
+                fprintf(stderr, "stack: %s: %s\n", path, strerror(errno));
+                return -1;
+        }
+        snprintf(s->kafka_ca, sizeof(s->kafka_ca), "%s/ca.pem", kk.tls_dir);
+        snprintf(s->kafka_other_ca, sizeof(s->kafka_other_ca), "%s/other-ca.pem", kk.tls_dir);
+        kk.tls_port = 1; /* chosen for real with the other ports */
+        if ((rc = kt_stack_start_kafka(s, partitions)))
+                kk.tls_port = 0;
+        return rc;
 }
 
 int kt_stack_kill_kafka(kt_stack_t *s, int sig)

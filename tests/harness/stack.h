@@ -30,6 +30,10 @@ typedef struct kt_stack_s {
         int redis_port;      /* 0 until kt_stack_start_redis */
         char redis_url[128]; /* redis://127.0.0.1:PORT/0 */
         char brokers[512];   /* devbroker bootstrap list, "" until started */
+        /* kt_stack_start_kafka_secure: the SASL_SSL listener's address, the
+         * CA that signed the broker's certificate, and a CA that did not. */
+        char kafka_tls_brokers[64];
+        char kafka_ca[420], kafka_other_ca[420];
         kt_proc_t redis, broker;
         kt_proc_t procs[KT_MAX_PROCS];
         int failed; /* set by kt_stack_fail: keep dir, dump logs */
@@ -61,6 +65,16 @@ int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions);
  * (default $KINFER_BIN/kafka/jars).  s->brokers is its address; the stack
  * stops it like the dev broker, and kt_stack_broker_cmd does not apply. */
 int kt_stack_start_kafka(kt_stack_t *s, int partitions);
+
+/* kt_stack_start_kafka with a second, locked-down listener: SASL_SSL on
+ * s->kafka_tls_brokers (TLS with a certificate for 127.0.0.1 and localhost
+ * signed by a CA made for this stack with the openssl CLI,
+ * tests/harness/kafka-certs.sh, s->kafka_ca; then SASL PLAIN or
+ * SCRAM-SHA-512) for the users given as name, password, ..., NULL (no
+ * spaces, quotes, commas or brackets).  s->brokers stays the plaintext
+ * listener, which the harness, the fault fixture and the broker itself use.
+ * KINFER_KAFKA_CERTS overrides the script's path. */
+int kt_stack_start_kafka_secure(kt_stack_t *s, int partitions, const char *const *users);
 
 /* Sends sig to the Kafka JVM: SIGKILL (a crash) or SIGTERM (a clean
  * shutdown) wait for its exit and return its status as kt_stack_kill does;

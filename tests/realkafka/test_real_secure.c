@@ -1,0 +1,230 @@
+/* test_real_secure.c - kinfer on a locked-down genuine Kafka 4.x: a SASL_SSL
+ * listener (TLS with a certificate made for the test by the openssl CLI, then
+ * SASL; kt_stack_start_kafka_secure), reached only through librdkafka
+ * properties in config files (docs/security.md).  The worker and `kinfer
+ * submit` process jobs end to end over it (the fault fixture's check:
+ * every job one correct result, usage exact); a wrong password, a CA that
+ * did not sign the broker's certificate, and a client without TLS each
+ * fail clearly, and no password shows in any log or in --print-config.
+ *
+ * The mechanism is PLAIN: Debian 12's librdkafka 2.0.2 computes a SCRAM
+ * proof Kafka 4.x rejects (fixed in librdkafka 2.6.1), which test_refusals
+ * pins down so that the day Debian's library is fixed, this test says so. */
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+// clang-format on
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../faults/faults.h"
+
+#define WAIT_MS 120000
+
+/* Passwords with characters a config parser or a URL could trip on; long
+ * enough (>= 4) that kf_log scrubs them too. */
+#define WORKER_PASS "w0rker-S3cret/@:x"
+#define CLIENT_PASS "cl1ent-S3cret%!y"
+#define WRONG_PASS  "not-the-Password-9"
+
+static const char *const users[] = {"kinfer-worker", WORKER_PASS, "kinfer-client", CLIENT_PASS,
+                                    NULL};
+
+/* Writes a config file (mode 0600, as docs/security.md asks) whose "kafka"
+ * object talks SASL_SSL to the stack's locked-down listener as user/pass,
+ * trusting ca (NULL: no security settings at all).  Returns its path in out. */
+static void write_config(fx_t *fx, const char *name, const char *user, const char *pass,
+                         const char *mechanism, const char *ca, char *out, size_t size)
+{
+        FILE *fp;
+        snprintf(out, size, "%s/%s.json", fx->stack.dir, name);
+        fp = fopen(out, "w");
+        assert_non_null(fp);
+        assert_int_equal(chmod(out, 0600), 0);
+        if (ca)
+                fprintf(fp,
+                        "{\"kafka\": {\"security.protocol\": \"SASL_SSL\", "
+                        "\"sasl.mechanism\": \"%s\", \"sasl.username\": \"%s\", "
+                        "\"sasl.password\": \"%s\", \"ssl.ca.location\": \"%s\"}}\n",
+                        mechanism, user, pass, ca);
+        else
+                fputs("{}\n", fp);
+        assert_int_equal(fclose(fp), 0);
+}
+
+/* Fails if any process log of the stack, or the broker's, holds text. */
+static void assert_no_log_has(fx_t *fx, const char *text)
+{
+        for (int i = 0; i < KT_MAX_PROCS; i++) {
+                const char *log = fx->stack.procs[i].log;
+                if (!fx->stack.procs[i].name[0])
+                        continue;
+                {
+                        FILE *fp = fopen(log, "r");
+                        char line[4096];
+                        while (fp && fgets(line, sizeof(line), fp))
+                                if (strstr(line, text)) {
+                                        fclose(fp);
+                                        kt_stack_fail(&fx->stack);
+                                        fail_msg("%s shows a secret: %s", log, line);
+                                }
+                        if (fp)
+                                fclose(fp);
+                }
+        }
+}
+
+/* 1 if a line of slot's log holds both a and b. */
+static int log_has(fx_t *fx, int slot, const char *a, const char *b)
+{
+        FILE *fp = fopen(fx->stack.procs[slot].log, "r");
+        char line[4096];
+        int found = 0;
+        while (fp && !found && fgets(line, sizeof(line), fp))
+                found = strstr(line, a) && strstr(line, b);
+        if (fp)
+                fclose(fp);
+        return found;
+}
+
+/* Waits until the log of slot holds a line with both needles. */
+static void wait_log(fx_t *fx, int slot, const char *a, const char *b)
+{
+        long long deadline = kt_now_ms() + WAIT_MS;
+        while (!log_has(fx, slot, a, b)) {
+                if (kt_now_ms() > deadline) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s: no log line with '%s' and '%s' within %d ms",
+                                 fx->stack.procs[slot].name, a, b, WAIT_MS);
+                }
+                fx_sleep_ms(100);
+        }
+}
+
+/* A worker and the CLI over TLS + SASL, each with its own user, credentials
+ * in files: 300 jobs of 6 users through `kinfer submit`, every one computed
+ * once and right, usage exact; --print-config masks the password. */
+static void test_tls_sasl_end_to_end(void **state)
+{
+        fx_t *fx = *state;
+        char wconf[400], cconf[400], *out = NULL;
+        const char *cli[] = {"--brokers", NULL, "--config", cconf, NULL};
+        const char *extra[] = {"--brokers", NULL, "--config", wconf, NULL};
+        int w;
+
+        fx_setup_kafka_secure(fx, "rksec", 2, 6, users);
+        write_config(fx, "worker", "kinfer-worker", WORKER_PASS, "PLAIN", fx->stack.kafka_ca, wconf,
+                     sizeof(wconf));
+        write_config(fx, "client", "kinfer-client", CLIENT_PASS, "PLAIN", fx->stack.kafka_ca, cconf,
+                     sizeof(cconf));
+        cli[1] = extra[1] = fx->stack.kafka_tls_brokers;
+
+        {
+                const char *argv[] = {"kinfer-worker", "--config", wconf, "--print-config", NULL};
+                assert_int_equal(kt_stack_run(&fx->stack, argv, NULL, &out, 10000), 0);
+                if (strstr(out, WORKER_PASS) || !strstr(out, "\"sasl.password\": \"***\""))
+                        fail_msg("--print-config does not mask sasl.password:\n%s", out);
+                free(out);
+        }
+        w = fx_worker(fx, "rksec-w1", extra);
+        wait_log(fx, w, "INFO  assigned 2 partitions", "assigned");
+        fx_add_good(fx, 300);
+        fx->cli_args = cli;
+        fx_submit_cli(fx, 0, fx->n_jobs);
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        assert_int_equal(fx_count_by_worker(fx, fx->n_jobs, "rksec-w1"), fx->n_jobs);
+        fx_finish(fx, &w, 1);
+        assert_no_log_has(fx, WORKER_PASS);
+        assert_no_log_has(fx, CLIENT_PASS);
+}
+
+/* Workers that cannot work on this listener, on one broker: a wrong
+ * password and a CA that did not sign the broker's certificate stop the
+ * worker at start (exit 1) with a message naming the problem and not the
+ * password; a worker speaking plaintext to the TLS listener never joins the
+ * group and its log says why (librdkafka's hint about security.protocol).
+ *
+ * And SCRAM-SHA-512 with the right password is refused too: librdkafka
+ * 2.0.2 sends a proof with its nonce twice, which Kafka 4.x rejects (fixed
+ * in librdkafka 2.6.1; Kafka's own Java client authenticates the same SCRAM
+ * user), so docs/security.md recommends PLAIN over TLS for now.  This check
+ * fails the day Debian's librdkafka authenticates, to change that advice. */
+static void test_refusals(void **state)
+{
+        fx_t *fx = *state;
+        char bad_pass[400], bad_ca[400], plain[400];
+        const char *e1[] = {"--brokers", NULL, "--config", bad_pass, NULL};
+        const char *e2[] = {"--brokers", NULL, "--config", bad_ca, NULL};
+        const char *e3[] = {"--brokers", NULL, "--config", plain, NULL};
+        char scram[400];
+        const char *e4[] = {"--brokers", NULL, "--config", scram, NULL};
+        int w1, w2, w3, w4, st;
+
+        fx_setup_kafka_secure(fx, "rkref", 1, 1, users);
+        e1[1] = e2[1] = e3[1] = e4[1] = fx->stack.kafka_tls_brokers;
+        write_config(fx, "bad-pass", "kinfer-worker", WRONG_PASS, "PLAIN", fx->stack.kafka_ca,
+                     bad_pass, sizeof(bad_pass));
+        write_config(fx, "bad-ca", "kinfer-worker", WORKER_PASS, "PLAIN", fx->stack.kafka_other_ca,
+                     bad_ca, sizeof(bad_ca));
+        write_config(fx, "plain", NULL, NULL, NULL, NULL, plain, sizeof(plain));
+        write_config(fx, "scram", "kinfer-worker", WORKER_PASS, "SCRAM-SHA-512",
+                     fx->stack.kafka_ca, scram, sizeof(scram));
+        w1 = fx_worker(fx, "rkref-badpass", e1);
+        w2 = fx_worker(fx, "rkref-badca", e2);
+        w3 = fx_worker(fx, "rkref-plain", e3);
+        w4 = fx_worker(fx, "rkref-scram", e4);
+
+        if ((st = kt_stack_wait(&fx->stack, w1, 60000)) != 1) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("a worker with a wrong password: exit %d (-1: still running), want 1",
+                         st);
+        }
+        if (!log_has(fx, w1, "refused the credentials", "sasl.password")) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("rkref-badpass exited without saying the credentials were refused");
+        }
+        if ((st = kt_stack_wait(&fx->stack, w2, 60000)) != 1) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("a worker trusting the wrong CA: exit %d (-1: still running), want 1", st);
+        }
+        if (!log_has(fx, w2, "TLS handshake failed", "certificate verify failed")) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("rkref-badca exited without naming the certificate check");
+        }
+        wait_log(fx, w3, "security.protocol", "SSL listener");
+        if (kt_stack_wait(&fx->stack, w3, 0) != -1 || fx_log_count(fx, w3, "assigned") > 0) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("rkref-plain exited, or joined the group, on a TLS listener");
+        }
+        assert_int_equal(kt_stack_kill(&fx->stack, w3, SIGTERM, 20000), 0);
+        st = kt_stack_wait(&fx->stack, w4, 60000);
+        if (st != 1 || !log_has(fx, w4, "refused the credentials", "SCRAM-SHA-512")) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("SCRAM-SHA-512 with the right password: exit %d, no refusal logged; if "
+                         "this librdkafka authenticates now, docs/security.md should recommend "
+                         "SCRAM",
+                         st);
+        }
+        assert_no_log_has(fx, WRONG_PASS);
+        assert_no_log_has(fx, WORKER_PASS);
+        fx_check_logs(fx);
+        fx->passed = 1;
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_tls_sasl_end_to_end, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_refusals, fx_state_setup, fx_state_teardown),
+        };
+        return fx_run(tests);
+}
