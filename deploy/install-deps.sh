@@ -16,6 +16,9 @@ PKGS=(
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven
+  # The openssl CLI: tests/harness/kafka-certs.sh makes the CA and certificates
+  # of the TLS + SASL Kafka listener of tests/realkafka/test_real_secure.c.
+  openssl
 )
 
 missing=()

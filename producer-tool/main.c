@@ -34,8 +34,10 @@ static void usage(FILE *fp)
         for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
                 fprintf(fp, "  %-8s %s\n", cmds[i].name, cmds[i].what);
         fprintf(fp, "\n'kinfer COMMAND --help' shows a command's options.  Connection settings\n"
-                    "come from KINFER_BROKERS, KINFER_REDIS, KINFER_TOPIC, KINFER_PREFIX or\n"
-                    "flags.  The wire contract is in docs/protocol.md.\n");
+                    "come from a config file (--config FILE or KINFER_CLI_CONFIG: where\n"
+                    "passwords belong, see docs/security.md), KINFER_BROKERS, KINFER_REDIS,\n"
+                    "KINFER_TOPIC, KINFER_PREFIX or flags.  The wire contract is in\n"
+                    "docs/protocol.md.\n");
 }
 
 int main(int argc, char **argv)

@@ -18,9 +18,9 @@
 #include <cmocka.h>
 // clang-format on
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -175,8 +175,8 @@ static void test_refusals(void **state)
         write_config(fx, "bad-ca", "kinfer-worker", WORKER_PASS, "PLAIN", fx->stack.kafka_other_ca,
                      bad_ca, sizeof(bad_ca));
         write_config(fx, "plain", NULL, NULL, NULL, NULL, plain, sizeof(plain));
-        write_config(fx, "scram", "kinfer-worker", WORKER_PASS, "SCRAM-SHA-512",
-                     fx->stack.kafka_ca, scram, sizeof(scram));
+        write_config(fx, "scram", "kinfer-worker", WORKER_PASS, "SCRAM-SHA-512", fx->stack.kafka_ca,
+                     scram, sizeof(scram));
         w1 = fx_worker(fx, "rkref-badpass", e1);
         w2 = fx_worker(fx, "rkref-badca", e2);
         w3 = fx_worker(fx, "rkref-plain", e3);
@@ -184,8 +184,7 @@ static void test_refusals(void **state)
 
         if ((st = kt_stack_wait(&fx->stack, w1, 60000)) != 1) {
                 kt_stack_fail(&fx->stack);
-                fail_msg("a worker with a wrong password: exit %d (-1: still running), want 1",
-                         st);
+                fail_msg("a worker with a wrong password: exit %d (-1: still running), want 1", st);
         }
         if (!log_has(fx, w1, "refused the credentials", "sasl.password")) {
                 kt_stack_fail(&fx->stack);
