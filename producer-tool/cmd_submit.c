@@ -58,7 +58,30 @@ typedef struct submit_s {
         int *failed; /* per job: delivery failed */
         size_t n, cap;
         size_t delivered, nfailed;
+        int refused; /* Kafka refused the credentials or the TLS handshake */
 } submit_t;
+
+/* Client-wide errors, served by rd_kafka_poll/flush on this thread.  Refused
+ * credentials or a failing TLS handshake before any job was acknowledged
+ * cannot get better by waiting out message.timeout.ms: say why and give up
+ * (nothing was sent, so nothing is lost or doubled).  Other errors are
+ * librdkafka's to retry, as when it logged them itself. */
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+        submit_t *s = opaque;
+        int ssl = err == RD_KAFKA_RESP_ERR__SSL;
+        (void)rk;
+        if (!s->delivered && (ssl || err == RD_KAFKA_RESP_ERR__AUTHENTICATION)) {
+                if (!s->refused)
+                        kc_err("submit: Kafka %s: %s; check %s (-X or the config file's \"kafka\")",
+                               ssl ? "TLS handshake failed" : "refused the credentials", reason,
+                               ssl ? "security.protocol, ssl.ca.location and the broker address"
+                                   : "sasl.username, sasl.password and sasl.mechanism");
+                s->refused = 1;
+                return;
+        }
+        kc_err("kafka: %s: %s", rd_kafka_err2name(err), reason);
+}
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
@@ -231,6 +254,7 @@ int kc_cmd_submit(int argc, char **argv)
                 goto out;
         }
         rd_kafka_conf_set_dr_msg_cb(kconf, dr_cb);
+        rd_kafka_conf_set_error_cb(kconf, error_cb);
         rd_kafka_conf_set_opaque(kconf, &s);
         if (!(s.rk = rd_kafka_new(RD_KAFKA_PRODUCER, kconf, err, sizeof(err)))) {
                 rd_kafka_conf_destroy(kconf);
@@ -258,8 +282,11 @@ int kc_cmd_submit(int argc, char **argv)
         }
         /* Every job handed over must be acknowledged by the broker or
          * reported failed: wait for all delivery reports. */
-        while (rd_kafka_outq_len(s.rk) > 0)
+        while (rd_kafka_outq_len(s.rk) > 0) {
                 rd_kafka_flush(s.rk, 1000);
+                if (s.refused) /* each then has a delivery report: failed */
+                        rd_kafka_purge(s.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        }
         if (s.nfailed) {
                 kc_err("submit: %zu of %zu jobs were not delivered", s.nfailed, s.n);
                 rc = KC_EXIT_FAIL;

@@ -176,10 +176,9 @@ static void want_noperm(redisContext *conn, const char *what, redisReply *r)
                 fail_msg("%s: no reply (%s)", what, conn->errstr);
         if (r->type != REDIS_REPLY_ERROR ||
             (!strstr(r->str, "NOPERM") && !strstr(r->str, "can't access")))
-                fail_msg("%s as kinfer-worker: want an ACL refusal, got type %d '%s'", what,
-                         r->type, r->type == REDIS_REPLY_ERROR || r->type == REDIS_REPLY_STRING
-                                      ? r->str
-                                      : "");
+                fail_msg(
+                    "%s as kinfer-worker: want an ACL refusal, got type %d '%s'", what, r->type,
+                    r->type == REDIS_REPLY_ERROR || r->type == REDIS_REPLY_STRING ? r->str : "");
         freeReplyObject(r);
 }
 
@@ -220,8 +219,8 @@ static int check_results(at_t *t, const char *user)
                 if (r.ok) {
                         assert_int_equal(r.rows * r.cols, 2);
                         if (r.output[0] != 2.0f * i + 1 || r.output[1] != 3.0f * (-2 * i) + 1)
-                                fail_msg("job %s: output (%g, %g), want (%d, %d)", id,
-                                         r.output[0], r.output[1], 2 * i + 1, -6 * i + 1);
+                                fail_msg("job %s: output (%g, %g), want (%d, %d)", id, r.output[0],
+                                         r.output[1], 2 * i + 1, -6 * i + 1);
                         ok++;
                 } else if (strcmp(r.error, "quota_exceeded")) {
                         kt_stack_fail(&t->stack);
@@ -239,8 +238,9 @@ static void test_worker_and_admin_users(void **state)
         const char *push[] = {"model", "push", path, "--activate", NULL};
         const char *quota[] = {"quota", "set", "acl-u1", "--jobs", "3", NULL};
         const char *usage[] = {"usage", "acl-u1", NULL};
-        const char *wargv[] = {"kinfer-worker", "--worker-id", "acl-w1", "--config", t->wconf,
-                               "-X", "session.timeout.ms=6000", NULL};
+        const char *wargv[] = {
+            "kinfer-worker",           "--worker-id", "acl-w1", "--config", t->wconf, "-X",
+            "session.timeout.ms=6000", NULL};
         redisContext *w;
         redisReply *r;
         int slot;

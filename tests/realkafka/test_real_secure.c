@@ -3,9 +3,10 @@
  * SASL; kt_stack_start_kafka_secure), reached only through librdkafka
  * properties in config files (docs/security.md).  The worker and `kinfer
  * submit` process jobs end to end over it (the fault fixture's check:
- * every job one correct result, usage exact); a wrong password, a CA that
- * did not sign the broker's certificate, and a client without TLS each
- * fail clearly, and no password shows in any log or in --print-config.
+ * every job one correct result, usage exact); a wrong password (worker and
+ * `kinfer submit`), a CA that did not sign the broker's certificate, and a
+ * client without TLS each fail clearly, and no password shows in any log
+ * or in --print-config.
  *
  * The mechanism is PLAIN: Debian 12's librdkafka 2.0.2 computes a SCRAM
  * proof Kafka 4.x rejects (fixed in librdkafka 2.6.1), which test_refusals
@@ -91,6 +92,21 @@ static int log_has(fx_t *fx, int slot, const char *a, const char *b)
                 found = strstr(line, a) && strstr(line, b);
         if (fp)
                 fclose(fp);
+        return found;
+}
+
+/* 1 if a line of the CLI runs' stderr (the stack's run.log) holds a and b. */
+static int run_log_has(fx_t *fx, const char *a, const char *b)
+{
+        char path[400], line[4096];
+        FILE *fp;
+        int found = 0;
+        snprintf(path, sizeof(path), "%s/run.log", fx->stack.dir);
+        if (!(fp = fopen(path, "r")))
+                return 0;
+        while (!found && fgets(line, sizeof(line), fp))
+                found = strstr(line, a) && strstr(line, b);
+        fclose(fp);
         return found;
 }
 
@@ -211,6 +227,26 @@ static void test_refusals(void **state)
                          "this librdkafka authenticates now, docs/security.md should recommend "
                          "SCRAM",
                          st);
+        }
+        {
+                /* kinfer submit with a wrong password: exit 1 at once, not
+                 * after message.timeout.ms (30 s), saying why. */
+                const char *argv[] = {"kinfer",   "submit", "--model",         "mlp",
+                                      "--user",   "rkref",  "--brokers",       e1[1],
+                                      "--config", bad_pass, "1,2,3,4,5,6,7,8", NULL};
+                long long t0 = kt_now_ms();
+                st = kt_stack_run(&fx->stack, argv, NULL, NULL, 60000);
+                if (st != 1 || kt_now_ms() - t0 > 20000 ||
+                    !run_log_has(fx, "refused the credentials", "sasl.password")) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("kinfer submit with a wrong password: exit %d after %lld ms, "
+                                 "want 1 within 20 s naming the credentials (run.log)",
+                                 st, kt_now_ms() - t0);
+                }
+                if (run_log_has(fx, WRONG_PASS, "")) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("kinfer submit printed the password (run.log)");
+                }
         }
         assert_no_log_has(fx, WRONG_PASS);
         assert_no_log_has(fx, WORKER_PASS);
