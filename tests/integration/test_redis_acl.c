@@ -132,25 +132,32 @@ static int teardown(void **state)
         return 0;
 }
 
+/* kt_stack_run without the stack's KINFER_REDIS (see cli). */
+static int run_no_env(at_t *t, const char *const *argv, char **out)
+{
+        char saved[sizeof(t->stack.redis_url)];
+        int rc;
+        memcpy(saved, t->stack.redis_url, sizeof(saved));
+        t->stack.redis_url[0] = '\0';
+        rc = kt_stack_run(&t->stack, argv, NULL, out, 30000);
+        memcpy(t->stack.redis_url, saved, sizeof(saved));
+        return rc;
+}
+
 /* Runs the CLI with its Redis settings from conf only: the stack's
  * KINFER_REDIS (no credentials) would override the file, so it is blanked
  * (an empty variable counts as unset).  Returns the exit status; stderr is
  * in the stack's run.log. */
 static int cli(at_t *t, const char *conf, const char *const *args, char **out)
 {
-        char saved[sizeof(t->stack.redis_url)];
         const char *argv[16] = {"kinfer"};
-        int n = 1, rc;
+        int n = 1;
         for (int i = 0; args[i]; i++)
                 argv[n++] = args[i];
         argv[n++] = "--config";
         argv[n++] = conf;
         argv[n] = NULL;
-        memcpy(saved, t->stack.redis_url, sizeof(saved));
-        t->stack.redis_url[0] = '\0';
-        rc = kt_stack_run(&t->stack, argv, NULL, out, 30000);
-        memcpy(t->stack.redis_url, saved, sizeof(saved));
-        return rc;
+        return run_no_env(t, argv, out);
 }
 
 /* Whether a line of the file at path holds text. */
@@ -370,6 +377,28 @@ static void test_worker_and_admin_users(void **state)
         freeReplyObject(r);
 
         assert_int_equal(kt_stack_kill(&t->stack, slot, SIGTERM, 20000), 0);
+
+        /* Secrets: never in the worker's log or --print-config, nor in the
+         * CLI's refusal of a wrong password, which still names the user. */
+        if (log_has(t->stack.procs[slot].log, WORKER_PASS))
+                fail_msg("acl-w1's log shows its Redis password");
+        {
+                const char *pc[] = {"kinfer-worker", "--config", t->wconf, "--print-config", NULL};
+                char bad[400];
+                const char *usage2[] = {"usage", "acl-u1", NULL};
+                assert_int_equal(run_no_env(t, pc, &out), 0);
+                if (strstr(out, WORKER_PASS) || !strstr(out, "redis://kinfer-worker:***@"))
+                        fail_msg("--print-config does not mask the Redis password: %s", out);
+                free(out);
+                out = NULL;
+                snprintf(bad, sizeof(bad), "%s/bad.json", t->stack.dir);
+                write_conf(t, bad, "kinfer-admin", "Wrong-adm1n-pass");
+                assert_int_equal(cli(t, bad, usage2, NULL), 3);
+                if (!run_log_has(t, "WRONGPASS") || run_log_has(t, "Wrong-adm1n-pass") ||
+                    run_log_has(t, ADMIN_PASS) || run_log_has(t, WORKER_PASS))
+                        fail_msg("a refused Redis password: run.log must say WRONGPASS and show "
+                                 "no password");
+        }
         t->stack.failed = 0;
 }
 
