@@ -51,8 +51,7 @@ static int read_name(cur_t *c, char *out, int colons, const char *what)
         size_t n = 0;
         if (c->p >= c->end || !(is_alpha(*c->p) || (colons && *c->p == ':')))
                 return fail(c, "expected a %s", what);
-        while (c->p < c->end &&
-               (is_alpha(*c->p) || is_digit(*c->p) || (colons && *c->p == ':'))) {
+        while (c->p < c->end && (is_alpha(*c->p) || is_digit(*c->p) || (colons && *c->p == ':'))) {
                 if (n == KP_NAME_MAX)
                         return fail(c, "%s longer than %d characters", what, KP_NAME_MAX);
                 out[n++] = *c->p++;

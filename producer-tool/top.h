@@ -23,53 +23,53 @@
 
 #include "kf_redis.h"
 
-#define KT_USERS_MAX     100000 /* usage keys read per sample; more are counted, not read */
-#define KT_BODY_MAX      (16u << 20) /* largest /metrics body taken */
-#define KT_REASON_MAX    160
+#define KT_USERS_MAX  100000      /* usage keys read per sample; more are counted, not read */
+#define KT_BODY_MAX   (16u << 20) /* largest /metrics body taken */
+#define KT_REASON_MAX 160
 
 typedef struct kt_worker_s {
-        char *url;                      /* the /metrics URL */
-        int up;                         /* the last scrape worked */
-        char reason[KT_REASON_MAX];     /* why not, when !up */
-        double jobs, ok, errors;        /* kinfer_jobs_total: all, code ok, other codes */
+        char *url;                  /* the /metrics URL */
+        int up;                     /* the last scrape worked */
+        char reason[KT_REASON_MAX]; /* why not, when !up */
+        double jobs, ok, errors;    /* kinfer_jobs_total: all, code ok, other codes */
         double consumed, duplicates, dead_lettered;
-        double lag;                     /* sum of kinfer_consumer_lag */
-        double work;                    /* kinfer_work_remaining_flops */
-        int have_work;                  /* the gauge was there */
+        double lag;    /* sum of kinfer_consumer_lag */
+        double work;   /* kinfer_work_remaining_flops */
+        int have_work; /* the gauge was there */
         double inflight, partitions;
-        double jobs_rate, err_rate;     /* per second, when have_rate */
+        double jobs_rate, err_rate; /* per second, when have_rate */
         int have_rate;
-        double prev_jobs, prev_errors;  /* the scrape before, for the rates */
-        int64_t prev_us;                /* its time (monotonic), 0 = none */
-        void *body;                     /* the response being received (internal) */
+        double prev_jobs, prev_errors; /* the scrape before, for the rates */
+        int64_t prev_us;               /* its time (monotonic), 0 = none */
+        void *body;                    /* the response being received (internal) */
         size_t body_len;
 } kt_worker_t;
 
 typedef struct kt_user_s {
-        char *name;                     /* as found in the key: may hold any byte */
+        char *name;                          /* as found in the key: may hold any byte */
         long long jobs, rows, flops, errors; /* -1 = not a decimal integer in Redis */
         double jobs_rate, err_rate;
         int have_rate;
         long long prev_jobs, prev_errors;
         int64_t prev_us;
-        unsigned gen;                   /* the sample that saw it last */
+        unsigned gen; /* the sample that saw it last */
         UT_hash_handle hh;
 } kt_user_t;
 
 typedef struct kt_pool_s {
         kt_worker_t *workers;
         size_t n_workers;
-        kt_user_t *users;               /* hash by name */
-        size_t n_users;                 /* in the hash */
-        size_t users_unread;            /* usage keys past KT_USERS_MAX */
+        kt_user_t *users;    /* hash by name */
+        size_t n_users;      /* in the hash */
+        size_t users_unread; /* usage keys past KT_USERS_MAX */
         kf_redis_url_t redis_url;
         char *prefix;
-        redisContext *redis;            /* NULL while down */
+        redisContext *redis; /* NULL while down */
         int redis_up;
         char redis_reason[KT_REASON_MAX];
-        int timeout_ms;                 /* per scrape and per Redis command */
+        int timeout_ms; /* per scrape and per Redis command */
         unsigned gen;
-        void *multi;                    /* CURLM * */
+        void *multi; /* CURLM * */
 } kt_pool_t;
 
 /* Sets up p for the given worker URLs ("host:port", "http://host:port" or a

@@ -264,7 +264,8 @@ static char *user_of(const kt_pool_t *p, const char *key, size_t len)
                 return NULL;
         u = key + pl + 1;
         close = memchr(u, '}', len - pl - 1);
-        if (!close || close == u || memchr(u, '\0', (size_t)(close - u)) || (size_t)(key + len - close) != sizeof("}:usage") - 1 ||
+        if (!close || close == u || memchr(u, '\0', (size_t)(close - u)) ||
+            (size_t)(key + len - close) != sizeof("}:usage") - 1 ||
             memcmp(close, "}:usage", sizeof("}:usage") - 1))
                 return NULL;
         return strndup(u, (size_t)(close - u));
@@ -324,15 +325,15 @@ static void sample_redis(kt_pool_t *p)
 
         p->gen++;
         p->users_unread = 0;
-        if (!p->redis && !(p->redis = kf_redis_connect(&p->redis_url, p->timeout_ms, err,
-                                                       sizeof(err)))) {
+        if (!p->redis &&
+            !(p->redis = kf_redis_connect(&p->redis_url, p->timeout_ms, err, sizeof(err)))) {
                 redis_down(p, err);
                 return;
         }
         snprintf(pattern, sizeof(pattern), "%s{*}:usage", p->prefix);
         do {
-                redisReply *r = redisCommand(p->redis, "SCAN %s MATCH %s COUNT 1000", cursor,
-                                             pattern);
+                redisReply *r =
+                    redisCommand(p->redis, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
                 char **names;
                 size_t n = 0;
                 int rc;

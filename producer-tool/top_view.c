@@ -109,9 +109,9 @@ static void render_workers(const kt_pool_t *p, out_t *o, double pool_jobs)
 {
         char name[NAME_W + 1], reason[KT_REASON_MAX * 4], jr[32], er[32], share[32], work[32];
 
-        emit(o, "%-*s %-5s %10s %10s %10s %7s %9s %9s %9s %11s %6s %6s", NAME_W, "WORKER",
-             "STATE", "JOBS", "OK", "ERRORS", "SHARE", "JOBS/S", "ERR/S", "LAG", "WORK_FLOPS",
-             "INFLT", "PARTS");
+        emit(o, "%-*s %-5s %10s %10s %10s %7s %9s %9s %9s %11s %6s %6s", NAME_W, "WORKER", "STATE",
+             "JOBS", "OK", "ERRORS", "SHARE", "JOBS/S", "ERR/S", "LAG", "WORK_FLOPS", "INFLT",
+             "PARTS");
         for (size_t i = 0; i < p->n_workers; i++) {
                 const kt_worker_t *w = &p->workers[i];
                 worker_name(w->url, name);
