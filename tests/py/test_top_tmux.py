@@ -218,8 +218,9 @@ class TopInTmuxTest(unittest.TestCase):
                                                             "errors": 1})
         cmd = [os.path.join(BIN, "kinfer"), "top", "-i", "300", "-r", self.redis_url,
                "--metrics", ",".join(self.urls), self.dead]
+        errlog = os.path.join(self.tmp.name, "top.err")   # diagnostics (and any sanitizer's)
         self.tmux("new-session", "-d", "-s", "top", "-x", "160", "-y", "50",
-                  " ".join(cmd))
+                  " ".join(cmd) + " 2>" + errlog)
         screen = self.wait_pane(lambda s: "ERR/S" in s and re.search(r"jobs/s \d", s))
         sys.stderr.write("\n" + screen)
 
@@ -276,6 +277,7 @@ class TopInTmuxTest(unittest.TestCase):
         while self.tmux("has-session", "-t", "top", check=False).returncode == 0:
             self.assertLess(time.monotonic(), deadline, "top did not quit on q")
             time.sleep(0.1)
+        self.assertEqual(open(errlog).read(), "")
 
     def wait_pane(self, cond, timeout=10):
         deadline = time.monotonic() + timeout
@@ -301,7 +303,8 @@ class TopInTmuxTest(unittest.TestCase):
         time.sleep(0.6)   # between its two samples: a small user turns busy
         self.r.hincrby("kinfer:{many00}:usage", "jobs", 600)
         self.r.hincrby("kinfer:{many00}:usage", "errors", 30)
-        out, _ = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(err, b"")
         self.assertEqual(proc.returncode, 1, "a worker is down: exit 1")
         self.assertIn(b"jobs/s 0.0", out, "one worker up for both samples: a rate")
         self.assertTrue(all(b == 10 or 32 <= b < 127 for b in out), out)
