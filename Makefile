@@ -30,6 +30,7 @@ WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worke
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
               worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
+              worker/advertise.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
               worker/model_store_registry_conn.o worker/model_store_registry_cache.o \

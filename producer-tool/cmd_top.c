@@ -48,8 +48,10 @@ static const char synopsis[] =
     "A live view of a running pool: results per second and the error rate, the\n"
     "consumer lag and the work it stands for, each worker's totals and share, and\n"
     "the busiest users (their usage counters in Redis, by jobs per second).\n"
-    "Workers are read from their /metrics (kinfer-worker --http); give them as\n"
-    "arguments or --metrics.  A worker that does not answer is shown as down.\n"
+    "Workers are read from their /metrics (kinfer-worker --http): the ones given\n"
+    "as arguments or --metrics, or else every worker whose heartbeat record is in\n"
+    "Redis (PREFIXworker:ID, written by workers with --http).  A worker that does\n"
+    "not answer is shown as down.\n"
     "Keys: q quits.  Rates need two samples: '-' until then.";
 
 static volatile sig_atomic_t stop_flag;
@@ -185,11 +187,6 @@ int kc_cmd_top(int argc, char **argv)
         memset(&pool, 0, sizeof(pool));
         if (!(urls = collect_urls(&tc, first, argc, argv, &n))) {
                 kc_err("top: out of memory");
-                goto out;
-        }
-        if (!n) {
-                kc_err("top: no workers: give their --http addresses as arguments, --metrics or "
-                       "KINFER_TOP_METRICS");
                 goto out;
         }
         if (kt_pool_init(&pool, urls, n, tc.kc.redis_url, tc.kc.prefix, (int)tc.timeout_ms, err,

@@ -23,9 +23,10 @@
 
 #include "kf_redis.h"
 
-#define KT_USERS_MAX  100000      /* usage keys read per sample; more are counted, not read */
-#define KT_BODY_MAX   (16u << 20) /* largest /metrics body taken */
-#define KT_REASON_MAX 160
+#define KT_USERS_MAX   100000      /* usage keys read per sample; more are counted, not read */
+#define KT_BODY_MAX    (16u << 20) /* largest /metrics body taken */
+#define KT_WORKERS_MAX 4096        /* heartbeat records read per sample */
+#define KT_REASON_MAX  160
 
 typedef struct kt_worker_s {
         char *url;                  /* the /metrics URL */
@@ -57,8 +58,9 @@ typedef struct kt_user_s {
 } kt_user_t;
 
 typedef struct kt_pool_s {
-        kt_worker_t *workers;
+        kt_worker_t *workers; /* sorted by URL when discovered */
         size_t n_workers;
+        int discover;        /* no URLs given: the workers' records in Redis */
         kt_user_t *users;    /* hash by name */
         size_t n_users;      /* in the hash */
         size_t users_unread; /* usage keys past KT_USERS_MAX */
@@ -73,8 +75,10 @@ typedef struct kt_pool_s {
 } kt_pool_t;
 
 /* Sets up p for the given worker URLs ("host:port", "http://host:port" or a
- * full URL; /metrics is added when no path is given).  Returns 0, or -1 with
- * errstr (a URL that cannot be used, out of memory).  Connects to nothing. */
+ * full URL; /metrics is added when no path is given), or, with none, for the
+ * workers that advertise themselves in Redis (P"worker:"ID, read at each
+ * sample).  Returns 0, or -1 with errstr (a URL that cannot be used, out of
+ * memory).  Connects to nothing. */
 int kt_pool_init(kt_pool_t *p, char **urls, size_t n_urls, const char *redis_url,
                  const char *prefix, int timeout_ms, char *errstr, size_t errstr_size);
 

@@ -34,11 +34,34 @@ static char *metrics_url(const char *u)
         return out;
 }
 
+/* 0 if u can name a worker: not empty, no blanks or control bytes, and
+ * http:// or https:// when it has a scheme; else -1 with errstr. */
+static int url_ok(const char *u, char *errstr, size_t errstr_size)
+{
+        if (!*u || strlen(u) > 1000) {
+                snprintf(errstr, errstr_size, "worker URL '%.200s' is empty or too long", u);
+                return -1;
+        }
+        for (const unsigned char *c = (const unsigned char *)u; *c; c++)
+                if (*c <= 0x20 || *c >= 0x7f) {
+                        snprintf(errstr, errstr_size,
+                                 "worker URL '%.200s' has blanks or control characters", u);
+                        return -1;
+                }
+        if (strstr(u, "://") && strncmp(u, "http://", 7) && strncmp(u, "https://", 8)) {
+                snprintf(errstr, errstr_size,
+                         "worker URL '%.200s': only http:// and https:// are read", u);
+                return -1;
+        }
+        return 0;
+}
+
 int kt_pool_init(kt_pool_t *p, char **urls, size_t n_urls, const char *redis_url,
                  const char *prefix, int timeout_ms, char *errstr, size_t errstr_size)
 {
         memset(p, 0, sizeof(*p));
         p->timeout_ms = timeout_ms;
+        p->discover = n_urls == 0;
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
                 snprintf(errstr, errstr_size, "libcurl failed to start");
                 return -1;
@@ -50,18 +73,9 @@ int kt_pool_init(kt_pool_t *p, char **urls, size_t n_urls, const char *redis_url
             !(p->multi = curl_multi_init()))
                 goto oom;
         for (size_t i = 0; i < n_urls; i++, p->n_workers++) {
-                const char *u = urls[i];
-                if (!*u || strpbrk(u, " \t\r\n")) {
-                        snprintf(errstr, errstr_size, "worker URL '%.200s' is empty or has blanks",
-                                 u);
+                if (url_ok(urls[i], errstr, errstr_size))
                         return -1;
-                }
-                if (strstr(u, "://") && strncmp(u, "http://", 7) && strncmp(u, "https://", 8)) {
-                        snprintf(errstr, errstr_size,
-                                 "worker URL '%.200s': only http:// and https:// are read", u);
-                        return -1;
-                }
-                if (!(p->workers[i].url = metrics_url(u)))
+                if (!(p->workers[i].url = metrics_url(urls[i])))
                         goto oom;
                 set_reason(p->workers[i].reason, "not read yet", NULL);
         }
@@ -317,6 +331,111 @@ static int read_users(kt_pool_t *p, char **names, size_t n, int64_t now_us)
         return 0;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+        return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The workers' heartbeat records (P"worker:"ID, written by workers with
+ * --http: worker/advertise.h) become the list of workers; a worker seen
+ * before keeps its numbers, for its rates.  A record whose value is no
+ * usable URL is skipped: anyone who can write Redis can write one.  -1 if
+ * Redis failed (the list is kept). */
+static int discover(kt_pool_t *p)
+{
+        char pattern[256], cursor[32] = "0", err[256];
+        char **urls = NULL;
+        size_t n = 0, cap = 0;
+        kt_worker_t *ws;
+        int rc = -1;
+
+        snprintf(pattern, sizeof(pattern), "%sworker:*", p->prefix);
+        do {
+                redisReply *r =
+                    redisCommand(p->redis, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+                if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+                    r->element[0]->type != REDIS_REPLY_STRING ||
+                    r->element[1]->type != REDIS_REPLY_ARRAY) {
+                        freeReplyObject(r);
+                        goto out;
+                }
+                snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+                for (size_t i = 0; i < r->element[1]->elements; i++)
+                        if (r->element[1]->element[i]->type == REDIS_REPLY_STRING)
+                                redisAppendCommand(p->redis, "GET %b",
+                                                   r->element[1]->element[i]->str,
+                                                   r->element[1]->element[i]->len);
+                for (size_t i = 0; i < r->element[1]->elements; i++) {
+                        redisReply *v = NULL;
+                        if (r->element[1]->element[i]->type != REDIS_REPLY_STRING)
+                                continue;
+                        if (redisGetReply(p->redis, (void **)&v) != REDIS_OK) {
+                                freeReplyObject(r);
+                                goto out;
+                        }
+                        if (v->type == REDIS_REPLY_STRING && strlen(v->str) == v->len &&
+                            !url_ok(v->str, err, sizeof(err)) && n < KT_WORKERS_MAX) {
+                                if (n == cap) {
+                                        char **nu =
+                                            realloc(urls, (cap ? 2 * cap : 16) * sizeof(*urls));
+                                        if (!nu) {
+                                                freeReplyObject(v);
+                                                freeReplyObject(r);
+                                                goto out;
+                                        }
+                                        urls = nu;
+                                        cap = cap ? 2 * cap : 16;
+                                }
+                                if ((urls[n] = metrics_url(v->str)))
+                                        n++;
+                        }
+                        freeReplyObject(v);
+                }
+                freeReplyObject(r);
+        } while (strcmp(cursor, "0"));
+        if (n > 1)
+                qsort(urls, n, sizeof(*urls), cmp_str);
+        if (!(ws = calloc(n ? n : 1, sizeof(*ws))))
+                goto out;
+        for (size_t i = 0; i < n; i++) {
+                for (size_t j = 0; j < p->n_workers; j++)
+                        if (p->workers[j].url && !strcmp(p->workers[j].url, urls[i])) {
+                                ws[i] = p->workers[j];
+                                p->workers[j].url = NULL;
+                                break;
+                        }
+                if (!ws[i].url) {
+                        ws[i].url = urls[i];
+                        urls[i] = NULL;
+                        set_reason(ws[i].reason, "not read yet", NULL);
+                }
+        }
+        for (size_t j = 0; j < p->n_workers; j++) {
+                free(p->workers[j].url);
+                free(p->workers[j].body);
+        }
+        free(p->workers);
+        p->workers = ws;
+        p->n_workers = n;
+        rc = 0;
+out:
+        for (size_t i = 0; i < n; i++)
+                free(urls[i]);
+        free(urls);
+        return rc;
+}
+
+static int redis_connect(kt_pool_t *p)
+{
+        char err[512];
+        if (!p->redis &&
+            !(p->redis = kf_redis_connect(&p->redis_url, p->timeout_ms, err, sizeof(err)))) {
+                redis_down(p, err);
+                return -1;
+        }
+        return 0;
+}
+
 static void sample_redis(kt_pool_t *p)
 {
         char err[512], pattern[256], cursor[32] = "0";
@@ -325,11 +444,8 @@ static void sample_redis(kt_pool_t *p)
 
         p->gen++;
         p->users_unread = 0;
-        if (!p->redis &&
-            !(p->redis = kf_redis_connect(&p->redis_url, p->timeout_ms, err, sizeof(err)))) {
-                redis_down(p, err);
+        if (redis_connect(p))
                 return;
-        }
         snprintf(pattern, sizeof(pattern), "%s{*}:usage", p->prefix);
         do {
                 redisReply *r =
@@ -388,6 +504,8 @@ static void sample_redis(kt_pool_t *p)
 
 void kt_pool_sample(kt_pool_t *p)
 {
+        if (p->discover && !redis_connect(p) && discover(p))
+                redis_down(p, p->redis->errstr[0] ? p->redis->errstr : "SCAN of worker records");
         scrape_all(p);
         sample_redis(p);
 }

@@ -112,6 +112,9 @@ static void render_workers(const kt_pool_t *p, out_t *o, double pool_jobs)
         emit(o, "%-*s %-5s %10s %10s %10s %7s %9s %9s %9s %11s %6s %6s", NAME_W, "WORKER", "STATE",
              "JOBS", "OK", "ERRORS", "SHARE", "JOBS/S", "ERR/S", "LAG", "WORK_FLOPS", "INFLT",
              "PARTS");
+        if (!p->n_workers)
+                emit(o, "(none: no worker given, and no worker's heartbeat record in Redis; "
+                        "workers write one with --http)");
         for (size_t i = 0; i < p->n_workers; i++) {
                 const kt_worker_t *w = &p->workers[i];
                 worker_name(w->url, name);

@@ -14,8 +14,9 @@ captured with `tmux capture-pane -p`, and every number it shows is checked
 against what this test reads itself: each worker's /metrics parsed with
 prometheus_client's parser, the usage counters with redis-py. Also: a user
 name full of escape sequences (written straight into Redis: no job can carry
-one) shows escaped, the window is resized, q quits, and `--once` orders many
-users by jobs per second.
+one) shows escaped, the window is resized, q quits, `--once` orders many
+users by jobs per second, and without worker URLs top finds the workers by
+their heartbeat records (kinfer:worker:ID), which go when a worker stops.
 """
 
 import os
@@ -329,12 +330,52 @@ class TopInTmuxTest(unittest.TestCase):
                              capture_output=True)
         self.assertEqual(bad.returncode, 2)
         self.assertIn(b"ftp://x/", bad.stderr)
-        none = subprocess.run([os.path.join(BIN, "kinfer"), "top", "--once"], capture_output=True,
+        # no worker given and Redis away: the records cannot be read
+        none = subprocess.run([os.path.join(BIN, "kinfer"), "top", "--once", "-i", "100",
+                               "-r", "redis://127.0.0.1:1/0"], capture_output=True,
                               env={k: v for k, v in os.environ.items()
                                    if k != "KINFER_TOP_METRICS"})
-        self.assertEqual(none.returncode, 2)
-        self.assertIn(b"no workers", none.stderr)
+        self.assertEqual(none.returncode, 1)
+        self.assertIn(b"redis: down", none.stdout)
+        self.assertIn(b"(none: no worker given", none.stdout)
 
+    def test_z_workers_found_by_their_heartbeat_records(self):
+        """Last: stops a worker."""
+        want = {f"http://{u}/metrics" for u in self.urls}
+        deadline = time.monotonic() + 10
+        while True:
+            recs = {k.decode(): self.r.get(k).decode() for k in self.r.scan_iter("kinfer:worker:*")}
+            if set(recs.values()) == want:
+                break
+            self.assertLess(time.monotonic(), deadline, recs)
+            time.sleep(0.1)
+        for k in recs:
+            self.assertTrue(0 < self.r.pttl(k) <= 30000, (k, self.r.pttl(k)))
+        pids = {p.pid for p in self.procs}
+        self.assertEqual({int(k.rsplit(":", 1)[1]) for k in recs} <= pids, True, recs)
+        # records nobody should follow, and one of a worker that died
+        self.r.set("kinfer:worker:evil1", "file:///etc/passwd")
+        self.r.set("kinfer:worker:evil2", "http://x\x1b[2J/metrics")
+        self.r.set("kinfer:worker:gone", f"http://{self.dead}/metrics")
+        cmd = [os.path.join(BIN, "kinfer"), "top", "--once", "-i", "300", "-r", self.redis_url]
+        env = {k: v for k, v in os.environ.items() if k != "KINFER_TOP_METRICS"}
+        out = subprocess.run(cmd, capture_output=True, env=env)
+        text = out.stdout.decode()
+        rows = {l.split()[0]: l.split()[1] for l in text.splitlines()
+                if l.split() and l.split()[0].startswith("127.0.0.1:")}
+        self.assertEqual(rows, {self.urls[0]: "up", self.urls[1]: "up", self.dead: "down"}, text)
+        self.assertNotIn("passwd", text)
+        self.assertNotIn("x\\x1b", text)
+        self.assertEqual(out.returncode, 1, "one is down")
+        # a worker that stops takes its record with it
+        worker = [p for p in self.procs if p.args[0].endswith("kinfer-worker")][0]
+        stop(worker)
+        self.assertEqual(worker.returncode, 0)
+        gone = [k for k, v in recs.items() if v == f"http://{self.urls[0]}/metrics"][0]
+        self.assertIsNone(self.r.get(gone))
+        text = subprocess.run(cmd, capture_output=True, env=env).stdout.decode()
+        self.assertNotIn(self.urls[0], text)
+        self.assertIn(self.urls[1], text)
 
 if __name__ == "__main__":
     if not shutil.which("tmux"):
