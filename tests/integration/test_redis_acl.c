@@ -20,10 +20,13 @@
 #include "../harness/kt_job.h"
 #include "../harness/stack.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -206,6 +209,20 @@ static void want_noperm(redisContext *conn, const char *what, redisReply *r)
         freeReplyObject(r);
 }
 
+/* A free loopback port for the worker's --http (bound, then released). */
+static int free_port(void)
+{
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof(a);
+        int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+        if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof(a)) &&
+            !getsockname(fd, (struct sockaddr *)&a, &len))
+                port = ntohs(a.sin_port);
+        if (fd >= 0)
+                close(fd);
+        return port;
+}
+
 static void produce(at_t *t, const char *user)
 {
         kt_msg_t msgs[N_JOBS];
@@ -262,9 +279,17 @@ static void test_worker_and_admin_users(void **state)
         const char *push[] = {"model", "push", path, "--activate", NULL};
         const char *quota[] = {"quota", "set", "acl-u1", "--jobs", "3", NULL};
         const char *usage[] = {"usage", "acl-u1", NULL};
-        const char *wargv[] = {
-            "kinfer-worker",           "--worker-id", "acl-w1", "--config", t->wconf, "-X",
-            "session.timeout.ms=6000", NULL};
+        char http[32];
+        const char *wargv[] = {"kinfer-worker",
+                               "--worker-id",
+                               "acl-w1",
+                               "--config",
+                               t->wconf,
+                               "--http",
+                               http,
+                               "-X",
+                               "session.timeout.ms=6000",
+                               NULL};
         redisContext *w;
         redisReply *r;
         int slot;
@@ -297,6 +322,7 @@ static void test_worker_and_admin_users(void **state)
          * channel, runs the step script with the quota pre-check. */
         memcpy(saved, t->stack.redis_url, sizeof(saved));
         t->stack.redis_url[0] = '\0';
+        snprintf(http, sizeof(http), "127.0.0.1:%d", free_port());
         slot = kt_stack_spawn(&t->stack, "acl-w1", wargv, NULL);
         memcpy(t->stack.redis_url, saved, sizeof(saved));
         assert_true(slot >= 0);
@@ -328,6 +354,30 @@ static void test_worker_and_admin_users(void **state)
             log_has(t->stack.procs[slot].log, "no permissions")) {
                 kt_stack_fail(&t->stack);
                 fail_msg("acl-w1's log shows an ACL refusal, or no subscription to the registry");
+        }
+
+        /* With --http it advertises itself (kinfer:worker:ID), and the
+         * admin's kinfer top finds it there (SCAN, GET) and reads usage;
+         * top has no config file: the URL comes from KINFER_REDIS. */
+        r = redisCommand(t->c, "EXISTS kinfer:worker:acl-w1");
+        assert_true(r && r->type == REDIS_REPLY_INTEGER);
+        if (r->integer != 1)
+                fail_msg("kinfer:worker:acl-w1 was not written under the worker's ACL user");
+        freeReplyObject(r);
+        {
+                const char *top[] = {"kinfer", "top", "--once", "--interval-ms", "200", NULL};
+                int rc;
+                memcpy(saved, t->stack.redis_url, sizeof(saved));
+                snprintf(t->stack.redis_url, sizeof(t->stack.redis_url),
+                         "redis://kinfer-admin:%s@127.0.0.1:%d/0", ADMIN_PASS, t->stack.redis_port);
+                rc = kt_stack_run(&t->stack, top, NULL, &out, 30000);
+                memcpy(t->stack.redis_url, saved, sizeof(saved));
+                if (rc != 0 || !out || !strstr(out, "workers 1/1 up") || !strstr(out, "acl-u1") ||
+                    strstr(out, ADMIN_PASS))
+                        fail_msg("kinfer top --once as kinfer-admin: exit %d:\n%s", rc,
+                                 out ? out : "");
+                free(out);
+                out = NULL;
         }
 
         /* The admin reads usage. */
@@ -377,6 +427,11 @@ static void test_worker_and_admin_users(void **state)
         freeReplyObject(r);
 
         assert_int_equal(kt_stack_kill(&t->stack, slot, SIGTERM, 20000), 0);
+        r = redisCommand(t->c, "EXISTS kinfer:worker:acl-w1");
+        assert_true(r && r->type == REDIS_REPLY_INTEGER);
+        if (r->integer != 0)
+                fail_msg("kinfer:worker:acl-w1 was not deleted at exit under the worker's user");
+        freeReplyObject(r);
 
         /* Secrets: never in the worker's log or --print-config, nor in the
          * CLI's refusal of a wrong password, which still names the user. */
