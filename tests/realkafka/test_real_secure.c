@@ -19,11 +19,15 @@
 #include <cmocka.h>
 // clang-format on
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../faults/faults.h"
 
@@ -93,6 +97,45 @@ static int log_has(fx_t *fx, int slot, const char *a, const char *b)
         if (fp)
                 fclose(fp);
         return found;
+}
+
+/* A free loopback port for a worker's --http (bound, then released). */
+static int free_port(void)
+{
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof(a);
+        int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+        if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof(a)) &&
+            !getsockname(fd, (struct sockaddr *)&a, &len))
+                port = ntohs(a.sin_port);
+        if (fd >= 0)
+                close(fd);
+        return port;
+}
+
+/* GET path from 127.0.0.1:port (HTTP/1.0); the response, head and body, in
+ * buf.  Returns the status code, or -1 if nothing answered. */
+static int http_get(int port, const char *path, char *buf, size_t size)
+{
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int fd = socket(AF_INET, SOCK_STREAM, 0), code = -1;
+        size_t n = 0;
+        ssize_t r;
+        buf[0] = '\0';
+        if (fd < 0)
+                return -1;
+        if (!connect(fd, (struct sockaddr *)&a, sizeof(a)) &&
+            dprintf(fd, "GET %s HTTP/1.0\r\n\r\n", path) > 0) {
+                while (n + 1 < size && (r = read(fd, buf + n, size - 1 - n)) > 0)
+                        n += (size_t)r;
+                buf[n] = '\0';
+                if (sscanf(buf, "HTTP/%*s %d", &code) != 1)
+                        code = -1;
+        }
+        close(fd);
+        return code;
 }
 
 /* 1 if a line of the CLI runs' stderr (the stack's run.log) holds a and b. */
@@ -179,7 +222,8 @@ static void test_refusals(void **state)
         char bad_pass[400], bad_ca[400], plain[400];
         const char *e1[] = {"--brokers", NULL, "--config", bad_pass, NULL};
         const char *e2[] = {"--brokers", NULL, "--config", bad_ca, NULL};
-        const char *e3[] = {"--brokers", NULL, "--config", plain, NULL};
+        char http[32];
+        const char *e3[] = {"--brokers", NULL, "--config", plain, "--http", http, NULL};
         char scram[400];
         const char *e4[] = {"--brokers", NULL, "--config", scram, NULL};
         int w1, w2, w3, w4, st;
@@ -195,6 +239,7 @@ static void test_refusals(void **state)
                      scram, sizeof(scram));
         w1 = fx_worker(fx, "rkref-badpass", e1);
         w2 = fx_worker(fx, "rkref-badca", e2);
+        snprintf(http, sizeof(http), "127.0.0.1:%d", free_port());
         w3 = fx_worker(fx, "rkref-plain", e3);
         w4 = fx_worker(fx, "rkref-scram", e4);
 
@@ -215,6 +260,16 @@ static void test_refusals(void **state)
                 fail_msg("rkref-badca exited without naming the certificate check");
         }
         wait_log(fx, w3, "security.protocol", "SSL listener");
+        {
+                /* Unready, and /readyz says why. */
+                char resp[2048];
+                int code = http_get(atoi(strrchr(http, ':') + 1), "/readyz", resp, sizeof(resp));
+                if (code != 503 || !strstr(resp, "not in the consumer group")) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("rkref-plain /readyz: %d, want 503 naming the group:\n%s", code,
+                                 resp);
+                }
+        }
         if (kt_stack_wait(&fx->stack, w3, 0) != -1 || fx_log_count(fx, w3, "assigned") > 0) {
                 kt_stack_fail(&fx->stack);
                 fail_msg("rkref-plain exited, or joined the group, on a TLS listener");
