@@ -203,6 +203,8 @@ static void test_tls_sasl_end_to_end(void **state)
         fx_finish(fx, &w, 1);
         assert_no_log_has(fx, WORKER_PASS);
         assert_no_log_has(fx, CLIENT_PASS);
+        if (run_log_has(fx, CLIENT_PASS, "") || run_log_has(fx, WORKER_PASS, ""))
+                fail_msg("a CLI run printed a password (run.log)");
 }
 
 /* Workers that cannot work on this listener, on one broker: a wrong
