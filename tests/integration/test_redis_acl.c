@@ -185,6 +185,20 @@ static int run_log_has(at_t *t, const char *text)
         return log_has(path, text);
 }
 
+/* Waits up to 30 s for a line of slot's log holding text. */
+static void wait_worker_log(at_t *t, int slot, const char *text)
+{
+        long long deadline = kt_now_ms() + 30000;
+        while (!log_has(t->stack.procs[slot].log, text)) {
+                if (kt_now_ms() > deadline) {
+                        kt_stack_fail(&t->stack);
+                        fail_msg("%s: no log line with '%s' within 30 s", t->stack.procs[slot].name,
+                                 text);
+                }
+                kt_sleep_ms(50);
+        }
+}
+
 static long long hget_ll(redisContext *c, const char *key, const char *field)
 {
         redisReply *r = redisCommand(c, "HGET %s %s", key, field);
@@ -346,6 +360,28 @@ static void test_worker_and_admin_users(void **state)
                        (n = hget_ll(t->c, "kinfer:stats", "undecodable")) < 1)
                         kt_sleep_ms(50);
                 assert_int_equal(n, 1);
+        }
+        /* The rest of the admin's registry commands, while the worker
+         * follows them over the channel and loads version 2 under its own
+         * user: push and activate, list, roll back, remove. */
+        {
+                const char *list[] = {"model", "list", NULL};
+                const char *rollback[] = {"model", "rollback", "lin", NULL};
+                const char *rm[] = {"model", "rm", "lin", "2", NULL};
+                if (cli(t, t->aconf, push, NULL)) {
+                        kt_stack_fail(&t->stack);
+                        fail_msg("kinfer model push (version 2) as kinfer-admin failed");
+                }
+                wait_worker_log(t, slot, "model lin: serving version 2");
+                if (cli(t, t->aconf, list, NULL) || cli(t, t->aconf, rollback, NULL)) {
+                        kt_stack_fail(&t->stack);
+                        fail_msg("kinfer model list / rollback as kinfer-admin failed");
+                }
+                wait_worker_log(t, slot, "model lin: serving version 1");
+                if (cli(t, t->aconf, rm, NULL)) {
+                        kt_stack_fail(&t->stack);
+                        fail_msg("kinfer model rm lin 2 as kinfer-admin failed");
+                }
         }
         /* Nothing it needs was refused on the way (a refused SUBSCRIBE, say,
          * would only be a warning, the registry then polled). */
