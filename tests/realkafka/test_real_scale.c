@@ -4,7 +4,8 @@
  * backlog on 12 partitions drained by one worker, then three, then one again
  * (one stopped with SIGTERM, one SIGKILLed), each worker's share read from
  * its own /metrics; and every worker of a pool replaced one by one under a
- * steady stream, as a Deployment's rolling update does.  Each case ends with
+ * steady stream, as a Deployment's rolling update does, with dynamic and
+ * with static membership (--instance-id from the pod name).  Each case ends with
  * the fault fixture's check (tests/faults/faults.h): every job exactly one
  * result, equal to the reference, usage counters exact (nobody charged
  * twice). */
@@ -157,6 +158,16 @@ static long long wait_share(fx_t *fx, int port, const char *name, long long n)
         return got;
 }
 
+/* Appends n good jobs keyed by their ids, not their users: 16 users' keys
+ * would leave some of 12 partitions empty, and a worker holding only empty
+ * ones would show no share. */
+static void add_spread(fx_t *fx, int n)
+{
+        int first = fx_add_good(fx, n);
+        for (int i = first; i < first + n; i++)
+                snprintf(fx->jobs[i].key, sizeof(fx->jobs[i].key), "%.79s", fx->jobs[i].id);
+}
+
 /* One to three workers and back to one, on 12 partitions.  The small batches
  * keep the backlog draining long enough for every step to land mid-run.
  * What each worker says on /metrics it wrote must be what Redis holds under
@@ -171,7 +182,7 @@ static void test_scale_out_and_in(void **state)
         int w[3], port[3];
 
         fx_setup_kafka(fx, "rkhs", 12, 16, NULL);
-        fx_add_good(fx, 60000);
+        add_spread(fx, 60000);
         t0 = kt_now_ms();
         fx_produce(fx, 0, fx->n_jobs);
         print_message("60000 jobs produced to 12 partitions in %lld ms\n", kt_now_ms() - t0);
@@ -253,24 +264,35 @@ static void print_latency(fx_t *fx)
         free(ms);
 }
 
+/* A worker of the rolling upgrade: `static_ids` gives it --instance-id
+ * NAME, as the Kubernetes Deployment does with the pod's name. */
+static int roll_worker(fx_t *fx, const char *name, int *port, int static_ids)
+{
+        const char *ex[] = {"--instance-id", name, NULL};
+        return http_worker(fx, name, port, static_ids ? ex : NULL);
+}
+
 /* Three workers replaced one by one, as a rolling update does (SIGTERM, wait
  * for the exit, start the new one, wait until it holds partitions and has
  * written results: "ready"), while a producer keeps 1,000 jobs a second
  * coming: no job lost, none failed (every result ok and equal to the
- * reference), nobody charged twice. */
-static void test_rolling_upgrade(void **state)
+ * reference), nobody charged twice.  With static membership and new names
+ * (a Deployment's new pods), a stopped member does not leave the group: its
+ * partitions wait for the session timeout (6 s here), which the printed
+ * latencies show. */
+static void rolling_upgrade(void **state, const char *tag, int static_ids)
 {
         fx_t *fx = *state;
         char old_names[3][32], new_names[3][32];
         int w[3], port[3];
         long long t0;
 
-        fx_setup_kafka(fx, "rkroll", 12, 16, NULL);
-        fx_add_good(fx, 40000); /* more than the stream will send: it is stopped */
+        fx_setup_kafka(fx, tag, 12, 16, NULL);
+        add_spread(fx, 60000); /* more than the stream will send: it is stopped */
         for (int i = 0; i < 3; i++) {
-                snprintf(old_names[i], sizeof(old_names[i]), "rkroll-old%d", i + 1);
-                snprintf(new_names[i], sizeof(new_names[i]), "rkroll-new%d", i + 1);
-                w[i] = http_worker(fx, old_names[i], &port[i], NULL);
+                snprintf(old_names[i], sizeof(old_names[i]), "%s-old%d", tag, i + 1);
+                snprintf(new_names[i], sizeof(new_names[i]), "%s-new%d", tag, i + 1);
+                w[i] = roll_worker(fx, old_names[i], &port[i], static_ids);
         }
         for (int i = 0; i < 3; i++)
                 wait_assigned(fx, w[i], 0);
@@ -280,7 +302,7 @@ static void test_rolling_upgrade(void **state)
         for (int i = 0; i < 3; i++) {
                 int before = fx_produced(fx);
                 assert_int_equal(kt_stack_kill(&fx->stack, w[i], SIGTERM, 30000), 0);
-                w[i] = http_worker(fx, new_names[i], &port[i], NULL);
+                w[i] = roll_worker(fx, new_names[i], &port[i], static_ids);
                 wait_assigned(fx, w[i], 0);
                 wait_share(fx, port[i], new_names[i], 300);
                 print_message("%s replaced by %s (%d jobs produced meanwhile)\n", old_names[i],
@@ -299,12 +321,24 @@ static void test_rolling_upgrade(void **state)
         fx_finish(fx, w, 3);
 }
 
+static void test_rolling_upgrade(void **state)
+{
+        rolling_upgrade(state, "rkroll", 0);
+}
+
+static void test_rolling_upgrade_static(void **state)
+{
+        rolling_upgrade(state, "rkrollst", 1);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_scale_out_and_in, fx_state_setup,
                                             fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_rolling_upgrade, fx_state_setup,
+                                            fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_rolling_upgrade_static, fx_state_setup,
                                             fx_state_teardown),
         };
         return fx_run(tests);
