@@ -12,7 +12,7 @@ code, since no Docker engine or cluster runs in CI (docs/deploy.md):
 - probe and HEALTHCHECK paths are routes of worker/endpoint.c, probe ports
   are the port the worker's --http listens on, grace periods outlast
   --grace-ms, the Redis policy never evicts, KEDA triggers use only the
-  fields KEDA documents (https://keda.sh/docs/2.17/scalers/apache-kafka/,
+  fields KEDA documents (https://keda.sh/docs/2.15/scalers/apache-kafka/,
   .../prometheus/) and name the worker's group, topic and metrics, and no
   autoscaler goes past the topic's partitions;
 - the Dockerfile: pinned Debian bookworm bases, a non-root USER in every
@@ -47,8 +47,12 @@ DOCKERFILE = os.path.join(DEPLOY, "docker", "Dockerfile")
 COMPOSE = os.path.join(DEPLOY, "docker", "docker-compose.yml")
 OVERLAYS = sorted(glob.glob(os.path.join(DEPLOY, "k8s", "overlays", "*")))
 
-# Fields KEDA documents (v2.17): ScaledObject spec, and the trigger metadata
-# of the two scalers used here.
+# Fields KEDA documents (v2.15, kedacore/keda-docs content/docs/2.15/:
+# reference/scaledobject-spec.md, scalers/apache-kafka.md,
+# scalers/prometheus.md): the ScaledObject spec, and the trigger metadata of
+# the two scalers used here.  `topic` is optional for KEDA but required
+# here: without it, a group that never committed is invisible to the scaler
+# at zero replicas (the scaler page's own warning).
 KEDA_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
              "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback", "advanced",
              "triggers"}
@@ -59,12 +63,12 @@ KEDA_META = {
               {"bootstrapServers", "consumerGroup", "topic", "lagThreshold",
                "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers",
                "scaleToZeroOnInvalidOffset", "excludePersistentLag", "version",
-               "partitionLimitation", "sasl", "tls", "unsafeSsl", "limitToPartitionsWithLag",
-               "ensureEvenDistributionOfPartitions"}),
+               "partitionLimitation", "sasl", "saslTokenProvider", "tls", "unsafeSsl",
+               "limitToPartitionsWithLag", "awsRegion"}),
     "prometheus": ({"serverAddress", "query", "threshold"},
                    {"serverAddress", "query", "queryParameters", "threshold",
-                    "activationThreshold", "namespace", "customHeaders", "ignoreNullValues",
-                    "unsafeSsl", "timeout"}),
+                    "activationThreshold", "namespace", "cortexOrgID", "customHeaders",
+                    "ignoreNullValues", "unsafeSsl", "authModes"}),
 }
 
 

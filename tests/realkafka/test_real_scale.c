@@ -147,7 +147,8 @@ static long long wait_share(fx_t *fx, int port, const char *name, long long n)
         while ((got = ok_written(fx, port)) < n) {
                 if (fx_count_results(fx, fx->n_jobs) >= fx->n_jobs) {
                         kt_stack_fail(&fx->stack);
-                        fail_msg("the backlog drained before %s wrote %lld results", name, n);
+                        fail_msg("all %d jobs had results before %s wrote %lld ok ones", fx->n_jobs,
+                                 name, n);
                 }
                 if (kt_now_ms() > deadline) {
                         kt_stack_fail(&fx->stack);
