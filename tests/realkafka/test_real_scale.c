@@ -213,7 +213,13 @@ static void test_scale_out_and_in(void **state)
         fx_wait_all(fx, WAIT_MS);
         print_message("drained in %lld ms\n", kt_now_ms() - t0);
         fx_check(fx);
-        said[0] = ok_written(fx, port[0]);
+        /* The survivor's counter moves just after Redis answers its step, so
+         * its last results can be readable a moment before it counts them. */
+        for (long long until = kt_now_ms() + 10000;; fx_sleep_ms(100)) {
+                said[0] = ok_written(fx, port[0]);
+                if (said[0] == fx_count_by_worker(fx, fx->n_jobs, names[0]) || kt_now_ms() > until)
+                        break;
+        }
         for (int i = 0; i < 3; i++) {
                 by[i] = fx_count_by_worker(fx, fx->n_jobs, names[i]);
                 total += by[i];
@@ -222,16 +228,19 @@ static void test_scale_out_and_in(void **state)
         }
         /* Every result names one of the three: nobody else wrote. */
         assert_int_equal(total, fx->n_jobs);
-        assert_int_equal(said[0], by[0]);
-        for (int i = 1; i < 3; i++) {
-                assert_true(said[i] >= 500);
-                assert_true(said[i] <= by[i]);
-        }
+        if (said[0] != by[0])
+                fail_msg("%s counts %lld ok results on /metrics, Redis holds %lld", names[0],
+                         said[0], by[0]);
+        for (int i = 1; i < 3; i++)
+                if (said[i] < 500 || said[i] > by[i])
+                        fail_msg("%s counted %lld ok results on /metrics, Redis holds %lld",
+                                 names[i], said[i], by[i]);
         fx_finish(fx, &w[0], 1);
         redone = fx_log_stat(fx, w[0], "duplicates");
         print_message("redone by rkhs-w1 and found done (not charged again): %lld\n", redone);
-        /* Else the SIGKILL found nothing uncommitted and proved nothing. */
-        assert_true(redone > 0);
+        if (redone <= 0) /* then nothing was redelivered, and the check above proved less */
+                fail_msg("the SIGKILL of %s found nothing uncommitted (%s redid %lld jobs)",
+                         names[2], names[0], redone);
 }
 
 static int cmp_ll(const void *a, const void *b)
