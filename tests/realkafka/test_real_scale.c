@@ -180,7 +180,7 @@ static void test_scale_out_and_in(void **state)
         static const char *const slow[] = {"--batch-max-jobs", "8", "--compute-threads", "1", NULL};
         const char *names[3] = {"rkhs-w1", "rkhs-w2", "rkhs-w3"};
         long long t0, said[3], by[3], total = 0, redone;
-        int w[3], port[3];
+        int w[3], port[3], before;
 
         fx_setup_kafka(fx, "rkhs", 12, 16, NULL);
         add_spread(fx, 60000);
@@ -201,11 +201,14 @@ static void test_scale_out_and_in(void **state)
         assert_midrun(fx, "three workers in the group, each with results");
 
         said[1] = ok_written(fx, port[1]);
+        before = fx_log_count(fx, w[2], ASSIGNED);
         assert_int_equal(kt_stack_kill(&fx->stack, w[1], SIGTERM, 30000), 0);
         assert_midrun(fx, "rkhs-w2 left (SIGTERM, exit 0)");
-        /* Kill rkhs-w3 while it works on what the rebalance gave it: the
-         * revoke committed its offsets, so wait for 300 results more, which
-         * its commit every 5 s has not covered yet. */
+        /* Kill rkhs-w3 while it works on what the rebalance after rkhs-w2's
+         * exit gave it: that rebalance's revoke committed its offsets, so
+         * wait for its new assignment and 300 results more, which its
+         * commit every 5 s has not covered yet. */
+        wait_assigned(fx, w[2], before);
         said[2] = wait_share(fx, port[2], names[2], ok_written(fx, port[2]) + 300);
         assert_int_equal(kt_stack_kill(&fx->stack, w[2], SIGKILL, 5000), 128 + SIGKILL);
         assert_midrun(fx, "rkhs-w3 SIGKILLed");
