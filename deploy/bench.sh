@@ -117,7 +117,7 @@ if [ -n "${BENCH_BIN_OLD:-}" ]; then
       bin=$([ $side = old ] && echo "$OLD" || echo "$BIN")
       from=$([ $side = new ] && echo "$AB/old/$w" || echo "")
       printf '\n======== %s, %s build (%s)\n' "$w" "$side" "$bin" >&2
-      BENCH_BIN_OLD= BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from BENCH_SOAK_S=0 \
+      BENCH_BIN_OLD='' BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from BENCH_SOAK_S=0 \
         bash "$0" "$bin" || { echo "bench: the $side build's $w run failed" >&2; rc=1; }
     done
   done

@@ -22,7 +22,17 @@ PKGS=(
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven
+  # deploy/ asset checks (tests/py/test_deploy_assets.py): YAML parsing
+  python3-yaml
+  # and shellcheck on deploy/ scripts
+  shellcheck
 )
+# `kubectl kustomize` renders the Kubernetes overlays: Debian's kubectl 1.20
+# (kustomize v2.0.3, offline), unless a kubectl is already there (another
+# package owning /usr/bin/kubectl would conflict with it).
+if ! command -v kubectl >/dev/null; then
+  PKGS+=(kubernetes-client)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
