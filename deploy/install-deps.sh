@@ -19,6 +19,12 @@ PKGS=(
   libncurses-dev
   # tests/py/test_top_tmux.py drives kinfer top in a real terminal
   tmux
+  # the Python client (producer-tool/python): its test installs it with pip into a venv
+  python3-venv
+  python3-pip
+  python3-setuptools
+  # tests/py/test_client_lib.py trains a scikit-learn model and serves it
+  python3-sklearn
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven
