@@ -451,6 +451,58 @@ class ClientLibTest(unittest.TestCase):
         time.sleep(0.5)
         self.assertEqual(self.r.keys(rkey(user, "*")), [], "a refused job reached a worker")
 
+    def test_submit_many_is_all_or_nothing(self):
+        """A bad input among many refuses the call before anything is sent."""
+        user = self.user("aon")
+        good = np.ones((1, 8))
+        with self.assertRaises(kinfer.BadRequest) as cm:
+            self.c.submit_many("mlp", [good, good, [[np.inf] * 8], good], user=user)
+        self.assertIn("input[0, 0] is inf", cm.exception.message)
+        with self.assertRaises(ValueError):
+            self.c.submit_many("mlp", [good, good], ids=["only-one"], user=user)
+        time.sleep(0.5)
+        self.assertEqual(self.r.keys(rkey(user, "*")), [], "part of a refused call was sent")
+
+    def test_unreadable_results(self):
+        """A value under a result key that is not a v2 result, or is another
+        job's, is reported as such (written with redis-py)."""
+        user = self.user("unr")
+        h = self.c.submit("mlp", np.ones(8), user=user)
+        h.result(timeout=30)
+        good = self.r.get(rkey(user, "result", h.id))
+        self.r.set(rkey(user, "result", "copy"), good)          # another job's result
+        self.r.set(rkey(user, "result", "junk"), b"\xc1")       # not msgpack
+        self.r.set(rkey(user, "result", "v1"), msgpack.packb({"v": 1, "status": "ok"}))
+        for jid, words in (("copy", f"result of {user}/{h.id}"), ("junk", "not msgpack"),
+                           ("v1", "v=1")):
+            with self.subTest(jid):
+                with self.assertRaises(kinfer.UnreadableResult) as cm:
+                    self.c.get(jid, user=user)
+                self.assertIn(words, cm.exception.message)
+                self.assertIn(f"{user}/{jid}", cm.exception.message)
+
+    def test_servers_unreachable(self):
+        """Nothing listens: Redis fails fast as ConnectionFailed, Kafka as a
+        DeliveryError once message.timeout.ms is over; nothing hangs."""
+        dead = free_port()
+        with kinfer.Client(redis_url=f"redis://127.0.0.1:{dead}/0", user="u") as c:
+            t = time.monotonic()
+            with self.assertRaises(kinfer.ConnectionFailed):
+                c.get("x")
+            h = c.submit("mlp", np.ones(8))
+            with self.assertRaises(kinfer.ConnectionFailed):
+                h.result(timeout=5)
+            self.assertLess(time.monotonic() - t, 8)
+        c = kinfer.Client(brokers=f"127.0.0.1:{dead}", user="u",
+                          kafka_config={"message.timeout.ms": 1500})
+        t = time.monotonic()
+        h = c.submit("mlp", np.ones(8))
+        with self.assertRaises(kinfer.DeliveryError) as cm:
+            h.result(timeout=10)
+        self.assertIn(h.id, cm.exception.message)
+        self.assertLess(time.monotonic() - t, 8)
+        c.close()
+
     # ------------------------------------------------------------ timeouts
 
     def test_timeout_when_workers_are_stopped(self):

@@ -20,6 +20,7 @@ A Client is not thread-safe: use one per thread.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -95,7 +96,9 @@ class Client:
         self._blmpop = True
         self._closed = False
         self._producer: Any = None
-        conf: Dict[str, Any] = {"bootstrap.servers": self.brokers}
+        # librdkafka's own log lines go to Python logging, not straight to stderr
+        conf: Dict[str, Any] = {"bootstrap.servers": self.brokers,
+                                "logger": logging.getLogger("kinfer.kafka")}
         conf.update(PRODUCER_DEFAULTS)
         conf.update(kafka_config or {})
         try:
@@ -169,29 +172,44 @@ class Client:
         handles in order, once Kafka acknowledged (or refused) every job:
         a refused one raises DeliveryError when waited for."""
         if rows_per_job is not None:
-            if not isinstance(rows_per_job, int) or rows_per_job < 1:
+            if not isinstance(rows_per_job, int) or isinstance(rows_per_job, bool) or \
+                    rows_per_job < 1:
                 raise ValueError("rows_per_job must be a positive int")
             x = wire.as_matrix(inputs)
             inputs = [x[i:i + rows_per_job] for i in range(0, x.shape[0], rows_per_job)]
+        inputs = list(inputs)
+        if ids is not None and len(ids) != len(inputs):
+            raise ValueError(f"ids has {len(ids)} entries for {len(inputs)} inputs")
+        # Every job is checked and encoded before the first is sent: a bad
+        # input refuses the whole call, and no handle is lost to an exception.
+        encoded = [self._encode(model, rows, user, None if ids is None else ids[n], version,
+                                output, k, ttl, deadline_ms, inbox, self._seq + n)
+                   for n, rows in enumerate(inputs)]
         jobs: List[Job] = []
-        for n, rows in enumerate(inputs):
-            jid = None
-            if ids is not None:
-                if n >= len(ids):
-                    raise ValueError(f"ids has {len(ids)} entries, inputs more")
-                jid = ids[n]
-            jobs.append(self._submit(model, rows, user, jid, version, output, k, ttl,
-                                     deadline_ms, inbox))
+        for n, (value, job) in enumerate(encoded):
+            self._produce(job.user, value, job)
+            self._register(job)
+            jobs.append(job)
             if n % 1000 == 999:
                 self._producer.poll(0)
-        if ids is not None and len(ids) != len(jobs):
-            raise ValueError(f"ids has {len(ids)} entries, inputs {len(jobs)}")
         self._flush(flush_timeout)
         return jobs
 
     def _submit(self, model: str, rows: Any, user: Optional[str], job_id: Optional[str],
                 version: int, output: str, k: Optional[int], ttl: Optional[int],
                 deadline_ms: Optional[int], inbox: Optional[str]) -> Job:
+        value, job = self._encode(model, rows, user, job_id, version, output, k, ttl,
+                                  deadline_ms, inbox, self._seq)
+        self._produce(job.user, value, job)
+        self._register(job)
+        return job
+
+    def _encode(self, model: str, rows: Any, user: Optional[str], job_id: Optional[str],
+                version: int, output: str, k: Optional[int], ttl: Optional[int],
+                deadline_ms: Optional[int], inbox: Optional[str],
+                seq: int) -> Tuple[bytes, Job]:
+        """A job's message value and its handle (not registered yet); seq
+        numbers a generated id."""
         self._check_open()
         user = user if user is not None else self.user
         if user is None:
@@ -199,20 +217,21 @@ class Client:
         wire.check_name("user", user, wire.USER_MAX)
         inbox = inbox if inbox is not None else self.inbox
         if job_id is None:
-            job_id = f"{user}-{self._run}-{self._seq + 1}"
+            job_id = f"{user}-{self._run}-{seq + 1}"
         x = wire.as_matrix(rows)
         deadline = 0
         if deadline_ms is not None:
-            if not isinstance(deadline_ms, int) or deadline_ms < 1:
+            if not isinstance(deadline_ms, int) or isinstance(deadline_ms, bool) or \
+                    deadline_ms < 1:
                 raise ValueError("deadline_ms must be a positive int (ms from now)")
             deadline = int(time.time() * 1000) + deadline_ms
         value = wire.encode_job(job_id=job_id, user=user, model=model, x=x, version=version,
                                 output=output, k=k, ttl=ttl, deadline=deadline, inbox=inbox)
-        job = Job(self, job_id, user, model, inbox, output, int(x.shape[0]))
-        self._produce(user, value, job)
+        return value, Job(self, job_id, user, model, inbox, output, int(x.shape[0]))
+
+    def _register(self, job: Job) -> None:
         self._seq += 1
-        self._jobs.setdefault((user, job_id), []).append(job)
-        return job
+        self._jobs.setdefault((job.user, job.id), []).append(job)
 
     def _produce(self, user: str, value: bytes, job: Job) -> None:
         def delivered(err: Optional[KafkaError], msg: Any) -> None:
@@ -261,7 +280,7 @@ class Client:
             v = self._redis.get(wire.result_key(self.prefix, user, id))
         except redis_lib.exceptions.RedisError as e:
             raise ConnectionFailed(f"redis GET: {e}") from None
-        return None if v is None else decode(v, mode)
+        return None if v is None else decode(v, mode, (user, id))
 
     def wait(self, jobs: Sequence[Job], timeout: Optional[float] = None, *,
              return_exceptions: bool = False) -> List[Result]:
@@ -275,6 +294,9 @@ class Client:
         exception after the others are waited for, or with
         return_exceptions=True takes its place in the list."""
         self._check_open()
+        for j in jobs:
+            if j._client is not self:
+                raise ValueError(f"job {j.user}/{j.id} belongs to another Client")
         until = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         self._flush(None if until is None else until - time.monotonic())
         todo = [j for j in jobs if j._result is None and j._exc is None]
@@ -341,10 +363,8 @@ class Client:
             if j._exc is not None:   # a late delivery report lost to a result: keep the result
                 j._exc = None
             try:
-                j._result = decode(value, j.output)
+                j._result = decode(value, j.output, key)
             except UnreadableResult as e:
-                e.message = f"job {key[0]}/{key[1]}: {e.message}"
-                e.args = (e.message,)
                 j._exc = e
 
     def _get_many(self, keys: Sequence[Key]) -> List[Optional[bytes]]:

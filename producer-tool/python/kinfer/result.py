@@ -78,9 +78,20 @@ class Result:
         return out
 
 
-def decode(value: bytes, mode: str = "raw") -> Result:
-    """Decodes a GET of P{U}:result:ID.  Raises UnreadableResult naming the
-    problem when the value is not a v2 result."""
+def decode(value: bytes, mode: str = "raw", key: Optional[Tuple[str, str]] = None) -> Result:
+    """Decodes a GET of P{U}:result:ID; key = (U, ID) when known.  Raises
+    UnreadableResult naming the key and the problem when the value is not a
+    v2 result, or is the result of another user or job."""
+    try:
+        return _decode(value, mode, key)
+    except UnreadableResult as e:
+        if key is not None:
+            e.message = f"result of {key[0]}/{key[1]}: {e.message}"
+            e.args = (e.message,)
+        raise
+
+
+def _decode(value: bytes, mode: str, key: Optional[Tuple[str, str]]) -> Result:
     try:
         m = msgpack.unpackb(value, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several unrelated types
@@ -106,6 +117,8 @@ def decode(value: bytes, mode: str = "raw") -> Result:
                model=opt("model", str), worker=opt("worker", str), source=opt("source", str),
                enqueued=opt("enqueued", int), started=opt("started", int),
                done=opt("done", int), window=opt("window", int), mode=mode, raw=m)
+    if key is not None and (r.user, r.id) != key:
+        raise UnreadableResult(f"the value is the result of {r.user}/{r.id}")
     if status == "ok":
         r.version = need("version", int)
         shape = m.get("shape")
