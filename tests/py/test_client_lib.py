@@ -47,6 +47,9 @@ def _install_and_reexec():
     """Creates the venv (once), installs the package, runs this file in it."""
     t0 = time.monotonic()
     py = os.path.join(VENV, "bin", "python")
+    if os.path.exists(VENV) and subprocess.run([py, "-c", "import numpy, sklearn"],
+                                               capture_output=True).returncode != 0:
+        shutil.rmtree(VENV)   # made by another python, or broken: make it again
     if not os.path.exists(py):
         subprocess.run([SYSTEM_PY, "-m", "venv", "--system-site-packages", VENV], check=True)
     with tempfile.TemporaryDirectory(prefix="kinfer-pkg-") as tmp:
@@ -448,6 +451,10 @@ class ClientLibTest(unittest.TestCase):
             c.submit("mlp", np.ones((40000, 8)), user=user)
         with self.assertRaises(ValueError):
             kinfer.Client(prefix="a{b}")
+        with self.assertRaises(ValueError):
+            kinfer.Client(user="a}b")
+        with self.assertRaises(ValueError):
+            kinfer.Client(redis_url="http://127.0.0.1:1/0")
         time.sleep(0.5)
         self.assertEqual(self.r.keys(rkey(user, "*")), [], "a refused job reached a worker")
 
@@ -532,6 +539,45 @@ class ClientLibTest(unittest.TestCase):
         self.assert_close(h.result(timeout=30), self.mlp.forward(np.ones((1, 8))))
         self.assertEqual(len(self.c.wait(hs, timeout=30)), 5)
         self.assertTrue(h.done())
+
+    def test_inbox_is_a_hint(self):
+        """Another client takes the id off the inbox (BLPOP with redis-py, blocked
+        first): the wait still ends with the result, read again after a slice."""
+        import threading
+        user = self.user("thief")
+        for w in self.workers:
+            os.kill(w.pid, signal.SIGSTOP)
+        try:
+            h = self.c.submit("mlp", np.ones(8), user=user)
+            self.assertEqual(self.c.flush(), 0)   # the job is in Kafka
+            stolen = []
+            thief = threading.Thread(target=lambda: stolen.append(
+                redis.Redis(port=self.redis_port).blpop([rkey(user, "inbox", self.c.inbox)],
+                                                        timeout=15)))
+            thief.start()
+            time.sleep(0.5)
+        finally:
+            for w in self.workers:
+                os.kill(w.pid, signal.SIGCONT)
+        t = time.monotonic()
+        self.assert_close(h.result(timeout=20), self.mlp.forward(np.ones((1, 8))))
+        took = time.monotonic() - t
+        thief.join()
+        self.assertEqual(stolen[0][1].decode(), h.id, "the thief did not take the id")
+        self.assertLess(took, 12)
+
+    def test_cli_waits_for_a_python_job(self):
+        """Ids and inbox as the CLI makes them: `kinfer wait` finds the job."""
+        import json
+        user = self.user("cli")
+        h = self.c.submit("mlp", [[1, 2, 3, 4, 5, 6, 7, 8]], user=user)
+        self.assertEqual(self.c.flush(), 0)
+        out = json.loads(self.kinfer("wait", "--user", user, "--timeout", "30", h.id))
+        self.assertEqual((out["status"], out["id"]), ("ok", h.id))
+        self.assert_close(np.array(out["output"]),
+                          self.mlp.forward(np.arange(1, 9, dtype=np.float32)[None, :]))
+        # the CLI took the id off the inbox; the client still finds the result
+        self.assertEqual(self.c.wait([h], timeout=5)[0].id, h.id)
 
     # ------------------------------------------------------------ duplicates
 

@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import time
+import weakref
 from typing import (Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
                     Union)
 
@@ -32,8 +33,8 @@ import redis as redis_lib
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from . import wire
-from .errors import (ConnectionFailed, DeliveryError, KinferError, ResultGone, Timeout,
-                     TooLarge, UnreadableResult)
+from .errors import (BadRequest, ConnectionFailed, DeliveryError, KinferError, ResultGone,
+                     Timeout, TooLarge, UnreadableResult)
 from .job import Job
 from .result import Result, decode
 
@@ -57,6 +58,7 @@ PRODUCER_DEFAULTS = {
 SLICE_S = 5.0          # longest block on an inbox before reading the results again
 GET_CHUNK = 1000       # GETs per pipelined round
 POP_COUNT = 1000       # ids per BLMPOP
+PRUNE_EVERY = 10000    # submissions between sweeps of dropped handles
 
 Key = Tuple[str, str]  # (user, id)
 
@@ -84,14 +86,19 @@ class Client:
         self.topic = _setting("topic", topic)
         self.prefix = wire.check_prefix(_setting("prefix", prefix))
         u = _setting("user", user)
-        self.user = wire.check_name("user", u, wire.USER_MAX) if u is not None else None
+        try:
+            self.user = wire.check_name("user", u, wire.USER_MAX) if u is not None else None
+        except BadRequest as e:
+            raise ValueError(e.message) from None
         if not self.redis_url.startswith("redis://"):
             raise ValueError("redis URL must be redis://[user:password@]host:port[/db]")
         self._run = secrets.token_hex(8)
         #: the inbox name this client's jobs announce themselves on
         self.inbox = f"kinfer-{self._run}"
         self._seq = 0
-        self._jobs: Dict[Key, List[Job]] = {}   # unresolved jobs by (user, id)
+        # Unresolved jobs by (user, id), weakly: a handle the caller dropped
+        # (submit now, get by id later) is not kept for the client's lifetime.
+        self._jobs: Dict[Key, List["weakref.ref[Job]"]] = {}
         self._unflushed = 0
         self._blmpop = True
         self._closed = False
@@ -111,6 +118,10 @@ class Client:
             socket_connect_timeout=redis_timeout)
 
     # ------------------------------------------------------------ lifetime
+
+    def __repr__(self) -> str:   # no redis_url: it may hold a password
+        return (f"<kinfer.Client brokers={self.brokers!r} topic={self.topic!r} "
+                f"prefix={self.prefix!r} user={self.user!r} inbox={self.inbox!r}>")
 
     def __enter__(self) -> "Client":
         return self
@@ -231,7 +242,14 @@ class Client:
 
     def _register(self, job: Job) -> None:
         self._seq += 1
-        self._jobs.setdefault((job.user, job.id), []).append(job)
+        self._jobs.setdefault((job.user, job.id), []).append(weakref.ref(job))
+        if self._seq % PRUNE_EVERY == 0:
+            self._jobs = {k: refs for k, refs in self._jobs.items()
+                          if any(ref() is not None for ref in refs)}
+
+    def _handles(self, key: Key) -> List[Job]:
+        """Takes key's live handles out of the unresolved set."""
+        return [j for j in (ref() for ref in self._jobs.pop(key, [])) if j is not None]
 
     def _produce(self, user: str, value: bytes, job: Job) -> None:
         def delivered(err: Optional[KafkaError], msg: Any) -> None:
@@ -252,6 +270,14 @@ class Client:
                                    f"the producer's message.max.bytes ({err.str()})") from None
                 raise DeliveryError(f"job {job.id}: cannot produce: {err.str()}") from None
         self._unflushed += 1
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Waits (at most timeout s) until Kafka acknowledged every job
+        submitted so far; returns how many are still not acknowledged.
+        wait(), result() and close() do this themselves."""
+        self._check_open()
+        self._flush(timeout)
+        return len(self._producer)
 
     def _flush(self, timeout: Optional[float]) -> None:
         """Waits for Kafka's acknowledgement of every job handed over (at most
@@ -274,7 +300,7 @@ class Client:
             raise ValueError("no user: pass user= or set KINFER_USER")
         wire.check_name("user", user, wire.USER_MAX)
         wire.check_name("id", id, wire.ID_MAX)
-        mine = self._jobs.get((user, id))
+        mine = [j for j in (ref() for ref in self._jobs.get((user, id), [])) if j is not None]
         mode = mine[0].output if mine else "raw"
         try:
             v = self._redis.get(wire.result_key(self.prefix, user, id))
@@ -352,14 +378,14 @@ class Client:
         """Records a GET of key's result in every handle of that (user, id)."""
         if value is None:
             if announced:
-                for j in self._jobs.pop(key, []):
+                for j in self._handles(key):
                     if j._result is None and j._exc is None:
                         j._exc = ResultGone(
                             f"job {key[0]}/{key[1]} was announced but has no result: a "
                             "duplicate of a job whose result expired or was deleted; submit "
                             "it with a new id")
             return
-        for j in self._jobs.pop(key, []):
+        for j in self._handles(key):
             if j._exc is not None:   # a late delivery report lost to a result: keep the result
                 j._exc = None
             try:
