@@ -64,12 +64,19 @@ Key = Tuple[str, str]  # (user, id)
 
 
 def _setting(name: str, arg: Optional[str]) -> Optional[str]:
+    """The argument, else the variable (unless empty), else the default."""
     if arg is not None:
         return arg
     env = os.environ.get(ENV[name])
     if env is not None and env != "":
         return env
     return DEFAULTS.get(name)
+
+
+def _setting_str(name: str, arg: Optional[str]) -> str:
+    v = _setting(name, arg)
+    assert v is not None   # every name but "user" has a default
+    return v
 
 
 class Client:
@@ -81,10 +88,10 @@ class Client:
                  user: Optional[str] = None,
                  kafka_config: Optional[Mapping[str, Any]] = None,
                  redis_timeout: float = 10.0) -> None:
-        self.brokers = _setting("brokers", brokers)
-        self.redis_url = _setting("redis", redis_url)
-        self.topic = _setting("topic", topic)
-        self.prefix = wire.check_prefix(_setting("prefix", prefix))
+        self.brokers = _setting_str("brokers", brokers)
+        self.redis_url = _setting_str("redis", redis_url)
+        self.topic = _setting_str("topic", topic)
+        self.prefix = wire.check_prefix(_setting_str("prefix", prefix))
         u = _setting("user", user)
         try:
             self.user = wire.check_name("user", u, wire.USER_MAX) if u is not None else None
@@ -425,8 +432,8 @@ class Client:
         try:
             if self._blmpop:
                 try:
-                    got = self._redis.blmpop(block, len(keys), *keys, direction="LEFT",
-                                             count=POP_COUNT)
+                    got = self._redis.blmpop(  # type: ignore[attr-defined]
+                        block, len(keys), *keys, direction="LEFT", count=POP_COUNT)
                 except redis_lib.exceptions.ResponseError as e:
                     if "unknown command" not in str(e).lower():
                         raise
