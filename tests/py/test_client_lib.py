@@ -429,6 +429,9 @@ class ClientLibTest(unittest.TestCase):
             (dict(model="mlp", rows=[[1e39] * 8]), "does not fit a float32"),
             (dict(model="mlp", rows=[[1, 2], [3]]), "ragged"),
             (dict(model="mlp", rows=np.ones((2, 2, 2))), "3 dimensions"),
+            (dict(model="mlp", rows=[[10**40] + [0] * 7]), "does not fit a float32"),
+            (dict(model="mlp", rows=[[None] * 8]), "input[0, 0] is nan"),
+            (dict(model="mlp", rows=[["1"] * 8]), "expected real numbers"),
             (dict(model="mlp", rows=np.ones((0, 8))), "at least one row"),
             (dict(model="mlp", rows=np.ones(8), user="a{b}"), "user 'a{b}'"),
             (dict(model="mlp", rows=np.ones(8), user="u" * 65), "1..64"),
@@ -565,6 +568,56 @@ class ClientLibTest(unittest.TestCase):
         thief.join()
         self.assertEqual(stolen[0][1].decode(), h.id, "the thief did not take the id")
         self.assertLess(took, 12)
+
+    def test_redis_without_blmpop(self):
+        """On a Redis without BLMPOP (before 7.0; here renamed away) the client
+        waits with BLPOP.  That Redis is given what a worker would write: the
+        real result (copied with redis-py) and the id pushed on the inbox."""
+        port = free_port()
+        proc = subprocess.Popen(["/usr/bin/redis-server", "--port", str(port), "--bind",
+                                 "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--rename-command", "BLMPOP", ""],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        old = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                old.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        user = self.user("old")
+        x = np.ones((3, 8))
+        with kinfer.Client(redis_url=f"redis://127.0.0.1:{port}/0", user=user) as c:
+            jobs = c.submit_many("mlp", [x, 2 * x], user=user)
+            for j in jobs:   # computed by the workers into the stack's Redis
+                deadline = time.monotonic() + 30
+                while not self.r.exists(rkey(user, "result", j.id)) and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.05)
+                self.assert_close(self.c.get(j.id, user=user).value(),
+                                  self.mlp.forward(x * (1 + (j is jobs[1]))))
+            with self.assertRaises(kinfer.Timeout):
+                c.wait(jobs, timeout=0.3)
+
+            def announce():
+                time.sleep(0.5)
+                for j in jobs:
+                    old.set(rkey(user, "result", j.id),
+                            self.r.get(rkey(user, "result", j.id)))
+                    old.rpush(rkey(user, "inbox", j.inbox), j.id)
+
+            import threading
+            t = threading.Thread(target=announce)
+            t.start()
+            start = time.monotonic()
+            res = c.wait(jobs, timeout=10)
+            t.join()
+            self.assertLess(time.monotonic() - start, 3, "the ids were not popped")
+            self.assertFalse(c._blmpop)
+        self.assert_close(res[1].value(), self.mlp.forward(2 * x))
+        self.assertEqual(old.llen(rkey(user, "inbox", jobs[0].inbox)), 0)
+        stop(proc)
 
     def test_cli_waits_for_a_python_job(self):
         """Ids and inbox as the CLI makes them: `kinfer wait` finds the job."""

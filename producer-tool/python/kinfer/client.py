@@ -133,8 +133,14 @@ class Client:
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:                # an error already propagating is the one to see
+            self.close()
+        except KinferError:
+            pass
 
     def close(self, timeout: float = 30.0) -> None:
         """Waits (at most timeout s) until Kafka acknowledged every submitted

@@ -68,8 +68,11 @@ def as_matrix(rows: Any) -> np.ndarray:
         a = np.asarray(rows)
     except ValueError as e:   # ragged nested lists
         raise BadRequest(f"input is not a matrix (ragged rows?): {e}") from None
-    if a.dtype == object:
-        raise BadRequest("input is not a matrix of numbers (ragged rows?)")
+    if a.dtype == object:   # big Python ints, Decimals, None, ...
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError):
+            raise BadRequest("input is not a matrix of numbers (ragged rows?)") from None
     if a.ndim == 1:
         a = a.reshape(1, -1)
     if a.ndim != 2:
