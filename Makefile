@@ -220,6 +220,8 @@ test-integration: $(BINS) $(addprefix $(BUILD)/,$(INTEGRATION_TESTS))
 	@set -e; for t in $(addprefix $(BUILD)/,$(INTEGRATION_TESTS)); do \
 	    echo "== $$t"; KINFER_BIN=$(BUILD) $$t; done
 
+# tests/py/test_*.py with Debian's python3; test_client_lib.py pip-installs the
+# Python client (producer-tool/python) into a venv, $(BUILD)/pyclient-venv.
 test-py: $(BINS)
 	@set -e; for t in tests/py/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	    KINFER_BIN=$(BUILD) $(PYTHON) $$t; done

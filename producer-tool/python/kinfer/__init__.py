@@ -10,12 +10,18 @@ jobs go to Kafka as msgpack, results come from Redis.  Errors are
 exceptions carrying the protocol's codes (kinfer.errors).
 """
 
+import logging
+
 from .client import Client
 from .errors import (BadRequest, ConnectionFailed, DeliveryError, Expired, Internal, JobError,
                      KinferError, NonFiniteOutput, QuotaExceeded, ResultGone, ShapeMismatch,
                      Timeout, TooLarge, UnknownModel, UnreadableResult)
 from .job import Job
 from .result import Result
+
+# A library logs only where the application configures logging (librdkafka's
+# lines go to "kinfer.kafka"); its failures reach the caller as exceptions.
+logging.getLogger("kinfer").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 PROTOCOL_VERSION = 2
