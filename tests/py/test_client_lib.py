@@ -470,6 +470,8 @@ class ClientLibTest(unittest.TestCase):
         self.assertIn("input[0, 0] is inf", cm.exception.message)
         with self.assertRaises(ValueError):
             self.c.submit_many("mlp", [good, good], ids=["only-one"], user=user)
+        with self.assertRaises(kinfer.TooLarge):   # over the producer's message.max.bytes
+            self.c.submit_many("mlp", [good, np.ones((40000, 8)), good], user=user)
         time.sleep(0.5)
         self.assertEqual(self.r.keys(rkey(user, "*")), [], "part of a refused call was sent")
 

@@ -115,6 +115,7 @@ class Client:
                                 "logger": logging.getLogger("kinfer.kafka")}
         conf.update(PRODUCER_DEFAULTS)
         conf.update(kafka_config or {})
+        self._max_message_bytes = int(conf.get("message.max.bytes", 1000000))
         try:
             self._producer = Producer(conf)
         except KafkaException as e:
@@ -174,7 +175,8 @@ class Client:
         many ms.  inbox: announce on this inbox instead of the client's.
 
         Raises BadRequest for what the protocol refuses (names, shape,
-        non-finite values), TooLarge when Kafka refuses the message's size.
+        non-finite values), TooLarge when the message is over the producer's
+        message.max.bytes (1 MB unless kafka_config says otherwise).
         The job is handed to the producer; it is sent within linger.ms and
         the next wait/get/close makes sure Kafka acknowledged it."""
         job = self._submit(model, rows, user, id, version, output, k, ttl, deadline_ms, inbox)
@@ -194,7 +196,9 @@ class Client:
         that many rows (the last one may be shorter).  ids: one per job
         (default: generated).  Other arguments as submit().  Returns the
         handles in order, once Kafka acknowledged (or refused) every job:
-        a refused one raises DeliveryError when waited for."""
+        a refused one raises DeliveryError when waited for.  An input that
+        submit() would refuse (BadRequest, TooLarge) refuses the whole call
+        before any job is sent."""
         if rows_per_job is not None:
             if not isinstance(rows_per_job, int) or isinstance(rows_per_job, bool) or \
                     rows_per_job < 1:
@@ -211,7 +215,10 @@ class Client:
                    for n, rows in enumerate(inputs)]
         jobs: List[Job] = []
         for n, (value, job) in enumerate(encoded):
-            self._produce(job.user, value, job)
+            try:
+                self._produce(job.user, value, job)
+            except DeliveryError as e:   # the others went: keep every handle
+                job._exc = e
             self._register(job)
             jobs.append(job)
             if n % 1000 == 999:
@@ -251,6 +258,12 @@ class Client:
             deadline = int(time.time() * 1000) + deadline_ms
         value = wire.encode_job(job_id=job_id, user=user, model=model, x=x, version=version,
                                 output=output, k=k, ttl=ttl, deadline=deadline, inbox=inbox)
+        # librdkafka's own check (key + value over message.max.bytes), made
+        # here so that submit_many refuses before sending anything
+        if len(value) + len(user.encode()) > self._max_message_bytes:
+            raise TooLarge(f"job {job_id}: the message ({len(value)} bytes) is over the "
+                           f"producer's message.max.bytes ({self._max_message_bytes}); "
+                           "split the rows into several jobs (submit_many rows_per_job)")
         return value, Job(self, job_id, user, model, inbox, output, int(x.shape[0]))
 
     def _register(self, job: Job) -> None:
