@@ -528,13 +528,13 @@ class ClientLibTest(unittest.TestCase):
             with self.assertRaises(kinfer.Timeout) as cm:
                 h.result(timeout=1.5)
             took = time.monotonic() - t
-            self.assertTrue(1.5 <= took < 2.5, took)
+            self.assertTrue(1.5 <= took < 3.5, took)
             self.assertIsInstance(cm.exception, TimeoutError)
             self.assertEqual(cm.exception.pending, [(user, h.id)])
             t = time.monotonic()
             with self.assertRaises(kinfer.Timeout) as cm:
                 self.c.wait(hs, timeout=1.0)
-            self.assertTrue(1.0 <= time.monotonic() - t < 2.0)
+            self.assertTrue(1.0 <= time.monotonic() - t < 3.0)
             self.assertEqual(len(cm.exception.pending), 5)
             self.assertFalse(h.done())
         finally:
