@@ -479,6 +479,8 @@ class ClientLibTest(unittest.TestCase):
         """A value under a result key that is not a v2 result, or is another
         job's, is reported as such (written with redis-py)."""
         user = self.user("unr")
+        # junk on the client's inbox (not UTF-8, unknown ids) is skipped
+        self.r.rpush(rkey(user, "inbox", self.c.inbox), b"\xff\xfe", b"nobody", b"")
         h = self.c.submit("mlp", np.ones(8), user=user)
         h.result(timeout=30)
         good = self.r.get(rkey(user, "result", h.id))

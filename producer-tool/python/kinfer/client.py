@@ -461,11 +461,13 @@ class Client:
                 if not got:
                     return None
                 key = got[0].decode()
-                return [(inboxes[key], v.decode()) for v in got[1]]
+                # anyone with the user's keys may push anything: junk is an
+                # id nobody waits for, not a crash
+                return [(inboxes[key], v.decode("utf-8", "replace")) for v in got[1]]
             got = self._redis.blpop(keys, timeout=block)
             if not got:
                 return None
-            return [(inboxes[got[0].decode()], got[1].decode())]
+            return [(inboxes[got[0].decode()], got[1].decode("utf-8", "replace"))]
         except redis_lib.exceptions.RedisError as e:
             raise ConnectionFailed(f"redis BLMPOP: {e}") from None
 
