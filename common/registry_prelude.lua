@@ -72,6 +72,10 @@ local function check_members(root, root_v, members, din, dout)
     if mi ~= din or mo ~= dout then
       return "member '" .. m.model .. "' version " .. v .. ' is ' .. mi .. '->' .. mo .. ', the ensemble is ' .. din .. '->' .. dout
     end
+    -- the act of a sum cannot be flattened into the sum (model_ensemble.c)
+    if m.act and m.act ~= 'identity' and hget(m.model, v .. ':kind') == 'ensemble' then
+      return "member '" .. m.model .. "' version " .. v .. ' is an ensemble: act "' .. m.act .. '" applies to an mlp member only'
+    end
   end
   return nil
 end
