@@ -13,6 +13,11 @@ PKGS=(
   prometheus
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
   python3-prometheus-client
+  # kinfer-convert sklearn and tests/py/test_sklearn_serving.py, the guide in docs/models.md
+  python3-sklearn
+  # kinfer-convert torch and its tests (skipped when absent): 178 MB to download, 767 MB
+  # installed, 47 s to install here; tests/py skips the PyTorch cases without it
+  python3-torch
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven
