@@ -25,7 +25,7 @@ import kinfer_convert as kc  # noqa: E402
 
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.ensemble import VotingClassifier  # noqa: E402
+from sklearn.ensemble import VotingClassifier, VotingRegressor  # noqa: E402
 from sklearn.linear_model import LinearRegression, LogisticRegression  # noqa: E402
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 from sklearn.neural_network import MLPClassifier, MLPRegressor  # noqa: E402
@@ -140,6 +140,18 @@ class SklearnServingTest(unittest.TestCase):
                            random_state=3).fit(self.X, np.c_[self.y, self.X[:, 20]])
         self.push(self.convert_cli("sklearn", self.dump(reg, "mlpr"), "mlpr"))
         close(self.served("mlpr"), reg.predict(self.T), "MLPRegressor predict")
+
+    def test_voting_regressor(self):
+        """VotingRegressor: the weighted average of its members' predictions,
+        no acts (a v1 ensemble file)."""
+        vr = VotingRegressor([("lin", LinearRegression()),
+                              ("mlp", MLPRegressor(hidden_layer_sizes=(8,), max_iter=30,
+                                                   random_state=5))],
+                             weights=[1, 3]).fit(self.X, self.y.astype(float))
+        files = kc.from_sklearn(vr, "vreg")
+        self.assertEqual([n for n, _ in files], ["vreg.lin", "vreg.mlp", "vreg"])
+        self.push_blobs(files)
+        close(self.served("vreg"), vr.predict(self.T).reshape(-1, 1), "VotingRegressor")
 
     def test_logistic_regression(self):
         """binary one-vs-rest (sigmoid: [0, z]), binary multinomial ([-z, z]),
@@ -264,6 +276,8 @@ class SklearnServingTest(unittest.TestCase):
     # -- refused, with what and why -------------------------------------
     def test_refusals(self):
         X, y = self.X[:200], self.y[:200]
+        nan_mlp = MLPClassifier(hidden_layer_sizes=(4,), max_iter=5).fit(X, y)
+        nan_mlp.coefs_[1][2, 0] = np.nan
         pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=50)).fit(X, y)
         cases = [
             (pipe, "a Pipeline (standardscaler -> logisticregression): kinfer computes the "
@@ -280,6 +294,7 @@ class SklearnServingTest(unittest.TestCase):
             (VotingClassifier([("p", pipe)], voting="soft").fit(X, y),
              "member 'p': a Pipeline"),
             (MLPClassifier(), "MLPClassifier is not fitted (it has no coefs_)"),
+            (nan_mlp, "'coefs_[1]'[2, 0] is NaN"),
             (np.zeros(3), "a numpy.ndarray, not a scikit-learn estimator"),
         ]
         for est, want in cases:
