@@ -21,35 +21,6 @@
 #include "model.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
-/* An ensemble file (model_decode refuses those): encode -> decode gives
- * back the same members, acts and all. */
-static void check_ensemble(const uint8_t *data, size_t size)
-{
-        model_file_t f, g;
-        char err[512], *buf = NULL;
-        size_t len = 0;
-
-        if (model_file_decode(data, size, &f, err, sizeof(err)) != 0)
-                return;
-        if (f.kind == MODEL_KIND_ENSEMBLE) {
-                CHECK(model_ens_encode(f.ens, &buf, &len, err, sizeof(err)) == 0,
-                      "model_ens_encode refused a decoded ensemble: %s", err);
-                CHECK(model_file_decode(buf, len, &g, err, sizeof(err)) == 0,
-                      "re-decoding an encoded ensemble failed: %s", err);
-                CHECK(g.kind == MODEL_KIND_ENSEMBLE && g.ens->n_members == f.ens->n_members,
-                      "ensemble members changed");
-                for (uint32_t i = 0; i < f.ens->n_members; i++) {
-                        const model_member_spec_t *a = &f.ens->members[i], *b = &g.ens->members[i];
-                        CHECK(!strcmp(a->model, b->model) && a->version == b->version &&
-                                  a->weight == b->weight && a->act == b->act,
-                              "member %u changed", i);
-                }
-                model_file_clear(&g);
-                free(buf);
-        }
-        model_file_clear(&f);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define CHECK(cond, ...)                                                                           \
