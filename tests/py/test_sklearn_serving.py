@@ -215,6 +215,26 @@ class SklearnServingTest(unittest.TestCase):
         self.assertEqual(rc, 1, err)
         self.assertIn("member 'vote' version 1 is an ensemble: act \"softmax\" applies to an "
                       "mlp member only", err)
+        # ... and so is making a followed member an ensemble later, unless --force
+        self.s.run(["kinfer", "model", "push", "vote.lr.kmodel", "--name", "flip", "--activate"])
+        for name, members, push in (
+                ("outer", [{"model": "flip", "weight": 1, "act": "softmax"}], ["--activate"]),
+                ("flip", [{"model": "vote.mlp", "weight": 1}], ["--activate"])):
+            with open(spec, "w") as f:
+                json.dump({"name": name, "kind": "ensemble", "input_dim": 64, "output_dim": 10,
+                           "members": members}, f)
+            self.s.run(["kinfer", "model", "build", spec, "-o", name + ".kmodel"])
+            rc, _, err = self.s.run(["kinfer", "model", "push", name + ".kmodel"] + push,
+                                    check=False)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("ensemble 'outer' version 1 follows 'flip' with act \"softmax\", which "
+                      "applies to an mlp, but 'flip' version 2 is an ensemble", err)
+        self.s.run(["kinfer", "model", "push", "flip.kmodel"])  # stored, not active: fine
+        rc, _, err = self.s.run(["kinfer", "model", "activate", "flip", "2"], check=False)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("follows 'flip' with act \"softmax\", which applies to an mlp, but "
+                      "'flip' version 2 is an ensemble", err)
+        close(self.served("outer"), lr.predict_proba(self.T), "outer, still on flip v1")
 
     # -- PyTorch, served -------------------------------------------------
     @unittest.skipIf(torch is None, "python3-torch not installed (optional: docs/models.md)")
