@@ -102,9 +102,11 @@ $(BUILD)/kinfer: $(addprefix $(B)/,$(KINFER_OBJS)) $(BUILD)/libkinfer.a
 $(BUILD)/kinfer-devbroker: $(addprefix $(B)/,$(DEVBROKER_OBJS)) $(BUILD)/libkinfer.a
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS)
 
-# A Python script (numpy weights to a model file), next to the programs.
-$(BUILD)/kinfer-convert: producer-tool/kinfer-convert
+# A Python script (fitted models and numpy weights to model files), next to
+# the programs with the module it runs (kinfer_convert.py, importable).
+$(BUILD)/kinfer-convert: producer-tool/kinfer-convert producer-tool/kinfer_convert.py
 	@mkdir -p $(dir $@)
+	cp producer-tool/kinfer_convert.py $(dir $@)kinfer_convert.py
 	cp $< $@
 
 $(BUILD)/tests/%: $(B)/tests/%.o $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/libkinfer.a

@@ -23,8 +23,11 @@ PKGS=(
   python3-venv
   python3-pip
   python3-setuptools
-  # tests/py/test_client_lib.py trains a scikit-learn model and serves it
+  # kinfer-convert sklearn, tests/py/test_sklearn_serving.py, test_client_lib.py, the guide in docs/models.md
   python3-sklearn
+  # kinfer-convert torch and its tests (skipped when absent): 178 MB to download, 767 MB
+  # installed, 47 s to install here; tests/py skips the PyTorch cases without it
+  python3-torch
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven
