@@ -30,12 +30,15 @@ WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worke
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
               worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
+              worker/results_topic.o \
+              worker/chain.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
               worker/model_store_registry_conn.o worker/model_store_registry_cache.o \
               worker/model_store_registry_build.o worker/model_store_registry_lookup.o \
               worker/model_store_registry_reloader.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
+              producer-tool/cmd_tail.o \
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_registry.o \
               producer-tool/cmd_quota.o \
