@@ -47,9 +47,17 @@ int kc_cmd_tail(int argc, char **argv)
         char group[128], errstr[512];
         int64_t n = 0, idle_since = kf_mono_us();
         int rc = KC_EXIT_OK;
-        const char *defaults[] = {"group.id", group, "enable.auto.commit", "false",
-                                  "auto.offset.reset", NULL, "isolation.level",
-                                  "read_committed", "enable.partition.eof", "false", NULL};
+        const char *defaults[] = {"group.id",
+                                  group,
+                                  "enable.auto.commit",
+                                  "false",
+                                  "auto.offset.reset",
+                                  NULL,
+                                  "isolation.level",
+                                  "read_committed",
+                                  "enable.partition.eof",
+                                  "false",
+                                  NULL};
 
         if (kc_parse(tail_opts, &c, 1, argc, argv,
                      "tail [--topic T] [--from-beginning] [--max N] [--timeout S]") < argc) {
@@ -105,10 +113,10 @@ int kc_cmd_tail(int argc, char **argv)
                 idle_since = kf_mono_us();
                 o = kc_result_value_json(rkm->payload, rkm->len);
                 if (!strcmp(json_string_value(json_object_get(o, "status")), "unreadable"))
-                        json_object_set_new(o, "source",
-                                            json_sprintf("%s/%d/%lld", rd_kafka_topic_name(rkm->rkt),
-                                                         (int)rkm->partition,
-                                                         (long long)rkm->offset));
+                        json_object_set_new(
+                            o, "source",
+                            json_sprintf("%s/%d/%lld", rd_kafka_topic_name(rkm->rkt),
+                                         (int)rkm->partition, (long long)rkm->offset));
                 kc_print_json(o);
                 fflush(stdout);
                 json_decref(o);

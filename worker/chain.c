@@ -32,9 +32,8 @@ int kw_chain_map(const void *val, size_t len, const char *model, char **out, siz
                 goto out;
         }
         if (strlen(r.id) + 1 + strlen(model) > JOB_ID_MAX) {
-                kf_errf(why, why_size,
-                        "chained: id '%s:%s' of user %s would be over %d characters", r.id,
-                        model, r.user, JOB_ID_MAX);
+                kf_errf(why, why_size, "chained: id '%s:%s' of user %s would be over %d characters",
+                        r.id, model, r.user, JOB_ID_MAX);
                 goto out;
         }
         /* fits: checked above */

@@ -232,8 +232,7 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                                 rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
                                 (long long)j->rkm->offset, j->errmsg);
                 } else if (rep->type != REDIS_REPLY_ARRAY ||
-                           rep->elements !=
-                               (size_t)e->n * (cm->conf->results_topic ? 2 : 1) + 1) {
+                           rep->elements != (size_t)e->n * (cm->conf->results_topic ? 2 : 1) + 1) {
                         if (rc == 0)
                                 kf_errf(errstr, errstr_size,
                                         "unexpected reply from the step "

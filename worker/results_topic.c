@@ -78,8 +78,8 @@ void kw_rt_strip_props(kf_props_t *props)
 static int rt_props(const kf_props_t *props, kf_props_t *out, char *errstr, size_t errstr_size)
 {
         static const char *const shared[] = {
-            "security.", "sasl.", "ssl.", "socket.", "broker.", "reconnect.", "client.rack",
-            "debug",     "api.version", "message.max.bytes", NULL};
+            "security.",   "sasl.", "ssl.",        "socket.",           "broker.", "reconnect.",
+            "client.rack", "debug", "api.version", "message.max.bytes", NULL};
         char kv[4096];
         memset(out, 0, sizeof(*out));
         for (int pass = 0; pass < 2; pass++)
@@ -135,8 +135,8 @@ int kw_rt_init(kw_rt_t *rt, const kw_rt_conf_t *c, char *errstr, size_t errstr_s
         else if (!strcmp(c->key, "input"))
                 rt->key = KW_RT_KEY_INPUT;
         else
-                return kf_errf(errstr, errstr_size,
-                               "--results-key must be id or input, got '%s'", c->key);
+                return kf_errf(errstr, errstr_size, "--results-key must be id or input, got '%s'",
+                               c->key);
         pthread_mutex_init(&rt->lock, NULL);
         rt->lock_inited = 1;
         if (rt->eos) {
@@ -192,12 +192,11 @@ static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, const kw_job_t *j, rt_wait_t 
                 if (!rd_kafka_message_headers(j->rkm, &hdrs) && hdrs &&
                     !(copy = rd_kafka_headers_copy(hdrs)))
                         return RD_KAFKA_RESP_ERR__FAIL;
-                err = rd_kafka_producev(rt->rk, RD_KAFKA_V_TOPIC(rt->topic),
-                                        RD_KAFKA_V_KEY(key, key_len),
-                                        RD_KAFKA_V_VALUE(j->rt_value, j->rt_len),
-                                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                        RD_KAFKA_V_HEADERS(copy), RD_KAFKA_V_OPAQUE(wt),
-                                        RD_KAFKA_V_END);
+                err = rd_kafka_producev(
+                    rt->rk, RD_KAFKA_V_TOPIC(rt->topic), RD_KAFKA_V_KEY(key, key_len),
+                    RD_KAFKA_V_VALUE(j->rt_value, j->rt_len),
+                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(copy),
+                    RD_KAFKA_V_OPAQUE(wt), RD_KAFKA_V_END);
                 if (!err)
                         return 0; /* the headers are the message's now */
                 if (copy)

@@ -64,16 +64,16 @@ typedef struct kw_rt_s {
         kw_rt_key_t key;
         int eos;
         int timeout_ms;
-        rd_kafka_t *consumer;   /* exactly once: whose group metadata (not owned) */
-        kw_offsets_t *offsets;  /* exactly once: what is committed (not owned) */
-        pthread_mutex_t lock;   /* exactly once: one transaction at a time */
+        rd_kafka_t *consumer;  /* exactly once: whose group metadata (not owned) */
+        kw_offsets_t *offsets; /* exactly once: what is committed (not owned) */
+        pthread_mutex_t lock;  /* exactly once: one transaction at a time */
         int lock_inited;
-        atomic_int broken;      /* exactly once: a transaction was given up with
-                                 * offsets marked done: none commits until kw_rt_reset */
-        atomic_int fatal;       /* the producer had a fatal error */
-        atomic_ullong sent;     /* messages acknowledged (or committed) */
-        atomic_ullong txns;     /* transactions committed */
-        atomic_ullong aborts;   /* transactions aborted */
+        atomic_int broken;    /* exactly once: a transaction was given up with
+                               * offsets marked done: none commits until kw_rt_reset */
+        atomic_int fatal;     /* the producer had a fatal error */
+        atomic_ullong sent;   /* messages acknowledged (or committed) */
+        atomic_ullong txns;   /* transactions committed */
+        atomic_ullong aborts; /* transactions aborted */
 } kw_rt_t;
 
 /* Creates the producer (exactly once: transactional, and

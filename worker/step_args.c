@@ -151,7 +151,8 @@ int kw_step_args(kw_step_call_t *call, const kw_step_conf_t *conf, const kw_batc
         if (!call->vals.data)
                 msgpack_sbuffer_init(&call->vals);
         call->vals.size = 0;
-        if (call_reserve(call, KW_STEP_FIXED_KEYS + n + KW_STEP_FIXED_ARGS + KW_STEP_JOB_ARGS * n + 1))
+        if (call_reserve(call,
+                         KW_STEP_FIXED_KEYS + n + KW_STEP_FIXED_ARGS + KW_STEP_JOB_ARGS * n + 1))
                 return -1;
         if (kf_user_key(call->keys[0], conf->prefix, user, KF_K_USAGE, NULL) < 0 ||
             kf_user_key(call->keys[1], conf->prefix, user, KF_K_QUOTA, NULL) < 0 ||

@@ -60,8 +60,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         rd_kafka_topic_partition_list_t *topics = NULL;
         rd_kafka_resp_err_t err;
         /* exactly once: offsets are committed in the result transactions */
-        static const char *const eos_defaults[] = {"enable.auto.commit", "false",
-                                                   "isolation.level", "read_committed", NULL};
+        static const char *const eos_defaults[] = {"enable.auto.commit", "false", "isolation.level",
+                                                   "read_committed", NULL};
         const char *const *cdefaults = defaults;
         const char *all_defaults[64];
         kf_props_t cprops = {0};
@@ -147,9 +147,13 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         else
                 snprintf(w->txn_id, sizeof(w->txn_id), "kinfer-%s-%s", c->group, w->worker_id);
         {
-                kw_rt_conf_t rc = {c->brokers,        &c->props, c->results_topic,
-                                   c->results_key,    c->exactly_once,
-                                   w->txn_id,         (int)(c->grace_ms > 30000 ? c->grace_ms : 30000)};
+                kw_rt_conf_t rc = {c->brokers,
+                                   &c->props,
+                                   c->results_topic,
+                                   c->results_key,
+                                   c->exactly_once,
+                                   w->txn_id,
+                                   (int)(c->grace_ms > 30000 ? c->grace_ms : 30000)};
                 if (kw_rt_init(&w->rt, &rc, errstr, errstr_size))
                         goto err;
         }
@@ -212,9 +216,9 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                         kw_endpoint_port(w->endpoint));
         }
         if (c->results_topic)
-                kf_info("results to topic %s, keyed by %s, %s%s", c->results_topic,
-                        c->results_key, c->exactly_once ? "exactly once, transactional.id " :
-                        "at least once", c->exactly_once ? w->txn_id : "");
+                kf_info("results to topic %s, keyed by %s, %s%s", c->results_topic, c->results_key,
+                        c->exactly_once ? "exactly once, transactional.id " : "at least once",
+                        c->exactly_once ? w->txn_id : "");
         if (c->chain_model)
                 kf_info("chained: messages of %s are result messages, each a job of model %s",
                         c->topic, c->chain_model);
