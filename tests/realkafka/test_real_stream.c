@@ -76,9 +76,9 @@ static int read_topic(fx_t *fx, const char *topic, int want, int timeout_ms, int
         int n = 0;
 
         snprintf(group, sizeof(group), "stream-check-%lld", kt_now_ms());
-        assert_int_equal(rd_kafka_conf_set(conf, "bootstrap.servers", fx->stack.brokers, err,
-                                           sizeof(err)),
-                         RD_KAFKA_CONF_OK);
+        assert_int_equal(
+            rd_kafka_conf_set(conf, "bootstrap.servers", fx->stack.brokers, err, sizeof(err)),
+            RD_KAFKA_CONF_OK);
         assert_int_equal(rd_kafka_conf_set(conf, "group.id", group, err, sizeof(err)), 0);
         assert_int_equal(rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof(err)),
                          0);
@@ -156,12 +156,26 @@ static void check_result_msg(fx_t *fx, const rd_kafka_message_t *rkm, void *opaq
 static void test_exactly_once_kills(void **state)
 {
         fx_t *fx = *state;
-        const char *w1args[] = {"--results-topic",  RESULTS,  "--exactly-once", "--transactional-id",
-                                "rkeos-w1",         "--batch-max-jobs", "64", "--compute-threads",
-                                "1",                NULL};
-        const char *w2args[] = {"--results-topic",  RESULTS,  "--exactly-once", "--transactional-id",
-                                "rkeos-w2",         "--batch-max-jobs", "64", "--compute-threads",
-                                "1",                NULL};
+        const char *w1args[] = {"--results-topic",
+                                RESULTS,
+                                "--exactly-once",
+                                "--transactional-id",
+                                "rkeos-w1",
+                                "--batch-max-jobs",
+                                "64",
+                                "--compute-threads",
+                                "1",
+                                NULL};
+        const char *w2args[] = {"--results-topic",
+                                RESULTS,
+                                "--exactly-once",
+                                "--transactional-id",
+                                "rkeos-w2",
+                                "--batch-max-jobs",
+                                "64",
+                                "--compute-threads",
+                                "1",
+                                NULL};
         seen_t seen = {0};
         int w1, w2, last[2], n, dups = 0, missing = 0;
         long long t0;
@@ -191,8 +205,7 @@ static void test_exactly_once_kills(void **state)
                 if (seen.count[i] == 0 && missing++ < 5)
                         print_message("no result message for %s\n", fx->jobs[i].id);
                 if (seen.count[i] > 1 && dups++ < 5)
-                        print_message("%d result messages for %s\n", seen.count[i],
-                                      fx->jobs[i].id);
+                        print_message("%d result messages for %s\n", seen.count[i], fx->jobs[i].id);
         }
         print_message("read_committed: %d messages, %d ids missing, %d duplicated, %d differing "
                       "from Redis, %d foreign\n",
@@ -247,7 +260,8 @@ static void write_chain_inputs(fx_t *fx, const char *json_path, float *cW1, floa
         ARR("cb1", cb1, CLS_HID);
         ARR("cW2", cW2, CLS_HID * CLS_OUT);
         ARR("cb2", cb2, CLS_OUT);
-        fprintf(fp, "\"dims\":[%d,%d,%d,%d,%d],\"jobs\":{", FX_IN, FX_HID, FX_OUT, CLS_HID, CLS_OUT);
+        fprintf(fp, "\"dims\":[%d,%d,%d,%d,%d],\"jobs\":{", FX_IN, FX_HID, FX_OUT, CLS_HID,
+                CLS_OUT);
         for (int i = 0; i < fx->n_jobs; i++) {
                 fx_job_t *job = &fx->jobs[i];
                 fprintf(fp, "%s\"%s\":{\"user\":\"%s\",\"x\":[", i ? "," : "", job->id,
@@ -269,9 +283,9 @@ static void test_two_stage_chain(void **state)
         fx_t *fx = *state;
         float cW1[FX_OUT * CLS_HID], cb1[CLS_HID], cW2[CLS_HID * CLS_OUT], cb2[CLS_OUT];
         const char *s1[] = {"--results-topic", RESULTS, NULL};
-        const char *s2[] = {"--topic",         RESULTS,    "--group",          "kinfer-stage2",
-                            "--chain-model",   "cls",      "--results-topic", RESULTS2,
-                            NULL};
+        const char *s2[] = {"--topic",         RESULTS,         "--group",
+                            "kinfer-stage2",   "--chain-model", "cls",
+                            "--results-topic", RESULTS2,        NULL};
         char json[600], tail_out[600], cmd[2048];
         kt_msg_t msgs[N_STREAMONLY];
         msgpack_sbuffer sb[N_STREAMONLY];
@@ -347,13 +361,14 @@ static void test_two_stage_chain(void **state)
         /* stream only: no first-stage Redis result, a second-stage one */
         for (int k = 0; k < N_STREAMONLY; k++) {
                 fx_job_t *job = &fx->jobs[n_stage1 + k];
-                redisReply *r = fx_redis(fx, "EXISTS kinfer:{%s}:result:%s", fx_user(fx, job->user),
-                                         ids[k]);
+                redisReply *r =
+                    fx_redis(fx, "EXISTS kinfer:{%s}:result:%s", fx_user(fx, job->user), ids[k]);
                 assert_non_null(r);
                 if (r->integer != 0)
                         fail_msg("stream-only job %s has a Redis result", ids[k]);
                 freeReplyObject(r);
-                r = fx_redis(fx, "EXISTS kinfer:{%s}:result:%s:cls", fx_user(fx, job->user), ids[k]);
+                r = fx_redis(fx, "EXISTS kinfer:{%s}:result:%s:cls", fx_user(fx, job->user),
+                             ids[k]);
                 assert_non_null(r);
                 if (r->integer != 1)
                         fail_msg("stream-only job %s: its chained job %s:cls has no result", ids[k],
