@@ -164,6 +164,11 @@ $(BUILD)/tests/unit/test_commit: $(B)/tests/unit/test_commit.o $(B)/worker/commi
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka -Wl,--wrap=kf_script_append \
 	    -Wl,--wrap=rd_kafka_topic_name,--wrap=rd_kafka_message_timestamp
 
+$(BUILD)/tests/unit/test_chain: $(B)/tests/unit/test_chain.o $(B)/worker/chain.o \
+                                $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
 $(BUILD)/tests/unit/test_config: $(B)/tests/unit/test_config.o $(B)/worker/options.o \
                                  $(BUILD)/libkinfer.a
 	@mkdir -p $(dir $@)
@@ -250,6 +255,8 @@ test-realkafka: $(BINS) kafka-jars $(addprefix $(BUILD)/,$(REALKAFKA_TESTS))
 # target and leaves its input in build-fuzz/artifacts/.
 FUZZ_BUILD      ?= build-fuzz
 FUZZ_SECONDS    ?= 60
+# the chain mapper is mostly kf_result_decode, fuzzed for FUZZ_SECONDS above
+FUZZ_CHAIN_SECONDS ?= 15
 FUZZ_CC         ?= clang
 FUZZ_CFLAGS      = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(WARN) \
@@ -261,6 +268,8 @@ $(FUZZ_BUILD)/fuzz_job_decode: tests/fuzz/fuzz_job_decode.c $(FUZZ_JOB_SRCS)
 $(FUZZ_BUILD)/fuzz_model_decode: tests/fuzz/fuzz_model_decode.c $(FUZZ_MODEL_SRCS)
 $(FUZZ_BUILD)/fuzz_result_decode: tests/fuzz/fuzz_result_decode.c common/kf_result.c common/mp_field.c \
                                   common/mp_bound.c common/kf_util.c
+$(FUZZ_BUILD)/fuzz_chain_map: tests/fuzz/fuzz_chain_map.c worker/chain.c common/kf_result.c \
+                              $(FUZZ_JOB_SRCS)
 $(FUZZ_BUILD)/fuzz_%:
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(KF_LIBS)
@@ -268,7 +277,8 @@ $(FUZZ_BUILD)/fuzz_%:
 $(FUZZ_BUILD)/fuzz_stats_decode: tests/fuzz/fuzz_stats_decode.c worker/lag.c common/kf_util.c
 
 fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode \
-      $(FUZZ_BUILD)/fuzz_stats_decode
+      $(FUZZ_BUILD)/fuzz_stats_decode \
+      $(FUZZ_BUILD)/fuzz_chain_map
 	@set -e; for f in job model result stats; do \
 	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
 	    echo "== fuzz_$${f}_decode for $(FUZZ_SECONDS) s"; \
@@ -278,6 +288,12 @@ fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD
 	        -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$f- \
 	        $(FUZZ_BUILD)/corpus/$$f tests/fuzz/corpus/$$f; \
 	done
+	@mkdir -p $(FUZZ_BUILD)/corpus/chain; echo "== fuzz_chain_map for $(FUZZ_CHAIN_SECONDS) s"; \
+	UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_chain_map \
+	    -max_total_time=$(FUZZ_CHAIN_SECONDS) -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
+	    -dict=tests/fuzz/result.dict -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/artifacts/chain- \
+	    $(FUZZ_BUILD)/corpus/chain tests/fuzz/corpus/result
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
