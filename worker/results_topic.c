@@ -357,10 +357,14 @@ int kw_rt_send(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errs
 
 int kw_rt_commit_offsets(kw_rt_t *rt)
 {
+        /* One attempt: the loop thread (maybe inside the rebalance callback)
+         * must not wait on a coordinator that fences it; what this does not
+         * commit, the partitions' next owner redoes (found done in Redis). */
+        atomic_int once = 1;
         char err[512];
         if (!rt->rk || !rt->eos || atomic_load(&rt->broken) || atomic_load(&rt->fatal))
                 return 0;
-        if (rt_send_txn(rt, NULL, NULL, err, sizeof(err)) == 0)
+        if (rt_send_txn(rt, NULL, &once, err, sizeof(err)) == 0)
                 return 0;
         kf_warn("%s", err);
         return -1;

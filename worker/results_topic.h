@@ -99,7 +99,9 @@ int kw_rt_send(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errs
 
 /* Exactly once: commits the offsets stored since the last transaction (the
  * dead-letter stage's, for one) in a transaction of their own, after a
- * drain and before the partitions go.  Returns 0 or -1 (logged). */
+ * drain and before the partitions go; one attempt (a fenced member gives
+ * up at once: the next owner redoes those jobs, found done in Redis).
+ * Returns 0 or -1 (logged). */
 int kw_rt_commit_offsets(kw_rt_t *rt);
 
 /* After kw_offsets_forget: transactions may commit again. */
