@@ -138,7 +138,9 @@ int kw_rt_init(kw_rt_t *rt, const kw_rt_conf_t *c, char *errstr, size_t errstr_s
                 return kf_errf(errstr, errstr_size, "--results-key must be id or input, got '%s'",
                                c->key);
         pthread_mutex_init(&rt->lock, NULL);
+        pthread_cond_init(&rt->cv, NULL);
         rt->lock_inited = 1;
+        rt->next_seq = 1; /* done_seq 0: none yet */
         if (rt->eos) {
                 defaults[10] = "transactional.id";
                 defaults[11] = c->transactional_id;
@@ -239,85 +241,79 @@ static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, char *errstr, size_t errstr
         return 0;
 }
 
-/* One transaction: the batch's messages and the offsets.  Returns NULL or
- * the error (caller destroys it). */
-static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t *b, int mark)
+/* One transaction: the members' messages and the offsets pos (a snapshot
+ * taken with the members: never past a message of a batch not among them).
+ * Returns NULL or the error (caller destroys it). */
+static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
+                                const rd_kafka_topic_partition_list_t *pos)
 {
-        rd_kafka_topic_partition_list_t *pos;
         rd_kafka_error_t *error;
         rd_kafka_resp_err_t err;
 
+        if (!pos)
+                return rd_kafka_error_new(RD_KAFKA_RESP_ERR__FAIL, "out of memory");
         if ((error = rd_kafka_begin_transaction(rt->rk)))
                 return error;
-        for (int i = 0; b && i < b->n; i++) {
-                const kw_job_t *j = &b->jobs[i];
-                if (j->state != KW_JOB_WRITTEN || !j->rt_value)
-                        continue;
-                if ((err = rt_produce(rt, j, NULL)))
-                        return rd_kafka_error_new(err, "producing result %s: %s", j->job.id,
-                                                  rd_kafka_err2str(err));
-        }
-        for (int i = 0; mark && b && i < b->n; i++) {
-                const kw_job_t *j = &b->jobs[i];
-                if (j->state == KW_JOB_WRITTEN)
-                        kw_offsets_done(rt->offsets, rd_kafka_topic_name(j->rkm->rkt),
-                                        j->rkm->partition, j->rkm->offset);
-        }
-        if (!(pos = kw_offsets_positions(rt->offsets)))
-                return rd_kafka_error_new(RD_KAFKA_RESP_ERR__FAIL, "out of memory");
+        for (int m = 0; m < n; m++)
+                for (int i = 0; i < members[m]->n; i++) {
+                        const kw_job_t *j = &members[m]->jobs[i];
+                        if (j->state != KW_JOB_WRITTEN || !j->rt_value)
+                                continue;
+                        if ((err = rt_produce(rt, j, NULL)))
+                                return rd_kafka_error_new(err, "producing result %s: %s", j->job.id,
+                                                          rd_kafka_err2str(err));
+                }
         if (pos->cnt > 0) {
                 rd_kafka_consumer_group_metadata_t *cgmd =
                     rd_kafka_consumer_group_metadata(rt->consumer);
                 error = rd_kafka_send_offsets_to_transaction(rt->rk, pos, cgmd, rt->timeout_ms);
                 rd_kafka_consumer_group_metadata_destroy(cgmd);
+                if (error)
+                        return error;
         }
-        rd_kafka_topic_partition_list_destroy(pos);
-        if (error)
-                return error;
         return rd_kafka_commit_transaction(rt->rk, rt->timeout_ms);
 }
 
-/* Exactly once: the batch in one transaction, retried (aborted, then
- * produced again) until it commits, *abandon is set or the producer dies.
- * Holds rt->lock throughout: no transaction of another batch may commit
- * offsets past this one's messages while they are not committed. */
-static int rt_send_txn(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errstr,
-                       size_t errstr_size)
+/* Commits the pending batches as one transaction, retrying it (aborted,
+ * then produced again from the batches, which their writers keep while
+ * they wait) until it commits, *abandon is set or the producer dies.  While
+ * it commits no other transaction can, so no offset past one of its
+ * messages is committed before that message.  Called and returns with
+ * rt->lock held; releases it meanwhile. */
+static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
 {
-        int backoff = RETRY_MIN_MS, mark = 1, rc = 0, n = 0;
+        kw_batch_t **members = rt->pend;
+        int n = rt->npend, ok = 0, backoff = RETRY_MIN_MS;
+        unsigned long long msgs = 0;
+        uint64_t seq = rt->next_seq++;
+        rd_kafka_topic_partition_list_t *pos = kw_offsets_positions(rt->offsets);
 
-        for (int i = 0; b && i < b->n; i++)
-                n += b->jobs[i].state == KW_JOB_WRITTEN && b->jobs[i].rt_value;
-        pthread_mutex_lock(&rt->lock);
+        rt->pend = NULL;
+        rt->npend = rt->cappend = 0;
+        rt->committing = 1;
+        for (int m = 0; m < n; m++)
+                for (int i = 0; i < members[m]->n; i++)
+                        msgs += members[m]->jobs[i].state == KW_JOB_WRITTEN &&
+                                members[m]->jobs[i].rt_value;
+        pthread_mutex_unlock(&rt->lock);
         for (;;) {
-                rd_kafka_error_t *error;
-                if (atomic_load(&rt->broken)) {
-                        rc = kf_errf(errstr, errstr_size,
-                                     "result topic %s: a transaction was given up; waiting for "
-                                     "the partitions to be reassigned",
-                                     rt->topic);
-                        rc = -2;
+                rd_kafka_error_t *error = rt_txn(rt, members, n, pos);
+                if (!error) {
+                        ok = 1;
                         break;
                 }
-                if (!(error = rt_txn(rt, b, mark))) {
-                        atomic_fetch_add(&rt->txns, 1);
-                        atomic_fetch_add(&rt->sent, (unsigned long long)n);
-                        break;
-                }
-                mark = 0; /* marked done once: the tracker keeps it */
-                kf_errf(errstr, errstr_size, "result topic %s: transaction of %d results: %s",
-                        rt->topic, n, rd_kafka_error_string(error));
                 if (rd_kafka_error_is_fatal(error) || atomic_load(&rt->fatal)) {
                         atomic_store(&rt->fatal, 1);
-                        atomic_store(&rt->broken, 1);
+                        kf_error("result topic %s: transaction of %llu results: %s: fatal "
+                                 "(fenced by a newer producer with this transactional.id?); "
+                                 "the worker stops (exit status 1)",
+                                 rt->topic, msgs, rd_kafka_error_string(error));
                         rd_kafka_error_destroy(error);
-                        kf_error("%s: fatal (fenced by a newer producer with this "
-                                 "transactional.id?); the worker stops (exit status 1)",
-                                 errstr);
-                        rc = -2;
                         break;
                 }
-                kf_warn("%s; aborting it and sending the batch again", errstr);
+                kf_warn("result topic %s: transaction of %llu results of %d batches: %s; "
+                        "aborting it and sending them again",
+                        rt->topic, msgs, n, rd_kafka_error_string(error));
                 rd_kafka_error_destroy(error);
                 if ((error = rd_kafka_abort_transaction(rt->rk, rt->timeout_ms))) {
                         kf_warn("result topic %s: aborting: %s", rt->topic,
@@ -327,19 +323,84 @@ static int rt_send_txn(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, ch
                         rd_kafka_error_destroy(error);
                 }
                 atomic_fetch_add(&rt->aborts, 1);
-                if (abandon && atomic_load(abandon)) {
-                        /* Offsets of this batch are marked done in the tracker:
-                         * no transaction may send them until the partitions'
-                         * state is forgotten (kw_rt_reset). */
-                        atomic_store(&rt->broken, 1);
-                        rc = -2;
+                if ((abandon && atomic_load(abandon)) || atomic_load(&rt->fatal))
                         break;
-                }
                 for (int slept = 0; slept < backoff && !(abandon && atomic_load(abandon));
                      slept += 50)
                         kf_sleep_us(50000, NULL);
                 backoff = kf_backoff_next(backoff, RETRY_MIN_MS, RETRY_MAX_MS);
         }
+        pthread_mutex_lock(&rt->lock);
+        if (ok) {
+                atomic_fetch_add(&rt->txns, 1);
+                atomic_fetch_add(&rt->sent, msgs);
+        } else {
+                /* Its batches' offsets are marked done in the tracker: no
+                 * transaction may send them until the partitions' state is
+                 * forgotten (kw_rt_reset). */
+                atomic_store(&rt->broken, 1);
+        }
+        rt->outcome[seq % KW_RT_OUTCOMES] = (unsigned char)ok;
+        rt->done_seq = seq;
+        rt->committing = 0;
+        pthread_cond_broadcast(&rt->cv);
+        if (pos)
+                rd_kafka_topic_partition_list_destroy(pos);
+        free(members);
+}
+
+/* Exactly once: b joins the pending transaction (its offsets marked done
+ * now, under the lock, so that the transaction before it cannot send
+ * them); the first writer to find no transaction committing commits the
+ * pending ones (rt_lead), the others wait for theirs: a group commit, as
+ * many batches per transaction as arrived while the previous one
+ * committed. */
+static int rt_send_txn(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errstr,
+                       size_t errstr_size)
+{
+        uint64_t my;
+        int rc = 0;
+
+        pthread_mutex_lock(&rt->lock);
+        if (atomic_load(&rt->broken) || atomic_load(&rt->fatal)) {
+                pthread_mutex_unlock(&rt->lock);
+                kf_errf(errstr, errstr_size,
+                        "result topic %s: a transaction was given up; waiting for the "
+                        "partitions to be reassigned",
+                        rt->topic);
+                return -2;
+        }
+        if (b) {
+                if (rt->npend == rt->cappend) {
+                        int ncap = rt->cappend ? rt->cappend * 2 : 16;
+                        kw_batch_t **np = realloc(rt->pend, sizeof(*np) * (size_t)ncap);
+                        if (!np) {
+                                pthread_mutex_unlock(&rt->lock);
+                                return kf_errf(errstr, errstr_size, "out of memory");
+                        }
+                        rt->pend = np;
+                        rt->cappend = ncap;
+                }
+                rt->pend[rt->npend++] = b;
+                for (int i = 0; i < b->n; i++) {
+                        const kw_job_t *j = &b->jobs[i];
+                        if (j->state == KW_JOB_WRITTEN)
+                                kw_offsets_done(rt->offsets, rd_kafka_topic_name(j->rkm->rkt),
+                                                j->rkm->partition, j->rkm->offset);
+                }
+        }
+        my = rt->next_seq;
+        while (rt->done_seq < my) {
+                if (!rt->committing)
+                        rt_lead(rt, abandon);
+                else
+                        pthread_cond_wait(&rt->cv, &rt->lock);
+        }
+        if (!rt->outcome[my % KW_RT_OUTCOMES])
+                rc = kf_errf(errstr, errstr_size,
+                             "result topic %s: the transaction was given up (see the log)",
+                             rt->topic) -
+                     1;
         pthread_mutex_unlock(&rt->lock);
         return rc;
 }
@@ -393,7 +454,10 @@ void kw_rt_close(kw_rt_t *rt)
                 rd_kafka_destroy(rt->rk);
                 rt->rk = NULL;
         }
-        if (rt->lock_inited)
+        if (rt->lock_inited) {
                 pthread_mutex_destroy(&rt->lock);
+                pthread_cond_destroy(&rt->cv);
+        }
+        free(rt->pend);
         rt->lock_inited = 0;
 }

@@ -10,21 +10,23 @@
  *     all; only then are the offsets stored.  A crash in between sends some
  *     results twice (a redelivered job's duplicate step answers the first
  *     result, which is sent again).
- *   exactly once (--exactly-once): a transactional producer; each batch is
- *     one transaction that holds its result messages and the consumer
- *     group's new offsets (send_offsets_to_transaction with the consumer's
- *     group metadata, so a worker fenced by a rebalance cannot commit), one
- *     transaction at a time.  A transaction that fails is aborted and the
- *     batch, still in memory, produced again in a new one; a producer
+ *   exactly once (--exactly-once): a transactional producer; a transaction
+ *     holds the result messages of the batches that reached it (a group
+ *     commit: those that arrived while the previous one committed) and the
+ *     consumer group's new offsets (send_offsets_to_transaction with the
+ *     consumer's group metadata, so a worker fenced by a rebalance cannot
+ *     commit), one transaction at a time.  A transaction that fails is
+ *     aborted and its batches, still in memory, produced again in a new
+ *     one; a producer
  *     fenced by a newer one with the same transactional.id, or any fatal
  *     error, stops the worker (exit 1).  A read_committed consumer of the
  *     topic sees each consumed job's result once; Redis stays idempotent by
  *     job id (the step's charge record), and the dead-letter topic stays at
  *     least once: neither is in the transaction.
  *
- * Threads: kw_rt_send from the writer threads (in exactly-once mode they
- * take turns on the lock); kw_rt_commit_offsets and kw_rt_reset from the
- * loop thread, after a drain; the producer's delivery reports are served by
+ * Threads: kw_rt_send from the writer threads (in exactly-once mode each
+ * waits for its batch's transaction, which one of them commits); kw_rt_commit_offsets and
+ * kw_rt_reset from the loop thread, after a drain; the producer's delivery reports are served by
  * whichever thread polls it.  Errors are returned with a message; the
  * caller logs them. */
 #ifndef KW_RESULTS_TOPIC_H
@@ -34,12 +36,14 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "batch.h"
 #include "kf_config.h"
 #include "offsets.h"
 
 /* -X results.KEY=VALUE sets KEY on the result producer only. */
+#define KW_RT_OUTCOMES    64 /* transactions whose outcome a waiter may still read */
 #define KW_RT_PROP_PREFIX "results."
 
 /* What a result message is keyed by. */
@@ -66,14 +70,21 @@ typedef struct kw_rt_s {
         int timeout_ms;
         rd_kafka_t *consumer;  /* exactly once: whose group metadata (not owned) */
         kw_offsets_t *offsets; /* exactly once: what is committed (not owned) */
-        pthread_mutex_t lock;  /* exactly once: one transaction at a time */
+        pthread_mutex_t lock;  /* exactly once: guards what follows, to outcome */
+        pthread_cond_t cv;     /* a transaction finished */
         int lock_inited;
-        atomic_int broken;    /* exactly once: a transaction was given up with
-                               * offsets marked done: none commits until kw_rt_reset */
-        atomic_int fatal;     /* the producer had a fatal error */
-        atomic_ullong sent;   /* messages acknowledged (or committed) */
-        atomic_ullong txns;   /* transactions committed */
-        atomic_ullong aborts; /* transactions aborted */
+        kw_batch_t **pend; /* batches of the next transaction (their writers wait) */
+        int npend, cappend;
+        uint64_t next_seq;                     /* the number of the next transaction */
+        uint64_t done_seq;                     /* the last one finished, committed or given up */
+        int committing;                        /* a writer is committing one (rt_lead) */
+        unsigned char outcome[KW_RT_OUTCOMES]; /* by number: 1 committed */
+        atomic_int broken;                     /* exactly once: a transaction was given up with
+                                                * offsets marked done: none commits until kw_rt_reset */
+        atomic_int fatal;                      /* the producer had a fatal error */
+        atomic_ullong sent;                    /* messages acknowledged (or committed) */
+        atomic_ullong txns;                    /* transactions committed */
+        atomic_ullong aborts;                  /* transactions aborted */
 } kw_rt_t;
 
 /* Creates the producer (exactly once: transactional, and
@@ -87,13 +98,12 @@ int kw_rt_init(kw_rt_t *rt, const kw_rt_conf_t *c, char *errstr, size_t errstr_s
 void kw_rt_bind(kw_rt_t *rt, rd_kafka_t *consumer, kw_offsets_t *offsets);
 
 /* Sends the result message of every WRITTEN job of b that has a value.
- * At least once: returns when every one is acknowledged.  Exactly once: in
- * one transaction with the offsets, which it marks done in the tracker
- * first.  Returns 0; -1 with errstr when it failed and may be retried later
- * (the jobs keep their values: the same messages are sent again); -2 with
- * errstr when the batch is given up (*abandon was set during a failing
- * transaction, or a fatal error: kw_rt_fatal): its offsets must not be
- * stored.  Writer threads. */
+ * At least once: returns when every one is acknowledged.  Exactly once:
+ * returns when its transaction committed, with the offsets, which it marks
+ * done in the tracker when it joins.  Returns 0; -1 with errstr when it failed and may be retried
+ * later (the jobs keep their values: the same messages are sent again); -2 with errstr when the
+ * batch is given up (*abandon was set during a failing transaction, or a fatal error: kw_rt_fatal):
+ * its offsets must not be stored.  Writer threads. */
 int kw_rt_send(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errstr,
                size_t errstr_size);
 
