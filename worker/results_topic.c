@@ -296,7 +296,9 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
                         msgs += members[m]->jobs[i].state == KW_JOB_WRITTEN &&
                                 members[m]->jobs[i].rt_value;
         pthread_mutex_unlock(&rt->lock);
-        for (;;) {
+        /* after a transaction given up, its offsets are in every snapshot:
+         * none may commit (they joined before it was given up) */
+        while (!atomic_load(&rt->broken)) {
                 rd_kafka_error_t *error = rt_txn(rt, members, n, pos);
                 if (!error) {
                         ok = 1;
