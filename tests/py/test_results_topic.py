@@ -103,12 +103,16 @@ class ResultTopicTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         stop(cls.worker)
-        if cls.worker.returncode not in (0, None):
-            sys.stderr.write(open(cls.worker_log).read()[-5000:])
+        log = open(cls.worker_log).read()
+        if cls.worker.returncode != 0:
+            sys.stderr.write(log[-5000:])
         cls.broker.stdin.close()
         stop(cls.broker)
         stop(cls.redis_proc)
         cls.tmp.cleanup()
+        # a clean shutdown, and nothing a sanitizer build would report
+        if cls.worker.returncode != 0 or "Sanitizer" in log:
+            raise AssertionError(f"worker exited {cls.worker.returncode}")
 
     def test_result_messages(self):
         rng = np.random.default_rng(5)
