@@ -342,6 +342,10 @@ void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 kf_info("assigned %d partitions", parts->cnt);
                 w->assigned = parts->cnt;
                 rd_kafka_assign(rk, parts);
+                /* A partition paused before a revoke (a full pipeline) keeps
+                 * librdkafka's pause flag when it is assigned again, and would
+                 * never be fetched: resume them all (a no-op for the others). */
+                rd_kafka_resume_partitions(rk, parts);
                 w->paused = 0;
                 kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, parts->cnt);
                 __atomic_store_n(&w->status.in_group, 1, __ATOMIC_RELAXED);

@@ -8,6 +8,9 @@
  *     read_committed consumer of kinfer.results sees every job id exactly
  *     once, each value byte for byte the Redis result; Redis passes the
  *     fault fixture's full check (one result, one charge, numbers right).
+ *   - A zombie: a worker SIGSTOPped past its session timeout while its
+ *     partitions go to the other, then resumed with transactions in flight:
+ *     still each job once.
  *   - A two-stage pipeline (the fixture's 8 -> 16 -> 4 model, then a 4 -> 5
  *     -> 3 classifier on its result topic, --chain-model): `kinfer tail`
  *     prints the second stage's results as JSON lines, which an independent
@@ -220,6 +223,55 @@ static void test_exactly_once_kills(void **state)
         fx_finish(fx, last, 2);
 }
 
+/* A zombie: a worker frozen (SIGSTOP) mid-drain past its session timeout,
+ * its partitions given to the other, then thawed with batches in flight.
+ * Its transactions must not commit results or offsets for partitions it
+ * lost (the group generation sent with the offsets fences it): the result
+ * topic still holds each job once. */
+static void test_zombie_fenced(void **state)
+{
+        fx_t *fx = *state;
+        const char *args[2][14] = {
+            {"--results-topic", RESULTS, "--exactly-once", "--transactional-id", "rkzomb-w1",
+             "--batch-max-jobs", "16", "--compute-threads", "1", "--grace-ms", "2000", NULL},
+            {"--results-topic", RESULTS, "--exactly-once", "--transactional-id", "rkzomb-w2",
+             "--batch-max-jobs", "16", "--compute-threads", "1", "--grace-ms", "2000", NULL}};
+        seen_t seen = {0};
+        int w[2], n, dups = 0, missing = 0;
+
+        fx_setup_kafka(fx, "rkzomb", 4, 8, NULL);
+        fx_add_good(fx, 4000);
+        fx_produce(fx, 0, fx->n_jobs);
+        w[0] = fx_worker(fx, "rkzomb-w1", args[0]);
+        w[1] = fx_worker(fx, "rkzomb-w2", args[1]);
+        wait_count(fx, 800);
+        assert_midrun(fx, "SIGSTOP of rkzomb-w1");
+        assert_int_equal(kill(fx->stack.procs[w[0]].pid, SIGSTOP), 0);
+        fx_sleep_ms(9000); /* the 6 s session timeout, and the rebalance */
+        assert_midrun(fx, "SIGCONT of rkzomb-w1");
+        assert_int_equal(kill(fx->stack.procs[w[0]].pid, SIGCONT), 0);
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        seen.count = calloc((size_t)fx->n_jobs, sizeof(int));
+        assert_non_null(seen.count);
+        n = read_topic(fx, RESULTS, fx->n_jobs, WAIT_MS, 3000, check_result_msg, &seen);
+        for (int i = 0; i < fx->n_jobs; i++) {
+                missing += seen.count[i] == 0;
+                dups += seen.count[i] > 1;
+        }
+        print_message("read_committed: %d messages, %d ids missing, %d duplicated, %d differing "
+                      "from Redis; the zombie logged %d fenced or aborted transactions\n",
+                      n, missing, dups, seen.mismatched,
+                      fx_log_count(fx, w[0], "aborting it") +
+                          fx_log_count(fx, w[0], "transaction was given up"));
+        free(seen.count);
+        if (missing || dups || seen.mismatched || seen.foreign || n != fx->n_jobs) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("exactly once broken by a zombie: %d messages for %d jobs", n, fx->n_jobs);
+        }
+        fx_finish(fx, w, 2);
+}
+
 /* Writes the classifier (4 -> 5 relu -> 3 identity) and the reference's
  * input file: both models' weights and every job's rows, as JSON. */
 static void write_chain_inputs(fx_t *fx, const char *json_path, float *cW1, float *cb1, float *cW2,
@@ -384,6 +436,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_exactly_once_kills, fx_state_setup,
                                             fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_zombie_fenced, fx_state_setup, fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_two_stage_chain, fx_state_setup,
                                             fx_state_teardown),
         };
