@@ -332,6 +332,9 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
                         kf_sleep_us(50000, NULL);
                 backoff = kf_backoff_next(backoff, RETRY_MIN_MS, RETRY_MAX_MS);
         }
+        /* Nobody else polls this producer in exactly-once mode: serve its
+         * delivery reports and errors here, or they pile up. */
+        rd_kafka_poll(rt->rk, 0);
         pthread_mutex_lock(&rt->lock);
         if (ok) {
                 atomic_fetch_add(&rt->txns, 1);
