@@ -15,9 +15,11 @@
 #define RETRY_MAX_MS 5000
 
 /* What one batch waits for in at-least-once mode: a heap record, since a
- * delivery report may be served by another writer's poll. */
+ * delivery report may be served by another writer's poll, and may come
+ * after the writer gave up waiting (abandoned): freed by whoever drops the
+ * last reference. */
 typedef struct rt_wait_s {
-        atomic_int left;                 /* messages not reported yet */
+        atomic_int refs;                 /* messages not reported yet, + 1 for the writer */
         _Atomic rd_kafka_resp_err_t err; /* the first failure */
 } rt_wait_t;
 
@@ -34,7 +36,8 @@ static void rt_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque
         } else {
                 atomic_fetch_add(&rt->sent, 1);
         }
-        atomic_fetch_sub(&wt->left, 1);
+        if (atomic_fetch_sub(&wt->refs, 1) == 1)
+                free(wt);
 }
 
 static void rt_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -210,31 +213,40 @@ static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, const kw_job_t *j, rt_wait_t 
         }
 }
 
-static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, char *errstr, size_t errstr_size)
+static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errstr,
+                         size_t errstr_size)
 {
         rt_wait_t *wt = calloc(1, sizeof(*wt));
         rd_kafka_resp_err_t err = 0;
-        int n = 0;
+        int n = 0, given_up = 0;
 
         if (!wt)
                 return kf_errf(errstr, errstr_size, "out of memory");
+        atomic_store(&wt->refs, 1);
         for (int i = 0; i < b->n; i++) {
                 const kw_job_t *j = &b->jobs[i];
                 if (j->state != KW_JOB_WRITTEN || !j->rt_value)
                         continue;
-                atomic_fetch_add(&wt->left, 1);
+                atomic_fetch_add(&wt->refs, 1);
                 if ((err = rt_produce(rt, j, wt))) {
-                        atomic_fetch_sub(&wt->left, 1);
+                        atomic_fetch_sub(&wt->refs, 1);
                         break;
                 }
                 n++;
         }
-        /* Every report must arrive before wt goes: message.timeout.ms bounds it. */
-        while (atomic_load(&wt->left) > 0)
+        /* Reports come within message.timeout.ms; a drain that gives up
+         * (brokers away) does not wait that long. */
+        while (atomic_load(&wt->refs) > 1 && !(given_up = abandon && atomic_load(abandon)))
                 rd_kafka_poll(rt->rk, 20);
         if (!err)
                 err = atomic_load(&wt->err);
-        free(wt);
+        if (atomic_fetch_sub(&wt->refs, 1) == 1)
+                free(wt);
+        if (given_up)
+                return kf_errf(errstr, errstr_size,
+                               "result topic %s: not acknowledged before the drain gave up",
+                               rt->topic) -
+                       1;
         if (err)
                 return kf_errf(errstr, errstr_size, "result topic %s: %d of %d messages: %s",
                                rt->topic, n, b->n, rd_kafka_err2str(err));
@@ -418,7 +430,7 @@ int kw_rt_send(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errs
         if (atomic_load(&rt->fatal))
                 return kf_errf(errstr, errstr_size, "result producer: fatal error"), -2;
         return rt->eos ? rt_send_txn(rt, b, abandon, errstr, errstr_size)
-                       : rt_send_plain(rt, b, errstr, errstr_size);
+                       : rt_send_plain(rt, b, abandon, errstr, errstr_size);
 }
 
 int kw_rt_commit_offsets(kw_rt_t *rt)
