@@ -13,6 +13,12 @@ PKGS=(
   prometheus
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
   python3-prometheus-client
+  # kinfer top: reads the workers' /metrics over HTTP
+  libcurl4-openssl-dev
+  # kinfer top: its live screen
+  libncurses-dev
+  # tests/py/test_top_tmux.py drives kinfer top in a real terminal
+  tmux
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven

@@ -27,6 +27,7 @@ static const struct {
     {"tail", kc_cmd_tail, "print result messages of a result topic as JSON lines"},
     {"bench", kc_cmd_bench,
      "load generator: drain/open-loop throughput and latency, compute limit"},
+    {"top", kc_cmd_top, "live view of a running pool: jobs/s, errors, lag, workers, busiest users"},
 };
 
 static void usage(FILE *fp)
