@@ -71,6 +71,9 @@ fi
 # shellcheck disable=SC2086 # the options are words
 if [ ! -f "$dir/data/meta.properties" ]; then
   cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+  # one start in 64 drew an id starting with '-', which the tool took for an
+  # option ("--cluster-id: expected one argument"); a first 'A' is as valid
+  case "$cluster_id" in -*) cluster_id="A${cluster_id#-}" ;; esac
   java $java_opts $log_opts -cp "$jars/*" kafka.tools.StorageTool format \
        --cluster-id "$cluster_id" --config "$props" --ignore-formatted >"$dir/format.log" 2>&1 ||
     { echo "kafka: formatting $dir/data failed:" >&2; tail -20 "$dir/format.log" >&2; exit 1; }
