@@ -30,6 +30,8 @@ WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worke
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
               worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
+              worker/results_topic.o \
+              worker/chain.o \
               worker/advertise.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
@@ -37,6 +39,7 @@ MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
               worker/model_store_registry_build.o worker/model_store_registry_lookup.o \
               worker/model_store_registry_reloader.o
 KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.o producer-tool/cmd_result.o \
+              producer-tool/cmd_tail.o \
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_registry.o \
               producer-tool/cmd_quota.o \
@@ -102,9 +105,11 @@ $(BUILD)/kinfer: $(addprefix $(B)/,$(KINFER_OBJS)) $(BUILD)/libkinfer.a
 $(BUILD)/kinfer-devbroker: $(addprefix $(B)/,$(DEVBROKER_OBJS)) $(BUILD)/libkinfer.a
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS)
 
-# A Python script (numpy weights to a model file), next to the programs.
-$(BUILD)/kinfer-convert: producer-tool/kinfer-convert
+# A Python script (fitted models and numpy weights to model files), next to
+# the programs with the module it runs (kinfer_convert.py, importable).
+$(BUILD)/kinfer-convert: producer-tool/kinfer-convert producer-tool/kinfer_convert.py
 	@mkdir -p $(dir $@)
+	cp producer-tool/kinfer_convert.py $(dir $@)kinfer_convert.py
 	cp $< $@
 
 $(BUILD)/tests/%: $(B)/tests/%.o $(addprefix $(B)/,$(HARNESS_OBJS)) $(BUILD)/libkinfer.a
@@ -170,6 +175,11 @@ $(BUILD)/tests/unit/test_commit: $(B)/tests/unit/test_commit.o $(B)/worker/commi
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka -Wl,--wrap=kf_script_append \
 	    -Wl,--wrap=rd_kafka_topic_name,--wrap=rd_kafka_message_timestamp
 
+$(BUILD)/tests/unit/test_chain: $(B)/tests/unit/test_chain.o $(B)/worker/chain.o \
+                                $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
 # test_prom_text: the exposition parser of `kinfer top`, on its own.
 $(BUILD)/tests/unit/test_prom_text: $(B)/tests/unit/test_prom_text.o \
                                     $(B)/producer-tool/prom_text.o $(BUILD)/libkinfer.a
@@ -220,6 +230,8 @@ test-integration: $(BINS) $(addprefix $(BUILD)/,$(INTEGRATION_TESTS))
 	@set -e; for t in $(addprefix $(BUILD)/,$(INTEGRATION_TESTS)); do \
 	    echo "== $$t"; KINFER_BIN=$(BUILD) $$t; done
 
+# tests/py/test_*.py with Debian's python3; test_client_lib.py pip-installs the
+# Python client (producer-tool/python) into a venv, $(BUILD)/pyclient-venv.
 test-py: $(BINS)
 	@set -e; for t in tests/py/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	    KINFER_BIN=$(BUILD) $(PYTHON) $$t; done
@@ -264,6 +276,8 @@ test-realkafka: $(BINS) kafka-jars $(addprefix $(BUILD)/,$(REALKAFKA_TESTS))
 FUZZ_BUILD      ?= build-fuzz
 FUZZ_SECONDS    ?= 60
 TEST_FUZZ_SECONDS ?= 30
+# the chain mapper is mostly kf_result_decode, fuzzed for FUZZ_SECONDS above
+FUZZ_CHAIN_SECONDS ?= 15
 FUZZ_CC         ?= clang
 FUZZ_CFLAGS      = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(WARN) \
@@ -275,6 +289,8 @@ $(FUZZ_BUILD)/fuzz_job_decode: tests/fuzz/fuzz_job_decode.c $(FUZZ_JOB_SRCS)
 $(FUZZ_BUILD)/fuzz_model_decode: tests/fuzz/fuzz_model_decode.c $(FUZZ_MODEL_SRCS)
 $(FUZZ_BUILD)/fuzz_result_decode: tests/fuzz/fuzz_result_decode.c common/kf_result.c common/mp_field.c \
                                   common/mp_bound.c common/kf_util.c
+$(FUZZ_BUILD)/fuzz_chain_map: tests/fuzz/fuzz_chain_map.c worker/chain.c common/kf_result.c \
+                              $(FUZZ_JOB_SRCS)
 $(FUZZ_BUILD)/fuzz_%:
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(KF_LIBS)
@@ -284,7 +300,8 @@ $(FUZZ_BUILD)/fuzz_prom_decode: tests/fuzz/fuzz_prom_decode.c producer-tool/prom
 
 fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode \
       $(FUZZ_BUILD)/fuzz_stats_decode \
-      $(FUZZ_BUILD)/fuzz_prom_decode
+      $(FUZZ_BUILD)/fuzz_prom_decode \
+      $(FUZZ_BUILD)/fuzz_chain_map
 	@set -e; for f in job model result stats prom; do \
 	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
 	    echo "== fuzz_$${f}_decode for $(FUZZ_SECONDS) s"; \
@@ -294,6 +311,12 @@ fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD
 	        -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$f- \
 	        $(FUZZ_BUILD)/corpus/$$f tests/fuzz/corpus/$$f; \
 	done
+	@mkdir -p $(FUZZ_BUILD)/corpus/chain; echo "== fuzz_chain_map for $(FUZZ_CHAIN_SECONDS) s"; \
+	UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_chain_map \
+	    -max_total_time=$(FUZZ_CHAIN_SECONDS) -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
+	    -dict=tests/fuzz/result.dict -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/artifacts/chain- \
+	    $(FUZZ_BUILD)/corpus/chain tests/fuzz/corpus/result
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \

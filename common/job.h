@@ -56,6 +56,8 @@ typedef struct job_s {
         int64_t deadline_ms; /* Unix ms; 0 = no deadline */
         uint32_t ttl_s;      /* result lifetime; default JOB_TTL_DEFAULT */
         char inbox[JOB_INBOX_MAX + 1]; /* "" = none: the list that receives the id */
+        int stream_only;               /* 'results: "stream"': no Redis result value, only the
+                                        * result topic (when the worker has one) */
 } job_t;
 
 /* Decodes one job from a Kafka message value.

@@ -40,6 +40,7 @@ enum {
         F_TTL,
         F_K,
         F_INBOX,
+        F_RESULTS,
         F__CNT
 };
 static const char *const job_fields[F__CNT] = {
@@ -54,6 +55,7 @@ static const char *const job_fields[F__CNT] = {
     [F_TTL] = "ttl",
     [F_K] = "k",
     [F_INBOX] = "inbox",
+    [F_RESULTS] = "results",
 };
 
 /* Keys of the {dtype, shape, data} input form. */
@@ -252,6 +254,26 @@ static int dec_output(job_dec_t *d, const msgpack_object *o, job_output_t *out)
         }
         return dec_fail(d, KF_ERR_BAD_REQUEST,
                         "field 'output' must be " OUTPUT_CHOICES ", got \"%s\"",
+                        QUOTE(q, o->via.str.ptr, o->via.str.size));
+}
+
+/* 'results': where the result goes, "both" (the default: Redis, and the
+ * result topic when the worker has one) or "stream" (the result topic
+ * only, docs/protocol.md "Result topic"). */
+static int dec_results(job_dec_t *d, const msgpack_object *o, int *stream_only)
+{
+        char q[QUOTE_BUF];
+
+        if (o->type != MSGPACK_OBJECT_STR)
+                return dec_fail(d, KF_ERR_BAD_REQUEST,
+                                "field 'results' must be \"both\" or \"stream\", got %s",
+                                mp_type_name(o));
+        if (mp_str_eq(o, "both") || mp_str_eq(o, "stream")) {
+                *stream_only = mp_str_eq(o, "stream");
+                return 0;
+        }
+        return dec_fail(d, KF_ERR_BAD_REQUEST,
+                        "field 'results' must be \"both\" or \"stream\", got \"%s\"",
                         QUOTE(q, o->via.str.ptr, o->via.str.size));
 }
 
@@ -561,6 +583,8 @@ kf_err_t job_decode(const void *buf, size_t len, const job_limits_t *lim, job_t 
                 job->version = (uint32_t)u;
         if (val[F_OUTPUT])
                 dec_output(&d, val[F_OUTPUT], &job->output);
+        if (val[F_RESULTS])
+                dec_results(&d, val[F_RESULTS], &job->stream_only);
         if (val[F_DEADLINE] && dec_uint(&d, val[F_DEADLINE], "deadline", 0, INT64_MAX, &u) == 0)
                 job->deadline_ms = (int64_t)u;
         /* k belongs to topk: required there, ignored (once its type is
@@ -683,7 +707,7 @@ int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen,
         int write_ttl = job->ttl_s != 0 && job->ttl_s != JOB_TTL_DEFAULT;
         size_t nkeys = 5 + (job->version != 0) + (job->output != JOB_OUTPUT_RAW) +
                        (job->output == JOB_OUTPUT_TOPK) + (job->deadline_ms != 0) + write_ttl +
-                       (job->inbox[0] != '\0');
+                       (job->inbox[0] != '\0') + (job->stream_only != 0);
         int rc;
 
         *out = NULL;
@@ -720,6 +744,8 @@ int job_encode(const job_t *job, job_encoding_t enc, char **out, size_t *outlen,
         }
         if (job->inbox[0])
                 rc |= mp_pack_kv_str(&pk, "inbox", job->inbox);
+        if (job->stream_only)
+                rc |= mp_pack_kv_str(&pk, "results", "stream");
         if (rc != 0) {
                 msgpack_sbuffer_destroy(&sb);
                 return kf_errf(errstr, errstr_size, "out of memory encoding job %s", job->id);

@@ -17,7 +17,13 @@
  * holding weights:
  *   {format, v, name, kind:"ensemble", input_dim, output_dim,
  *    members:[{model:NAME, version:N (optional, 0 = the member's active
- *              version), weight:W}, ...]}
+ *              version), weight:W, act:A (optional, format v2)}, ...]}
+ * Its output is sum_i W_i * A_i(member_i(x)): A (default identity) is an
+ * activation applied to member i's own output before it is weighted, e.g.
+ * softmax to average the probabilities of members that output logits
+ * (scikit-learn's soft voting) without pushing a softmax copy of each.  A
+ * file with an act other than identity is written as v2 so that a worker
+ * that predates acts refuses it by version instead of by an unknown key.
  * Its file decodes to a model_ens_spec_t; whoever can find the members
  * (the worker's model store) resolves them and calls model_ens_build().
  *
@@ -33,7 +39,8 @@
 #include "job.h"
 
 #define MODEL_FORMAT_NAME    "kinfer-model"
-#define MODEL_FORMAT_V       1
+#define MODEL_FORMAT_V       1 /* what MLP files and ensembles without acts are written as */
+#define MODEL_FORMAT_V_MAX   2 /* v2: an ensemble member may have an act */
 #define MODEL_MAX_LAYERS     64
 #define MODEL_MAX_DIM        (1u << 20) /* widest layer side accepted */
 #define MODEL_MAX_MEMBERS    64         /* members of one ensemble, after flattening */
@@ -63,10 +70,12 @@ typedef struct model_layer_s {
 
 struct model_s;
 
-/* One member of a built ensemble: an MLP and the weight its output gets. */
+/* One member of a built ensemble: an MLP, the activation applied to its
+ * output, and the weight that result gets. */
 typedef struct model_member_s {
         struct model_s *model; /* an MLP (nested ensembles are flattened); owned reference */
         float weight;
+        model_act_t act; /* applied to the member's output before weighting */
 } model_member_t;
 
 typedef struct model_s {
@@ -113,6 +122,7 @@ typedef struct model_member_spec_s {
         char model[JOB_MODEL_MAX + 1];
         uint32_t version; /* 0 = whatever version of the member is active */
         double weight;    /* finite, and finite as a float32 */
+        model_act_t act;  /* applied to the member's output; IDENTITY unless the file says */
 } model_member_spec_t;
 
 typedef struct model_ens_spec_s {
@@ -148,7 +158,9 @@ int model_ens_encode(const model_ens_spec_t *spec, char **out, size_t *outlen, c
 
 /* Builds an ensemble from its spec and its members' models: resolved[i] is
  * member i (an MLP or a built ensemble, whose members are taken over with
- * their weights multiplied: the result always holds MLPs only, each once).
+ * their weights multiplied and their acts kept: the result always holds
+ * MLPs only, each (MLP, act) pair once).  A member with an act other than
+ * identity must be an MLP: the act of a sum cannot be flattened.
  * Every member must have the spec's input_dim and output_dim.  Takes new
  * references; resolved[] stays the caller's.  Returns a model (refcnt 1,
  * version 0: the caller sets it) or NULL with errstr naming the member. */
@@ -200,8 +212,8 @@ void model_postprocess_k(job_output_t mode, uint32_t k, const float *Y, uint32_t
                          uint32_t cols, float *out);
 
 /* 1 if m's outputs are already probability distributions: an MLP whose
- * last layer is softmax, or an ensemble of such members with weights >= 0
- * summing to 1. */
+ * last layer is softmax, or an ensemble of such members (or of members
+ * whose act is softmax) with weights >= 0 summing to 1. */
 int model_outputs_distribution(const model_t *m);
 
 /* Whether job can run on m: its columns must be m's input_dim

@@ -8,12 +8,13 @@
 
 #include "kf_util.h"
 
-/* Adds weight * mlp to the flat member list, merging a repeated MLP. */
-static int model_ens_add(model_member_t *mem, uint32_t *n, model_t *mlp, double weight,
-                         const char *ens_name, char *errstr, size_t errstr_size)
+/* Adds weight * act(mlp) to the flat member list, merging a repeated
+ * (MLP, act): the same network under two acts is two members. */
+static int model_ens_add(model_member_t *mem, uint32_t *n, model_t *mlp, model_act_t act,
+                         double weight, const char *ens_name, char *errstr, size_t errstr_size)
 {
         for (uint32_t i = 0; i < *n; i++) {
-                if (mem[i].model == mlp) {
+                if (mem[i].model == mlp && mem[i].act == act) {
                         double w = (double)mem[i].weight + weight;
                         if (!isfinite(w) || fabs(w) > FLT_MAX)
                                 return kf_errf(errstr, errstr_size,
@@ -35,6 +36,7 @@ static int model_ens_add(model_member_t *mem, uint32_t *n, model_t *mlp, double 
                                mlp->name);
         mem[*n].model = mlp;
         mem[*n].weight = (float)weight;
+        mem[*n].act = act;
         (*n)++;
         return 0;
 }
@@ -62,13 +64,24 @@ model_t *model_ens_build(const model_ens_spec_t *spec, model_t *const *resolved,
                         return NULL;
                 }
                 if (r->kind == MODEL_KIND_MLP) {
-                        if (model_ens_add(mem, &n, (model_t *)r, spec->members[i].weight,
-                                          spec->name, errstr, errstr_size) != 0)
+                        if (model_ens_add(mem, &n, (model_t *)r, spec->members[i].act,
+                                          spec->members[i].weight, spec->name, errstr,
+                                          errstr_size) != 0)
                                 return NULL;
                         continue;
                 }
+                /* act(a + b) is not act(a) + act(b): an act on a nested
+                 * ensemble would need it computed apart, which flattening
+                 * gives up for one pass per distinct network. */
+                if (spec->members[i].act != MODEL_ACT_IDENTITY) {
+                        kf_errf(errstr, errstr_size,
+                                "member %u: model '%s' version %u is an ensemble; act \"%s\" "
+                                "applies to an mlp member only (put the act on its members)",
+                                i, r->name, r->version, model_act_name(spec->members[i].act));
+                        return NULL;
+                }
                 for (uint32_t j = 0; j < r->n_members; j++) {
-                        if (model_ens_add(mem, &n, r->members[j].model,
+                        if (model_ens_add(mem, &n, r->members[j].model, r->members[j].act,
                                           spec->members[i].weight * r->members[j].weight,
                                           spec->name, errstr, errstr_size) != 0)
                                 return NULL;
@@ -89,6 +102,7 @@ model_t *model_ens_build(const model_ens_spec_t *spec, model_t *const *resolved,
         for (uint32_t i = 0; i < n; i++) {
                 m->members[i].model = model_ref(mem[i].model);
                 m->members[i].weight = mem[i].weight;
+                m->members[i].act = mem[i].act;
                 m->flops_per_row += mem[i].model->flops_per_row;
                 m->weight_bytes += mem[i].model->weight_bytes;
                 if (mem[i].model->max_width > m->max_width)

@@ -83,6 +83,21 @@ static int model_get_dim(const msgpack_object *o, const char *what, uint32_t *ou
         return 0;
 }
 
+/* A layer's or a member's act: a known activation's name. */
+static int model_get_act(const msgpack_object *o, const char *what, uint32_t i, char *errstr,
+                         size_t errstr_size)
+{
+        char q[64];
+        int act =
+            o->type == MSGPACK_OBJECT_STR ? model_act_parse(o->via.str.ptr, o->via.str.size) : -1;
+        if (o->type != MSGPACK_OBJECT_STR)
+                kf_errf(errstr, errstr_size, "%s %u: act must be a string", what, i);
+        else if (act < 0)
+                kf_errf(errstr, errstr_size, "%s %u: unknown activation \"%s\"", what, i,
+                        MODEL_QUOTE(o->via.str.ptr, o->via.str.size, q));
+        return act;
+}
+
 enum { F_FORMAT, F_V, F_NAME, F_KIND, F_INPUT_DIM, F_OUTPUT_DIM, F_LAYERS, F_MEMBERS, F__CNT };
 static const char *const model_fields[F__CNT] = {"format",    "v",          "name",   "kind",
                                                  "input_dim", "output_dim", "layers", "members"};
@@ -91,8 +106,8 @@ static const char *const model_layer_fields[L__CNT] = {"W", "b", "act"};
 
 /* ---- an ensemble file's members ---- */
 
-enum { M_MODEL, M_VERSION, M_WEIGHT, M__CNT };
-static const char *const model_member_fields[M__CNT] = {"model", "version", "weight"};
+enum { M_MODEL, M_VERSION, M_WEIGHT, M_ACT, M__CNT };
+static const char *const model_member_fields[M__CNT] = {"model", "version", "weight", "act"};
 
 void model_ens_spec_free(model_ens_spec_t *spec)
 {
@@ -133,8 +148,8 @@ static int model_member_weight(const msgpack_object *o, uint32_t i, double *out,
  * validated).  Returns a spec or NULL with errstr. */
 static model_ens_spec_t *model_ens_spec_from_object(const msgpack_object *members, const char *name,
                                                     size_t name_len, uint32_t input_dim,
-                                                    uint32_t output_dim, char *errstr,
-                                                    size_t errstr_size)
+                                                    uint32_t output_dim, uint64_t format_v,
+                                                    char *errstr, size_t errstr_size)
 {
         model_ens_spec_t *spec = NULL;
         uint32_t n;
@@ -167,6 +182,7 @@ static model_ens_spec_t *model_ens_spec_from_object(const msgpack_object *member
         for (uint32_t i = 0; i < n; i++) {
                 const msgpack_object *mo = &members->via.array.ptr[i], *mf[M__CNT];
                 model_member_spec_t *ms = &spec->members[i];
+                int act;
 
                 if (mo->type != MSGPACK_OBJECT_MAP) {
                         kf_errf(errstr, errstr_size, "member %u is not a map", i);
@@ -212,6 +228,19 @@ static model_ens_spec_t *model_ens_spec_from_object(const msgpack_object *member
                 }
                 if (model_member_weight(mf[M_WEIGHT], i, &ms->weight, errstr, errstr_size) != 0)
                         goto err;
+                /* v1 readers refuse the key: a v1 file must not mean
+                 * something else to a v2 reader. */
+                if (mf[M_ACT] && format_v < 2) {
+                        kf_errf(errstr, errstr_size,
+                                "member %u: act needs model format v2 (the file is v%llu)", i,
+                                (unsigned long long)format_v);
+                        goto err;
+                }
+                act = mf[M_ACT] ? model_get_act(mf[M_ACT], "member", i, errstr, errstr_size)
+                                : MODEL_ACT_IDENTITY;
+                if (act < 0)
+                        goto err;
+                ms->act = (model_act_t)act;
                 /* Pinned to an older version of itself is a blend of old and
                  * new; following its own active version never ends. */
                 if (ms->version == 0 && !strcmp(ms->model, spec->name)) {
@@ -278,7 +307,7 @@ static int model_from_object(const msgpack_object *root, model_file_t *file, cha
                 kf_errf(errstr, errstr_size, "v must be an unsigned integer");
                 return -1;
         }
-        if (o->via.u64 != MODEL_FORMAT_V) {
+        if (o->via.u64 < 1 || o->via.u64 > MODEL_FORMAT_V_MAX) {
                 kf_errf(errstr, errstr_size, "unsupported model format v%llu",
                         (unsigned long long)o->via.u64);
                 return -1;
@@ -323,7 +352,7 @@ static int model_from_object(const msgpack_object *root, model_file_t *file, cha
                 file->kind = MODEL_KIND_ENSEMBLE;
                 file->ens = model_ens_spec_from_object(f[F_MEMBERS], f[F_NAME]->via.str.ptr,
                                                        f[F_NAME]->via.str.size, dims[0], output_dim,
-                                                       errstr, errstr_size);
+                                                       f[F_V]->via.u64, errstr, errstr_size);
                 return file->ens ? 0 : -1;
         }
         if (!mp_str_eq(o, "mlp")) {
@@ -386,16 +415,8 @@ static int model_from_object(const msgpack_object *root, model_file_t *file, cha
                                 lf[L_W]->type != MSGPACK_OBJECT_BIN ? "W" : "b");
                         return -1;
                 }
-                if (lf[L_ACT]->type != MSGPACK_OBJECT_STR) {
-                        kf_errf(errstr, errstr_size, "layer %u: act must be a string", i);
+                if ((act = model_get_act(lf[L_ACT], "layer", i, errstr, errstr_size)) < 0)
                         return -1;
-                }
-                act = model_act_parse(lf[L_ACT]->via.str.ptr, lf[L_ACT]->via.str.size);
-                if (act < 0) {
-                        kf_errf(errstr, errstr_size, "layer %u: unknown activation \"%s\"", i,
-                                MODEL_QUOTE(lf[L_ACT]->via.str.ptr, lf[L_ACT]->via.str.size, q));
-                        return -1;
-                }
 
                 /* The layer's width comes from its bias; its input from the
                  * previous layer; W must then be exactly in x out. */
@@ -615,7 +636,7 @@ int model_ens_encode(const model_ens_spec_t *spec, char **out, size_t *outlen, c
 {
         msgpack_sbuffer sb;
         msgpack_packer pk;
-        int rc = 0;
+        int rc = 0, with_acts = 0;
 
         if (!spec || !out || !outlen)
                 return kf_errf(errstr, errstr_size, "model_ens_encode: NULL argument");
@@ -635,6 +656,11 @@ int model_ens_encode(const model_ens_spec_t *spec, char **out, size_t *outlen, c
                 if (!job_name_valid(ms->model, strnlen(ms->model, sizeof(ms->model)),
                                     JOB_MODEL_MAX))
                         return kf_errf(errstr, errstr_size, "member %u: bad model name", i);
+                if ((unsigned)ms->act >= MODEL_ACT__CNT)
+                        return kf_errf(errstr, errstr_size, "member %u: unknown activation %d", i,
+                                       (int)ms->act);
+                if (ms->act != MODEL_ACT_IDENTITY)
+                        with_acts = 1;
                 if (!isfinite(ms->weight) || fabs(ms->weight) > FLT_MAX)
                         return kf_errf(errstr, errstr_size,
                                        "member %u: weight %g is not a finite float32", i,
@@ -650,7 +676,8 @@ int model_ens_encode(const model_ens_spec_t *spec, char **out, size_t *outlen, c
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         rc |= msgpack_pack_map(&pk, 7);
         rc |= mp_pack_kv_str(&pk, "format", MODEL_FORMAT_NAME);
-        rc |= mp_pack_kv_u64(&pk, "v", MODEL_FORMAT_V);
+        /* v1 when it can be: older workers keep reading ensembles without acts. */
+        rc |= mp_pack_kv_u64(&pk, "v", with_acts ? 2 : MODEL_FORMAT_V);
         rc |= mp_pack_kv_str(&pk, "name", spec->name);
         rc |= mp_pack_kv_str(&pk, "kind", "ensemble");
         rc |= mp_pack_kv_u64(&pk, "input_dim", spec->input_dim);
@@ -659,12 +686,15 @@ int model_ens_encode(const model_ens_spec_t *spec, char **out, size_t *outlen, c
         rc |= msgpack_pack_array(&pk, spec->n_members);
         for (uint32_t i = 0; i < spec->n_members && rc == 0; i++) {
                 const model_member_spec_t *ms = &spec->members[i];
-                rc |= msgpack_pack_map(&pk, ms->version ? 3 : 2);
+                int has_act = ms->act != MODEL_ACT_IDENTITY;
+                rc |= msgpack_pack_map(&pk, 2u + (ms->version ? 1u : 0u) + (has_act ? 1u : 0u));
                 rc |= mp_pack_kv_str(&pk, "model", ms->model);
                 if (ms->version)
                         rc |= mp_pack_kv_u64(&pk, "version", ms->version);
                 rc |= mp_pack_cstr(&pk, "weight");
                 rc |= msgpack_pack_double(&pk, ms->weight);
+                if (has_act)
+                        rc |= mp_pack_kv_str(&pk, "act", model_act_name(ms->act));
         }
         if (rc != 0) {
                 msgpack_sbuffer_destroy(&sb);

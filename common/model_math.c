@@ -114,7 +114,11 @@ static void model_activate(model_act_t act, float *x, size_t rows, uint32_t cols
                 for (size_t r = 0; r < rows; r++)
                         model_softmax_row(x + r * cols, cols);
                 break;
-        case MODEL_ACT_RELU: /* fused with the bias: model_add_bias */
+        case MODEL_ACT_RELU: /* a layer's is fused with its bias (model_add_bias);
+                              * this is an ensemble member's act */
+                for (size_t i = 0; i < n; i++)
+                        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+                break;
         case MODEL_ACT_IDENTITY:
         default:
                 break;
@@ -232,6 +236,8 @@ static int model_ens_forward(const model_t *m, const float *X, uint32_t rows, fl
                 float *e = s->e;
                 if (model_forward(m->members[i].model, X, rows, e, s) != 0)
                         return -1;
+                if (m->members[i].act != MODEL_ACT_IDENTITY)
+                        model_activate(m->members[i].act, e, rows, m->output_dim);
                 if (i == 0) {
                         for (size_t k = 0; k < n; k++)
                                 Y[k] = w * e[k];
@@ -378,7 +384,10 @@ int model_outputs_distribution(const model_t *m)
         /* An ensemble's output is a distribution when it is a convex
          * combination of distributions. */
         for (uint32_t i = 0; i < m->n_members; i++) {
-                if (m->members[i].weight < 0 || !model_outputs_distribution(m->members[i].model))
+                if (m->members[i].weight < 0 ||
+                    (m->members[i].act != MODEL_ACT_SOFTMAX &&
+                     (m->members[i].act != MODEL_ACT_IDENTITY ||
+                      !model_outputs_distribution(m->members[i].model))))
                         return 0;
                 sum += m->members[i].weight;
         }

@@ -85,17 +85,19 @@ static int mreg_name_ok(const char *name, char *errstr, size_t errstr_size)
 /* The members of an ensemble as the JSON the scripts read. */
 static char *mreg_members_json(const model_ens_spec_t *spec)
 {
-        size_t cap = 64 + (size_t)spec->n_members * (JOB_MODEL_MAX + 80), o = 0;
+        size_t cap = 64 + (size_t)spec->n_members * (JOB_MODEL_MAX + 100), o = 0;
         char *s = malloc(cap);
 
         if (!s)
                 return NULL;
         o += (size_t)snprintf(s + o, cap - o, "[");
         for (uint32_t i = 0; i < spec->n_members; i++)
-                o += (size_t)snprintf(s + o, cap - o,
-                                      "%s{\"model\":\"%s\",\"version\":%u,\"weight\":%.17g}",
-                                      i ? "," : "", spec->members[i].model,
-                                      spec->members[i].version, spec->members[i].weight);
+                o +=
+                    (size_t)snprintf(s + o, cap - o,
+                                     "%s{\"model\":\"%s\",\"version\":%u,\"weight\":%.17g,"
+                                     "\"act\":\"%s\"}",
+                                     i ? "," : "", spec->members[i].model, spec->members[i].version,
+                                     spec->members[i].weight, model_act_name(spec->members[i].act));
         snprintf(s + o, cap - o, "]");
         return s;
 }

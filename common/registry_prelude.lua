@@ -72,6 +72,10 @@ local function check_members(root, root_v, members, din, dout)
     if mi ~= din or mo ~= dout then
       return "member '" .. m.model .. "' version " .. v .. ' is ' .. mi .. '->' .. mo .. ', the ensemble is ' .. din .. '->' .. dout
     end
+    -- the act of a sum cannot be flattened into the sum (model_ensemble.c)
+    if m.act and m.act ~= 'identity' and hget(m.model, v .. ':kind') == 'ensemble' then
+      return "member '" .. m.model .. "' version " .. v .. ' is an ensemble: act "' .. m.act .. '" applies to an mlp member only'
+    end
   end
   return nil
 end
@@ -102,7 +106,7 @@ local function walk(root, root_v, root_members, n, v, path, done)
   done[key] = true
   return nil
 end
-local function check_dependents(n, v, din, dout)
+local function check_dependents(n, v, din, dout, kind)
   for _, e in ipairs(redis.call('SMEMBERS', P .. 'model-names')) do
     local a = num(hget(e, 'active'))
     local ms = nil
@@ -113,6 +117,9 @@ local function check_dependents(n, v, din, dout)
         local eo = hget(e, a .. ':output_dim') or '?'
         if ei ~= din or eo ~= dout then
           return "ensemble '" .. e .. "' version " .. a .. " follows '" .. n .. "' and is " .. ei .. '->' .. eo .. ", but '" .. n .. "' version " .. v .. ' is ' .. din .. '->' .. dout .. ' (--force to activate it anyway)'
+        end
+        if m.act and m.act ~= 'identity' and kind == 'ensemble' then
+          return "ensemble '" .. e .. "' version " .. a .. " follows '" .. n .. "' with act \"" .. m.act .. "\", which applies to an mlp, but '" .. n .. "' version " .. v .. ' is an ensemble (--force to activate it anyway)'
         end
       end
     end
@@ -125,7 +132,7 @@ local function check_activation(n, v, din, dout, members, force)
     err = check_members(n, v, members, din, dout)
     if not err then err = walk(n, v, members, n, v, {}, {}) end
   end
-  if not err and force ~= '1' then err = check_dependents(n, v, din, dout) end
+  if not err and force ~= '1' then err = check_dependents(n, v, din, dout, hget(n, v .. ':kind')) end
   return err
 end
 local function set_active(n, v)

@@ -15,7 +15,7 @@ if members then
   if not err then err = walk(NAME, v, members, NAME, v, {}, {}) end
 end
 if not err and ARGV[10] == '1' and ARGV[11] ~= '1' then
-  err = check_dependents(NAME, v, ARGV[6], ARGV[7])
+  err = check_dependents(NAME, v, ARGV[6], ARGV[7], ARGV[5])
 end
 if err then return refuse(err) end
 local t = redis.call('TIME')

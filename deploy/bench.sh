@@ -34,6 +34,11 @@
 #   BENCH_RATE_FROM=DIR    take the open-loop rates from the drain JSON lines in DIR
 #                          (W1.drain.json, ...) instead of this run's drains
 #   BENCH_BIN_OLD=DIR      old against new in one run: see "Old against new" below
+#   BENCH_RESULTS=1        the result topic's cost: each workload three times on a
+#                          genuine Kafka (BENCH_KAFKA=real), the worker without a
+#                          result topic, with --results-topic, and with
+#                          --exactly-once too; a table of the three closes (in
+#                          /tmp/kinfer-bench-results-*/)
 #   BENCH_KAFKA=dev        the broker: dev (kinfer-devbroker, the mock cluster), real
 #                          (a genuine single-node Apache Kafka 4.x started with
 #                          deploy/kafka-local in the run directory, JVM options
@@ -107,6 +112,30 @@ if [ "$KAFKA" = both ]; then
   exit $rc
 fi
 
+# ---- the result topic: off, on, exactly once, on the genuine Kafka ----------
+if [ "${BENCH_RESULTS:-0}" = 1 ]; then
+  AB=$(mktemp -d /tmp/kinfer-bench-results-XXXXXX)
+  rc=0
+  declare -A VARIANT=([off]="" [on]="--results-topic kinfer.results"
+                      [eos]="--results-topic kinfer.results --exactly-once")
+  for w in $ONLY; do
+    for side in off on eos; do
+      from=$([ $side != off ] && echo "$AB/off/$w" || echo "")
+      printf '\n======== %s, result topic %s\n' "$w" "$side" >&2
+      BENCH_RESULTS=0 BENCH_KAFKA=real KINFER_RESULTS_TOPIC=kinfer.results BENCH_ONLY=$w \
+        BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from BENCH_SOAK_S=0 \
+        BENCH_WORKER_ARGS="${BENCH_WORKER_ARGS:-} ${VARIANT[$side]}" bash "$0" "$BIN" ||
+        { echo "bench: the $w run with the result topic $side failed" >&2; rc=1; }
+    done
+  done
+  $PY "$(dirname "$0")/bench_compare.py" "$AB" "$ONLY" "$OPEN_PCT" off:java on:java eos:java \
+    "One worker on a genuine Kafka: no result topic (off), --results-topic (on), and --exactly-once (eos); medians, per workload in that order." \
+    | tee "$AB/compare.md"
+  echo "bench: result topic off/on/eos: JSON lines and tables in $AB/{off,on,eos}/W*/, this" \
+    "table in $AB/compare.md" >&2
+  exit $rc
+fi
+
 # ---- old against new: this script once per workload and build --------------
 if [ -n "${BENCH_BIN_OLD:-}" ]; then
   OLD=$(cd "$BENCH_BIN_OLD" && pwd)
@@ -117,7 +146,7 @@ if [ -n "${BENCH_BIN_OLD:-}" ]; then
       bin=$([ $side = old ] && echo "$OLD" || echo "$BIN")
       from=$([ $side = new ] && echo "$AB/old/$w" || echo "")
       printf '\n======== %s, %s build (%s)\n' "$w" "$side" "$bin" >&2
-      BENCH_BIN_OLD= BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from BENCH_SOAK_S=0 \
+      BENCH_BIN_OLD='' BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from BENCH_SOAK_S=0 \
         bash "$0" "$bin" || { echo "bench: the $side build's $w run failed" >&2; rc=1; }
     done
   done

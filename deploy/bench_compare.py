@@ -3,7 +3,7 @@
 (old against new builds, or the dev broker against a genuine Kafka): medians
 of each run's JSON lines (kinfer bench), drain and open loop.
 
-  bench_compare.py AB "W1 W2" "10 25 50" A:PROC B:PROC HEADING
+  bench_compare.py AB "W1 W2" "10 25 50" A:PROC B:PROC [C:PROC...] HEADING
 
 AB holds A/W*/ and B/W*/ (the runs' BENCH_OUT); PROC is the process whose
 CPU is the broker's on that side (kinfer-devbroke, java); HEADING opens the
@@ -14,9 +14,9 @@ import statistics
 import sys
 
 ab, only, pcts = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-sides = [s.split(":", 1) for s in sys.argv[4:6]]
+sides = [s.split(":", 1) for s in sys.argv[4:-1]]  # two or more runs
 broker = dict(sides)
-heading = sys.argv[6]
+heading = sys.argv[-1]
 W, R = "kinfer-worker", "redis-server"
 
 

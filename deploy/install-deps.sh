@@ -19,13 +19,32 @@ PKGS=(
   libncurses-dev
   # tests/py/test_top_tmux.py drives kinfer top in a real terminal
   tmux
+  # the Python client (producer-tool/python): its test installs it with pip into a venv
+  python3-venv
+  python3-pip
+  python3-setuptools
+  # kinfer-convert sklearn, tests/py/test_sklearn_serving.py, test_client_lib.py, the guide in docs/models.md
+  python3-sklearn
+  # kinfer-convert torch and its tests (skipped when absent): 178 MB to download, 767 MB
+  # installed, 47 s to install here; tests/py skips the PyTorch cases without it
+  python3-torch
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven
+  # deploy/ asset checks (tests/py/test_deploy_assets.py): YAML parsing
+  python3-yaml
+  # and shellcheck on deploy/ scripts
+  shellcheck
   # The openssl CLI: tests/harness/kafka-certs.sh makes the CA and certificates
   # of the TLS + SASL Kafka listener of tests/realkafka/test_real_secure.c.
   openssl
 )
+# `kubectl kustomize` renders the Kubernetes overlays: Debian's kubectl 1.20
+# (kustomize v2.0.3, offline), unless a kubectl is already there (another
+# package owning /usr/bin/kubectl would conflict with it).
+if ! command -v kubectl >/dev/null; then
+  PKGS+=(kubernetes-client)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -150,7 +150,8 @@ out:
 }
 
 /* {"name": N, "kind": "ensemble", "input_dim": I, "output_dim": O,
- *  "members": [{"model": M, "version": V (optional), "weight": W}, ...]} */
+ *  "members": [{"model": M, "version": V (optional), "weight": W,
+ *                "act": A (optional: applied to the member's output first)}, ...]} */
 static int build_ensemble(json_t *doc, const char *spec_path, const char *out_path)
 {
         model_ens_spec_t spec = {0};
@@ -180,6 +181,16 @@ static int build_ensemble(json_t *doc, const char *spec_path, const char *out_pa
         {
                 const char *m = json_string_value(json_object_get(mj, "model"));
                 json_t *v = json_object_get(mj, "version"), *w = json_object_get(mj, "weight");
+                json_t *a = json_object_get(mj, "act");
+                int act = MODEL_ACT_IDENTITY;
+                if (a && (!json_is_string(a) ||
+                          (act = model_act_parse(json_string_value(a),
+                                                 strlen(json_string_value(a)))) < 0)) {
+                        kc_err("model build: %s: member %zu: \"act\" must be one of identity, "
+                               "relu, tanh, sigmoid, softmax",
+                               spec_path, i);
+                        goto out;
+                }
                 if (!m || strlen(m) > JOB_MODEL_MAX || !json_is_number(w) ||
                     (v && (!json_is_integer(v) || json_integer_value(v) < 0 ||
                            json_integer_value(v) > UINT32_MAX))) {
@@ -191,6 +202,7 @@ static int build_ensemble(json_t *doc, const char *spec_path, const char *out_pa
                 kf_strlcpy(spec.members[i].model, m, sizeof(spec.members[i].model));
                 spec.members[i].version = v ? (uint32_t)json_integer_value(v) : 0;
                 spec.members[i].weight = json_number_value(w);
+                spec.members[i].act = (model_act_t)act;
         }
         if (model_ens_encode(&spec, &buf, &len, err, sizeof(err)) != 0) {
                 kc_err("model build: %s: %s", spec_path, err);
@@ -221,13 +233,17 @@ static int cmd_build(int argc, char **argv)
         size_t nl, li;
         int first, rc = KC_EXIT_USAGE;
 
-        first = kc_parse(build_opts, &c, 0, argc, argv,
-                         "model build SPEC.json -o FILE\n\nWrites a model from exact weights: "
-                         "{\"name\": N, \"layers\": [{\"W\": [[...]], \"b\": [...],\n\"act\": "
-                         "\"relu\"}, ...]} with W given as in rows of out values; or an "
-                         "ensemble:\n{\"name\": N, \"kind\": \"ensemble\", \"input_dim\": I, "
-                         "\"output_dim\": O, \"members\":\n[{\"model\": M, \"version\": V, "
-                         "\"weight\": W}, ...]} (no version: the member's active one).");
+        first =
+            kc_parse(build_opts, &c, 0, argc, argv,
+                     "model build SPEC.json -o FILE\n\nWrites a model from exact weights: "
+                     "{\"name\": N, \"layers\": [{\"W\": [[...]], \"b\": [...],\n\"act\": "
+                     "\"relu\"}, ...]} with W given as in rows of out values; or an "
+                     "ensemble:\n{\"name\": N, \"kind\": \"ensemble\", \"input_dim\": I, "
+                     "\"output_dim\": O, \"members\":\n[{\"model\": M, \"version\": V, "
+                     "\"weight\": W, \"act\": A}, ...]} (no version: the member's active one; act, "
+                     "optional, is applied to the member's output before it is weighted: "
+                     "softmax averages probabilities of members that output logits).  The "
+                     "output is the sum of weight x act(member(x)).");
         if (first != argc - 1 || !c.out_path) {
                 kc_err("model build: need SPEC.json and --out (see --help)");
                 goto out;
@@ -340,10 +356,11 @@ static int cmd_inspect(int argc, char **argv)
         } else {
                 const model_ens_spec_t *e = f.ens;
                 for (uint32_t i = 0; i < e->n_members; i++)
-                        json_array_append_new(arr, json_pack("{s:s,s:i,s:f}", "model",
+                        json_array_append_new(arr, json_pack("{s:s,s:i,s:f,s:s}", "model",
                                                              e->members[i].model, "version",
                                                              (json_int_t)e->members[i].version,
-                                                             "weight", e->members[i].weight));
+                                                             "weight", e->members[i].weight, "act",
+                                                             model_act_name(e->members[i].act)));
                 o = json_pack("{s:s,s:s,s:i,s:i,s:o,s:I,s:s}", "name", e->name, "kind", "ensemble",
                               "input_dim", e->input_dim, "output_dim", e->output_dim, "members",
                               arr, "size", (json_int_t)len, "sha256", sha);

@@ -194,7 +194,8 @@ static json_t *meta_json(const mreg_meta_t *m)
                          "last_version", (json_int_t)m->next, "history", hist, "versions", vers);
 }
 
-/* "a v1 x 0.5, b (active) x 0.25" from the members JSON. */
+/* "0.5 x a v1 + 0.25 x softmax(b (active))" from the members JSON: the
+ * ensemble's formula, in the order it is computed. */
 static void members_str(const char *members, char *buf, size_t size)
 {
         json_t *a = members ? json_loads(members, 0, NULL) : NULL, *m;
@@ -209,10 +210,14 @@ static void members_str(const char *members, char *buf, size_t size)
                         snprintf(ver, sizeof(ver), " v%lld", (long long)v);
                 else
                         snprintf(ver, sizeof(ver), " (active)");
+                const char *act = json_string_value(json_object_get(m, "act"));
+                int has_act = act && strcmp(act, "identity") != 0; /* none before v2 */
                 if (o + 1 < size)
-                        o += (size_t)snprintf(buf + o, size - o, "%s%s%s x %g", i ? ", " : "",
-                                              json_string_value(json_object_get(m, "model")), ver,
-                                              json_number_value(json_object_get(m, "weight")));
+                        o += (size_t)snprintf(
+                            buf + o, size - o, "%s%g x %s%s%s%s%s", i ? " + " : "",
+                            json_number_value(json_object_get(m, "weight")), has_act ? act : "",
+                            has_act ? "(" : "", json_string_value(json_object_get(m, "model")), ver,
+                            has_act ? ")" : "");
         }
         json_decref(a);
 }
@@ -220,6 +225,7 @@ static void members_str(const char *members, char *buf, size_t size)
 static void print_show(const mreg_meta_t *m)
 {
         char t[32], mem[1024];
+        int ens = 0;
 
         printf("model     %s\n", m->name);
         if (m->active)
@@ -247,9 +253,14 @@ static void print_show(const mreg_meta_t *m)
                        fmt_time(v->created_ms, t, sizeof(t)), v->sha256);
                 if (v->kind == MODEL_KIND_ENSEMBLE) {
                         members_str(v->members, mem, sizeof(mem));
-                        printf("           = %s\n", mem);
+                        printf("           output = %s\n", mem);
+                        ens = 1;
                 }
         }
+        if (ens)
+                printf("\nAn ensemble's output is the weighted sum of its members' outputs, each "
+                       "after its act\n(if any); a job's softmax, argmax or topk apply to that "
+                       "sum.\n");
 }
 
 static int cmd_show(int argc, char **argv)

@@ -36,6 +36,9 @@ typedef struct kc_conf_s {
         /* usage, quota */
         int json;
         char *q_jobs, *q_rows, *q_window;
+        /* tail */
+        int from_beginning;
+        int64_t max_messages;
         kf_props_t props;
 } kc_conf_t;
 
@@ -91,6 +94,11 @@ void kc_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * is rendered with status "unreadable".  Exits 3 if Redis fails. */
 json_t *kc_result_json(redisContext *c, const kc_conf_t *conf, const char *user, const char *id);
 
+/* The JSON of one result value (a Redis result or a result message, the
+ * same msgpack map); one with status "unreadable" naming why if it cannot
+ * be decoded (buf NULL: no value).  Caller decrefs. */
+json_t *kc_result_value_json(const void *buf, size_t len);
+
 /* Receives result i of a wait, in the order of ids; res is NULL when it did
  * not come before the timeout.  res is borrowed. */
 typedef void(kc_result_cb)(size_t i, json_t *res, void *opaque);
@@ -130,6 +138,7 @@ int kc_cmd_model(int argc, char **argv);
 /* cmd_registry.c: model push|list|show|activate|rollback|rm; argv[0] is that word. */
 int kc_cmd_registry(int argc, char **argv);
 int kc_cmd_bench(int argc, char **argv);
+int kc_cmd_tail(int argc, char **argv);
 /* cmd_top.c: the live view (top.h, top_pool.c, top_view.c, prom_text.c). */
 int kc_cmd_top(int argc, char **argv);
 

@@ -104,6 +104,23 @@ static json_t *reply_json(const redisReply *r, const char *user, const char *id)
         return o;
 }
 
+json_t *kc_result_value_json(const void *buf, size_t len)
+{
+        kf_result_t res;
+        char err[256];
+        json_t *o;
+
+        if (!buf || kf_result_decode(buf, len, &res, err, sizeof(err))) {
+                if (buf)
+                        kf_result_clear(&res);
+                return json_pack("{s:s,s:s,s:s}", "status", "unreadable", "error",
+                                 "unreadable_result", "message", buf ? err : "no value");
+        }
+        o = result_to_json(&res);
+        kf_result_clear(&res);
+        return o;
+}
+
 json_t *kc_result_json(redisContext *c, const kc_conf_t *conf, const char *user, const char *id)
 {
         char key[KF_KEY_MAX];

@@ -19,6 +19,12 @@ static void job_fail(kw_job_t *j, kf_err_t err)
 
 int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim)
 {
+        return kw_batch_add_value(b, rkm, rkm->payload, rkm->len, NULL, lim);
+}
+
+int kw_batch_add_value(kw_batch_t *b, rd_kafka_message_t *rkm, const void *value, size_t len,
+                       const char *fail, const job_limits_t *lim)
+{
         kw_job_t *j;
         kf_err_t err;
 
@@ -35,7 +41,12 @@ int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim
         j->rkm = rkm;
         j->started_ms = kf_now_ms();
 
-        err = job_decode(rkm->payload, rkm->len, lim, &j->job, j->errmsg, sizeof(j->errmsg));
+        err = job_decode(value, len, lim, &j->job, j->errmsg, sizeof(j->errmsg));
+        if (fail) {
+                kf_strlcpy(j->errmsg, fail, sizeof(j->errmsg));
+                if (err == KF_OK)
+                        err = KF_ERR_BAD_REQUEST;
+        }
         if (err != KF_OK) {
                 job_fail(j, err);
                 return 0;
@@ -236,6 +247,8 @@ void kw_job_clear(kw_job_t *j)
         job_clear(&j->job);
         free(j->output);
         j->output = NULL;
+        free(j->rt_value);
+        j->rt_value = NULL;
         model_unref(j->model);
         j->model = NULL;
         if (j->rkm)

@@ -42,6 +42,9 @@ typedef struct kw_job_s {
                              * computed, input kept (see commit.h) */
         int precheck_done;  /* the pre-check is not asked again for this job */
         model_t *model;     /* set by kw_batch_resolve; a reference */
+        char *rt_value;     /* with a result topic: the result as the step decided
+                             * it (commit.c), malloc'd; NULL: none */
+        size_t rt_len;
 } kw_job_t;
 
 typedef struct kw_batch_s {
@@ -64,6 +67,13 @@ typedef struct kw_compute_ctx_s {
  * still the caller's (who must not let it be lost silently: offsets.h).
  * Loop thread. */
 int kw_batch_add(kw_batch_t *b, rd_kafka_message_t *rkm, const job_limits_t *lim);
+
+/* The same, decoding value (len bytes) instead of rkm's payload: a job
+ * mapped from rkm (chain.h).  fail, if not NULL, makes the job an error
+ * result (bad_request) with that message, or, without an address, a dead
+ * letter giving it as the reason.  value stays the caller's. */
+int kw_batch_add_value(kw_batch_t *b, rd_kafka_message_t *rkm, const void *value, size_t len,
+                       const char *fail, const job_limits_t *lim);
 
 /* What one job may cost in memory once its model is known (input limits
  * are checked when it is decoded): its output, and the forward pass's

@@ -105,6 +105,27 @@ static void step_code(kw_commit_t *cm, kw_job_t *j, long long code)
         j->state = KW_JOB_WRITTEN;
 }
 
+/* Keeps the result value the step answered for a written job, for the
+ * result topic (results_topic.h); nil (a duplicate pre-checked over quota
+ * whose first result is gone) keeps none.  Returns 0, or -1 when out of
+ * memory (the job goes back to DONE: its next round is a duplicate that
+ * answers the same value). */
+static int keep_value(kw_job_t *j, const redisReply *v)
+{
+        free(j->rt_value);
+        j->rt_value = NULL;
+        j->rt_len = 0;
+        if (v->type != REDIS_REPLY_STRING)
+                return 0;
+        if (!(j->rt_value = malloc(v->len ? v->len : 1))) {
+                j->state = KW_JOB_DONE;
+                return -1;
+        }
+        memcpy(j->rt_value, v->str, v->len);
+        j->rt_len = v->len;
+        return 0;
+}
+
 /* A pipelined request of one round: a script call for a group of jobs, or
  * the count of one message without a readable id. */
 typedef struct entry_s {
@@ -210,7 +231,8 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                                 "written: %s",
                                 rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
                                 (long long)j->rkm->offset, j->errmsg);
-                } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)e->n + 1) {
+                } else if (rep->type != REDIS_REPLY_ARRAY ||
+                           rep->elements != (size_t)e->n * (cm->conf->results_topic ? 2 : 1) + 1) {
                         if (rc == 0)
                                 kf_errf(errstr, errstr_size,
                                         "unexpected reply from the step "
@@ -220,9 +242,16 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                         const redisReply *warn = rep->element[0];
                         for (int i = 0; i < e->n; i++) {
                                 const redisReply *code = rep->element[i + 1];
-                                step_code(cm, &b->jobs[order[e->first + i]],
+                                kw_job_t *j = &b->jobs[order[e->first + i]];
+                                step_code(cm, j,
                                           code->type == REDIS_REPLY_INTEGER ? code->integer
                                                                             : KW_STEP_UNKNOWN);
+                                if (cm->conf->results_topic && j->state == KW_JOB_WRITTEN &&
+                                    keep_value(j, rep->element[e->n + 1 + i])) {
+                                        if (rc == 0)
+                                                kf_errf(errstr, errstr_size, "out of memory");
+                                        rc = -1;
+                                }
                         }
                         if (warn->type == REDIS_REPLY_STRING && warn->len) {
                                 int64_t now = kf_mono_us();

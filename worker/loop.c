@@ -90,6 +90,22 @@ void kw_consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opa
         kf_error("kafka %s ERROR: %s: %s", rd_kafka_name(rk), rd_kafka_err2name(err), reason);
 }
 
+/* Adds a job to the batch being filled: the message itself, or with
+ * --chain-model the job mapped from the result message it holds. */
+static int add_job(kw_worker_t *w, rd_kafka_message_t *rkm)
+{
+        char why[512], *job = NULL;
+        size_t len = 0;
+        int m, rc;
+        if (!w->conf->chain_model)
+                return kw_batch_add(w->cur, rkm, &w->limits);
+        m = kw_chain_map(rkm->payload, rkm->len, w->conf->chain_model, &job, &len, why,
+                         sizeof(why));
+        rc = kw_batch_add_value(w->cur, rkm, job ? job : "", len, m ? why : NULL, &w->limits);
+        free(job);
+        return rc;
+}
+
 /* Adds a polled message to the batch being filled (or logs an error event).
  * Out of memory, the message is dropped, and the offset tracker blocks its
  * partition (logged), so that no later offset is stored before it is
@@ -101,7 +117,7 @@ static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
                 rd_kafka_message_destroy(rkm);
                 return 0;
         }
-        if ((!w->cur && !(w->cur = batch_new())) || kw_batch_add(w->cur, rkm, &w->limits)) {
+        if ((!w->cur && !(w->cur = batch_new())) || add_job(w, rkm)) {
                 kw_offsets_lost(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
                                 rkm->offset, "out of memory adding it to a batch");
                 rd_kafka_message_destroy(rkm);
@@ -355,6 +371,10 @@ void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 w->assigned = parts->cnt;
                 w->ever_assigned = 1;
                 rd_kafka_assign(rk, parts);
+                /* A partition paused before a revoke (a full pipeline) keeps
+                 * librdkafka's pause flag when it is assigned again, and would
+                 * never be fetched: resume them all (a no-op for the others). */
+                rd_kafka_resume_partitions(rk, parts);
                 w->paused = 0;
                 kw_metrics_set(w->metrics, KW_G_ASSIGNED_PARTITIONS, parts->cnt);
                 __atomic_store_n(&w->status.in_group, 1, __ATOMIC_RELAXED);
@@ -369,12 +389,14 @@ void kw_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         kf_info("revoking %d partitions (%s); %d batches in flight", parts->cnt,
                 rd_kafka_err2str(err), inflight_get(w) + (w->cur && w->cur->n ? 1 : 0));
         drain(w, w->conf->grace_ms);
+        kw_rt_commit_offsets(&w->rt); /* exactly once: what the dead-letter stage stored */
         kw_offsets_forget(w->offsets);
+        kw_rt_reset(&w->rt);
         if (w->rewind) { /* the next owner starts at the committed offsets */
                 rd_kafka_topic_partition_list_destroy(w->rewind);
                 w->rewind = NULL;
         }
-        if (!rd_kafka_assignment_lost(rk))
+        if (!rd_kafka_assignment_lost(rk) && !w->conf->exactly_once)
                 rd_kafka_commit(rk, NULL, 0);
         rd_kafka_assign(rk, NULL);
         w->paused = 0;
@@ -508,10 +530,11 @@ int kw_worker_run(kw_worker_t *w)
                 int64_t deadline = kf_mono_us() + (c->grace_ms + KW_CLOSE_EXTRA_MS) * 1000;
                 if (drain(w, c->grace_ms))
                         rc = -1;
+                kw_rt_commit_offsets(&w->rt);
                 close_bounded(w, deadline);
         }
         /* A client that died is an error a supervisor must see: exit 1. */
-        if (w->fatal || kw_dlq_fatal(&w->dlq))
+        if (w->fatal || kw_dlq_fatal(&w->dlq) || kw_rt_fatal(&w->rt))
                 rc = -1;
         {
                 unsigned long long written = 0, duplicates = 0;

@@ -205,6 +205,18 @@ out:
         return rc;
 }
 
+rd_kafka_topic_partition_list_t *kw_offsets_positions(kw_offsets_t *t)
+{
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+        pthread_mutex_lock(&t->lock);
+        for (part_t *p = t->parts; l && p; p = p->next)
+                if (p->stored >= 0)
+                        rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
+                            p->stored;
+        pthread_mutex_unlock(&t->lock);
+        return l;
+}
+
 void kw_offsets_forget(kw_offsets_t *t)
 {
         pthread_mutex_lock(&t->lock);

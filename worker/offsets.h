@@ -45,6 +45,11 @@ void kw_offsets_lost(kw_offsets_t *t, const char *topic, int32_t partition, int6
  * kw_offsets_add failed for it). */
 int kw_offsets_done(kw_offsets_t *t, const char *topic, int32_t partition, int64_t offset);
 
+/* The offsets stored so far, one per partition that has one (exactly-once
+ * mode sends them in its transaction: results_topic.h).  Returns a new
+ * list (caller destroys it; empty when none), or NULL when out of memory. */
+rd_kafka_topic_partition_list_t *kw_offsets_positions(kw_offsets_t *t);
+
 /* Drops every partition's state and every block (after a revoke, when the
  * rest of the in-flight work is abandoned to the partitions' next owner,
  * which starts at the committed offsets). */

@@ -35,6 +35,20 @@ const kf_opt_t kw_options[] = {
      "topic jobs are consumed from"},
     {"dlq-topic", 0, "KINFER_DLQ_TOPIC", KF_OPT_STR, O(dlq_topic), 0, 0, "kinfer.dlq", "NAME",
      "dead-letter topic for messages that cannot have a result"},
+    {"results-topic", 0, "KINFER_RESULTS_TOPIC", KF_OPT_STR, O(results_topic), 0, 0, NULL, "NAME",
+     "also send every result to this topic, the Redis result's msgpack (default: off)"},
+    {"results-key", 0, "KINFER_RESULTS_KEY", KF_OPT_STR, O(results_key), 0, 0, "id", "id|input",
+     "key of a result message: the job id, or the job message's own key"},
+    {"exactly-once", 0, "KINFER_EXACTLY_ONCE", KF_OPT_BOOL, O(exactly_once), 0, 0, "0", NULL,
+     "with --results-topic: results and consumed offsets committed together in Kafka "
+     "transactions (read_committed consumers see each result once)"},
+    {"transactional-id", 0, "KINFER_TRANSACTIONAL_ID", KF_OPT_STR, O(transactional_id), 0, 0, NULL,
+     "ID",
+     "--exactly-once: the producer's transactional.id, stable across restarts (default "
+     "kinfer-GROUP-WORKER_ID)"},
+    {"chain-model", 0, "KINFER_CHAIN_MODEL", KF_OPT_STR, O(chain_model), 0, 0, NULL, "NAME",
+     "the topic holds another stage's result messages: each becomes a job of model NAME, id "
+     "ID:NAME, same user"},
     {"group", 'g', "KINFER_GROUP", KF_OPT_STR, O(group), 0, 0, "kinfer-workers", "ID",
      "consumer group of the worker pool"},
     {"instance-id", 0, "KINFER_INSTANCE_ID", KF_OPT_STR, O(instance_id), 0, 0, NULL, "ID",
@@ -55,7 +69,8 @@ const kf_opt_t kw_options[] = {
     {"compute-threads", 0, "KINFER_COMPUTE_THREADS", KF_OPT_INT, O(compute_threads), 0, 256, "0",
      "N", "threads computing batches in parallel (0 = one per CPU)"},
     {"writer-threads", 0, "KINFER_WRITER_THREADS", KF_OPT_INT, O(writer_threads), 1, 16, "2", "N",
-     "threads writing results to Redis, a connection each"},
+     "threads writing results to Redis, a connection each (--exactly-once: at most this many "
+     "batches per transaction)"},
     {"redis-timeout-ms", 0, "KINFER_REDIS_TIMEOUT_MS", KF_OPT_INT, O(redis_timeout_ms), 10, 600000,
      "5000", "MS", "Redis connect and command timeout"},
     {"grace-ms", 0, "KINFER_GRACE_MS", KF_OPT_INT, O(grace_ms), 0, 3600000, "10000", "MS",

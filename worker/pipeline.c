@@ -45,11 +45,21 @@ static void *compute_main(void *arg)
 
 /* --- writer threads ----------------------------------------------------- */
 
+/* 1 if a job of b is neither written nor handed to the dead-letter stage. */
+static int left_any(const kw_batch_t *b)
+{
+        for (int i = 0; i < b->n; i++)
+                if (b->jobs[i].state != KW_JOB_WRITTEN && b->jobs[i].state != KW_JOB_HELD)
+                        return 1;
+        return 0;
+}
+
 /* One attempt to make a computed batch durable: messages without an
  * address (no readable id or user) go to the dead-letter stage, which copies them on its own
  * time (a copy the DLQ does not take must not hold back these results),
  * then the steps.  A job the step hands back (quota window rolled over) is
- * computed here and written in the next round.  Returns 0 or -1. */
+ * computed here and written in the next round.  Then the result topic, if
+ * any.  Returns 0, -1 (retry), or -2: given up, not to be stored. */
 static int write_once(kw_writer_t *wr, kw_batch_t *b, kw_compute_ctx_t *ctx)
 {
         kw_worker_t *w = wr->w;
@@ -67,10 +77,26 @@ static int write_once(kw_writer_t *wr, kw_batch_t *b, kw_compute_ctx_t *ctx)
                         left +=
                             b->jobs[i].state != KW_JOB_WRITTEN && b->jobs[i].state != KW_JOB_HELD;
                 if (!left)
-                        return 0;
+                        break;
         }
-        kf_warn("batch of %d jobs: steps keep handing jobs back; retrying", b->n);
-        return -1;
+        if (left_any(b)) {
+                kf_warn("batch of %d jobs: steps keep handing jobs back; retrying", b->n);
+                return -1;
+        }
+        /* The result topic after Redis: a result message carries what the
+         * step decided (results_topic.h). */
+        switch (kw_rt_send(&w->rt, b, &w->abandon, err, sizeof(err))) {
+        case 0:
+                return 0;
+        case -2: /* given up: its offsets must not be stored */
+                kf_warn("results of %d jobs given up: %s", b->n, err);
+                if (kw_rt_fatal(&w->rt))
+                        *w->stop = 1;
+                return -2;
+        default:
+                kf_warn("results of %d jobs not sent yet: %s", b->n, err);
+                return -1;
+        }
 }
 
 /* Sleeps ms in small steps, returning early when the batch is abandoned. */
@@ -90,12 +116,12 @@ static void *writer_main(void *arg)
         kw_batch_t *b;
 
         while ((b = kw_queue_pop(&w->write_q))) {
-                int backoff = BACKOFF_MIN_MS;
-                while (!atomic_load(&w->abandon) && write_once(wr, b, &ctx)) {
+                int backoff = BACKOFF_MIN_MS, rc = -1;
+                while (!atomic_load(&w->abandon) && (rc = write_once(wr, b, &ctx)) == -1) {
                         backoff_sleep(w, backoff);
                         backoff = kf_backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
                 }
-                if (atomic_load(&w->abandon)) {
+                if (rc != 0) {
                         /* Not stored, so redelivered to the partitions' next owner;
                          * any step we did write makes its copy a no-op there. */
                         for (int i = 0; i < b->n; i++) /* HELD: the dead-letter stage's */

@@ -33,6 +33,13 @@
 --         ncommon "common" pairs (clen bytes), then the kind's own pairs;
 --         for kind ok the header counts one more pair, `window`, which is
 --         appended here
+---- kind + 128: the job asked for the result topic only (`results: "stream"`):
+-- decided, recorded and charged as usual, but no result value is SET.
+-- ARGV[7 + 5 * njobs], optional: '1' asks for the result values too (the
+-- worker has a result topic, results_topic.h): then after the codes come
+-- njobs values, each the result as decided (the value written, or for a
+-- duplicate the value Redis holds, else the job's own as computed now; nil
+-- for code 4, and for a duplicate pre-checked over quota without a result).
 --
 -- Returns {warning, code_1, ..., code_n}; the codes (CODE_* below) are
 -- kw_step_code_t in commit.c: 0 duplicate (nothing written or charged; the id is announced
@@ -106,6 +113,7 @@ end
 
 local qjobs_def, qrows_def, qwin_def = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local horizon, base, njobs = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local want_values = ARGV[7 + 5 * njobs] == '1'
 
 -- ---- Reads -----------------------------------------------------------------
 local q = hmget(KEYS[2], {'jobs', 'rows', 'window'})
@@ -175,6 +183,8 @@ local pushes, order = {}, {}
 for i = 1, njobs do
   local p = 2 + 5 * i
   local kind, ttl, rows, flops, clen, ncommon = unpackmeta('<BI4I4dI4B', ARGV[p])
+  local stream_only = kind >= 128
+  if stream_only then kind = kind - 128 end
   local id, model = ids[i], ARGV[p + 2]
   local code, value
   if decided[id] or seen_cur[i] or seen_prev[i] then
@@ -222,7 +232,7 @@ for i = 1, njobs do
   if value then
     -- NX: a result outlives its charge record when its ttl is longer than
     -- the horizon; the result is then the proof of the earlier decision.
-    if redis.call('SET', KEYS[3 + i], value, 'NX', 'EX', ttl) then
+    if stream_only or redis.call('SET', KEYS[3 + i], value, 'NX', 'EX', ttl) then
       decided[id] = true
       written[nwritten + 1] = id
       written[nwritten + 2] = code == CODE_OK and 'ok' or 'error'
@@ -237,10 +247,24 @@ for i = 1, njobs do
         if m then m[4] = m[4] + 1 end
       end
     else
-      code = CODE_DUPLICATE
+      code, value = CODE_DUPLICATE, nil
     end
   end
   codes[i + 1] = code
+  if want_values then
+    local v = value or false
+    if code == CODE_DUPLICATE then
+      local ok, cur = pcall(redis.call, 'GET', KEYS[3 + i])
+      if ok and cur then
+        v = cur
+      elseif kind == KIND_ERROR then
+        v = ARGV[p + 4]
+      elseif kind ~= KIND_OVER then
+        v = ARGV[p + 4] .. wtail
+      end
+    end
+    codes[njobs + 1 + i] = v
+  end
   local inbox = ARGV[p + 3]
   if inbox ~= '' and inbox_ok[inbox] and code ~= CODE_RECOMPUTE then
     local q = pushes[inbox]

@@ -113,7 +113,8 @@ static unsigned char *put_le(unsigned char *p, uint64_t v, int n)
 
 /* Appends job j's KW_STEP_JOB_ARGS entries (see step.lua); the value's
  * pointer is set by the caller once the group's buffer no longer moves. */
-static void step_job_args(const kw_job_t *j, kw_step_text_t *t, kw_step_call_t *c)
+static void step_job_args(const kw_step_conf_t *conf, const kw_job_t *j, kw_step_text_t *t,
+                          kw_step_call_t *c)
 {
         const job_t *job = &j->job;
         double flops = j->err == KF_OK ? (double)j->flops : 0.0;
@@ -124,6 +125,10 @@ static void step_job_args(const kw_job_t *j, kw_step_text_t *t, kw_step_call_t *
         *p++ = j->err == KF_OK ? KW_STEP_KIND_OK
                : j->over_quota ? KW_STEP_KIND_OVER
                                : KW_STEP_KIND_ERROR;
+        /* stream only, and only where there is a stream: else the result
+         * would go nowhere */
+        if (job->stream_only && conf->results_topic)
+                p[-1] = (unsigned char)(p[-1] + KW_STEP_STREAM_ONLY);
         p = put_le(p, job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT, 4);
         p = put_le(p, job->rows, 4);
         p = put_le(p, fbits, 8);
@@ -146,7 +151,8 @@ int kw_step_args(kw_step_call_t *call, const kw_step_conf_t *conf, const kw_batc
         if (!call->vals.data)
                 msgpack_sbuffer_init(&call->vals);
         call->vals.size = 0;
-        if (call_reserve(call, KW_STEP_FIXED_KEYS + n + KW_STEP_FIXED_ARGS + KW_STEP_JOB_ARGS * n))
+        if (call_reserve(call,
+                         KW_STEP_FIXED_KEYS + n + KW_STEP_FIXED_ARGS + KW_STEP_JOB_ARGS * n + 1))
                 return -1;
         if (kf_user_key(call->keys[0], conf->prefix, user, KF_K_USAGE, NULL) < 0 ||
             kf_user_key(call->keys[1], conf->prefix, user, KF_K_QUOTA, NULL) < 0 ||
@@ -176,13 +182,15 @@ int kw_step_args(kw_step_call_t *call, const kw_step_conf_t *conf, const kw_batc
         for (int i = 0; i < n; i++) {
                 if (pack_value(conf, &b->jobs[idx[i]], &call->vals, &call->text[i]))
                         return -1;
-                step_job_args(&b->jobs[idx[i]], &call->text[i], call);
+                step_job_args(conf, &b->jobs[idx[i]], &call->text[i], call);
         }
         for (int i = 0; i < n; i++) { /* the values no longer move */
                 int a = first_job + i * KW_STEP_JOB_ARGS + 4;
                 call->argv[a] = call->vals.data + call->text[i].voff;
                 call->len[a] = call->text[i].vlen;
         }
+        if (conf->results_topic)
+                sarg(call, "1"); /* the values back, for the result topic */
         return 0;
 }
 

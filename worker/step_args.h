@@ -23,12 +23,16 @@ typedef struct kw_step_conf_s {
         const char *worker_id;  /* written into every result (not owned) */
         kw_quota_t quota;       /* the default quota (quota.h) */
         int64_t charge_horizon; /* seconds a charge record lasts at least */
+        int results_topic;      /* 1: the worker has a result topic: the step returns
+                                 * each job's result value, and honours a job's
+                                 * `results: "stream"` (no Redis value) */
 } kw_step_conf_t;
 
-#define KW_STEP_GROUP_MAX  128 /* jobs of one user per script call */
-#define KW_STEP_JOB_ARGS   5   /* ARGV entries per job: meta, id, model, inbox, value */
-#define KW_STEP_FIXED_ARGS 6   /* ARGV entries before the jobs' */
-#define KW_STEP_FIXED_KEYS 3   /* KEYS before the jobs' result keys */
+#define KW_STEP_GROUP_MAX   128 /* jobs of one user per script call */
+#define KW_STEP_JOB_ARGS    5   /* ARGV entries per job: meta, id, model, inbox, value */
+#define KW_STEP_FIXED_ARGS  6   /* ARGV entries before the jobs' */
+#define KW_STEP_FIXED_KEYS  3   /* KEYS before the jobs' result keys */
+#define KW_STEP_STREAM_ONLY 128 /* added to a job's kind: no Redis result value */
 
 /* A job's meta argument: struct '<BI4I4dI4B' in step.lua: kind, ttl (s),
  * rows, flops (a double), clen, ncommon. */

@@ -60,6 +60,11 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         char murl[512];
         rd_kafka_topic_partition_list_t *topics = NULL;
         rd_kafka_resp_err_t err;
+        /* exactly once: offsets are committed in the result transactions */
+        static const char *const eos_defaults[] = {"enable.auto.commit", "false", "isolation.level",
+                                                   "read_committed", NULL};
+        const char *const *cdefaults = defaults;
+        const char *all_defaults[64];
         kf_props_t cprops = {0};
         kw_worker_t *w;
         char host[128];
@@ -89,7 +94,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         w->step = (kw_step_conf_t){c->prefix,
                                    w->worker_id,
                                    {c->quota_jobs, c->quota_rows, c->quota_window},
-                                   c->charge_horizon};
+                                   c->charge_horizon,
+                                   c->results_topic != NULL};
         openblas_set_num_threads((int)c->blas_threads);
         /* A loop stuck for longer than a drain may take is not draining. */
         w->status.stall_us = (c->grace_ms + 30000) * 1000;
@@ -133,10 +139,41 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                         c->max_message_bytes, errstr, errstr_size))
                 goto err;
 
-        /* -X dlq.KEY=VALUE is the dead-letter producer's alone. */
+        if (c->exactly_once && !c->results_topic) {
+                kf_errf(errstr, errstr_size, "--exactly-once needs --results-topic");
+                goto err;
+        }
+        if (c->transactional_id)
+                kf_strlcpy(w->txn_id, c->transactional_id, sizeof(w->txn_id));
+        else
+                snprintf(w->txn_id, sizeof(w->txn_id), "kinfer-%s-%s", c->group, w->worker_id);
+        {
+                kw_rt_conf_t rc = {c->brokers,
+                                   &c->props,
+                                   c->results_topic,
+                                   c->results_key,
+                                   c->exactly_once,
+                                   w->txn_id,
+                                   (int)(c->grace_ms > 30000 ? c->grace_ms : 30000)};
+                if (kw_rt_init(&w->rt, &rc, errstr, errstr_size))
+                        goto err;
+        }
+        if (c->exactly_once) { /* the defaults, then the exactly-once ones (later wins) */
+                int n = 0;
+                for (int i = 0; defaults[i]; i++)
+                        all_defaults[n++] = defaults[i];
+                for (int i = 0; eos_defaults[i]; i++)
+                        all_defaults[n++] = eos_defaults[i];
+                all_defaults[n] = NULL;
+                cdefaults = all_defaults;
+        }
+
+        /* -X dlq.KEY=VALUE is the dead-letter producer's alone, results.KEY
+         * the result producer's. */
         if (kw_dlq_consumer_props(&c->props, &cprops, errstr, errstr_size))
                 goto err;
-        kconf = kf_kafka_conf_new(c->brokers, defaults, &cprops, errstr, errstr_size);
+        kw_rt_strip_props(&cprops);
+        kconf = kf_kafka_conf_new(c->brokers, cdefaults, &cprops, errstr, errstr_size);
         kf_props_free(&cprops);
         if (!kconf)
                 goto err;
@@ -157,6 +194,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                 kf_errf(errstr, errstr_size, "out of memory");
                 goto err;
         }
+        kw_rt_bind(&w->rt, w->rk, w->offsets);
         if (kw_dlq_start(&w->dlq, &w->dlq_commit, w->offsets, w->stop, errstr, errstr_size))
                 goto err;
         if (kw_threads_start(w, errstr, errstr_size))
@@ -189,6 +227,13 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                                              (int)c->redis_timeout_ms, errstr, errstr_size)))
                         goto err;
         }
+        if (c->results_topic)
+                kf_info("results to topic %s, keyed by %s, %s%s", c->results_topic, c->results_key,
+                        c->exactly_once ? "exactly once, transactional.id " : "at least once",
+                        c->exactly_once ? w->txn_id : "");
+        if (c->chain_model)
+                kf_info("chained: messages of %s are result messages, each a job of model %s",
+                        c->topic, c->chain_model);
         kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s, "
                 "%d compute threads x %lld BLAS threads, %d writer threads",
                 w->worker_id, c->group, c->topic, c->brokers, w->pre.redis.url.host,
@@ -225,6 +270,7 @@ void kw_worker_destroy(kw_worker_t *w)
         /* Before the consumer: the stage holds messages it fetched. */
         kw_dlq_close(&w->dlq);
         kw_commit_close(&w->dlq_commit);
+        kw_rt_close(&w->rt); /* the writers are gone */
         if (w->rk)
                 rd_kafka_destroy(w->rk);
         kw_offsets_destroy(w->offsets);

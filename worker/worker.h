@@ -33,6 +33,12 @@ typedef struct kw_config_s {
         int64_t model_cache_mb;  /* weights kept for versions not being served */
         char *topic;
         char *dlq_topic;
+        char *results_topic;    /* --results-topic: a result message per job; NULL = off */
+        char *results_key;      /* "id" or "input" (results_topic.h) */
+        int exactly_once;       /* transactions: results and offsets commit together */
+        char *transactional_id; /* exactly once; NULL = kinfer-GROUP-WORKER_ID */
+        char *chain_model;      /* --chain-model: the topic holds result messages of
+                                 * another stage, each a job of this model (chain.h) */
         char *group;
         char *instance_id; /* static membership (group.instance.id), or NULL */
         char *prefix;

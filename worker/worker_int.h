@@ -15,6 +15,7 @@
 
 #include "advertise.h"
 #include "batch.h"
+#include "chain.h"
 #include "commit.h"
 #include "dlq.h"
 #include "endpoint.h"
@@ -24,6 +25,7 @@
 #include "offsets.h"
 #include "queue.h"
 #include "quota.h"
+#include "results_topic.h"
 #include "worker.h"
 
 #define KW_CLOSE_EXTRA_MS 2000 /* leaving the group may take this beyond --grace-ms */
@@ -53,6 +55,8 @@ struct kw_worker_s {
         int n_writers;
         kw_dlq_t dlq;           /* the dead-letter stage (thread-safe, see dlq.h) */
         kw_commit_t dlq_commit; /* the dead-letter stage's counting */
+        kw_rt_t rt;             /* the result topic (thread-safe, see results_topic.h) */
+        char txn_id[512];       /* exactly once: the transactional.id */
         kw_offsets_t *offsets;
         kw_queue_t compute_q, write_q;
         pthread_t *computers;

@@ -114,6 +114,9 @@ fi
 # shellcheck disable=SC2086 # the options are words
 if [ ! -f "$dir/data/meta.properties" ]; then
   cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+  # one start in 64 drew an id starting with '-', which the tool took for an
+  # option ("--cluster-id: expected one argument"); a first 'A' is as valid
+  case "$cluster_id" in -*) cluster_id="A${cluster_id#-}" ;; esac
   # SCRAM credentials the KRaft way (KIP-900): records of the bootstrap
   # metadata, written when the log directory is formatted.
   scram=()

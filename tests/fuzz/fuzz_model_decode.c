@@ -7,7 +7,9 @@
  *   - model_forward on one row of zeros runs (ASan watches its scratch) and,
  *     when the weights are small enough that no value can overflow float32,
  *     its output is finite.
- * On failure the message must be set.  Built and run by `make fuzz`. */
+ * On failure the message must be set; an ensemble file (which model_decode
+ * refuses) must encode and decode back to the same members and acts.
+ * Built and run by `make fuzz`. */
 #include <cblas.h>
 #include <math.h>
 #include <stddef.h>
@@ -122,6 +124,35 @@ static void check_model(const model_t *m)
         }
 }
 
+/* An ensemble file (model_decode refuses those): encode -> decode gives
+ * back the same members, acts and all. */
+static void check_ensemble(const uint8_t *data, size_t size)
+{
+        model_file_t f, g;
+        char err[512], *buf = NULL;
+        size_t len = 0;
+
+        if (model_file_decode(data, size, &f, err, sizeof(err)) != 0)
+                return;
+        if (f.kind == MODEL_KIND_ENSEMBLE) {
+                CHECK(model_ens_encode(f.ens, &buf, &len, err, sizeof(err)) == 0,
+                      "model_ens_encode refused a decoded ensemble: %s", err);
+                CHECK(model_file_decode(buf, len, &g, err, sizeof(err)) == 0,
+                      "re-decoding an encoded ensemble failed: %s", err);
+                CHECK(g.kind == MODEL_KIND_ENSEMBLE && g.ens->n_members == f.ens->n_members,
+                      "ensemble members changed");
+                for (uint32_t i = 0; i < f.ens->n_members; i++) {
+                        const model_member_spec_t *a = &f.ens->members[i], *b = &g.ens->members[i];
+                        CHECK(!strcmp(a->model, b->model) && a->version == b->version &&
+                                  a->weight == b->weight && a->act == b->act,
+                              "member %u changed", i);
+                }
+                model_file_clear(&g);
+                free(buf);
+        }
+        model_file_clear(&f);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
         char err[512];
@@ -132,6 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!m) {
                 CHECK(memchr(err, '\0', sizeof(err)) != NULL, "errstr not terminated");
                 CHECK(err[0] != '\0', "refused without a message");
+                check_ensemble(data, size);
                 return 0;
         }
         check_model(m);

@@ -100,6 +100,15 @@ def model(layers=None, **over):
     return pack(m)
 
 
+def ensemble(members=None, **over):
+    if members is None:
+        members = [{"model": "a", "weight": 0.5}, {"model": "b", "version": 3, "weight": 0.5}]
+    e = {"format": "kinfer-model", "v": 1, "name": "vote", "kind": "ensemble",
+         "input_dim": 2, "output_dim": 3, "members": members}
+    e.update(over)
+    return pack(e)
+
+
 MODELS = {
     "ok_xor": model(),
     "ok_three_acts": model(layers=[
@@ -126,6 +135,13 @@ MODELS = {
     "not_map": pack([1, 2, 3]),
     "bin32_huge": b"\x81\xa6layers\xc6\xff\xff\xff\xff",
     "truncated": model()[:-5],
+    "ens_ok": ensemble(),
+    "ens_v2_acts": ensemble([{"model": "a", "weight": 0.25, "act": "softmax"},
+                             {"model": "b", "version": 3, "weight": 0.75, "act": "sigmoid"}], v=2),
+    "ens_v1_act": ensemble([{"model": "a", "weight": 1, "act": "softmax"}]),
+    "ens_unknown_act": ensemble([{"model": "a", "weight": 1, "act": "gelu"}], v=2),
+    "ens_act_not_str": ensemble([{"model": "a", "weight": 1, "act": 7}], v=2),
+    "ens_v3": ensemble(v=3),
 }
 
 

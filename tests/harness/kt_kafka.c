@@ -24,7 +24,10 @@
 #define KK_ATTEMPTS         3     /* a port may be taken between probe and bind */
 #define KK_NODE_ID          1     /* node.id in node.sh */
 
-static const char *const kk_topics[] = {"kinfer.jobs", "kinfer.dlq"};
+static const char *const kk_topics[] = {
+    "kinfer.jobs", "kinfer.dlq", "kinfer.results", /* the result topic (test_real_stream.c) */
+    "kinfer.results2",                             /* a chained stage's result topic */
+};
 #define KK_N_TOPICS ((int)(sizeof(kk_topics) / sizeof(kk_topics[0])))
 
 /* The Kafka node of this process's stack (stack.h: one stack per process). */

@@ -706,7 +706,8 @@ static void test_cli(void **state)
                 kinfer_refused(t, 1, "version 3 of 'm' is a pinned member of 'e' version 1",
                                "model rm m 3");
                 out = kinfer_ok(t, "model show e");
-                assert_non_null(strstr(out, "m (active) x 0.5, m v3 x 0.5"));
+                assert_non_null(strstr(out, "output = 0.5 x m (active) + 0.5 x m v3"));
+                assert_non_null(strstr(out, "weighted sum of its members' outputs"));
                 free(out);
         }
         tm_free(&m);

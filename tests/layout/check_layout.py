@@ -24,6 +24,8 @@ ONE_CONCEPT = {
     # file: why it may be longer
     "common/job_codec.c": "the job wire format, decoded and encoded: each field's two sides "
                           "side by side",
+    "common/model_file.c": "the model file format, decoded and encoded, both kinds: one set of "
+                           "strict field rules (keys, names, acts, versions) for mlp and ensemble",
 }
 FOLDERS = ["common", "worker", "producer-tool"]
 

@@ -46,6 +46,9 @@ class HelpTest(unittest.TestCase):
     def test_programs(self):
         for prog in ("kinfer-worker", "kinfer-devbroker", "kinfer"):
             self.check(prog)
+        for source in ((), ("sklearn",), ("torch",), ("npz",)):
+            out = self.check("kinfer-convert", *source)
+            self.assertIn("kinfer-convert sklearn MODEL.joblib", out)
 
     def test_every_command_and_subcommand(self):
         commands = listed(self.check("kinfer"), r"^Commands:")

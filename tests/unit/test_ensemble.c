@@ -26,6 +26,7 @@ typedef struct tmember_s {
         double weight;
         int omit_weight;
         const char *extra_key; /* an unknown key, or NULL */
+        const char *act;       /* NULL omits */
 } tmember_t;
 
 typedef struct tens_s {
@@ -34,6 +35,7 @@ typedef struct tens_s {
         int n_members; /* < 0: members is a string, not an array */
         const tmember_t *members;
         int with_layers; /* also a "layers" key */
+        int v;           /* format version; 0 writes 1 */
 } tens_t;
 
 static void pk_str(msgpack_packer *pk, const char *s)
@@ -52,7 +54,7 @@ static char *pack_ens(const tens_t *t, size_t *len)
         pk_str(&pk, "format");
         pk_str(&pk, "kinfer-model");
         pk_str(&pk, "v");
-        msgpack_pack_uint32(&pk, 1);
+        msgpack_pack_uint32(&pk, t->v ? (uint32_t)t->v : 1);
         pk_str(&pk, "name");
         pk_str(&pk, t->name);
         pk_str(&pk, "kind");
@@ -69,7 +71,8 @@ static char *pack_ens(const tens_t *t, size_t *len)
                 for (int i = 0; i < t->n_members; i++) {
                         const tmember_t *m = &t->members[i];
                         msgpack_pack_map(&pk, (m->model != NULL) + (m->version >= 0) +
-                                                  !m->omit_weight + (m->extra_key != NULL));
+                                                  !m->omit_weight + (m->extra_key != NULL) +
+                                                  (m->act != NULL));
                         if (m->model) {
                                 pk_str(&pk, "model");
                                 pk_str(&pk, m->model);
@@ -89,6 +92,10 @@ static char *pack_ens(const tens_t *t, size_t *len)
                         if (m->extra_key) {
                                 pk_str(&pk, m->extra_key);
                                 msgpack_pack_nil(&pk);
+                        }
+                        if (m->act) {
+                                pk_str(&pk, "act");
+                                pk_str(&pk, m->act);
                         }
                 }
         }
@@ -543,6 +550,148 @@ static void test_build_refused(void **state)
         model_ens_spec_free(spec);
 }
 
+/* Format v2: a member's act.  Decoded from a hand-packed file, refused in
+ * a v1 file (a v1 reader would refuse the key: the same bytes must not mean
+ * two things) and when unknown; the encoder writes v2 only when it must. */
+static void test_member_act_file(void **state)
+{
+        const tmember_t mem[] = {{"a", -1, 0.5, 0, NULL, "softmax"}, {"b", 3, 0.5, 0, NULL, NULL}};
+        const tmember_t bad[] = {{"a", -1, 1, 0, NULL, "softplus"}};
+        tens_t t = {"ens", NULL, 4, 2, 2, mem, 0, 2};
+        model_member_spec_t ms[2] = {{"left", 0, 0.25, MODEL_ACT_IDENTITY},
+                                     {"right", 9, 0.75, MODEL_ACT_SIGMOID}};
+        model_ens_spec_t spec = {"both", 6, 2, 2, ms};
+        msgpack_unpacked up;
+        model_file_t f;
+        char err[256], *buf;
+        size_t len;
+        (void)state;
+
+        buf = pack_ens(&t, &len);
+        assert_int_equal(model_file_decode(buf, len, &f, err, sizeof(err)), 0);
+        assert_int_equal(f.ens->members[0].act, MODEL_ACT_SOFTMAX);
+        assert_int_equal(f.ens->members[1].act, MODEL_ACT_IDENTITY);
+        model_file_clear(&f);
+        free(buf);
+
+        t.v = 1;
+        expect_file_refused(&t, "member 0: act needs model format v2 (the file is v1)");
+        t.v = 3;
+        expect_file_refused(&t, "unsupported model format v3");
+        t.v = 2;
+        t.members = bad;
+        t.n_members = 1;
+        expect_file_refused(&t, "member 0: unknown activation \"softplus\"");
+
+        /* encode: an act makes the file v2, none keeps it v1 */
+        for (int with = 1; with >= 0; with--) {
+                ms[1].act = with ? MODEL_ACT_SIGMOID : MODEL_ACT_IDENTITY;
+                assert_int_equal(model_ens_encode(&spec, &buf, &len, err, sizeof(err)), 0);
+                msgpack_unpacked_init(&up);
+                assert_int_equal(msgpack_unpack_next(&up, buf, len, NULL), MSGPACK_UNPACK_SUCCESS);
+                for (uint32_t k = 0; k < up.data.via.map.size; k++) {
+                        const msgpack_object_kv *kv = &up.data.via.map.ptr[k];
+                        if (kv->key.via.str.size == 1 && kv->key.via.str.ptr[0] == 'v')
+                                assert_int_equal(kv->val.via.u64, with ? 2 : 1);
+                }
+                msgpack_unpacked_destroy(&up);
+                assert_int_equal(model_file_decode(buf, len, &f, err, sizeof(err)), 0);
+                assert_int_equal(f.ens->members[0].act, MODEL_ACT_IDENTITY);
+                assert_int_equal(f.ens->members[1].act, ms[1].act);
+                model_file_clear(&f);
+                free(buf);
+        }
+}
+
+/* Soft voting: members that output logits, each softmaxed before the
+ * weighted sum.  The same MLP with and without an act is two members; the
+ * result is a distribution (a job's softmax is refused); an act on a nested
+ * ensemble is refused, the acts of a nested ensemble's members are kept. */
+static void test_member_act_forward(void **state)
+{
+        const uint32_t d[] = {4, 6, 3};
+        const model_act_t a[] = {MODEL_ACT_TANH, MODEL_ACT_IDENTITY};
+        model_t *A = random_mlp("A", 2, d, a), *B = random_mlp("B", 2, d, a);
+        const char *n1[] = {"A", "B"}, *n2[] = {"A", "A"}, *n3[] = {"V", "B"};
+        const double w1[] = {0.25, 0.75}, w2[] = {1, 1}, w3[] = {0.5, 0.5};
+        model_ens_spec_t *s1 = spec_of("V", 4, 3, 2, n1, w1), *s2 = spec_of("AA", 4, 3, 2, n2, w2),
+                         *s3 = spec_of("N", 4, 3, 2, n3, w3);
+        model_t *r1[2] = {A, B}, *r2[2] = {A, A}, *r3[2], *V, *AA, *N;
+        model_scratch_t s = {0};
+        enum { ROWS = 9 };
+        float X[ROWS * 4], Y[ROWS * 3];
+        job_t job = {0};
+        kf_err_t kerr;
+        char err[256];
+        (void)state;
+
+        s1->members[0].act = MODEL_ACT_SOFTMAX;
+        s1->members[1].act = MODEL_ACT_SOFTMAX;
+        assert_non_null(V = model_ens_build(s1, r1, err, sizeof(err)));
+        for (int i = 0; i < ROWS * 4; i++)
+                X[i] = (float)(rnd() * 2);
+        assert_int_equal(model_forward(V, X, ROWS, Y, &s), 0);
+        for (int r = 0; r < ROWS; r++) {
+                double want[3] = {0, 0, 0}, y[3], sum = 0;
+                for (int k = 0; k < 2; k++) {
+                        double mx = -INFINITY, z = 0;
+                        ref_mlp(r1[k], X + r * 4, y);
+                        for (int j = 0; j < 3; j++)
+                                mx = fmax(mx, y[j]);
+                        for (int j = 0; j < 3; j++)
+                                z += exp(y[j] - mx);
+                        for (int j = 0; j < 3; j++)
+                                want[j] += w1[k] * exp(y[j] - mx) / z;
+                }
+                for (int j = 0; j < 3; j++) {
+                        assert_close(Y[r * 3 + j], want[j], "soft vote", r, j);
+                        sum += Y[r * 3 + j];
+                }
+                assert_close(sum, 1.0, "soft vote sum", r, 0);
+        }
+        assert_int_equal(model_outputs_distribution(V), 1);
+        job.cols = 4;
+        job.output = JOB_OUTPUT_SOFTMAX;
+        assert_int_equal(model_check_job(V, &job, &kerr, err, sizeof(err)), -1);
+        assert_int_equal(kerr, KF_ERR_BAD_REQUEST);
+
+        /* A and softmax(A): two members, not one with weight 2 */
+        s2->members[1].act = MODEL_ACT_SOFTMAX;
+        assert_non_null(AA = model_ens_build(s2, r2, err, sizeof(err)));
+        assert_int_equal(AA->n_members, 2);
+        assert_int_equal(model_outputs_distribution(AA), 0);
+        model_unref(AA);
+        s2->members[1].act = MODEL_ACT_IDENTITY;
+        assert_non_null(AA = model_ens_build(s2, r2, err, sizeof(err)));
+        assert_int_equal(AA->n_members, 1);
+        model_unref(AA);
+
+        /* nested: V's acts survive the flattening; an act on V is refused */
+        r3[0] = V;
+        r3[1] = B;
+        s3->members[1].act = MODEL_ACT_SOFTMAX;
+        assert_non_null(N = model_ens_build(s3, r3, err, sizeof(err)));
+        assert_int_equal(N->n_members, 2); /* softmax(A) 0.125, softmax(B) 0.375 + 0.5 */
+        for (uint32_t i = 0; i < 2; i++) {
+                assert_int_equal(N->members[i].act, MODEL_ACT_SOFTMAX);
+                assert_true(N->members[i].weight == (N->members[i].model == A ? 0.125f : 0.875f));
+        }
+        assert_int_equal(model_outputs_distribution(N), 1);
+        model_unref(N);
+        s3->members[0].act = MODEL_ACT_SIGMOID;
+        assert_null(model_ens_build(s3, r3, err, sizeof(err)));
+        assert_non_null(strstr(err, "member 0: model 'V' version 0 is an ensemble; act "
+                                    "\"sigmoid\" applies to an mlp member only"));
+
+        model_scratch_free(&s);
+        model_unref(V);
+        model_unref(A);
+        model_unref(B);
+        model_ens_spec_free(s1);
+        model_ens_spec_free(s2);
+        model_ens_spec_free(s3);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -553,6 +702,8 @@ int main(void)
             cmocka_unit_test(test_forward_matches_reference),
             cmocka_unit_test(test_nested_flattened),
             cmocka_unit_test(test_build_refused),
+            cmocka_unit_test(test_member_act_file),
+            cmocka_unit_test(test_member_act_forward),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

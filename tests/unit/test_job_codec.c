@@ -1468,10 +1468,56 @@ static void test_inbox(void **state)
         assert_non_null(strstr(ebuf, "field 'inbox'"));
 }
 
+/* results (docs/protocol.md, "Result topic"): "both" (the default) or
+ * "stream"; anything else is bad_request naming the field, and the job
+ * keeps its address for the error result. */
+static void test_results_field(void **state)
+{
+        msg_t m;
+        job_t job;
+        char *buf, ebuf[256];
+        size_t len;
+        (void)state;
+        base(&m, NULL, 1);
+        kv_s(&m, "results", "stream");
+        assert_int_equal(dec(&m, &job), KF_OK);
+        assert_int_equal(job.stream_only, 1);
+        assert_int_equal(job_encode(&job, JOB_ENC_F32, &buf, &len, ebuf, sizeof(ebuf)), 0);
+        job_clear(&job);
+        assert_int_equal(job_decode(buf, len, NULL, &job, ebuf, sizeof(ebuf)), KF_OK);
+        assert_int_equal(job.stream_only, 1);
+        free(buf);
+        job_clear(&job);
+
+        base(&m, NULL, 1);
+        kv_s(&m, "results", "both");
+        assert_int_equal(dec(&m, &job), KF_OK);
+        assert_int_equal(job.stream_only, 0);
+        job_clear(&job);
+
+        base(&m, NULL, 0);
+        assert_int_equal(dec(&m, &job), KF_OK);
+        assert_int_equal(job.stream_only, 0);
+        job_clear(&job);
+
+        base(&m, NULL, 1);
+        kv_s(&m, "results", "redis\"x");
+        assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST,
+                   "field 'results' must be \"both\" or \"stream\", got \"redis");
+        assert_string_equal(job.id, "job-1");
+        job_clear(&job);
+
+        base(&m, NULL, 1);
+        kv_u(&m, "results", 1);
+        assert_err(dec(&m, &job), KF_ERR_BAD_REQUEST, "field 'results' must be");
+        job_clear(&job);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_minimal_job_defaults),
+            cmocka_unit_test(test_results_field),
             cmocka_unit_test(test_hand_written_bytes),
             cmocka_unit_test(test_all_optional_fields),
             cmocka_unit_test(test_output_modes),

@@ -363,8 +363,8 @@ static void test_refuse_header(void **state)
         expect_refused(&s, "format is \"kinfer-model2\"");
 
         s = spec_default();
-        s.v = 2;
-        expect_refused(&s, "unsupported model format v2");
+        s.v = 3; /* v2 adds ensemble member acts (test_ensemble.c) */
+        expect_refused(&s, "unsupported model format v3");
         s.v = 0;
         expect_refused(&s, "unsupported model format v0");
         s.v = -1;
@@ -1047,12 +1047,12 @@ static void test_load_file_errors(void **state)
         assert_non_null(strstr(err, "No such file"));
 
         /* a decode error keeps the path in front of the decoder's message */
-        s.v = 2;
+        s.v = 3;
         buf = build(&s, &len);
         write_temp(path, buf, len);
         m = model_load_file(path, err, sizeof(err));
         assert_null(m);
-        snprintf(want, sizeof(want), "%s: unsupported model format v2", path);
+        snprintf(want, sizeof(want), "%s: unsupported model format v3", path);
         assert_string_equal(err, want);
         unlink(path);
 

@@ -242,12 +242,42 @@ static void test_bad_user(void **state)
         free(c);
 }
 
+/* With a result topic (docs/protocol.md, "Result topic"): a job asking
+ * `results: "stream"` has 128 added to its kind, and one more ARGV, "1",
+ * asks the step for the values back; without one, neither, so a
+ * stream-only job still gets its Redis result. */
+static void test_stream_only(void **state)
+{
+        kw_batch_t b;
+        kw_step_call_t *c = calloc(1, sizeof(*c));
+        kw_step_conf_t sconf = conf;
+        int idx[] = {0, 1, 2};
+        (void)state;
+        make_batch(&b);
+        b.jobs[0].job.stream_only = 1;
+        b.jobs[1].job.stream_only = 1;
+        assert_int_equal(kw_step_args(c, &conf, &b, idx, 3), 0);
+        assert_int_equal(c->argc, 6 + 6 + 3 * 5);
+        assert_int_equal((unsigned char)c->argv[12][0], 1);     /* ok, not stream only */
+        assert_int_equal((unsigned char)c->argv[12 + 5][0], 2); /* error */
+        sconf.results_topic = 1;
+        assert_int_equal(kw_step_args(c, &sconf, &b, idx, 3), 0);
+        assert_int_equal(c->argc, 6 + 6 + 3 * 5 + 1);
+        assert_int_equal((unsigned char)c->argv[12][0], 1 + 128);
+        assert_int_equal((unsigned char)c->argv[12 + 5][0], 2 + 128);
+        assert_int_equal((unsigned char)c->argv[12 + 10][0], 3); /* over quota, both */
+        assert_arg(c, c->argc - 1, "1");
+        kw_step_call_free(c);
+        free(c);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_keys_and_fixed_args),
             cmocka_unit_test(test_meta_by_hand),
             cmocka_unit_test(test_bad_user),
+            cmocka_unit_test(test_stream_only),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

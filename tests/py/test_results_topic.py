@@ -1,0 +1,191 @@
+#!/usr/bin/python3
+"""The result topic (--results-topic, at least once) from outside, on the dev
+broker: docs/protocol.md, "Result topic".
+
+Run from the repository root:
+
+    KINFER_BIN=build /usr/bin/python3 tests/py/test_results_topic.py
+
+A real redis-server, the devbroker and one kinfer-worker with
+--results-topic kinfer.results --results-key input. Jobs are msgpack packed
+here from the protocol document and produced with confluent-kafka, each with
+a message key of its own and two headers (a trace context). Checked: one
+result message per job, keyed by the job message's key, carrying its headers
+unchanged, whose value is byte for byte the Redis result, with the output of
+a numpy reference; an error result too; a job with `results: "stream"` has a
+result message but no Redis result (and is charged); `kinfer tail
+--from-beginning` prints every one as a JSON line that parses, with the same
+ids and outputs.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import uuid
+
+import msgpack
+import numpy as np
+import redis
+from confluent_kafka import Consumer, Producer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(REPO, os.environ.get("KINFER_BIN", "build"))
+RUN = uuid.uuid4().hex[:8]
+TOPIC = "kinfer.results"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc, sig=signal.SIGTERM):
+    if proc and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class ResultTopicTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="kinfer-results-")
+        tmp = cls.tmp.name
+        cls.redis_port = free_port()
+        cls.redis_proc = subprocess.Popen(
+            ["/usr/bin/redis-server", "--port", str(cls.redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cls.r = redis.Redis(port=cls.redis_port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                cls.r.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        cls.broker = subprocess.Popen([os.path.join(BIN, "kinfer-devbroker"), "--partitions", "3"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=open(os.path.join(tmp, "broker.log"), "wb"))
+        cls.bootstrap = cls.broker.stdout.readline().decode().strip()
+        os.makedirs(os.path.join(tmp, "models"))
+        rng = np.random.default_rng(11)
+        cls.W = rng.standard_normal((3, 2)).astype(np.float32)
+        cls.b = rng.standard_normal(2).astype(np.float32)
+        with open(os.path.join(tmp, "models", "lin.kmodel"), "wb") as f:
+            f.write(msgpack.packb({"format": "kinfer-model", "v": 1, "name": "lin", "kind": "mlp",
+                                   "input_dim": 3, "output_dim": 2,
+                                   "layers": [{"W": cls.W.astype("<f4").tobytes(),
+                                               "b": cls.b.astype("<f4").tobytes(),
+                                               "act": "identity"}]}, use_bin_type=True))
+        cls.worker_log = os.path.join(tmp, "worker.log")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KINFER_")}
+        env.update(KINFER_BROKERS=cls.bootstrap,
+                   KINFER_REDIS=f"redis://127.0.0.1:{cls.redis_port}/0")
+        cls.env = env
+        cls.worker = subprocess.Popen(
+            [os.path.join(BIN, "kinfer-worker"), "--models", os.path.join(tmp, "models"),
+             "--results-topic", TOPIC, "--results-key", "input", "-X", "session.timeout.ms=6000"],
+            env=env, stdin=subprocess.DEVNULL, stdout=open(cls.worker_log, "wb"),
+            stderr=subprocess.STDOUT)
+
+    @classmethod
+    def tearDownClass(cls):
+        stop(cls.worker)
+        log = open(cls.worker_log).read()
+        if cls.worker.returncode != 0:
+            sys.stderr.write(log[-5000:])
+        cls.broker.stdin.close()
+        stop(cls.broker)
+        stop(cls.redis_proc)
+        cls.tmp.cleanup()
+        # a clean shutdown, and nothing a sanitizer build would report
+        if cls.worker.returncode != 0 or "Sanitizer" in log:
+            raise AssertionError(f"worker exited {cls.worker.returncode}")
+
+    def test_result_messages(self):
+        rng = np.random.default_rng(5)
+        jobs = {}
+        p = Producer({"bootstrap.servers": self.bootstrap})
+        for i in range(40):
+            jid, user = f"rt-{RUN}-{i}", f"u{i % 3}"
+            job = {"v": 2, "id": jid, "user": user, "model": "lin"}
+            if i == 7:  # wrong width: an error result
+                x = rng.standard_normal((1, 4)).astype(np.float32)
+            else:
+                x = rng.standard_normal((1 + i % 3, 3)).astype(np.float32)
+            if i in (3, 4):
+                job["results"] = "stream"
+            job["input"] = {"dtype": "f32", "shape": list(x.shape),
+                            "data": x.astype("<f4").tobytes()}
+            key = f"key|{user}|{i}"  # separators a key may hold
+            headers = [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()),
+                       ("kinfer.test", b"\x00\xffbytes")]
+            p.produce("kinfer.jobs", key=key, value=msgpack.packb(job, use_bin_type=True),
+                      headers=headers)
+            jobs[jid] = (user, x, key, headers, i)
+        self.assertEqual(p.flush(30), 0)
+
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"check-{RUN}",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([TOPIC])
+        got, deadline = {}, time.monotonic() + 60
+        while len(got) < len(jobs) and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            v = msgpack.unpackb(m.value(), raw=False)
+            self.assertNotIn(v["id"], got, "two result messages for one job")
+            got[v["id"]] = (m.key().decode(), m.headers(), m.value(), v)
+        c.close()
+        self.assertEqual(set(got), set(jobs))
+        for jid, (user, x, key, headers, i) in jobs.items():
+            mkey, mheaders, raw, v = got[jid]
+            self.assertEqual(mkey, key)
+            self.assertEqual(mheaders, headers)
+            self.assertEqual(v["user"], user)
+            stored = self.r.get(f"kinfer:{{{user}}}:result:{jid}")
+            if i in (3, 4):
+                self.assertIsNone(stored, "a stream-only job has no Redis result")
+            else:
+                self.assertEqual(stored, raw, "result message differs from the Redis result")
+            if i == 7:
+                self.assertEqual((v["status"], v["error"]), ("error", "shape_mismatch"))
+                continue
+            self.assertEqual(v["status"], "ok")
+            out = np.frombuffer(v["output"], dtype="<f4").reshape(v["shape"])
+            np.testing.assert_allclose(out, x.astype(np.float64) @ self.W + self.b,
+                                       rtol=1e-5, atol=1e-5)
+        # the stream-only jobs are charged like any other
+        charged = sum(int(self.r.hget(f"kinfer:{{u{u}}}:usage", "jobs") or 0) for u in range(3))
+        self.assertEqual(charged, len(jobs) - 1)
+
+        tail = subprocess.run(
+            [os.path.join(BIN, "kinfer"), "tail", "--topic", TOPIC, "--from-beginning",
+             "--max", str(len(jobs)), "--timeout", "30"],
+            env=self.env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(tail.returncode, 0, tail.stderr)
+        lines = [json.loads(line) for line in tail.stdout.splitlines()]
+        self.assertEqual(sorted(o["id"] for o in lines), sorted(jobs))
+        for o in lines:
+            v = got[o["id"]][3]
+            self.assertEqual(o["status"], v["status"])
+            if o["status"] == "ok":
+                np.testing.assert_allclose(
+                    np.array(o["output"]),
+                    np.frombuffer(v["output"], dtype="<f4").reshape(v["shape"]), rtol=1e-6)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

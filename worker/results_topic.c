@@ -1,0 +1,480 @@
+/* results_topic.c - the result topic's producer: result messages per
+ * batch, waited for (at least once) or committed with the consumed offsets
+ * in one transaction per batch (exactly once).  See results_topic.h. */
+#include "results_topic.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kf_kafka.h"
+#include "kf_log.h"
+#include "kf_util.h"
+
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 5000
+
+/* What one batch waits for in at-least-once mode: a heap record, since a
+ * delivery report may be served by another writer's poll, and may come
+ * after the writer gave up waiting (abandoned): freed by whoever drops the
+ * last reference. */
+typedef struct rt_wait_s {
+        atomic_int refs;                 /* messages not reported yet, + 1 for the writer */
+        _Atomic rd_kafka_resp_err_t err; /* the first failure */
+} rt_wait_t;
+
+static void rt_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
+{
+        rt_wait_t *wt = rkm->_private;
+        kw_rt_t *rt = opaque;
+        (void)rk;
+        if (!wt) /* exactly once: the transaction's commit says it all */
+                return;
+        if (rkm->err) {
+                rd_kafka_resp_err_t none = RD_KAFKA_RESP_ERR_NO_ERROR;
+                atomic_compare_exchange_strong(&wt->err, &none, rkm->err);
+        } else {
+                atomic_fetch_add(&rt->sent, 1);
+        }
+        if (atomic_fetch_sub(&wt->refs, 1) == 1)
+                free(wt);
+}
+
+static void rt_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+        kw_rt_t *rt = opaque;
+        if (err == RD_KAFKA_RESP_ERR__FATAL) {
+                char why[512];
+                rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(rk, why, sizeof(why));
+                if (!atomic_exchange(&rt->fatal, 1))
+                        kf_error("result producer: fatal error %s: %s; the worker stops (exit "
+                                 "status 1)",
+                                 rd_kafka_err2name(ferr), why);
+                return;
+        }
+        kf_warn("result producer: %s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+static int is_rt_prop(const char *key)
+{
+        return !strncmp(key, KW_RT_PROP_PREFIX, strlen(KW_RT_PROP_PREFIX));
+}
+
+void kw_rt_strip_props(kf_props_t *props)
+{
+        int n = 0;
+        for (int i = 0; i < props->cnt; i++) {
+                if (is_rt_prop(props->keys[i])) {
+                        free(props->keys[i]);
+                        free(props->vals[i]);
+                        continue;
+                }
+                props->keys[n] = props->keys[i];
+                props->vals[n] = props->vals[i];
+                n++;
+        }
+        props->cnt = n;
+}
+
+/* The producer's properties: those of the -X ones about reaching the
+ * cluster, then results.KEY ones (which win). */
+static int rt_props(const kf_props_t *props, kf_props_t *out, char *errstr, size_t errstr_size)
+{
+        static const char *const shared[] = {
+            "security.",   "sasl.", "ssl.",        "socket.",           "broker.", "reconnect.",
+            "client.rack", "debug", "api.version", "message.max.bytes", NULL};
+        char kv[4096];
+        memset(out, 0, sizeof(*out));
+        for (int pass = 0; pass < 2; pass++)
+                for (int i = 0; props && i < props->cnt; i++) {
+                        const char *k = props->keys[i];
+                        int keep = 0;
+                        if (pass == 1) {
+                                if (!is_rt_prop(k))
+                                        continue;
+                                k += strlen(KW_RT_PROP_PREFIX);
+                                keep = 1;
+                        }
+                        for (int s = 0; !keep && shared[s]; s++)
+                                keep = !strncmp(k, shared[s], strlen(shared[s]));
+                        if (!keep)
+                                continue;
+                        snprintf(kv, sizeof(kv), "%s=%s", k, props->vals[i]);
+                        if (kf_props_add(out, kv, errstr, errstr_size)) {
+                                kf_props_free(out);
+                                return -1;
+                        }
+                }
+        return 0;
+}
+
+int kw_rt_init(kw_rt_t *rt, const kw_rt_conf_t *c, char *errstr, size_t errstr_size)
+{
+        // clang-format off
+        const char *defaults[] = {
+            "enable.idempotence", "true",
+            "acks", "all",
+            "linger.ms", "5",
+            /* Bounds how long a transaction of a worker that died and was not
+             * restarted under its transactional.id holds back read_committed
+             * consumers of the partitions it wrote to (docs/operations.md). */
+            "transaction.timeout.ms", "10000",
+            "message.timeout.ms", "10000",
+            NULL, NULL, NULL};
+        // clang-format on
+        rd_kafka_conf_t *conf = NULL;
+        rd_kafka_error_t *error;
+        kf_props_t pprops = {0};
+        int rc = -1;
+
+        memset(rt, 0, sizeof(*rt));
+        if (!c->topic)
+                return 0;
+        rt->topic = c->topic;
+        rt->eos = c->exactly_once;
+        rt->timeout_ms = c->timeout_ms;
+        if (!strcmp(c->key, "id"))
+                rt->key = KW_RT_KEY_ID;
+        else if (!strcmp(c->key, "input"))
+                rt->key = KW_RT_KEY_INPUT;
+        else
+                return kf_errf(errstr, errstr_size, "--results-key must be id or input, got '%s'",
+                               c->key);
+        pthread_mutex_init(&rt->lock, NULL);
+        pthread_cond_init(&rt->cv, NULL);
+        rt->lock_inited = 1;
+        rt->next_seq = 1; /* done_seq 0: none yet */
+        if (rt->eos) {
+                defaults[10] = "transactional.id";
+                defaults[11] = c->transactional_id;
+        }
+        if (rt_props(c->props, &pprops, errstr, errstr_size))
+                return -1;
+        if (!(conf = kf_kafka_conf_new(c->brokers, defaults, &pprops, errstr, errstr_size)))
+                goto cleanup;
+        rd_kafka_conf_set_dr_msg_cb(conf, rt_dr_cb);
+        rd_kafka_conf_set_error_cb(conf, rt_error_cb);
+        rd_kafka_conf_set_opaque(conf, rt);
+        if (!(rt->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, errstr_size)))
+                goto cleanup;
+        conf = NULL; /* owned by rt->rk now */
+        if (rt->eos && (error = rd_kafka_init_transactions(rt->rk, rt->timeout_ms))) {
+                kf_errf(errstr, errstr_size,
+                        "result topic %s: initialising transactions (transactional.id %s): %s "
+                        "(exactly once needs Kafka 2.5 or later)",
+                        c->topic, c->transactional_id, rd_kafka_error_string(error));
+                rd_kafka_error_destroy(error);
+                goto cleanup;
+        }
+        rc = 0;
+cleanup:
+        if (conf)
+                rd_kafka_conf_destroy(conf);
+        kf_props_free(&pprops);
+        return rc;
+}
+
+void kw_rt_bind(kw_rt_t *rt, rd_kafka_t *consumer, kw_offsets_t *offsets)
+{
+        rt->consumer = consumer;
+        rt->offsets = offsets;
+}
+
+/* Produces one job's result message; retries while the local queue is
+ * full.  wt: the batch's wait record (at least once), or NULL. */
+static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, const kw_job_t *j, rt_wait_t *wt)
+{
+        rd_kafka_headers_t *hdrs = NULL, *copy = NULL;
+        const void *key = j->job.id;
+        size_t key_len = strlen(j->job.id);
+        rd_kafka_resp_err_t err;
+
+        if (rt->key == KW_RT_KEY_INPUT) {
+                key = j->rkm->key;
+                key_len = j->rkm->key_len;
+        }
+        for (;;) {
+                if (!rd_kafka_message_headers(j->rkm, &hdrs) && hdrs &&
+                    !(copy = rd_kafka_headers_copy(hdrs)))
+                        return RD_KAFKA_RESP_ERR__FAIL;
+                err = rd_kafka_producev(
+                    rt->rk, RD_KAFKA_V_TOPIC(rt->topic), RD_KAFKA_V_KEY(key, key_len),
+                    RD_KAFKA_V_VALUE(j->rt_value, j->rt_len),
+                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(copy),
+                    RD_KAFKA_V_OPAQUE(wt), RD_KAFKA_V_END);
+                if (!err)
+                        return 0; /* the headers are the message's now */
+                if (copy)
+                        rd_kafka_headers_destroy(copy);
+                copy = NULL;
+                if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+                        return err;
+                rd_kafka_poll(rt->rk, 10);
+        }
+}
+
+static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errstr,
+                         size_t errstr_size)
+{
+        rt_wait_t *wt = calloc(1, sizeof(*wt));
+        rd_kafka_resp_err_t err = 0;
+        int n = 0, given_up = 0;
+
+        if (!wt)
+                return kf_errf(errstr, errstr_size, "out of memory");
+        atomic_store(&wt->refs, 1);
+        for (int i = 0; i < b->n; i++) {
+                const kw_job_t *j = &b->jobs[i];
+                if (j->state != KW_JOB_WRITTEN || !j->rt_value)
+                        continue;
+                atomic_fetch_add(&wt->refs, 1);
+                if ((err = rt_produce(rt, j, wt))) {
+                        atomic_fetch_sub(&wt->refs, 1);
+                        break;
+                }
+                n++;
+        }
+        /* Reports come within message.timeout.ms; a drain that gives up
+         * (brokers away) does not wait that long. */
+        while (atomic_load(&wt->refs) > 1 && !(given_up = abandon && atomic_load(abandon)))
+                rd_kafka_poll(rt->rk, 20);
+        if (!err)
+                err = atomic_load(&wt->err);
+        if (atomic_fetch_sub(&wt->refs, 1) == 1)
+                free(wt);
+        if (given_up)
+                return kf_errf(errstr, errstr_size,
+                               "result topic %s: not acknowledged before the drain gave up",
+                               rt->topic) -
+                       1;
+        if (err)
+                return kf_errf(errstr, errstr_size, "result topic %s: %d of %d messages: %s",
+                               rt->topic, n, b->n, rd_kafka_err2str(err));
+        return 0;
+}
+
+/* One transaction: the members' messages and the offsets pos (a snapshot
+ * taken with the members: never past a message of a batch not among them).
+ * Returns NULL or the error (caller destroys it). */
+static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
+                                const rd_kafka_topic_partition_list_t *pos)
+{
+        rd_kafka_error_t *error;
+        rd_kafka_resp_err_t err;
+
+        if (!pos)
+                return rd_kafka_error_new(RD_KAFKA_RESP_ERR__FAIL, "out of memory");
+        if ((error = rd_kafka_begin_transaction(rt->rk)))
+                return error;
+        for (int m = 0; m < n; m++)
+                for (int i = 0; i < members[m]->n; i++) {
+                        const kw_job_t *j = &members[m]->jobs[i];
+                        if (j->state != KW_JOB_WRITTEN || !j->rt_value)
+                                continue;
+                        if ((err = rt_produce(rt, j, NULL)))
+                                return rd_kafka_error_new(err, "producing result %s: %s", j->job.id,
+                                                          rd_kafka_err2str(err));
+                }
+        if (pos->cnt > 0) {
+                rd_kafka_consumer_group_metadata_t *cgmd =
+                    rd_kafka_consumer_group_metadata(rt->consumer);
+                error = rd_kafka_send_offsets_to_transaction(rt->rk, pos, cgmd, rt->timeout_ms);
+                rd_kafka_consumer_group_metadata_destroy(cgmd);
+                if (error)
+                        return error;
+        }
+        return rd_kafka_commit_transaction(rt->rk, rt->timeout_ms);
+}
+
+/* Commits the pending batches as one transaction, retrying it (aborted,
+ * then produced again from the batches, which their writers keep while
+ * they wait) until it commits, *abandon is set or the producer dies.  While
+ * it commits no other transaction can, so no offset past one of its
+ * messages is committed before that message.  Called and returns with
+ * rt->lock held; releases it meanwhile. */
+static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
+{
+        kw_batch_t **members = rt->pend;
+        int n = rt->npend, ok = 0, backoff = RETRY_MIN_MS;
+        unsigned long long msgs = 0;
+        uint64_t seq = rt->next_seq++;
+        rd_kafka_topic_partition_list_t *pos = kw_offsets_positions(rt->offsets);
+
+        rt->pend = NULL;
+        rt->npend = rt->cappend = 0;
+        rt->committing = 1;
+        for (int m = 0; m < n; m++)
+                for (int i = 0; i < members[m]->n; i++)
+                        msgs += members[m]->jobs[i].state == KW_JOB_WRITTEN &&
+                                members[m]->jobs[i].rt_value;
+        pthread_mutex_unlock(&rt->lock);
+        /* after a transaction given up, its offsets are in every snapshot:
+         * none may commit (they joined before it was given up) */
+        while (!atomic_load(&rt->broken)) {
+                rd_kafka_error_t *error = rt_txn(rt, members, n, pos);
+                if (!error) {
+                        ok = 1;
+                        break;
+                }
+                if (rd_kafka_error_is_fatal(error) || atomic_load(&rt->fatal)) {
+                        atomic_store(&rt->fatal, 1);
+                        kf_error("result topic %s: transaction of %llu results: %s: fatal "
+                                 "(fenced by a newer producer with this transactional.id?); "
+                                 "the worker stops (exit status 1)",
+                                 rt->topic, msgs, rd_kafka_error_string(error));
+                        rd_kafka_error_destroy(error);
+                        break;
+                }
+                kf_warn("result topic %s: transaction of %llu results of %d batches: %s; "
+                        "aborting it and sending them again",
+                        rt->topic, msgs, n, rd_kafka_error_string(error));
+                rd_kafka_error_destroy(error);
+                if ((error = rd_kafka_abort_transaction(rt->rk, rt->timeout_ms))) {
+                        kf_warn("result topic %s: aborting: %s", rt->topic,
+                                rd_kafka_error_string(error));
+                        if (rd_kafka_error_is_fatal(error))
+                                atomic_store(&rt->fatal, 1);
+                        rd_kafka_error_destroy(error);
+                }
+                atomic_fetch_add(&rt->aborts, 1);
+                if ((abandon && atomic_load(abandon)) || atomic_load(&rt->fatal))
+                        break;
+                for (int slept = 0; slept < backoff && !(abandon && atomic_load(abandon));
+                     slept += 50)
+                        kf_sleep_us(50000, NULL);
+                backoff = kf_backoff_next(backoff, RETRY_MIN_MS, RETRY_MAX_MS);
+        }
+        /* Nobody else polls this producer in exactly-once mode: serve its
+         * delivery reports and errors here, or they pile up. */
+        rd_kafka_poll(rt->rk, 0);
+        pthread_mutex_lock(&rt->lock);
+        if (ok) {
+                atomic_fetch_add(&rt->txns, 1);
+                atomic_fetch_add(&rt->sent, msgs);
+        } else {
+                /* Its batches' offsets are marked done in the tracker: no
+                 * transaction may send them until the partitions' state is
+                 * forgotten (kw_rt_reset). */
+                atomic_store(&rt->broken, 1);
+        }
+        rt->outcome[seq % KW_RT_OUTCOMES] = (unsigned char)ok;
+        rt->done_seq = seq;
+        rt->committing = 0;
+        pthread_cond_broadcast(&rt->cv);
+        if (pos)
+                rd_kafka_topic_partition_list_destroy(pos);
+        free(members);
+}
+
+/* Exactly once: b joins the pending transaction (its offsets marked done
+ * now, under the lock, so that the transaction before it cannot send
+ * them); the first writer to find no transaction committing commits the
+ * pending ones (rt_lead), the others wait for theirs: a group commit, as
+ * many batches per transaction as arrived while the previous one
+ * committed. */
+static int rt_send_txn(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errstr,
+                       size_t errstr_size)
+{
+        uint64_t my;
+        int rc = 0;
+
+        pthread_mutex_lock(&rt->lock);
+        if (atomic_load(&rt->broken) || atomic_load(&rt->fatal)) {
+                pthread_mutex_unlock(&rt->lock);
+                kf_errf(errstr, errstr_size,
+                        "result topic %s: a transaction was given up; waiting for the "
+                        "partitions to be reassigned",
+                        rt->topic);
+                return -2;
+        }
+        if (b) {
+                if (rt->npend == rt->cappend) {
+                        int ncap = rt->cappend ? rt->cappend * 2 : 16;
+                        kw_batch_t **np = realloc(rt->pend, sizeof(*np) * (size_t)ncap);
+                        if (!np) {
+                                pthread_mutex_unlock(&rt->lock);
+                                return kf_errf(errstr, errstr_size, "out of memory");
+                        }
+                        rt->pend = np;
+                        rt->cappend = ncap;
+                }
+                rt->pend[rt->npend++] = b;
+                for (int i = 0; i < b->n; i++) {
+                        const kw_job_t *j = &b->jobs[i];
+                        if (j->state == KW_JOB_WRITTEN)
+                                kw_offsets_done(rt->offsets, rd_kafka_topic_name(j->rkm->rkt),
+                                                j->rkm->partition, j->rkm->offset);
+                }
+        }
+        my = rt->next_seq;
+        while (rt->done_seq < my) {
+                if (!rt->committing)
+                        rt_lead(rt, abandon);
+                else
+                        pthread_cond_wait(&rt->cv, &rt->lock);
+        }
+        if (!rt->outcome[my % KW_RT_OUTCOMES])
+                rc = kf_errf(errstr, errstr_size,
+                             "result topic %s: the transaction was given up (see the log)",
+                             rt->topic) -
+                     1;
+        pthread_mutex_unlock(&rt->lock);
+        return rc;
+}
+
+int kw_rt_send(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errstr,
+               size_t errstr_size)
+{
+        if (!rt->rk)
+                return 0;
+        if (atomic_load(&rt->fatal))
+                return kf_errf(errstr, errstr_size, "result producer: fatal error"), -2;
+        return rt->eos ? rt_send_txn(rt, b, abandon, errstr, errstr_size)
+                       : rt_send_plain(rt, b, abandon, errstr, errstr_size);
+}
+
+int kw_rt_commit_offsets(kw_rt_t *rt)
+{
+        /* One attempt: the loop thread (maybe inside the rebalance callback)
+         * must not wait on a coordinator that fences it; what this does not
+         * commit, the partitions' next owner redoes (found done in Redis). */
+        atomic_int once = 1;
+        char err[512];
+        if (!rt->rk || !rt->eos || atomic_load(&rt->broken) || atomic_load(&rt->fatal))
+                return 0;
+        if (rt_send_txn(rt, NULL, &once, err, sizeof(err)) == 0)
+                return 0;
+        kf_warn("%s", err);
+        return -1;
+}
+
+void kw_rt_reset(kw_rt_t *rt)
+{
+        if (rt->rk && atomic_exchange(&rt->broken, 0) && !atomic_load(&rt->fatal))
+                kf_info("result topic %s: transactions resume after the rebalance", rt->topic);
+}
+
+int kw_rt_fatal(kw_rt_t *rt)
+{
+        return atomic_load(&rt->fatal);
+}
+
+void kw_rt_close(kw_rt_t *rt)
+{
+        if (rt->rk) {
+                if (!rt->eos)
+                        rd_kafka_flush(rt->rk, rt->timeout_ms);
+                kf_info("result topic %s: %llu results sent, %llu transactions, %llu aborted",
+                        rt->topic, (unsigned long long)atomic_load(&rt->sent),
+                        (unsigned long long)atomic_load(&rt->txns),
+                        (unsigned long long)atomic_load(&rt->aborts));
+                rd_kafka_destroy(rt->rk);
+                rt->rk = NULL;
+        }
+        if (rt->lock_inited) {
+                pthread_mutex_destroy(&rt->lock);
+                pthread_cond_destroy(&rt->cv);
+        }
+        free(rt->pend);
+        rt->lock_inited = 0;
+}
