@@ -25,11 +25,13 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/model_ensemble.o common/model_registry_read.o \
               common/model_registry_admin.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
-              common/kf_quota.o common/kf_result.o common/kf_redact.o
+              common/kf_quota.o common/kf_result.o common/kf_redact.o \
+              common/kf_sign.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
               worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
+              worker/auth.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
               worker/model_store_registry_conn.o worker/model_store_registry_cache.o \
@@ -39,6 +41,7 @@ KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_registry.o \
               producer-tool/cmd_quota.o \
+              producer-tool/cmd_key.o producer-tool/signer.o \
               producer-tool/cmd_bench.o producer-tool/bench_cpu.o producer-tool/bench_compute.o \
               producer-tool/bench_probe.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o

@@ -35,6 +35,8 @@ typedef struct kc_conf_s {
         /* usage, quota */
         int json;
         char *q_jobs, *q_rows, *q_window;
+        /* key create/rotate; submit and bench sign with key_file */
+        char *key_alg, *key_file;
         kf_props_t props;
 } kc_conf_t;
 
@@ -116,6 +118,8 @@ int kc_cmd_model(int argc, char **argv);
 /* cmd_registry.c: model push|list|show|activate|rollback|rm; argv[0] is that word. */
 int kc_cmd_registry(int argc, char **argv);
 int kc_cmd_bench(int argc, char **argv);
+/* cmd_key.c: key create|rotate|revoke|list. */
+int kc_cmd_key(int argc, char **argv);
 
 /* input.c: reading job inputs. A matrix of rows x cols float32. */
 typedef struct kc_matrix_s {

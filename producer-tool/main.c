@@ -24,6 +24,7 @@ static const struct {
     {"model", kc_cmd_model,
      "model files (init, build, inspect) and the registry (push, list, "
      "show, activate, rollback, rm)"},
+    {"key", kc_cmd_key, "signing keys of a user: create, rotate, revoke, list"},
     {"bench", kc_cmd_bench,
      "load generator: drain/open-loop throughput and latency, compute limit"},
 };

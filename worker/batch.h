@@ -41,6 +41,7 @@ typedef struct kw_job_s {
         int over_quota;     /* the pre-check found the user over quota: not
                              * computed, input kept (see commit.h) */
         int precheck_done;  /* the pre-check is not asked again for this job */
+        int auth_done;      /* its signature was checked (auth.h): not again */
         model_t *model;     /* set by kw_batch_resolve; a reference */
 } kw_job_t;
 
