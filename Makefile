@@ -127,6 +127,13 @@ $(BUILD)/tests/unit/test_input: $(B)/tests/unit/test_input.o $(B)/producer-tool/
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
+# This one tests the CLI's key file reader (producer-tool/signer.o) and the
+# signature arithmetic of common/kf_sign.c.
+$(BUILD)/tests/unit/test_sign: $(B)/tests/unit/test_sign.o $(B)/producer-tool/signer.o \
+                               $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
 # Unit tests of the worker's own modules link the worker objects they test.
 # test_offsets wraps (ld --wrap) the allocator, to make it fail on demand,
 # and rd_kafka_offsets_store, to record what is stored without a broker: the
@@ -266,14 +273,23 @@ $(FUZZ_BUILD)/fuzz_%:
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(KF_LIBS)
 
 $(FUZZ_BUILD)/fuzz_stats_decode: tests/fuzz/fuzz_stats_decode.c worker/lag.c common/kf_util.c
+$(FUZZ_BUILD)/fuzz_keyfile_decode: tests/fuzz/fuzz_keyfile_decode.c producer-tool/signer.c \
+                                   common/kf_sign.c common/job_codec.c common/mp_bound.c \
+                                   common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c
+
+# Small parsers get FUZZ_SMALL_SECONDS each (their input space is small; keeps
+# make test short): the key file.
+FUZZ_SMALL_SECONDS ?= 15
 
 fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode \
-      $(FUZZ_BUILD)/fuzz_stats_decode
-	@set -e; for f in job model result stats; do \
+      $(FUZZ_BUILD)/fuzz_stats_decode \
+      $(FUZZ_BUILD)/fuzz_keyfile_decode
+	@set -e; for f in job model result stats keyfile; do \
+	    secs=$(FUZZ_SECONDS); [ $$f != keyfile ] || secs=$(FUZZ_SMALL_SECONDS); \
 	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
-	    echo "== fuzz_$${f}_decode for $(FUZZ_SECONDS) s"; \
+	    echo "== fuzz_$${f}_decode for $$secs s"; \
 	    UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_$${f}_decode \
-	        -max_total_time=$(FUZZ_SECONDS) -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
+	        -max_total_time=$$secs -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
 	        -dict=tests/fuzz/$$f.dict -print_final_stats=1 \
 	        -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$f- \
 	        $(FUZZ_BUILD)/corpus/$$f tests/fuzz/corpus/$$f; \

@@ -78,10 +78,8 @@ static int ed25519_public(const unsigned char seed[KF_SIGN_KEY_LEN],
                           unsigned char pub[KF_SIGN_KEY_LEN])
 {
         size_t plen = KF_SIGN_KEY_LEN;
-        EVP_PKEY *pk =
-            EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed, KF_SIGN_KEY_LEN);
-        int rc = pk && EVP_PKEY_get_raw_public_key(pk, pub, &plen) == 1 &&
-                         plen == KF_SIGN_KEY_LEN
+        EVP_PKEY *pk = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed, KF_SIGN_KEY_LEN);
+        int rc = pk && EVP_PKEY_get_raw_public_key(pk, pub, &plen) == 1 && plen == KF_SIGN_KEY_LEN
                      ? 0
                      : -1;
         EVP_PKEY_free(pk);
@@ -166,8 +164,7 @@ int kf_verify(const kf_verify_key_t *k, const void *msg, size_t len, const unsig
                 unsigned char mac[32];
                 unsigned int n = 0;
                 if (siglen != 32 ||
-                    !HMAC(EVP_sha256(), k->material, KF_SIGN_KEY_LEN, msg, len, mac, &n) ||
-                    n != 32)
+                    !HMAC(EVP_sha256(), k->material, KF_SIGN_KEY_LEN, msg, len, mac, &n) || n != 32)
                         return 0;
                 return CRYPTO_memcmp(mac, sig, 32) == 0;
         }

@@ -66,7 +66,8 @@ static redisReply *cmd(redisContext *r, const char *fmt, ...)
 static int user_key(const kc_conf_t *c, int first, int argc, char **argv, int nargs,
                     const char *what, char *key)
 {
-        if (argc - first != nargs || !job_name_valid(argv[first], strlen(argv[first]), JOB_USER_MAX) ||
+        if (argc - first != nargs ||
+            !job_name_valid(argv[first], strlen(argv[first]), JOB_USER_MAX) ||
             kf_user_key(key, c->prefix, argv[first], KF_K_KEYS, NULL) < 0) {
                 kc_err("key %s: give %s (a user is 1..64 chars of [A-Za-z0-9._:-])", what,
                        nargs == 1 ? "exactly one user id" : "a user id and a key id");
@@ -182,8 +183,8 @@ static int key_make(int argc, char **argv, int rotate)
         }
         kf_hex_encode(pub, KF_SIGN_KEY_LEN, hex);
         freeReplyObject(cmd(r, "HSET %s %s:alg %s %s:state active %s:created %lld %s:key %s", key,
-                            s.kid, kf_sign_alg_name(s.alg), s.kid, s.kid,
-                            (long long)kf_now_ms(), s.kid, hex));
+                            s.kid, kf_sign_alg_name(s.alg), s.kid, s.kid, (long long)kf_now_ms(),
+                            s.kid, hex));
         fprintf(stderr,
                 "kinfer: key %s (%s) of user %s created%s; its secret is shown this once%s\n",
                 s.kid, kf_sign_alg_name(s.alg), argv[first],

@@ -17,8 +17,7 @@ static const char *field(json_t *o, const char *name)
         return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-int kc_signer_parse(const char *text, size_t len, kc_signer_t *s, char *errstr,
-                    size_t errstr_size)
+int kc_signer_parse(const char *text, size_t len, kc_signer_t *s, char *errstr, size_t errstr_size)
 {
         json_error_t jerr;
         json_t *o;
@@ -27,8 +26,7 @@ int kc_signer_parse(const char *text, size_t len, kc_signer_t *s, char *errstr,
 
         memset(s, 0, sizeof(*s));
         if (len > KEYFILE_MAX)
-                return kf_errf(errstr, errstr_size, "a key file has at most %d bytes",
-                               KEYFILE_MAX);
+                return kf_errf(errstr, errstr_size, "a key file has at most %d bytes", KEYFILE_MAX);
         o = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!o || !json_is_object(o)) {
                 kf_errf(errstr, errstr_size, "not one JSON object (line %d)", o ? 1 : jerr.line);

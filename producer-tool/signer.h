@@ -26,8 +26,7 @@ typedef struct kc_signer_s {
 /* Parses a key file's text (len bytes, need not be NUL-terminated).
  * Returns 0, or -1 with errstr naming the field that is missing or wrong
  * (never quoting the secret). */
-int kc_signer_parse(const char *text, size_t len, kc_signer_t *s, char *errstr,
-                    size_t errstr_size);
+int kc_signer_parse(const char *text, size_t len, kc_signer_t *s, char *errstr, size_t errstr_size);
 
 /* Reads and parses the key file at path (at most 64 KiB). */
 int kc_signer_load(const char *path, kc_signer_t *s, char *errstr, size_t errstr_size);

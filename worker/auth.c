@@ -143,8 +143,8 @@ static int read_sig(kw_job_t *j, job_sig_t *s)
         s->kid[KF_SIGN_KID_LEN] = '\0';
         s->siglen = kf_sign_sig_len(s->alg);
         if (kf_hex_decode(v[0], n[0], s->sig, s->siglen)) {
-                deny(j, "header %s is not %s hex digits",
-                     KF_SIGN_HDR_SIG, s->alg == KF_SIGN_HMAC ? "64" : "128");
+                deny(j, "header %s is not %s hex digits", KF_SIGN_HDR_SIG,
+                     s->alg == KF_SIGN_HMAC ? "64" : "128");
                 return -1;
         }
         return 1;
@@ -311,8 +311,9 @@ int kw_auth_check(kw_auth_t *a, kw_batch_t *b, char *why, size_t why_size)
                         continue;
                 if (rc == 0) {
                         if (a->require)
-                                deny(j, "the job is unsigned and this worker requires signed jobs "
-                                        "(headers %s, %s, %s)",
+                                deny(j,
+                                     "the job is unsigned and this worker requires signed jobs "
+                                     "(headers %s, %s, %s)",
                                      KF_SIGN_HDR_SIG, KF_SIGN_HDR_KID, KF_SIGN_HDR_ALG);
                         j->auth_done = 1;
                         continue;
