@@ -131,7 +131,7 @@ static int key_make(int argc, char **argv, int rotate)
         kc_conf_t c = {0};
         kc_signer_t s;
         unsigned char pub[KF_SIGN_KEY_LEN];
-        char key[KF_KEY_MAX], hex[2 * KF_SIGN_KEY_LEN + 1], err[256], *text = NULL;
+        char key[KF_KEY_MAX], err[256], *text = NULL;
         redisContext *r = NULL;
         int rc = KC_EXIT_USAGE;
         int first = kc_parse(
@@ -164,12 +164,11 @@ static int key_make(int argc, char **argv, int rotate)
         }
         if (!s.alg)
                 s.alg = KF_SIGN_HMAC;
-        if (kf_sign_keygen(s.alg, s.kid, s.secret, pub, err, sizeof(err))) {
+        if (kc_key_new(s.alg, argv[first], &s, pub, err, sizeof(err))) {
                 kc_err("key: %s", err);
                 rc = KC_EXIT_FAIL;
                 goto out;
         }
-        kf_strlcpy(s.user, argv[first], sizeof(s.user));
         if (!(text = kc_signer_format(&s))) {
                 kc_err("key: out of memory");
                 rc = KC_EXIT_FAIL;
@@ -181,10 +180,11 @@ static int key_make(int argc, char **argv, int rotate)
                 rc = KC_EXIT_FAIL;
                 goto out;
         }
-        kf_hex_encode(pub, KF_SIGN_KEY_LEN, hex);
-        freeReplyObject(cmd(r, "HSET %s %s:alg %s %s:state active %s:created %lld %s:key %s", key,
-                            s.kid, kf_sign_alg_name(s.alg), s.kid, s.kid, (long long)kf_now_ms(),
-                            s.kid, hex));
+        if (kc_key_store(r, c.prefix, &s, pub, err, sizeof(err))) {
+                kc_err("key: %s (the key file printed is not valid)", err);
+                rc = KC_EXIT_CONN;
+                goto out;
+        }
         fprintf(stderr,
                 "kinfer: key %s (%s) of user %s created%s; its secret is shown this once%s\n",
                 s.kid, kf_sign_alg_name(s.alg), argv[first],
@@ -197,7 +197,7 @@ out:
                 free(text);
         }
         OPENSSL_cleanse(&s, sizeof(s));
-        OPENSSL_cleanse(hex, sizeof(hex));
+        OPENSSL_cleanse(pub, sizeof(pub));
         if (r)
                 redisFree(r);
         kf_config_free(create_opts, &c, NULL);

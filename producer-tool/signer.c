@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kf_keys.h"
 #include "kf_util.h"
 
 #define KEYFILE_MAX (64 * 1024)
@@ -108,4 +109,37 @@ rd_kafka_headers_t *kc_signer_headers(const kc_signer_t *s, const void *value, s
         rd_kafka_header_add(hdrs, KF_SIGN_HDR_KID, -1, s->kid, -1);
         rd_kafka_header_add(hdrs, KF_SIGN_HDR_ALG, -1, kf_sign_alg_name(s->alg), -1);
         return hdrs;
+}
+
+int kc_key_new(kf_sign_alg_t alg, const char *user, kc_signer_t *s,
+               unsigned char pub[KF_SIGN_KEY_LEN], char *errstr, size_t errstr_size)
+{
+        memset(s, 0, sizeof(*s));
+        if (!job_name_valid(user, strlen(user), JOB_USER_MAX))
+                return kf_errf(errstr, errstr_size, "'%s' is not a valid user id", user);
+        if (kf_sign_keygen(alg, s->kid, s->secret, pub, errstr, errstr_size))
+                return -1;
+        s->alg = alg;
+        kf_strlcpy(s->user, user, sizeof(s->user));
+        return 0;
+}
+
+int kc_key_store(redisContext *r, const char *prefix, const kc_signer_t *s,
+                 const unsigned char pub[KF_SIGN_KEY_LEN], char *errstr, size_t errstr_size)
+{
+        char key[KF_KEY_MAX], hex[2 * KF_SIGN_KEY_LEN + 1];
+        redisReply *rep;
+        int rc = 0;
+        if (kf_user_key(key, prefix, s->user, KF_K_KEYS, NULL) < 0)
+                return kf_errf(errstr, errstr_size, "cannot build the keys key of user %s",
+                               s->user);
+        kf_hex_encode(pub, KF_SIGN_KEY_LEN, hex);
+        rep = redisCommand(r, "HSET %s %s:alg %s %s:state active %s:created %lld %s:key %s", key,
+                           s->kid, kf_sign_alg_name(s->alg), s->kid, s->kid, (long long)kf_now_ms(),
+                           s->kid, hex);
+        if (!rep || rep->type == REDIS_REPLY_ERROR)
+                rc = kf_errf(errstr, errstr_size, "redis: %s", rep ? rep->str : r->errstr);
+        freeReplyObject(rep);
+        OPENSSL_cleanse(hex, sizeof(hex));
+        return rc;
 }

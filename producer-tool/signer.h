@@ -10,6 +10,7 @@
 #ifndef KC_SIGNER_H
 #define KC_SIGNER_H
 
+#include <hiredis.h>
 #include <librdkafka/rdkafka.h>
 #include <stddef.h>
 
@@ -34,6 +35,17 @@ int kc_signer_load(const char *path, kc_signer_t *s, char *errstr, size_t errstr
 /* The key file text for s (a JSON line, malloc'd; caller frees), or NULL
  * when out of memory. */
 char *kc_signer_format(const kc_signer_t *s);
+
+/* kc_key_new makes a new key of alg for user: fills s (secret included) and
+ * pub (what the store keeps: the HMAC secret or the Ed25519 public key).
+ * kc_key_store stores it in the user's hash of keys (P{U}:keys: algorithm,
+ * state active, creation time, pub), one HSET.  The caller hands the secret
+ * out first (`kinfer key create` writes the key file before storing).
+ * Both return 0 or -1 with errstr. */
+int kc_key_new(kf_sign_alg_t alg, const char *user, kc_signer_t *s,
+               unsigned char pub[KF_SIGN_KEY_LEN], char *errstr, size_t errstr_size);
+int kc_key_store(redisContext *r, const char *prefix, const kc_signer_t *s,
+                 const unsigned char pub[KF_SIGN_KEY_LEN], char *errstr, size_t errstr_size);
 
 /* New headers signing value (len bytes) with s: kinfer-sig, kinfer-key-id,
  * kinfer-sig-alg.  Returns them (the caller hands them to producev, which

@@ -11,7 +11,10 @@
 #include <cmocka.h>
 /* clang-format on */
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../producer-tool/signer.h"
 #include "kf_sign.h"
@@ -144,20 +147,52 @@ static void test_keyfile(void **state)
         assert_int_equal(s.alg, KF_SIGN_ED25519);
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 err[0] = '\0';
-                assert_int_equal(kc_signer_parse(bad[i], strlen(bad[i]), &s, err, sizeof(err)),
-                                 -1);
+                assert_int_equal(kc_signer_parse(bad[i], strlen(bad[i]), &s, err, sizeof(err)), -1);
                 assert_true(err[0] != '\0');
                 assert_null(strstr(err, "9d61b19d")); /* the secret is never quoted */
         }
 }
 
+/* KINFER_SIGN_BENCH=N: the cost of one verification of a 1 KiB and a 64 KiB
+ * value, N times each algorithm (docs/security.md quotes it); off by default. */
+static void bench(long n)
+{
+        static unsigned char msg[65536];
+        unsigned char secret[32], pub[32], sig[64];
+        char kid[KF_SIGN_KID_LEN + 1], err[128];
+        size_t lens[] = {1024, sizeof(msg)};
+        for (int alg = KF_SIGN_HMAC; alg <= KF_SIGN_ED25519; alg++)
+                for (size_t l = 0; l < 2; l++) {
+                        kf_verify_key_t k;
+                        struct timespec t0, t1;
+                        int ok = 1;
+                        kf_sign_keygen(alg, kid, secret, pub, err, sizeof(err));
+                        kf_sign(alg, secret, msg, lens[l], sig, err, sizeof(err));
+                        kf_verify_key_init(&k, alg, pub, err, sizeof(err));
+                        clock_gettime(CLOCK_MONOTONIC, &t0);
+                        for (long i = 0; i < n; i++)
+                                ok &= kf_verify(&k, msg, lens[l], sig, kf_sign_sig_len(alg));
+                        clock_gettime(CLOCK_MONOTONIC, &t1);
+                        printf("verify %-11s %6zu bytes: %8.2f us (%s)\n", kf_sign_alg_name(alg),
+                               lens[l],
+                               ((double)(t1.tv_sec - t0.tv_sec) * 1e9 +
+                                (double)(t1.tv_nsec - t0.tv_nsec)) /
+                                   1e3 / (double)n,
+                               ok ? "ok" : "FAILED");
+                        kf_verify_key_clear(&k);
+                }
+}
+
 int main(void)
 {
+        if (getenv("KINFER_SIGN_BENCH")) {
+                bench(atol(getenv("KINFER_SIGN_BENCH")) > 0 ? atol(getenv("KINFER_SIGN_BENCH"))
+                                                            : 10000);
+                return 0;
+        }
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_ed25519_rfc8032),
-            cmocka_unit_test(test_hmac_reference),
-            cmocka_unit_test(test_keygen_round_trip),
-            cmocka_unit_test(test_names_hex_kids),
+            cmocka_unit_test(test_ed25519_rfc8032),   cmocka_unit_test(test_hmac_reference),
+            cmocka_unit_test(test_keygen_round_trip), cmocka_unit_test(test_names_hex_kids),
             cmocka_unit_test(test_keyfile),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
