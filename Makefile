@@ -12,7 +12,7 @@ CC       ?= cc
 BUILD    ?= build
 OPT      ?= -O2
 CFLAGS   ?=
-PKGS      = rdkafka msgpack hiredis openblas jansson libcrypto libmicrohttpd
+PKGS      = rdkafka msgpack hiredis openblas jansson libcrypto libmicrohttpd libsodium
 WARN      = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wno-missing-field-initializers
 KF_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -MMD -MP -Icommon \

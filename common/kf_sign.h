@@ -5,7 +5,8 @@
  * msgpack job); the signature, the key id and the algorithm travel in three
  * message headers.  HMAC-SHA256 keys are a 32-byte secret both sides hold;
  * Ed25519 keys are a 32-byte seed the client holds and a 32-byte public key
- * the key store holds.  Both with OpenSSL's libcrypto (already linked).
+ * the key store holds.  HMAC with OpenSSL's libcrypto, Ed25519 with
+ * libsodium (kf_sign.c says why).
  *
  * Pure functions, no state: safe from any thread.  Errors are returned
  * with a message in the caller's buffer. */
@@ -55,12 +56,13 @@ int kf_sign_keygen(kf_sign_alg_t alg, char kid[KF_SIGN_KID_LEN + 1],
 int kf_sign(kf_sign_alg_t alg, const unsigned char secret[KF_SIGN_KEY_LEN], const void *msg,
             size_t len, unsigned char sig[KF_SIGN_SIG_MAX], char *errstr, size_t errstr_size);
 
-/* A key as a verifier holds it: the HMAC secret, or the Ed25519 public key
- * made into an OpenSSL key once (not per job). */
+/* A key as a verifier holds it: the HMAC secret (keyed into an OpenSSL
+ * context once, not per job), or the Ed25519 public key.  One thread at a
+ * time may use it. */
 typedef struct kf_verify_key_s {
         kf_sign_alg_t alg;
         unsigned char material[KF_SIGN_KEY_LEN];
-        void *pkey; /* EVP_PKEY * for Ed25519, owned */
+        void *mac; /* EVP_MAC_CTX * keyed with the HMAC secret, owned */
 } kf_verify_key_t;
 
 /* Fills k from the store's material (HMAC secret or Ed25519 public key).

@@ -13,6 +13,10 @@ PKGS=(
   prometheus
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
   python3-prometheus-client
+  # Signed jobs: Ed25519 (common/kf_sign.c)
+  libsodium-dev
+  # Signed jobs: the tests' independent Ed25519 signer (tests/py/test_signed_jobs.py)
+  python3-cryptography
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven
