@@ -275,7 +275,8 @@ $(FUZZ_BUILD)/fuzz_%:
 $(FUZZ_BUILD)/fuzz_stats_decode: tests/fuzz/fuzz_stats_decode.c worker/lag.c common/kf_util.c
 $(FUZZ_BUILD)/fuzz_keyfile_decode: tests/fuzz/fuzz_keyfile_decode.c producer-tool/signer.c \
                                    common/kf_sign.c common/job_codec.c common/mp_bound.c \
-                                   common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c
+                                   common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c \
+                                   common/kf_keys.c
 
 # Small parsers get FUZZ_SMALL_SECONDS each (their input space is small; keeps
 # make test short): the key file.
