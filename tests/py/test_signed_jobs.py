@@ -396,13 +396,27 @@ class SignedJobsTest(unittest.TestCase):
                         "1,2,3", check=False)
         self.assertEqual(p.returncode, 2, p.stderr)
 
-    def test_99_metrics_count_unauthorized(self):
+    def test_90_metrics_count_unauthorized(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
                                     timeout=10) as r:
             text = r.read().decode()
         n = sum(float(m.group(1)) for m in
                 re.finditer(r'^kinfer_jobs_total\{[^}]*code="unauthorized"\} (\S+)$', text, re.M))
         self.assertEqual(n, self.n_unauth, text[-2000:])
+
+    def test_99_default_mode_verifies_signatures_present(self):
+        # the same worker pool without --require-signatures (last: replaces the worker)
+        _stop(self.worker)
+        type(self).worker = subprocess.Popen(
+            [os.path.join(BIN, "kinfer-worker"), "--models", os.path.join(self.tmp.name, "models"),
+             "--key-cache-ms", str(KEY_CACHE_MS), "-X", "session.timeout.ms=6000"],
+            env=self.env, stdin=subprocess.DEVNULL, stdout=self.worker_log,
+            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.assert_ok(self.run_job(self.alice, "plain", timeout=40))   # unsigned: served
+        self.assert_ok(self.run_job(self.bob, "signed", key=self.k_bob))
+        self.refused(self.alice, "bad-sig", "does not match", key=self.k_alice,
+                     secret=os.urandom(32).hex())
+        self.refused(self.alice, "bobs-key-default", "not a key of user", key=self.k_bob)
 
 
 if __name__ == "__main__":
