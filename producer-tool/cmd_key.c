@@ -323,11 +323,12 @@ int kc_cmd_key(int argc, char **argv)
         if (argc >= 2 && !strcmp(argv[1], "list"))
                 return key_list(argc - 1, argv + 1);
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-                printf("Usage: kinfer key SUBCOMMAND USER [OPTION]... (each takes --help)\n\n"
-                       "  create USER   a new signing key; its secret is printed once\n"
-                       "  rotate USER   another key, the others staying valid until revoked\n"
-                       "  revoke USER KEYID   refuse jobs signed with KEYID from now on\n"
-                       "  list USER     the user's keys (ids, algorithms, states, dates)\n");
+                printf("Usage: kinfer key SUBCOMMAND USER [KEYID] [OPTION]... (each takes "
+                       "--help)\n\n"
+                       "  create   a new signing key for USER; its secret is printed once\n"
+                       "  rotate   another key for USER; the others stay valid until revoked\n"
+                       "  revoke   refuse jobs signed with USER's key KEYID from now on\n"
+                       "  list     USER's keys: ids, algorithms, states, dates (no secret)\n");
                 return KC_EXIT_OK;
         }
         kc_err("key: expected a subcommand: create, rotate, revoke or list; see kinfer key "
