@@ -165,8 +165,6 @@ static kw_key_entry_t *entry_get(kw_auth_t *a, const char *user, const char *kid
         }
         if (e)
                 return e;
-        if (a->n_cached >= KW_AUTH_CACHE_MAX)
-                cache_clear(a); /* many key ids (forged ones): start over */
         if (!(e = calloc(1, sizeof(*e))))
                 return NULL;
         memcpy(e->name, name, sizeof(name));
@@ -294,6 +292,10 @@ int kw_auth_check(kw_auth_t *a, kw_batch_t *b, char *why, size_t why_size)
         int nwant = 0, waiting = 0;
         int64_t now = kf_mono_us();
 
+        /* Many key ids (forged ones): start over, before this batch takes
+         * pointers to entries (never during it). */
+        if (a->n_cached + (unsigned)b->n > KW_AUTH_CACHE_MAX)
+                cache_clear(a);
         if (!(sigs = calloc((size_t)b->n, sizeof(*sigs))) ||
             !(of = calloc((size_t)b->n, sizeof(*of))) ||
             !(want = calloc((size_t)b->n, sizeof(*want)))) {

@@ -168,6 +168,7 @@ class SignedJobsTest(unittest.TestCase):
         cls.worker = subprocess.Popen(
             [os.path.join(BIN, "kinfer-worker"), "--models", mdir, "--require-signatures",
              "--key-cache-ms", str(KEY_CACHE_MS), "--http", f"127.0.0.1:{cls.http_port}",
+             "--redis-timeout-ms", "500",  # test_12: an outage is seen within its 3 s
              "-X", "session.timeout.ms=6000"],
             env=cls.env, stdin=subprocess.DEVNULL, stdout=cls.worker_log,
             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -395,6 +396,25 @@ class SignedJobsTest(unittest.TestCase):
         p = self.kinfer("submit", "--model", "lin", "--user", self.bob, "--key-file", path,
                         "1,2,3", check=False)
         self.assertEqual(p.returncode, 2, p.stderr)
+
+    def test_12_keys_unreadable_jobs_wait(self):
+        # Redis stops answering while a job signed with a key the worker has not
+        # read yet arrives: the job waits for Redis, it is not refused for an outage
+        k = self.key_create(self.alice, "hmac")
+        os.kill(self.redis_proc.pid, signal.SIGSTOP)
+        try:
+            jid = f"outage-{uuid.uuid4().hex[:10]}"
+            x = np.full((1, 3), 3.0, np.float32)
+            value = self.job_value(self.alice, jid, x)
+            self.produce(self.alice, value, headers_for(k, value))
+            time.sleep(3)
+        finally:
+            os.kill(self.redis_proc.pid, signal.SIGCONT)
+        res = self.wait_result(self.alice, jid, 30)
+        res["_x"] = x
+        self.assert_ok(res)
+        with open(self.worker_log_path, errors="replace") as f:
+            self.assertIn("signing keys unreadable", f.read())
 
     def test_90_metrics_count_unauthorized(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
