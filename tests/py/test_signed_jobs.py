@@ -292,7 +292,13 @@ class SignedJobsTest(unittest.TestCase):
         self.assertNotIn(self.k_alice["secret"], listing)
 
     def test_03_unsigned(self):
-        self.refused(self.alice, "unsigned", "unsigned")
+        res = self.refused(self.alice, "unsigned", "unsigned")
+        # the sender chose ttl 86400 (the default); an unauthorized result lives <= 3600 s
+        ttl = self.r.ttl(ukey(self.alice, "result", res["id"]))
+        self.assertTrue(0 < ttl <= 3600, ttl)
+        # not recorded as charged: no charge record holds the id
+        for k in self.r.scan_iter(match=ukey(self.alice, "charged", "*")):
+            self.assertIsNone(self.r.hget(k, res["id"]))
 
     def test_04_one_value_byte_flipped(self):
         jid = f"flip-{uuid.uuid4().hex[:10]}"
