@@ -245,7 +245,8 @@ for i = 1, njobs do
       set = redis.call('SET', KEYS[3 + i], value, 'EX', ttl)
     end
     if set and code == CODE_UNAUTH then
-      decided[id] = true -- not recorded as charged, not counted
+      -- not recorded as charged, not counted, not even decided within this
+      -- call: the user's own job with this id, later in the call, replaces it
     elseif set then
       decided[id] = true
       written[nwritten + 1] = id

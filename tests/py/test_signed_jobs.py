@@ -383,6 +383,27 @@ class SignedJobsTest(unittest.TestCase):
         self.assert_unauthorized(self.run_job(self.alice, "marker"), "unsigned")  # a fence
         self.assertEqual(int(self.r.hget(ukey(self.alice, "usage"), "jobs")), before + 1)
 
+    def test_10b_forged_and_genuine_in_one_batch(self):
+        # the forged copy right before the user's own job, produced together so that
+        # they usually share a batch (and a step call): the user's job still wins
+        for n in range(3):
+            jid = f"pair{n}-{uuid.uuid4().hex[:10]}"
+            x = np.full((1, 3), float(n), np.float32)
+            value = self.job_value(self.alice, jid, x)
+            self.producer.produce(TOPIC, key=self.alice.encode(), value=value)
+            self.producer.produce(TOPIC, key=self.alice.encode(), value=value,
+                                  headers=headers_for(self.k_alice, value))
+            self.producer.flush(10)
+            deadline = time.monotonic() + 15
+            while True:
+                res = self.wait_result(self.alice, jid)
+                if res["status"] == "ok" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            res["_x"] = x
+            self.assert_ok(res)
+            type(self).n_unauth += 1  # the forged copy was answered (and then replaced)
+
     def test_11_cli_submit_signs(self):
         path = os.path.join(self.tmp.name, f"alice-{uuid.uuid4().hex[:6]}.key")
         self.kinfer("key", "create", self.alice, "--alg", "ed25519", "-o", path)
