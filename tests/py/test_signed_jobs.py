@@ -328,6 +328,20 @@ class SignedJobsTest(unittest.TestCase):
         self.refused(self.alice, "wrong-secret", "does not match", key=self.k_alice,
                      secret=os.urandom(32).hex())
 
+    def test_06b_wrong_ed25519_signature(self):
+        # Ed25519 signatures are checked on a compute thread, after the loop thread
+        # has looked up the model and pre-checked the quota: still unauthorized
+        self.refused(self.bob, "ed-wrong", "does not match", key=self.k_bob,
+                     secret=os.urandom(32).hex())
+        # ... also when the job has another fault (an unknown model): the signature
+        # comes first, and `errors` stays unchanged
+        jid = f"ed-nomodel-{uuid.uuid4().hex[:10]}"
+        value = self.job_value(self.bob, jid, np.ones((1, 3), np.float32), model="nosuch")
+        before = self.usage_state()
+        self.produce(self.bob, value, headers_for(self.k_bob, value, secret=os.urandom(32).hex()))
+        self.assert_unauthorized(self.wait_result(self.bob, jid), "does not match")
+        self.assertEqual(self.usage_state(), before)
+
     def test_07_other_users_key(self):
         # bob's valid key and signature, on a job in alice's name
         self.refused(self.alice, "bobs-key", "not a key of user", key=self.k_bob)
