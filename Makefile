@@ -31,6 +31,7 @@ WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worke
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
               worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
+              worker/advertise.o \
               worker/auth.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
@@ -43,7 +44,9 @@ KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.
               producer-tool/cmd_quota.o \
               producer-tool/cmd_key.o producer-tool/signer.o \
               producer-tool/cmd_bench.o producer-tool/bench_cpu.o producer-tool/bench_compute.o \
-              producer-tool/bench_probe.o
+              producer-tool/bench_probe.o \
+              producer-tool/cmd_top.o producer-tool/top_pool.o producer-tool/top_view.o \
+              producer-tool/prom_text.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o
 HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o tests/harness/kt_proxy.o \
                  tests/harness/kt_kafka.o
@@ -90,8 +93,14 @@ $(BUILD)/libkinfer.a: $(addprefix $(B)/,$(COMMON_OBJS))
 $(BUILD)/kinfer-worker: $(addprefix $(B)/,$(WORKER_OBJS)) $(BUILD)/libkinfer.a
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS)
 
+# `kinfer top` alone reads the workers over HTTP (libcurl) and draws with
+# ncurses: only the CLI links them.
+TOP_PKGS = libcurl ncursesw
+$(B)/producer-tool/cmd_top.o $(B)/producer-tool/top_pool.o: \
+    KF_CFLAGS += $(shell pkg-config --cflags $(TOP_PKGS) 2>/dev/null)
+
 $(BUILD)/kinfer: $(addprefix $(B)/,$(KINFER_OBJS)) $(BUILD)/libkinfer.a
-	$(CC) $(SAN) -o $@ $^ $(KF_LIBS)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) $(shell pkg-config --libs $(TOP_PKGS) 2>/dev/null)
 
 $(BUILD)/kinfer-devbroker: $(addprefix $(B)/,$(DEVBROKER_OBJS)) $(BUILD)/libkinfer.a
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS)
@@ -171,6 +180,12 @@ $(BUILD)/tests/unit/test_commit: $(B)/tests/unit/test_commit.o $(B)/worker/commi
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka -Wl,--wrap=kf_script_append \
 	    -Wl,--wrap=rd_kafka_topic_name,--wrap=rd_kafka_message_timestamp
 
+# test_prom_text: the exposition parser of `kinfer top`, on its own.
+$(BUILD)/tests/unit/test_prom_text: $(B)/tests/unit/test_prom_text.o \
+                                    $(B)/producer-tool/prom_text.o $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
 $(BUILD)/tests/unit/test_config: $(B)/tests/unit/test_config.o $(B)/worker/options.o \
                                  $(BUILD)/libkinfer.a
 	@mkdir -p $(dir $@)
@@ -193,13 +208,14 @@ PYTHON = /usr/bin/python3
 tests-build: $(BINS) $(addprefix $(BUILD)/,$(UNIT_TESTS) $(INTEGRATION_TESTS) $(FAULT_TESTS) \
                                  $(REALKAFKA_TESTS))
 
-# Everything CI runs: the tests, the fault suite, the fuzzers (FUZZ_SECONDS
-# each) and the unit and integration tests again under ASan/UBSan.
+# Everything CI runs: the tests, the fault suite, the fuzzers (TEST_FUZZ_SECONDS
+# each, to keep CI under 20 minutes; `make fuzz` alone runs FUZZ_SECONDS) and
+# the unit and integration tests again under ASan/UBSan.
 test: deps
 	$(MAKE) tests-build
 	$(MAKE) --no-print-directory test-format test-layout test-unit test-integration test-py \
 	    test-faults test-realkafka
-	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 	$(MAKE) --no-print-directory asan
 
 # The layout rules (tests/layout/check_layout.py): common/ stands alone, no
@@ -214,6 +230,8 @@ test-integration: $(BINS) $(addprefix $(BUILD)/,$(INTEGRATION_TESTS))
 	@set -e; for t in $(addprefix $(BUILD)/,$(INTEGRATION_TESTS)); do \
 	    echo "== $$t"; KINFER_BIN=$(BUILD) $$t; done
 
+# tests/py/test_*.py with Debian's python3; test_client_lib.py pip-installs the
+# Python client (producer-tool/python) into a venv, $(BUILD)/pyclient-venv.
 test-py: $(BINS)
 	@set -e; for t in tests/py/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	    KINFER_BIN=$(BUILD) $(PYTHON) $$t; done
@@ -257,6 +275,7 @@ test-realkafka: $(BINS) kafka-jars $(addprefix $(BUILD)/,$(REALKAFKA_TESTS))
 # target and leaves its input in build-fuzz/artifacts/.
 FUZZ_BUILD      ?= build-fuzz
 FUZZ_SECONDS    ?= 60
+TEST_FUZZ_SECONDS ?= 30
 FUZZ_CC         ?= clang
 FUZZ_CFLAGS      = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(WARN) \
@@ -273,6 +292,7 @@ $(FUZZ_BUILD)/fuzz_%:
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(KF_LIBS)
 
 $(FUZZ_BUILD)/fuzz_stats_decode: tests/fuzz/fuzz_stats_decode.c worker/lag.c common/kf_util.c
+$(FUZZ_BUILD)/fuzz_prom_decode: tests/fuzz/fuzz_prom_decode.c producer-tool/prom_text.c
 $(FUZZ_BUILD)/fuzz_keyfile_decode: tests/fuzz/fuzz_keyfile_decode.c producer-tool/signer.c \
                                    common/kf_sign.c common/job_codec.c common/mp_bound.c \
                                    common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c \
@@ -284,8 +304,9 @@ FUZZ_SMALL_SECONDS ?= 15
 
 fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode \
       $(FUZZ_BUILD)/fuzz_stats_decode \
+      $(FUZZ_BUILD)/fuzz_prom_decode \
       $(FUZZ_BUILD)/fuzz_keyfile_decode
-	@set -e; for f in job model result stats keyfile; do \
+	@set -e; for f in job model result stats prom keyfile; do \
 	    secs=$(FUZZ_SECONDS); [ $$f != keyfile ] || secs=$(FUZZ_SMALL_SECONDS); \
 	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
 	    echo "== fuzz_$${f}_decode for $$secs s"; \

@@ -127,7 +127,7 @@ if [ -n "${BENCH_SIGN_AB:-}" ]; then
       sign=$([ $side = signed ] && echo "$BENCH_SIGN_AB" || echo "")
       from=$([ $side = signed ] && echo "$AB/plain/$w" || echo "")
       printf '\n======== %s, %s\n' "$w" "$([ $side = signed ] && echo "signed ($sign)" || echo unsigned)" >&2
-      BENCH_SIGN_AB= BENCH_SIGN=$sign BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w \
+      BENCH_SIGN_AB='' BENCH_SIGN=$sign BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w \
         BENCH_RATE_FROM=$from BENCH_SOAK_S=0 bash "$0" "$BIN" ||
         { echo "bench: the $side $w run failed" >&2; rc=1; }
     done
@@ -159,7 +159,7 @@ if [ -n "${BENCH_BIN_OLD:-}" ]; then
       bin=$([ $side = old ] && echo "$OLD" || echo "$BIN")
       from=$([ $side = new ] && echo "$AB/old/$w" || echo "")
       printf '\n======== %s, %s build (%s)\n' "$w" "$side" "$bin" >&2
-      BENCH_BIN_OLD= BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from BENCH_SOAK_S=0 \
+      BENCH_BIN_OLD='' BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w BENCH_RATE_FROM=$from BENCH_SOAK_S=0 \
         bash "$0" "$bin" || { echo "bench: the $side build's $w run failed" >&2; rc=1; }
     done
   done

@@ -13,6 +13,18 @@ PKGS=(
   prometheus
   python3 python3-numpy python3-msgpack python3-confluent-kafka python3-redis
   python3-prometheus-client
+  # kinfer top: reads the workers' /metrics over HTTP
+  libcurl4-openssl-dev
+  # kinfer top: its live screen
+  libncurses-dev
+  # tests/py/test_top_tmux.py drives kinfer top in a real terminal
+  tmux
+  # the Python client (producer-tool/python): its test installs it with pip into a venv
+  python3-venv
+  python3-pip
+  python3-setuptools
+  # tests/py/test_client_lib.py trains a scikit-learn model and serves it
+  python3-sklearn
   # Signed jobs: Ed25519 (common/kf_sign.c)
   libsodium-dev
   # Signed jobs: the tests' independent Ed25519 signer (tests/py/test_signed_jobs.py)
@@ -20,7 +32,17 @@ PKGS=(
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven
+  # deploy/ asset checks (tests/py/test_deploy_assets.py): YAML parsing
+  python3-yaml
+  # and shellcheck on deploy/ scripts
+  shellcheck
 )
+# `kubectl kustomize` renders the Kubernetes overlays: Debian's kubectl 1.20
+# (kustomize v2.0.3, offline), unless a kubectl is already there (another
+# package owning /usr/bin/kubectl would conflict with it).
+if ! command -v kubectl >/dev/null; then
+  PKGS+=(kubernetes-client)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -44,7 +44,8 @@ mkfifo "$RUN/broker.ctl"
 BROKER_PID=$!
 exec 3>"$RUN/broker.ctl"   # keep its control channel open
 for _ in $(seq 50); do [ -s "$RUN/broker.out" ] && break; sleep 0.1; done
-export KINFER_BROKERS=$(head -1 "$RUN/broker.out")
+KINFER_BROKERS=$(head -1 "$RUN/broker.out")
+export KINFER_BROKERS
 echo "brokers: $KINFER_BROKERS (pid $BROKER_PID)"
 
 say "building demo models into $RUN/models"

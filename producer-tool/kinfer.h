@@ -120,6 +120,8 @@ int kc_cmd_registry(int argc, char **argv);
 int kc_cmd_bench(int argc, char **argv);
 /* cmd_key.c: key create|rotate|revoke|list. */
 int kc_cmd_key(int argc, char **argv);
+/* cmd_top.c: the live view (top.h, top_pool.c, top_view.c, prom_text.c). */
+int kc_cmd_top(int argc, char **argv);
 
 /* input.c: reading job inputs. A matrix of rows x cols float32. */
 typedef struct kc_matrix_s {

@@ -27,6 +27,7 @@ static const struct {
     {"key", kc_cmd_key, "signing keys of a user: create, rotate, revoke, list"},
     {"bench", kc_cmd_bench,
      "load generator: drain/open-loop throughput and latency, compute limit"},
+    {"top", kc_cmd_top, "live view of a running pool: jobs/s, errors, lag, workers, busiest users"},
 };
 
 static void usage(FILE *fp)

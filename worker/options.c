@@ -15,8 +15,8 @@ const kf_opt_t kw_options[] = {
     {"print-config", 0, NULL, KF_OPT_ACTION, O(print_config), 0, 0, NULL, NULL,
      "print the effective configuration (a config file, secrets masked) and exit"},
     {"http", 0, "KINFER_HTTP", KF_OPT_STR, O(http_addr), 0, 0, NULL, "ADDR:PORT",
-     "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9464 (default: "
-     "off)"},
+     "serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9464, and "
+     "advertise it in Redis (PREFIXworker:ID) for kinfer top (default: off)"},
     {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, O(brokers), 0, 0, "localhost:9092", "LIST",
      "Kafka bootstrap servers"},
     {"redis", 'r', "KINFER_REDIS", KF_OPT_STR, O(redis_url), 0, 0, "redis://127.0.0.1:6379/0",

@@ -57,6 +57,7 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
             /* the consumer lag per partition, for the metrics */
             "statistics.interval.ms", "5000", NULL};
         rd_kafka_conf_t *kconf = NULL;
+        char murl[512];
         rd_kafka_topic_partition_list_t *topics = NULL;
         rd_kafka_resp_err_t err;
         kf_props_t cprops = {0};
@@ -179,6 +180,16 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                         goto err;
                 kf_info("serving /metrics, /healthz and /readyz on %s (port %d)", c->http_addr,
                         kw_endpoint_port(w->endpoint));
+                /* The heartbeat record kinfer top finds the pool by. */
+                if (kw_advertise_url(c->http_addr, kw_endpoint_port(w->endpoint), murl,
+                                     sizeof(murl))) {
+                        kf_errf(errstr, errstr_size, "--http %s: no URL fits", c->http_addr);
+                        goto err;
+                }
+                if (!(w->advertise =
+                          kw_advertise_start(&w->pre.redis.url, c->prefix, w->worker_id, murl,
+                                             (int)c->redis_timeout_ms, errstr, errstr_size)))
+                        goto err;
         }
         kf_info("worker %s: group %s, topic %s, brokers %s, redis %s:%d, models %s, "
                 "%d compute threads x %lld BLAS threads, %d writer threads",
@@ -199,7 +210,8 @@ void kw_worker_destroy(kw_worker_t *w)
 {
         if (!w)
                 return;
-        kw_endpoint_stop(w->endpoint); /* it reads the metrics and the status */
+        kw_advertise_stop(w->advertise); /* the record goes before the endpoint */
+        kw_endpoint_stop(w->endpoint);   /* it reads the metrics and the status */
         /* Stop the pipeline: compute threads first, then the writers. */
         kw_queue_close(&w->compute_q);
         for (int i = 0; i < w->n_computers; i++)

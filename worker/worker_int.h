@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "advertise.h"
 #include "auth.h"
 #include "batch.h"
 #include "commit.h"
@@ -76,6 +77,7 @@ struct kw_worker_s {
         kw_metrics_t *metrics;            /* NULL unless --http (then thread-safe) */
         kw_status_t status;               /* what /healthz and /readyz read (atomics) */
         kw_endpoint_t *endpoint;          /* --http */
+        kw_advertise_t *advertise;        /* --http: the heartbeat record in Redis */
         int64_t gauges_at_us;             /* loop thread: next refresh of the pulled metrics */
         unsigned long long dlq_sent_seen; /* loop thread: dead-letter copies counted */
         int64_t summary_at_us;            /* loop thread: next summary log line */

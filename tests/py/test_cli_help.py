@@ -50,7 +50,7 @@ class HelpTest(unittest.TestCase):
     def test_every_command_and_subcommand(self):
         commands = listed(self.check("kinfer"), r"^Commands:")
         self.assertEqual(set(commands) >= {"submit", "get", "wait", "usage", "quota", "model",
-                                            "bench", "key"}, True, commands)
+                                            "bench", "top", "key"}, True, commands)
         seen = 0
         for c in commands:
             out = self.check("kinfer", c)
