@@ -49,9 +49,9 @@ typedef struct kw_job_s {
         int sig_pending;
         unsigned char sig_pub[KF_SIGN_KEY_LEN], sig[KF_SIGN_SIG_MAX];
         char sig_kid[KF_SIGN_KID_LEN + 1];
-        model_t *model;     /* set by kw_batch_resolve; a reference */
-        char *rt_value;     /* with a result topic: the result as the step decided
-                             * it (commit.c), malloc'd; NULL: none */
+        model_t *model; /* set by kw_batch_resolve; a reference */
+        char *rt_value; /* with a result topic: the result as the step decided
+                         * it (commit.c), malloc'd; NULL: none */
         size_t rt_len;
 } kw_job_t;
 
