@@ -12,7 +12,7 @@ CC       ?= cc
 BUILD    ?= build
 OPT      ?= -O2
 CFLAGS   ?=
-PKGS      = rdkafka msgpack hiredis openblas jansson libcrypto libmicrohttpd
+PKGS      = rdkafka msgpack hiredis openblas jansson libcrypto libmicrohttpd libsodium
 WARN      = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wno-missing-field-initializers
 KF_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -MMD -MP -Icommon \
@@ -25,7 +25,8 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/model_ensemble.o common/model_registry_read.o \
               common/model_registry_admin.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
-              common/kf_quota.o common/kf_result.o common/kf_redact.o
+              common/kf_quota.o common/kf_result.o common/kf_redact.o \
+              common/kf_sign.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
               worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \
@@ -33,6 +34,7 @@ WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worke
               worker/results_topic.o \
               worker/chain.o \
               worker/advertise.o \
+              worker/auth.o \
               $(MODEL_STORE_OBJS)
 MODEL_STORE_OBJS = worker/model_store_dir.o worker/model_store_registry.o \
               worker/model_store_registry_conn.o worker/model_store_registry_cache.o \
@@ -43,6 +45,7 @@ KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.
               producer-tool/cmd_model.o producer-tool/input.o producer-tool/result_json.o \
               producer-tool/cmd_registry.o \
               producer-tool/cmd_quota.o \
+              producer-tool/cmd_key.o producer-tool/signer.o \
               producer-tool/cmd_bench.o producer-tool/bench_cpu.o producer-tool/bench_compute.o \
               producer-tool/bench_probe.o \
               producer-tool/cmd_top.o producer-tool/top_pool.o producer-tool/top_view.o \
@@ -135,6 +138,13 @@ $(BUILD)/tests/unit/test_metrics: $(B)/tests/unit/test_metrics.o $(B)/worker/met
 # the library so that the library members it calls are linked.
 $(BUILD)/tests/unit/test_input: $(B)/tests/unit/test_input.o $(B)/producer-tool/input.o \
                                 $(BUILD)/libkinfer.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
+
+# This one tests the CLI's key file reader (producer-tool/signer.o) and the
+# signature arithmetic of common/kf_sign.c.
+$(BUILD)/tests/unit/test_sign: $(B)/tests/unit/test_sign.o $(B)/producer-tool/signer.o \
+                               $(BUILD)/libkinfer.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(KF_LIBS) -lcmocka
 
@@ -297,16 +307,26 @@ $(FUZZ_BUILD)/fuzz_%:
 
 $(FUZZ_BUILD)/fuzz_stats_decode: tests/fuzz/fuzz_stats_decode.c worker/lag.c common/kf_util.c
 $(FUZZ_BUILD)/fuzz_prom_decode: tests/fuzz/fuzz_prom_decode.c producer-tool/prom_text.c
+$(FUZZ_BUILD)/fuzz_keyfile_decode: tests/fuzz/fuzz_keyfile_decode.c producer-tool/signer.c \
+                                   common/kf_sign.c common/job_codec.c common/mp_bound.c \
+                                   common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c \
+                                   common/kf_keys.c
+
+# Small parsers get FUZZ_SMALL_SECONDS each (their input space is small; keeps
+# make test short): the key file.
+FUZZ_SMALL_SECONDS ?= 15
 
 fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode \
       $(FUZZ_BUILD)/fuzz_stats_decode \
       $(FUZZ_BUILD)/fuzz_prom_decode \
-      $(FUZZ_BUILD)/fuzz_chain_map
-	@set -e; for f in job model result stats prom; do \
+      $(FUZZ_BUILD)/fuzz_chain_map \
+      $(FUZZ_BUILD)/fuzz_keyfile_decode
+	@set -e; for f in job model result stats prom keyfile; do \
+	    secs=$(FUZZ_SECONDS); [ $$f != keyfile ] || secs=$(FUZZ_SMALL_SECONDS); \
 	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
-	    echo "== fuzz_$${f}_decode for $(FUZZ_SECONDS) s"; \
+	    echo "== fuzz_$${f}_decode for $$secs s"; \
 	    UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_$${f}_decode \
-	        -max_total_time=$(FUZZ_SECONDS) -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
+	        -max_total_time=$$secs -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
 	        -dict=tests/fuzz/$$f.dict -print_final_stats=1 \
 	        -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$f- \
 	        $(FUZZ_BUILD)/corpus/$$f tests/fuzz/corpus/$$f; \

@@ -10,6 +10,7 @@ static const char *const err_names[KF_ERR__CNT] = {
     [KF_ERR_TOO_LARGE] = "too_large",
     [KF_ERR_INTERNAL] = "internal",
     [KF_ERR_QUOTA_EXCEEDED] = "quota_exceeded",
+    [KF_ERR_UNAUTHORIZED] = "unauthorized",
 };
 
 const char *kf_err_name(kf_err_t err)

@@ -14,6 +14,7 @@ typedef enum {
         KF_ERR_TOO_LARGE,      /* over a configured input limit */
         KF_ERR_INTERNAL,       /* the worker failed; not the client's fault */
         KF_ERR_QUOTA_EXCEEDED, /* the user's quota for the current window is used up */
+        KF_ERR_UNAUTHORIZED, /* signature missing (when required), invalid, or not the user's key */
         KF_ERR__CNT
 } kf_err_t;
 

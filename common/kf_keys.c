@@ -40,7 +40,7 @@ static const struct {
     [KF_K_RESULT] = {"result", 1},   [KF_K_INBOX] = {"inbox", 1},
     [KF_K_CHARGED] = {"charged", 1}, [KF_K_WINDOW] = {"usage:window", 1},
     [KF_K_USAGE] = {"usage", 0},     [KF_K_MODELS] = {"usage:models", 0},
-    [KF_K_QUOTA] = {"quota", 0},
+    [KF_K_QUOTA] = {"quota", 0},     [KF_K_KEYS] = {"keys", 0},
 };
 
 int kf_user_key(char *buf, const char *prefix, const char *user, kf_kind_t kind, const char *name)

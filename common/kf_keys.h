@@ -11,6 +11,7 @@
  *   {prefix}{USER}:usage:window:S  hash, one quota window's counters
  *   {prefix}{USER}:usage:models    hash, per-model counters (COUNTER:MODEL)
  *   {prefix}{USER}:quota           hash, the user's quota
+ *   {prefix}{USER}:keys            hash, the user's signing keys (kf_sign.h)
  * and the pool's own keys have no brace after the prefix:
  *   {prefix}stats, {prefix}model:..., {prefix}model-meta:... (registry)
  *
@@ -42,6 +43,7 @@ typedef enum {
         KF_K_USAGE,   /* no name */
         KF_K_MODELS,  /* no name */
         KF_K_QUOTA,   /* no name */
+        KF_K_KEYS,    /* no name: the user's signing keys, fields KEYID:attr */
 } kf_kind_t;
 
 /* 0 if prefix is 1..KF_PREFIX_MAX chars of [A-Za-z0-9._:-]; else -1 with

@@ -39,6 +39,10 @@
 #                          result topic, with --results-topic, and with
 #                          --exactly-once too; a table of the three closes (in
 #                          /tmp/kinfer-bench-results-*/)
+#   BENCH_SIGN=ALG         hmac or ed25519: the worker runs --require-signatures and
+#                          kinfer bench signs every job (--sign ALG)
+#   BENCH_SIGN_AB=ALG      unsigned against signed in one run: see "Unsigned
+#                          against signed" below
 #   BENCH_KAFKA=dev        the broker: dev (kinfer-devbroker, the mock cluster), real
 #                          (a genuine single-node Apache Kafka 4.x started with
 #                          deploy/kafka-local in the run directory, JVM options
@@ -67,6 +71,13 @@
 # broker, like old against new: W1 on the dev broker, then on a genuine Kafka
 # (at the dev broker's open-loop rates), then W2, ...  A table of both closes,
 # and all of it stays in /tmp/kinfer-bench-kafka-*/.
+#
+# Unsigned against signed (BENCH_SIGN_AB=hmac or ed25519): this script once
+# per workload and side, like old against new: W1 unsigned (the worker
+# without --require-signatures), then W1 signed (BENCH_SIGN), at the unsigned
+# run's open-loop rates, then W2, ...  The side-by-side table closes; the
+# worker's us/job column is the cost of verifying.  All of it stays in
+# /tmp/kinfer-bench-sign-*/.
 set -euo pipefail
 BIN=${1:-build}
 BIN=$(cd "$BIN" && pwd)
@@ -135,6 +146,37 @@ if [ "${BENCH_RESULTS:-0}" = 1 ]; then
     "table in $AB/compare.md" >&2
   exit $rc
 fi
+
+# ---- unsigned against signed: this script once per workload and side ---------
+if [ -n "${BENCH_SIGN_AB:-}" ]; then
+  AB=$(mktemp -d /tmp/kinfer-bench-sign-XXXXXX)
+  rc=0
+  for w in $ONLY; do
+    for side in plain signed; do
+      sign=$([ $side = signed ] && echo "$BENCH_SIGN_AB" || echo "")
+      from=$([ $side = signed ] && echo "$AB/plain/$w" || echo "")
+      printf '\n======== %s, %s\n' "$w" "$([ $side = signed ] && echo "signed ($sign)" || echo unsigned)" >&2
+      BENCH_SIGN_AB='' BENCH_SIGN=$sign BENCH_ONLY=$w BENCH_OUT=$AB/$side/$w \
+        BENCH_RATE_FROM=$from BENCH_SOAK_S=0 bash "$0" "$BIN" ||
+        { echo "bench: the $side $w run failed" >&2; rc=1; }
+    done
+  done
+  $PY "$(dirname "$0")/bench_compare.py" "$AB" "$ONLY" "$OPEN_PCT" plain:kinfer-devbroke signed:kinfer-devbroke \
+    "Unsigned against signed ($BENCH_SIGN_AB, worker --require-signatures): medians; each on its own stack, per workload the unsigned one first." \
+    | tee "$AB/compare.md"
+  echo "bench: unsigned against signed: JSON lines and tables in $AB/{plain,signed}/W*/, this" \
+    "table in $AB/compare.md" >&2
+  exit $rc
+fi
+
+# With BENCH_SIGN, every job is signed and the worker requires it.
+SIGN_ARGS=()
+SIGN_WORKER=()
+case "${BENCH_SIGN:-}" in
+  "") ;;
+  hmac | ed25519) SIGN_ARGS=(--sign "$BENCH_SIGN"); SIGN_WORKER=(--require-signatures) ;;
+  *) echo "bench: BENCH_SIGN=$BENCH_SIGN: hmac or ed25519" >&2; exit 2 ;;
+esac
 
 # ---- old against new: this script once per workload and build --------------
 if [ -n "${BENCH_BIN_OLD:-}" ]; then
@@ -307,13 +349,13 @@ fi
 # shellcheck disable=SC2086 # BENCH_WORKER_ARGS is a list of arguments
 "$BIN/kinfer-worker" --models "$RUN/models" --worker-id bench "${WORKER_THREADS[@]}" \
   --batch-max-rows "$BATCH_ROWS" --log-level warn -X "fetch.wait.max.ms=$FETCH_WAIT_MS" \
-  ${BENCH_WORKER_ARGS:-} >"$RUN/worker.log" 2>&1 &
+  ${SIGN_WORKER[@]+"${SIGN_WORKER[@]}"} ${BENCH_WORKER_ARGS:-} >"$RUN/worker.log" 2>&1 &
 WORKER_PID=$!
 PIDS=("$WORKER_PID" "$BROKER_PID" "$REDIS_PID")
 CPU_PIDS="$WORKER_PID,$BROKER_PID,$REDIS_PID"
 echo "redis $KINFER_REDIS (pid $REDIS_PID), brokers $KINFER_BROKERS (pid $BROKER_PID)," \
   "worker pid $WORKER_PID: ${WORKER_THREADS[*]} --batch-max-rows $BATCH_ROWS" \
-  "-X fetch.wait.max.ms=$FETCH_WAIT_MS ${BENCH_WORKER_ARGS:-}" >&2
+  "-X fetch.wait.max.ms=$FETCH_WAIT_MS ${SIGN_WORKER[*]:-} ${BENCH_WORKER_ARGS:-}" >&2
 
 # Backlog sizing: a job is about rows*cols*4 bytes plus ~200 of msgpack, key
 # and framing; users are spread evenly, so each partition holds 1/PARTITIONS.
@@ -331,8 +373,10 @@ done
 # each model also load the models before anything is timed.
 wait_quiet
 say "warm-up (group join, model loads)"
-"$BIN/kinfer" bench -q --model-file "$RUN/models/tiny.kmodel" --jobs 200 --timeout 30 >/dev/null
-"$BIN/kinfer" bench -q --model-file "$RUN/models/mnist.kmodel" --jobs 200 --timeout 30 >/dev/null
+"$BIN/kinfer" bench -q --model-file "$RUN/models/tiny.kmodel" --jobs 200 --timeout 30 \
+  ${SIGN_ARGS[@]+"${SIGN_ARGS[@]}"} >/dev/null
+"$BIN/kinfer" bench -q --model-file "$RUN/models/mnist.kmodel" --jobs 200 --timeout 30 \
+  ${SIGN_ARGS[@]+"${SIGN_ARGS[@]}"} >/dev/null
 RSS_START=$(rss_kb "$WORKER_PID" VmRSS)
 
 # RSS sampler: every second during the runs
@@ -352,6 +396,7 @@ for w in $ONLY; do
       | tee -a "$RUN/$w.compute.json" >&2 || echo "bench: a $w compute run failed" >&2
     "$BIN/kinfer" bench --mode drain --model-file "$mf" --rows-per-job "${ROWS[$w]}" \
       --jobs "${JOBS[$w]}" --users "$PARTITIONS" --pause-pid "$WORKER_PID" --cpu-pids "$CPU_PIDS" \
+      ${SIGN_ARGS[@]+"${SIGN_ARGS[@]}"} \
       | tee -a "$RUN/$w.drain.json" >&2 || echo "bench: a $w drain run failed" >&2
   done
   rss_kb "$WORKER_PID" VmRSS >"$RUN/$w.rss_after"
@@ -400,7 +445,8 @@ for w in $ONLY; do
     for _ in $(seq "$REPEAT"); do
       "$BIN/kinfer" bench --mode open --model-file "$RUN/models/${MODEL[$w]}.kmodel" \
         --rows-per-job "${ROWS[$w]}" --rate "$r" --duration "$OPEN_S" --users "$PARTITIONS" \
-        -X "linger.ms=$LINGER_MS" --cpu-pids "$CPU_PIDS" | tee -a "$RUN/$w.open$pct.json" >&2 ||
+        -X "linger.ms=$LINGER_MS" --cpu-pids "$CPU_PIDS" ${SIGN_ARGS[@]+"${SIGN_ARGS[@]}"} |
+        tee -a "$RUN/$w.open$pct.json" >&2 ||
         echo "bench: a $w open-loop run failed" >&2
     done
   done

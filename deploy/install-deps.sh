@@ -28,6 +28,10 @@ PKGS=(
   # kinfer-convert torch and its tests (skipped when absent): 178 MB to download, 767 MB
   # installed, 47 s to install here; tests/py skips the PyTorch cases without it
   python3-torch
+  # Signed jobs: Ed25519 (common/kf_sign.c)
+  libsodium-dev
+  # Signed jobs: the tests' independent Ed25519 signer (tests/py/test_signed_jobs.py)
+  python3-cryptography
   # A genuine Apache Kafka for tests/realkafka and deploy/kafka-local: Debian has
   # no Kafka, so Maven resolves its jars from Maven Central (deploy/kafka/).
   openjdk-17-jre-headless maven

@@ -8,6 +8,7 @@
  * are read with GET and kf_result_decode(); completion is learnt from the
  * users' usage counters. */
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,6 +27,7 @@
 #include "kf_util.h"
 #include "kinfer.h"
 #include "model.h"
+#include "signer.h"
 
 /* Redis commands sent per pipelined round trip (GET, MEMORY USAGE, UNLINK). */
 #define BENCH_PIPE_CHUNK 1000
@@ -55,6 +57,7 @@ typedef struct bench_conf_s {
         int64_t probes;       /* open: jobs whose visibility is timed (0 = none) */
         int64_t horizon;      /* the workers' --charge-horizon: where charge records are */
         int keep;             /* leave the run's keys in Redis */
+        char *sign;           /* drain, open: hmac | ed25519 | NULL (unsigned) */
 } bench_conf_t;
 
 #define O(f)  offsetof(bench_conf_t, f)
@@ -106,6 +109,9 @@ static const kf_opt_t bench_opts[] = {
      "compute: OpenBLAS threads per call (match the worker's --blas-threads)"},
     {"seed", 's', NULL, KF_OPT_INT, OK(seed), 0, INT64_MAX, "1", "N", "seed of the random inputs"},
     {"quiet", 'q', NULL, KF_OPT_BOOL, OK(quiet), 0, 0, "0", NULL, "no progress bar"},
+    {"sign", 0, NULL, KF_OPT_STR, O(sign), 0, 0, NULL, "ALG",
+     "drain, open: sign every job (hmac or ed25519) with a key made for each user at the "
+     "start (for workers with --require-signatures)"},
     {NULL},
 };
 
@@ -127,6 +133,7 @@ typedef struct bench_s {
         /* users: job i belongs to users[i % n_users] */
         char (*users)[JOB_USER_MAX + 1];
         size_t n_users;
+        kc_signer_t *signers; /* --sign: users[i]'s key, else NULL */
         int32_t partitions;
         /* jobs */
         size_t n;         /* jobs to publish */
@@ -311,6 +318,34 @@ out:
         return rc;
 }
 
+/* --sign: a new key for each user, stored like `kinfer key create` does
+ * (the users' older keys stay; each run signs with its own).  Returns 0 or
+ * -1 (said why). */
+static int bench_keys(bench_t *b)
+{
+        kf_sign_alg_t alg = !strcmp(b->conf->sign, "hmac")      ? KF_SIGN_HMAC
+                            : !strcmp(b->conf->sign, "ed25519") ? KF_SIGN_ED25519
+                                                                : KF_SIGN_NONE;
+        unsigned char pub[KF_SIGN_KEY_LEN];
+        char err[256];
+        if (alg == KF_SIGN_NONE) {
+                kc_err("bench: --sign '%s': expected hmac or ed25519", b->conf->sign);
+                return -1;
+        }
+        if (!(b->signers = calloc(b->n_users, sizeof(*b->signers)))) {
+                kc_err("bench: out of memory");
+                return -1;
+        }
+        for (size_t u = 0; u < b->n_users; u++)
+                if (kc_key_new(alg, b->users[u], &b->signers[u], pub, err, sizeof(err)) ||
+                    kc_key_store(b->redis, b->conf->kc.prefix, &b->signers[u], pub, err,
+                                 sizeof(err))) {
+                        kc_err("bench: a key for user %s: %s", b->users[u], err);
+                        return -1;
+                }
+        return 0;
+}
+
 /* Sum of the users' jobs + errors counters (one pipelined round trip).
  * Returns the sum, or -1 on a Redis error (reported). */
 static int64_t bench_usage_sum(bench_t *b)
@@ -359,6 +394,7 @@ static int bench_produce(bench_t *b, size_t idx, int64_t sent_us)
         char err[512], *buf;
         size_t len;
         rd_kafka_resp_err_t kerr;
+        rd_kafka_headers_t *hdrs = NULL;
 
         memset(&job, 0, sizeof(job));
         bench_job_id(b, idx, job.id);
@@ -374,12 +410,19 @@ static int bench_produce(bench_t *b, size_t idx, int64_t sent_us)
                 kc_err("bench: job %zu: %s", idx + 1, err);
                 return -1;
         }
+        if (b->signers && !(hdrs = kc_signer_headers(&b->signers[idx % b->n_users], buf, len, err,
+                                                     sizeof(err)))) {
+                kc_err("bench: job %zu: cannot sign: %s", idx + 1, err);
+                free(buf);
+                return -1;
+        }
         b->sent_us[idx] = sent_us;
         b->state[idx] = BENCH_JOB_SENT;
         for (;;) {
                 kerr = rd_kafka_producev(
                     b->rk, RD_KAFKA_V_TOPIC(c->topic), RD_KAFKA_V_KEY(user, strlen(user)),
                     RD_KAFKA_V_VALUE(buf, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                    RD_KAFKA_V_HEADERS(hdrs), /* NULL: none; taken on success */
                     RD_KAFKA_V_OPAQUE((void *)(uintptr_t)idx), RD_KAFKA_V_END);
                 if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL || bench_stop)
                         break;
@@ -387,6 +430,8 @@ static int bench_produce(bench_t *b, size_t idx, int64_t sent_us)
         }
         if (kerr) {
                 kc_err("bench: job %zu: cannot produce: %s", idx + 1, rd_kafka_err2str(kerr));
+                if (hdrs)
+                        rd_kafka_headers_destroy(hdrs);
                 b->state[idx] = BENCH_JOB_NONE;
                 free(buf);
                 return -1;
@@ -1056,6 +1101,8 @@ static int bench_run_queue(bench_t *b)
         }
         if (bench_pick_users(b))
                 return KC_EXIT_CONN;
+        if (b->conf->sign && bench_keys(b))
+                return KC_EXIT_CONN;
         if (!(b->sent_us = calloc(b->n, sizeof(*b->sent_us))) || !(b->state = calloc(b->n, 1)) ||
             !(b->input = malloc((size_t)c->rows_per_job * b->cols * sizeof(float)))) {
                 kc_err("bench: out of memory");
@@ -1208,6 +1255,9 @@ out:
         if (b.redis)
                 redisFree(b.redis);
         free(b.users);
+        if (b.signers)
+                OPENSSL_cleanse(b.signers, b.n_users * sizeof(*b.signers));
+        free(b.signers);
         free(b.sent_us);
         free(b.state);
         free(b.input);

@@ -1,5 +1,6 @@
 /* cmd_submit.c - `kinfer submit`: encodes jobs, produces them with an
  * idempotent producer, checks every delivery report, optionally waits. */
+#include <openssl/crypto.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include "kf_kafka.h"
 #include "kf_util.h"
 #include "kinfer.h"
+#include "signer.h"
 
 #define O(f) offsetof(kc_conf_t, f)
 
@@ -44,6 +46,8 @@ static const kf_opt_t submit_opts[] = {
      "wait for the results and print them as JSON lines"},
     {"timeout", 0, NULL, KF_OPT_INT, O(timeout_s), 0, 30LL * 86400, "60", "S",
      "--wait: give up after S seconds in all (0 = never)"},
+    {"key-file", 0, "KINFER_KEY_FILE", KF_OPT_STR, O(key_file), 0, 0, NULL, "FILE",
+     "sign every job with this key file (from `kinfer key create`; its user must be --user)"},
     {NULL},
 };
 
@@ -58,7 +62,9 @@ typedef struct submit_s {
         int *failed; /* per job: delivery failed */
         size_t n, cap;
         size_t delivered, nfailed;
-        int refused; /* Kafka refused the credentials or the TLS handshake */
+        int refused;        /* Kafka refused the credentials or the TLS handshake */
+        kc_signer_t signer; /* with --key-file */
+        int sign;
 } submit_t;
 
 /* Client-wide errors, served by rd_kafka_poll/flush on this thread.  Refused
@@ -107,6 +113,7 @@ static int submit_one(const kc_matrix_t *m, void *opaque)
         char *buf;
         size_t len;
         rd_kafka_resp_err_t kerr;
+        rd_kafka_headers_t *hdrs = NULL;
 
         if (c->id && s->n > 0) {
                 kc_err("--id names a single job, but the input holds more than one");
@@ -147,12 +154,19 @@ static int submit_one(const kc_matrix_t *m, void *opaque)
                 kc_err("job %zu: %s", s->n + 1, err);
                 return -1;
         }
+        /* the signature covers exactly these bytes, the message value */
+        if (s->sign && !(hdrs = kc_signer_headers(&s->signer, buf, len, err, sizeof(err)))) {
+                kc_err("job %s: cannot sign: %s", id, err);
+                free(buf);
+                return -1;
+        }
         s->ids[s->n] = strdup(id);
         s->failed[s->n] = 0;
         for (;;) {
                 kerr = rd_kafka_producev(
                     s->rk, RD_KAFKA_V_TOPIC(c->topic), RD_KAFKA_V_KEY(c->user, strlen(c->user)),
                     RD_KAFKA_V_VALUE(buf, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                    RD_KAFKA_V_HEADERS(hdrs), /* NULL: none; taken on success */
                     RD_KAFKA_V_OPAQUE((void *)(uintptr_t)s->n), RD_KAFKA_V_END);
                 if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
                         break;
@@ -160,6 +174,8 @@ static int submit_one(const kc_matrix_t *m, void *opaque)
         }
         if (kerr) {
                 kc_err("job %s: cannot produce: %s", id, rd_kafka_err2str(kerr));
+                if (hdrs)
+                        rd_kafka_headers_destroy(hdrs);
                 free(buf);
                 free(s->ids[s->n]);
                 return -1;
@@ -236,6 +252,21 @@ int kc_cmd_submit(int argc, char **argv)
                        c.file ? "both" : "neither");
                 rc = KC_EXIT_USAGE;
                 goto out;
+        }
+        if (c.key_file) {
+                if (kc_signer_load(c.key_file, &s.signer, err, sizeof(err))) {
+                        kc_err("submit: %s", err);
+                        rc = KC_EXIT_USAGE;
+                        goto out;
+                }
+                if (strcmp(s.signer.user, c.user)) {
+                        kc_err("submit: the key file is user %s's, the jobs are --user %s's: a "
+                               "worker would refuse them",
+                               s.signer.user, c.user);
+                        rc = KC_EXIT_USAGE;
+                        goto out;
+                }
+                s.sign = 1;
         }
         kf_random_hex(s.run, 8);
         if (c.inbox && !job_name_valid(c.inbox, strlen(c.inbox), JOB_INBOX_MAX)) {
@@ -324,6 +355,7 @@ out:
                 free(s.ids[i]);
         free(s.ids);
         free(s.failed);
+        OPENSSL_cleanse(&s.signer, sizeof(s.signer));
         kf_config_free(submit_opts, &c, &c.props);
         return rc;
 }

@@ -39,6 +39,8 @@ typedef struct kc_conf_s {
         /* tail */
         int from_beginning;
         int64_t max_messages;
+        /* key create/rotate; submit and bench sign with key_file */
+        char *key_alg, *key_file;
         kf_props_t props;
 } kc_conf_t;
 
@@ -139,6 +141,8 @@ int kc_cmd_model(int argc, char **argv);
 int kc_cmd_registry(int argc, char **argv);
 int kc_cmd_bench(int argc, char **argv);
 int kc_cmd_tail(int argc, char **argv);
+/* cmd_key.c: key create|rotate|revoke|list. */
+int kc_cmd_key(int argc, char **argv);
 /* cmd_top.c: the live view (top.h, top_pool.c, top_view.c, prom_text.c). */
 int kc_cmd_top(int argc, char **argv);
 

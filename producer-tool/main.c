@@ -25,6 +25,7 @@ static const struct {
      "model files (init, build, inspect) and the registry (push, list, "
      "show, activate, rollback, rm)"},
     {"tail", kc_cmd_tail, "print result messages of a result topic as JSON lines"},
+    {"key", kc_cmd_key, "signing keys of a user: create, rotate, revoke, list"},
     {"bench", kc_cmd_bench,
      "load generator: drain/open-loop throughput and latency, compute limit"},
     {"top", kc_cmd_top, "live view of a running pool: jobs/s, errors, lag, workers, busiest users"},

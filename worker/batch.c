@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kf_log.h"
+#include "kf_sign.h"
 #include "kf_util.h"
 
 static void job_fail(kw_job_t *j, kf_err_t err)
@@ -192,10 +193,38 @@ int kw_batch_resolve(kw_batch_t *b, ms_store_t *ms, const kw_compute_limits_t *l
         return later;
 }
 
+/* Checks the Ed25519 signatures auth.c left to a compute thread; a job whose
+ * signature fails is unauthorized, whatever the loop thread decided for it
+ * (a model error, the quota pre-check): the signature comes first. */
+static void verify_pending(kw_batch_t *b)
+{
+        for (int i = 0; i < b->n; i++) {
+                kw_job_t *j = &b->jobs[i];
+                kf_verify_key_t k;
+                char err[64];
+                int ok;
+                if (!j->sig_pending)
+                        continue;
+                j->sig_pending = 0;
+                ok = kf_verify_key_init(&k, KF_SIGN_ED25519, j->sig_pub, err, sizeof(err)) == 0 &&
+                     kf_verify(&k, j->rkm->payload, j->rkm->len, j->sig, sizeof(j->sig));
+                kf_verify_key_clear(&k);
+                if (ok)
+                        continue;
+                snprintf(j->errmsg, sizeof(j->errmsg),
+                         "the signature does not match the message (key %s of user %s)", j->sig_kid,
+                         j->job.user);
+                j->over_quota = 0;
+                job_fail(j, KF_ERR_UNAUTHORIZED);
+        }
+}
+
 void kw_batch_compute(kw_batch_t *b, kw_compute_ctx_t *ctx, uint32_t max_rows)
 {
-        kw_job_t **grp = malloc(sizeof(*grp) * (size_t)(b->n ? b->n : 1));
+        kw_job_t **grp;
 
+        verify_pending(b);
+        grp = malloc(sizeof(*grp) * (size_t)(b->n ? b->n : 1));
         if (!grp) {
                 for (int i = 0; i < b->n; i++)
                         if (b->jobs[i].state == KW_JOB_NEW) {

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "job.h"
+#include "kf_sign.h"
 #include "model.h"
 #include "model_store.h"
 
@@ -41,9 +42,16 @@ typedef struct kw_job_s {
         int over_quota;     /* the pre-check found the user over quota: not
                              * computed, input kept (see commit.h) */
         int precheck_done;  /* the pre-check is not asked again for this job */
-        model_t *model;     /* set by kw_batch_resolve; a reference */
-        char *rt_value;     /* with a result topic: the result as the step decided
-                             * it (commit.c), malloc'd; NULL: none */
+        int auth_done;      /* its signature was checked (auth.h): not again */
+        /* An Ed25519 signature auth.c found the key for, checked here on a
+         * compute thread (tens of microseconds: in parallel, not on the
+         * loop thread) before anything else: kw_batch_compute. */
+        int sig_pending;
+        unsigned char sig_pub[KF_SIGN_KEY_LEN], sig[KF_SIGN_SIG_MAX];
+        char sig_kid[KF_SIGN_KID_LEN + 1];
+        model_t *model; /* set by kw_batch_resolve; a reference */
+        char *rt_value; /* with a result topic: the result as the step decided
+                         * it (commit.c), malloc'd; NULL: none */
         size_t rt_len;
 } kw_job_t;
 

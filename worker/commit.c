@@ -24,6 +24,7 @@ typedef enum {
         KW_STEP_ERROR = 3,     /* error result written */
         KW_STEP_RECOMPUTE = 4, /* pre-checked over quota, fits now: compute it */
         KW_STEP_DAMAGED = 5,   /* internal result: the user's counters are damaged */
+        KW_STEP_UNAUTH = 6,    /* unauthorized result written: not charged, not counted */
 } kw_step_code_t;
 
 int kw_commit_open(kw_commit_t *cm, const char *url, int timeout_ms, const kw_step_conf_t *conf,
@@ -87,6 +88,13 @@ static void step_code(kw_commit_t *cm, kw_job_t *j, long long code)
         case KW_STEP_ERROR:
                 cm->written++;
                 count_result(cm, j, j->err);
+                break;
+        case KW_STEP_UNAUTH:
+                cm->written++;
+                count_result(cm, j, KF_ERR_UNAUTHORIZED);
+                kf_info("job %s of user %s (%s/%d/%lld): unauthorized: %s", j->job.id, j->job.user,
+                        rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
+                        (long long)j->rkm->offset, j->errmsg);
                 break;
         case KW_STEP_DAMAGED:
                 cm->written++;

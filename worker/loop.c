@@ -163,6 +163,38 @@ static int resolve(kw_worker_t *w, kw_batch_t *b)
         return -1;
 }
 
+/* Checks the batch's signatures (auth.h) before anything else is done for
+ * it.  While the signing keys cannot be read (Redis away), the jobs cannot be
+ * judged: like an unreachable registry, the batch waits (fetching pauses)
+ * and Redis is asked again with capped exponential backoff.  Returns 0 when
+ * every job is checked, -1 while the batch must wait. */
+static int authorize(kw_worker_t *w, kw_batch_t *b)
+{
+        char why[256] = "";
+        int held;
+
+        if (w->auth_backoff_ms && kf_mono_us() < w->auth_at_us)
+                return -1;
+        held = kw_auth_check(&w->auth, b, why, sizeof(why));
+        if (!held) {
+                if (w->auth_backoff_ms)
+                        kf_info("signing keys readable again: the %d held jobs go on", b->n);
+                w->auth_backoff_ms = 0;
+                return 0;
+        }
+        if (!w->auth_backoff_ms) {
+                kf_warn("signing keys unreadable: %d jobs wait for their check, fetching "
+                        "pauses until Redis is back: %s",
+                        held, why);
+                w->auth_backoff_ms = BACKOFF_MIN_MS;
+        } else {
+                w->auth_backoff_ms =
+                    kf_backoff_next(w->auth_backoff_ms, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+        }
+        w->auth_at_us = kf_mono_us() + (int64_t)w->auth_backoff_ms * 1000;
+        return -1;
+}
+
 /* Hands the current batch to the compute threads if its models are known
  * and the pipeline has room.  Returns 0 if dispatched (or nothing to
  * dispatch), -1 if it must wait (pipeline full, or registry away). */
@@ -173,7 +205,7 @@ static int dispatch_now(kw_worker_t *w)
 
         if (!b || b->n == 0)
                 return 0;
-        if (resolve(w, b))
+        if (authorize(w, b) || resolve(w, b))
                 return -1;
         pthread_mutex_lock(&w->lock);
         /* Many dead-letter copies outstanding (the DLQ refuses them) count

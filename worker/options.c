@@ -100,6 +100,13 @@ const kf_opt_t kw_options[] = {
      "3600", "S",
      "a job id is never charged twice within S s (records live S to 2S s); the same on "
      "every worker"},
+    {"require-signatures", 0, "KINFER_REQUIRE_SIGNATURES", KF_OPT_BOOL, O(require_signatures), 0, 0,
+     "0", NULL,
+     "answer unsigned jobs `unauthorized` (signed jobs are verified in either mode; "
+     "docs/security.md)"},
+    {"key-cache-ms", 0, "KINFER_KEY_CACHE_MS", KF_OPT_INT, O(key_cache_ms), 0, 600000, "5000", "MS",
+     "how long a signing key read from Redis is trusted: a revoked key is refused at most this "
+     "long after `kinfer key revoke`"},
     {"log-format", 0, "KINFER_LOG_FORMAT", KF_OPT_STR, O(log_format), 0, 0, "plain", "FORMAT",
      "plain (one line per event) or json (one JSON object per line: ts, level, prog, pid, "
      "msg)"},

@@ -25,7 +25,8 @@
 -- then 5 entries per job, in order:
 --   meta: struct '<BI4I4dI4B' (little-endian): kind (1 "ok" computed,
 --         2 "error" an error result, 3 "over": the worker's pre-check found
---         the user over quota and did not compute), ttl (s), rows, flops,
+--         the user over quota and did not compute, 4 "unauthorized": the
+--         signature check failed), ttl (s), rows, flops,
 --         clen, ncommon (see value).  Binary, so one argument per job
 --         carries what would be six strings for Lua to intern.
 --   id, model ("" = unknown), inbox ("" = none),
@@ -47,7 +48,10 @@
 -- 3 error result written, 4 kind "over" but within quota now (the window
 -- rolled over): nothing written, compute the job and run it again,
 -- 5 internal error result written because the user's counters are damaged
--- (nothing charged).  warning names settings that were invalid and replaced
+-- (nothing charged), 6 unauthorized result written: neither recorded as
+-- charged nor counted, since nobody proved the job is the user's (so it
+-- does not take the id from the user either: a later, authorized job with
+-- the same id replaces that result and is decided as usual).  warning names settings that were invalid and replaced
 -- by defaults, and damaged keys.
 --
 -- Every check comes before the first write: Redis does not roll back a
@@ -60,9 +64,9 @@ local warning = ''
 local COUNTERS = {'jobs', 'rows', 'flops', 'errors'}
 -- What the step answers per job (kw_step_code_t in commit.c), and the meta
 -- record's kinds (kw_step_kind_t in step_args.h).
-local CODE_DUPLICATE, CODE_OK, CODE_QUOTA, CODE_ERROR, CODE_RECOMPUTE, CODE_DAMAGED =
-      0, 1, 2, 3, 4, 5
-local KIND_ERROR, KIND_OVER = 2, 3
+local CODE_DUPLICATE, CODE_OK, CODE_QUOTA, CODE_ERROR, CODE_RECOMPUTE, CODE_DAMAGED, CODE_UNAUTH =
+      0, 1, 2, 3, 4, 5, 6
+local KIND_ERROR, KIND_OVER, KIND_UNAUTH = 2, 3, 4
 
 -- Quota settings: decimal integers, digits only (kf_quota.c has the same rule).
 local function setting(value, default, lo, hi, name)
@@ -174,6 +178,18 @@ local function value_with(p, clen, ncommon, npairs, tail)
   return struct.pack('>BI2', 0xde, ncommon + npairs) .. sub(ARGV[p + 4], 4, 3 + clen) .. tail
 end
 
+-- 1 if KEY holds an unauthorized result (kind 4): a plain search for the
+-- msgpack string first (cheap, and false for nearly every result), then
+-- the decoded map decides.
+local function unauthorized_result(key)
+  local v = redis.call('GET', key)
+  if not v or not string.find(v, '\172unauthorized', 1, true) then
+    return false
+  end
+  local ok, m = pcall(cmsgpack.unpack, v)
+  return ok and type(m) == 'table' and m['error'] == 'unauthorized'
+end
+
 local codes = {warning}
 local total = {0, 0, 0, 0} -- COUNTERS order: jobs rows flops errors
 local written, nwritten = {}, 0
@@ -195,6 +211,8 @@ for i = 1, njobs do
                        pack('internal') .. pack('message') ..
                        pack('the user\'s usage records are damaged (' .. damaged ..
                             '); an operator must repair them; not charged'))
+  elseif kind == KIND_UNAUTH then
+    code, value = CODE_UNAUTH, ARGV[p + 4]
   elseif kind == KIND_ERROR then
     code, value = CODE_ERROR, ARGV[p + 4]
   else
@@ -232,7 +250,17 @@ for i = 1, njobs do
   if value then
     -- NX: a result outlives its charge record when its ttl is longer than
     -- the horizon; the result is then the proof of the earlier decision.
-    if stream_only or redis.call('SET', KEYS[3 + i], value, 'NX', 'EX', ttl) then
+    local set = stream_only -- no Redis value: decided, charged and streamed only
+    if not set then
+      set = redis.call('SET', KEYS[3 + i], value, 'NX', 'EX', ttl)
+      if not set and code ~= CODE_UNAUTH and unauthorized_result(KEYS[3 + i]) then
+        set = redis.call('SET', KEYS[3 + i], value, 'EX', ttl)
+      end
+    end
+    if set and code == CODE_UNAUTH then
+      -- not recorded as charged, not counted, not even decided within this
+      -- call: the user's own job with this id, later in the call, replaces it
+    elseif set then
       decided[id] = true
       written[nwritten + 1] = id
       written[nwritten + 2] = code == CODE_OK and 'ok' or 'error'
@@ -257,7 +285,7 @@ for i = 1, njobs do
       local ok, cur = pcall(redis.call, 'GET', KEYS[3 + i])
       if ok and cur then
         v = cur
-      elseif kind == KIND_ERROR then
+      elseif kind == KIND_ERROR or kind == KIND_UNAUTH then
         v = ARGV[p + 4]
       elseif kind ~= KIND_OVER then
         v = ARGV[p + 4] .. wtail

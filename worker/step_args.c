@@ -120,16 +120,22 @@ static void step_job_args(const kw_step_conf_t *conf, const kw_job_t *j, kw_step
         double flops = j->err == KF_OK ? (double)j->flops : 0.0;
         uint64_t fbits;
         unsigned char *p = t->meta;
+        uint32_t ttl = job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT;
 
         memcpy(&fbits, &flops, sizeof(fbits));
-        *p++ = j->err == KF_OK ? KW_STEP_KIND_OK
-               : j->over_quota ? KW_STEP_KIND_OVER
-                               : KW_STEP_KIND_ERROR;
+        *p++ = j->err == KF_OK                 ? KW_STEP_KIND_OK
+               : j->over_quota                 ? KW_STEP_KIND_OVER
+               : j->err == KF_ERR_UNAUTHORIZED ? KW_STEP_KIND_UNAUTH
+                                               : KW_STEP_KIND_ERROR;
         /* stream only, and only where there is a stream: else the result
          * would go nowhere */
         if (job->stream_only && conf->results_topic)
                 p[-1] = (unsigned char)(p[-1] + KW_STEP_STREAM_ONLY);
-        p = put_le(p, job->ttl_s ? job->ttl_s : JOB_TTL_DEFAULT, 4);
+        /* whoever sent an unauthorized job chose its ttl: it is not theirs
+         * to keep a value in the user's keys for long */
+        if (j->err == KF_ERR_UNAUTHORIZED && ttl > KW_UNAUTH_TTL_MAX)
+                ttl = KW_UNAUTH_TTL_MAX;
+        p = put_le(p, ttl, 4);
         p = put_le(p, job->rows, 4);
         p = put_le(p, fbits, 8);
         p = put_le(p, t->clen, 4);

@@ -38,11 +38,16 @@ typedef struct kw_step_conf_s {
  * rows, flops (a double), clen, ncommon. */
 #define KW_STEP_META_LEN 22
 
+/* Longest life of an unauthorized result, seconds (its ttl is the sender's
+ * choice, and the sender is not the user). */
+#define KW_UNAUTH_TTL_MAX 3600
+
 /* The meta record's kind (step.lua). */
 typedef enum {
-        KW_STEP_KIND_OK = 1,    /* computed: an ok result, charged */
-        KW_STEP_KIND_ERROR = 2, /* an error result */
-        KW_STEP_KIND_OVER = 3,  /* the pre-check found the user over quota: not computed */
+        KW_STEP_KIND_OK = 1,     /* computed: an ok result, charged */
+        KW_STEP_KIND_ERROR = 2,  /* an error result */
+        KW_STEP_KIND_OVER = 3,   /* the pre-check found the user over quota: not computed */
+        KW_STEP_KIND_UNAUTH = 4, /* the signature check failed: neither charged nor counted */
 } kw_step_kind_t;
 
 /* The text one job's step arguments point into.  The result value itself

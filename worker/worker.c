@@ -125,6 +125,9 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         if (kw_precheck_open(&w->pre, c->redis_url, (int)c->redis_timeout_ms, c->prefix,
                              &w->step.quota, errstr, errstr_size))
                 goto err;
+        if (kw_auth_open(&w->auth, c->redis_url, (int)c->redis_timeout_ms, c->prefix,
+                         c->require_signatures, c->key_cache_ms, errstr, errstr_size))
+                goto err;
         for (int i = 0; i < w->n_writers; i++) {
                 w->writers[i].w = w;
                 if (kw_commit_open(&w->writers[i].commit, c->redis_url, (int)c->redis_timeout_ms,
@@ -278,6 +281,7 @@ void kw_worker_destroy(kw_worker_t *w)
                 kw_commit_close(&w->writers[i].commit);
         free(w->writers);
         kw_precheck_close(&w->pre);
+        kw_auth_close(&w->auth);
         ms_store_destroy(w->models);
         kw_queue_destroy(&w->compute_q);
         kw_queue_destroy(&w->write_q);

@@ -61,6 +61,8 @@ typedef struct kw_config_s {
         int64_t quota_rows;           /* default quota: max rows per window, -1 = unlimited */
         int64_t quota_window;         /* default quota window, seconds */
         int64_t charge_horizon;       /* seconds a charge record lasts at least (protocol.md) */
+        int require_signatures;       /* unsigned jobs are unauthorized (auth.h) */
+        int64_t key_cache_ms;         /* how long a signing key read from Redis is trusted */
         int log_level;
         kf_props_t props; /* -X librdkafka properties */
 } kw_config_t;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "advertise.h"
+#include "auth.h"
 #include "batch.h"
 #include "chain.h"
 #include "commit.h"
@@ -51,6 +52,7 @@ struct kw_worker_s {
         kw_step_conf_t step; /* what every step is told (read only once running) */
         ms_store_t *models;  /* loop thread */
         kw_precheck_t pre;   /* loop thread: quota pre-check */
+        kw_auth_t auth;      /* loop thread: signatures (auth.h) */
         kw_writer_t *writers;
         int n_writers;
         kw_dlq_t dlq;           /* the dead-letter stage (thread-safe, see dlq.h) */
@@ -65,6 +67,8 @@ struct kw_worker_s {
         int paused;             /* loop thread: the assignment is paused */
         int resolve_backoff_ms; /* loop thread: the registry is away (0: it is not) */
         int64_t resolve_at_us;  /* loop thread: when to ask it again */
+        int auth_backoff_ms;    /* loop thread: signing keys unreadable (0: they are not) */
+        int64_t auth_at_us;     /* loop thread: when to read them again */
         rd_kafka_topic_partition_list_t *rewind; /* loop thread: see rewind_later */
         int max_inflight;
         pthread_mutex_t lock; /* guards inflight, with `idle` */

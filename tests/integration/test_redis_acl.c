@@ -319,12 +319,14 @@ static void test_worker_and_admin_users(void **state)
         /* The same as the worker user: refused, and the message says so. */
         {
                 const char *quota2[] = {"quota", "set", "acl-u1", "--jobs", "1000000", NULL};
+                const char *key2[] = {"key", "create", "acl-u1", NULL};
                 int rc1 = cli(t, t->wcli, quota2, NULL), rc2 = cli(t, t->wcli, push, NULL);
-                if (rc1 == 0 || rc2 == 0 || !run_log_has(t, "NOPERM")) {
+                int rc3 = cli(t, t->wcli, key2, NULL);
+                if (rc1 == 0 || rc2 == 0 || rc3 == 0 || !run_log_has(t, "NOPERM")) {
                         kt_stack_fail(&t->stack);
-                        fail_msg("as kinfer-worker: quota set exit %d, model push exit %d, want "
-                                 "both refused with NOPERM (run.log)",
-                                 rc1, rc2);
+                        fail_msg("as kinfer-worker: quota set exit %d, model push exit %d, key "
+                                 "create exit %d, want all refused with NOPERM (run.log)",
+                                 rc1, rc2, rc3);
                 }
                 r = redisCommand(t->c, "HGET kinfer:{acl-u1}:quota jobs");
                 assert_non_null(r);
@@ -382,6 +384,36 @@ static void test_worker_and_admin_users(void **state)
                         kt_stack_fail(&t->stack);
                         fail_msg("kinfer model rm lin 2 as kinfer-admin failed");
                 }
+        }
+        /* Signed jobs: the admin makes acl-u3 a key (kinfer key), a job
+         * signed with it is verified by the worker, which reads
+         * kinfer:{acl-u3}:keys under its own user. */
+        {
+                char kf[400], *id;
+                const char *create[] = {"key", "create", "acl-u3", "-o", kf, NULL};
+                const char *submit[] = {"submit",     "--model", "lin",  "--user", "acl-u3",
+                                        "--key-file", kf,        "3,-1", NULL};
+                long long deadline = kt_now_ms() + 30000;
+                kf_result_t res;
+                int got;
+                snprintf(kf, sizeof(kf), "%s/acl-u3.key", t->stack.dir);
+                if (cli(t, t->aconf, create, NULL) || cli(t, t->aconf, submit, &out)) {
+                        kt_stack_fail(&t->stack);
+                        fail_msg("kinfer key create / a signed submit as kinfer-admin failed");
+                }
+                id = strtok(out, "\n");
+                assert_non_null(id);
+                while ((got = kt_result_get(t->c, "acl-u3", id, &res)) == 0 &&
+                       kt_now_ms() < deadline)
+                        kt_sleep_ms(50);
+                assert_int_equal(got, 1);
+                if (!res.ok || res.output[0] != 7.0f || res.output[1] != -2.0f)
+                        fail_msg("signed job %s: %s %s (%g, %g), want ok (7, -2)", id,
+                                 res.ok ? "ok" : res.error, res.ok ? "" : res.message,
+                                 res.ok ? res.output[0] : 0.0, res.ok ? res.output[1] : 0.0);
+                kf_result_clear(&res);
+                free(out);
+                out = NULL;
         }
         /* Nothing it needs was refused on the way (a refused SUBSCRIBE, say,
          * would only be a warning, the registry then polled). */
@@ -493,10 +525,83 @@ static void test_worker_and_admin_users(void **state)
         t->stack.failed = 0;
 }
 
+/* A worker whose ACL user may not read the signing keys (the documented
+ * line without its keys pattern, set at run time): a signed job waits,
+ * and the log names the refusal, instead of being answered unauthorized as
+ * if the key record were malformed; once the pattern is granted the same
+ * job is computed. */
+static void test_keys_unreadable_wait(void **state)
+{
+        at_t *t = *state;
+        char path[400], kf[400], line[2048], saved[sizeof(t->stack.redis_url)], *out = NULL, *id,
+                                                                                *tok, *save;
+        const char *push[] = {"model", "push", path, "--activate", NULL};
+        const char *create[] = {"key", "create", "acl-u4", "-o", kf, NULL};
+        const char *submit[] = {"submit",     "--model", "lin",  "--user", "acl-u4",
+                                "--key-file", kf,        "3,-1", NULL};
+        const char *wargv[] = {
+            "kinfer-worker",           "--worker-id", "acl-w2", "--config", t->wconf, "-X",
+            "session.timeout.ms=6000", NULL};
+        const char *av[64] = {"ACL", "SETUSER", "kinfer-worker", "resetkeys"};
+        long long deadline;
+        kf_result_t res;
+        redisReply *r;
+        int n = 4, slot, got;
+
+        snprintf(path, sizeof(path), "%s/lin.kmodel", t->models);
+        snprintf(kf, sizeof(kf), "%s/acl-u4.key", t->stack.dir);
+        if (cli(t, t->aconf, push, NULL) || cli(t, t->aconf, create, NULL))
+                fail_msg("kinfer model push / key create as kinfer-admin failed (run.log)");
+        /* The worker's key patterns from the docs, but the keys one. */
+        doc_acl_line("kinfer-worker", WORKER_PASS, line, sizeof(line));
+        for (tok = strtok_r(line, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+                if ((tok[0] == '~' || tok[0] == '%') && !strstr(tok, ":keys") && n < 63)
+                        av[n++] = tok;
+        r = redisCommandArgv(t->c, n, av, NULL);
+        assert_true(r && r->type == REDIS_REPLY_STATUS);
+        freeReplyObject(r);
+
+        memcpy(saved, t->stack.redis_url, sizeof(saved));
+        t->stack.redis_url[0] = '\0';
+        slot = kt_stack_spawn(&t->stack, "acl-w2", wargv, NULL);
+        memcpy(t->stack.redis_url, saved, sizeof(saved));
+        assert_true(slot >= 0);
+        assert_int_equal(cli(t, t->aconf, submit, &out), 0);
+        id = strtok(out, "\n");
+        assert_non_null(id);
+
+        wait_worker_log(t, slot, "signing keys unreadable");
+        if (!log_has(t->stack.procs[slot].log, "NOPERM"))
+                fail_msg("acl-w2 waits for the keys without naming the NOPERM refusal");
+        kt_sleep_ms(1000); /* it must still be waiting, not answered */
+        if ((got = kt_result_get(t->c, "acl-u4", id, &res)) != 0) {
+                kt_stack_fail(&t->stack);
+                fail_msg("job %s was answered (%s: %s) while its key was unreadable", id,
+                         got == 1 && !res.ok ? res.error : "ok",
+                         got == 1 && !res.ok ? res.message : "");
+        }
+
+        r = redisCommand(t->c, "ACL SETUSER kinfer-worker %s", "%R~kinfer:{*}:keys");
+        assert_true(r && r->type == REDIS_REPLY_STATUS);
+        freeReplyObject(r);
+        deadline = kt_now_ms() + 30000;
+        while ((got = kt_result_get(t->c, "acl-u4", id, &res)) == 0 && kt_now_ms() < deadline)
+                kt_sleep_ms(50);
+        assert_int_equal(got, 1);
+        if (!res.ok || res.output[0] != 7.0f || res.output[1] != -2.0f)
+                fail_msg("job %s once the keys are readable: %s, want ok (7, -2)", id,
+                         res.ok ? "ok, other values" : res.message);
+        kf_result_clear(&res);
+        free(out);
+        assert_int_equal(kt_stack_kill(&t->stack, slot, SIGTERM, 20000), 0);
+        t->stack.failed = 0;
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_worker_and_admin_users, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_keys_unreadable_wait, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

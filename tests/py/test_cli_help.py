@@ -53,7 +53,7 @@ class HelpTest(unittest.TestCase):
     def test_every_command_and_subcommand(self):
         commands = listed(self.check("kinfer"), r"^Commands:")
         self.assertEqual(set(commands) >= {"submit", "get", "wait", "usage", "quota", "model",
-                                            "bench", "top"}, True, commands)
+                                            "bench", "top", "key"}, True, commands)
         seen = 0
         for c in commands:
             out = self.check("kinfer", c)
@@ -61,10 +61,10 @@ class HelpTest(unittest.TestCase):
             for sub in subs:
                 self.check("kinfer", c, sub)
                 seen += 1
-        self.assertGreaterEqual(seen, 12, "quota's and model's subcommands were listed")
+        self.assertGreaterEqual(seen, 16, "quota's, model's and key's subcommands were listed")
 
     def test_no_subcommand_is_a_usage_error(self):
-        for c in ("quota", "model"):
+        for c in ("quota", "model", "key"):
             rc, out, err = run("kinfer", c)
             self.assertEqual(rc, 2)
             self.assertIn(f"kinfer {c} --help", err)

@@ -23,6 +23,12 @@ from kinfer_stack import BIN, Stack  # noqa: E402
 sys.path.insert(0, BIN)  # kinfer_convert.py, copied next to kinfer-convert by make
 import kinfer_convert as kc  # noqa: E402
 
+# The Python client library, from the checkout (tests/py/test_client_lib.py
+# tests it installed with pip; here it is one more way to read the served model)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "producer-tool", "python"))
+import kinfer as kinfer_client  # noqa: E402
+
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.ensemble import VotingClassifier, VotingRegressor  # noqa: E402
@@ -191,6 +197,12 @@ class SklearnServingTest(unittest.TestCase):
             self.push(os.path.join(self.d, name + ".kmodel"))
         self.push(out)
         close(self.served("vote"), vote.predict_proba(self.T), "soft vote predict_proba")
+        # ... and the same through the Python client library (producer-tool/python),
+        # in jobs of 7 rows, with the same sklearn reference
+        with kinfer_client.Client(self.s.env["KINFER_BROKERS"], self.s.env["KINFER_REDIS"],
+                                  user="sk-client") as c:
+            close(c.predict("vote", self.T, rows_per_job=7, timeout=60),
+                  vote.predict_proba(self.T), "soft vote through the Python client")
         # the members serve their own probabilities and logits from the one push
         mlp, lr = vote.named_estimators_["mlp"], vote.named_estimators_["lr"]
         close(self.served("vote.mlp", "softmax"), mlp.predict_proba(self.T), "member mlp")

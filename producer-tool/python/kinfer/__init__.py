@@ -15,7 +15,7 @@ import logging
 from .client import Client
 from .errors import (BadRequest, ConnectionFailed, DeliveryError, Expired, Internal, JobError,
                      KinferError, NonFiniteOutput, QuotaExceeded, ResultGone, ShapeMismatch,
-                     Timeout, TooLarge, UnknownModel, UnreadableResult)
+                     Timeout, TooLarge, Unauthorized, UnknownModel, UnreadableResult)
 from .job import Job
 from .result import Result
 
@@ -30,5 +30,5 @@ __all__ = [
     "Client", "Job", "Result", "PROTOCOL_VERSION",
     "KinferError", "JobError", "BadRequest", "TooLarge", "UnknownModel", "ShapeMismatch",
     "Expired", "QuotaExceeded", "Internal", "NonFiniteOutput", "Timeout", "ResultGone",
-    "DeliveryError", "ConnectionFailed", "UnreadableResult",
+    "DeliveryError", "ConnectionFailed", "UnreadableResult", "Unauthorized",
 ]

@@ -105,10 +105,17 @@ class Internal(JobError):
     retryable = True
 
 
+class Unauthorized(JobError):
+    """The job's signature is missing (on workers that require one), wrong, or
+    not made with an active key of its user: not computed, not charged
+    (docs/security.md).  Sign it with the user's key and send it again."""
+    code = "unauthorized"
+
+
 #: error code -> exception class, for every code of protocol v2
 CODES: Dict[str, Type[JobError]] = {
     c.code: c for c in (BadRequest, TooLarge, UnknownModel, ShapeMismatch, Expired,
-                        QuotaExceeded, Internal)
+                        QuotaExceeded, Internal, Unauthorized)
 }
 
 
