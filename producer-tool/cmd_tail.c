@@ -16,6 +16,10 @@
 #define O(f) offsetof(kc_conf_t, f)
 
 static const kf_opt_t tail_opts[] = {
+    /* Not KC_OPTS_CONN's --config: this file may hold only tail's own
+     * options and "kafka" (a key it does not know is an error). */
+    {"config", 0, NULL, KF_OPT_CONFIG, O(config_file), 0, 0, NULL, "FILE",
+     "a JSON config file: these options' long names, \"kafka\": -X properties (secrets)"},
     {"brokers", 'b', "KINFER_BROKERS", KF_OPT_STR, O(brokers), 0, 0, "localhost:9092", "LIST",
      "Kafka bootstrap servers"},
     {"topic", 't', "KINFER_RESULTS_TOPIC", KF_OPT_STR, O(topic), 0, 0, "kinfer.results", "NAME",
