@@ -486,7 +486,7 @@ static void test_corrupt_keeps_last_good(void **state)
 static void push_ensemble(redisContext *c, const char *name, uint32_t n, const char *const *mem,
                           const uint32_t *vers, const double *w, int din, int dout)
 {
-        model_member_spec_t ms[8];
+        model_member_spec_t ms[8] = {0}; /* act 0: identity */
         model_ens_spec_t spec = {{0}, (uint32_t)din, (uint32_t)dout, n, ms};
         char err[256], *buf;
         size_t len;
