@@ -9,6 +9,7 @@
 
 #include "kf_kafka.h"
 #include "kf_log.h"
+#include "kf_sign.h"
 #include "kf_util.h"
 
 #define RETRY_MIN_MS 100
@@ -197,6 +198,14 @@ static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, const kw_job_t *j, rt_wait_t 
                 if (!rd_kafka_message_headers(j->rkm, &hdrs) && hdrs &&
                     !(copy = rd_kafka_headers_copy(hdrs)))
                         return RD_KAFKA_RESP_ERR__FAIL;
+                /* A job's signature covers the job's bytes, not the result's:
+                 * carried over, it would make a chained stage (chain.h) find
+                 * a signature that does not match and refuse the job. */
+                if (copy) {
+                        rd_kafka_header_remove(copy, KF_SIGN_HDR_SIG);
+                        rd_kafka_header_remove(copy, KF_SIGN_HDR_KID);
+                        rd_kafka_header_remove(copy, KF_SIGN_HDR_ALG);
+                }
                 err = rd_kafka_producev(
                     rt->rk, RD_KAFKA_V_TOPIC(rt->topic), RD_KAFKA_V_KEY(key, key_len),
                     RD_KAFKA_V_VALUE(j->rt_value, j->rt_len),

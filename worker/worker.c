@@ -69,6 +69,17 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
         kw_worker_t *w;
         char host[128];
 
+        if (c->chain_model && c->require_signatures) {
+                /* a chained job is built here from a result message: no user
+                 * signed its bytes, so every one would be unauthorized */
+                kf_errf(errstr, errstr_size,
+                        "--chain-model with --require-signatures: chained jobs are made by "
+                        "the worker from result messages and carry no user's signature; "
+                        "restrict who may write topic %s with Kafka ACLs instead "
+                        "(docs/security.md)",
+                        c->topic);
+                return NULL;
+        }
         if (!(w = calloc(1, sizeof(*w)))) {
                 kf_errf(errstr, errstr_size, "out of memory");
                 return NULL;

@@ -164,6 +164,22 @@ static void test_bad_files_refused(void **state)
         free(out);
 }
 
+/* A chained stage cannot require signatures: its jobs are made by the
+ * worker from result messages, signed by nobody.  Refused at start, with
+ * the reason, before any connection. */
+static void test_chain_with_signatures_refused(void **state)
+{
+        char *out = NULL;
+        int rc;
+        (void)state;
+        rc = worker("", "--chain-model next --require-signatures --redis redis://127.0.0.1:1/0",
+                    &out);
+        if (rc != 1 || !strstr(out, "--chain-model with --require-signatures") ||
+            !strstr(out, "Kafka ACLs"))
+                fail_msg("exit %d, output \"%s\"; want exit 1 naming both flags", rc, out);
+        free(out);
+}
+
 /* Secrets given by flag, environment or file never show, not even
  * partly, and the output still says where a secret is. */
 static void test_print_config_hides_secrets(void **state)
@@ -202,6 +218,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_precedence),
             cmocka_unit_test(test_bad_files_refused),
+        cmocka_unit_test(test_chain_with_signatures_refused),
             cmocka_unit_test(test_print_config_hides_secrets),
         };
         return cmocka_run_group_tests(tests, setup, teardown);

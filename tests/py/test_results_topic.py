@@ -132,8 +132,13 @@ class ResultTopicTest(unittest.TestCase):
             key = f"key|{user}|{i}"  # separators a key may hold
             headers = [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()),
                        ("kinfer.test", b"\x00\xffbytes")]
+            sent = headers
+            if i == 9:  # signed (badly): the signature headers stay with the job
+                sent = headers + [("kinfer-sig", b"00" * 32),
+                                  ("kinfer-key-id", b"k0123456789abcdef"),
+                                  ("kinfer-sig-alg", b"hmac-sha256")]
             p.produce("kinfer.jobs", key=key, value=msgpack.packb(job, use_bin_type=True),
-                      headers=headers)
+                      headers=sent)
             jobs[jid] = (user, x, key, headers, i)
         self.assertEqual(p.flush(30), 0)
 
@@ -163,13 +168,16 @@ class ResultTopicTest(unittest.TestCase):
             if i == 7:
                 self.assertEqual((v["status"], v["error"]), ("error", "shape_mismatch"))
                 continue
+            if i == 9:
+                self.assertEqual((v["status"], v["error"]), ("error", "unauthorized"))
+                continue
             self.assertEqual(v["status"], "ok")
             out = np.frombuffer(v["output"], dtype="<f4").reshape(v["shape"])
             np.testing.assert_allclose(out, x.astype(np.float64) @ self.W + self.b,
                                        rtol=1e-5, atol=1e-5)
         # the stream-only jobs are charged like any other
         charged = sum(int(self.r.hget(f"kinfer:{{u{u}}}:usage", "jobs") or 0) for u in range(3))
-        self.assertEqual(charged, len(jobs) - 1)
+        self.assertEqual(charged, len(jobs) - 2)  # the shape error, the unauthorized job
 
         tail = subprocess.run(
             [os.path.join(BIN, "kinfer"), "tail", "--topic", TOPIC, "--from-beginning",
