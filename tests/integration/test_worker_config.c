@@ -218,7 +218,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_precedence),
             cmocka_unit_test(test_bad_files_refused),
-        cmocka_unit_test(test_chain_with_signatures_refused),
+            cmocka_unit_test(test_chain_with_signatures_refused),
             cmocka_unit_test(test_print_config_hides_secrets),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
