@@ -285,7 +285,7 @@ test-realkafka: $(BINS) kafka-jars $(addprefix $(BUILD)/,$(REALKAFKA_TESTS))
 # target and leaves its input in build-fuzz/artifacts/.
 FUZZ_BUILD      ?= build-fuzz
 FUZZ_SECONDS    ?= 60
-TEST_FUZZ_SECONDS ?= 30
+TEST_FUZZ_SECONDS ?= 15
 # the chain mapper is mostly kf_result_decode, fuzzed for FUZZ_SECONDS above
 FUZZ_CHAIN_SECONDS ?= 15
 FUZZ_CC         ?= clang
