@@ -346,8 +346,11 @@ else
   COMPUTE_THREADS=(--threads 1 --blas-threads "$CORES")
 fi
 
+# The worker's flags only: KINFER_RESULTS_TOPIC, set for kafka-local to
+# create the topic, is also the worker's --results-topic variable, and would
+# turn the result topic on in BENCH_RESULTS' "off" run.
 # shellcheck disable=SC2086 # BENCH_WORKER_ARGS is a list of arguments
-"$BIN/kinfer-worker" --models "$RUN/models" --worker-id bench "${WORKER_THREADS[@]}" \
+env -u KINFER_RESULTS_TOPIC "$BIN/kinfer-worker" --models "$RUN/models" --worker-id bench "${WORKER_THREADS[@]}" \
   --batch-max-rows "$BATCH_ROWS" --log-level warn -X "fetch.wait.max.ms=$FETCH_WAIT_MS" \
   ${SIGN_WORKER[@]+"${SIGN_WORKER[@]}"} ${BENCH_WORKER_ARGS:-} >"$RUN/worker.log" 2>&1 &
 WORKER_PID=$!
