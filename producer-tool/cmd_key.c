@@ -3,7 +3,6 @@
  * once, when its key is made, and never stored on this side again. */
 #include <fcntl.h>
 #include <openssl/crypto.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,20 +46,6 @@ static const char revoke_lua[] =
     "redis.call('HDEL', KEYS[1], ARGV[1] .. ':key')\n"
     "return 1\n";
 
-static redisReply *cmd(redisContext *r, const char *fmt, ...)
-{
-        va_list ap;
-        redisReply *rep;
-        va_start(ap, fmt);
-        rep = redisvCommand(r, fmt, ap);
-        va_end(ap);
-        if (!rep || rep->type == REDIS_REPLY_ERROR) {
-                kc_err("redis: %s", rep ? rep->str : r->errstr);
-                exit(KC_EXIT_CONN);
-        }
-        return rep;
-}
-
 /* The user argument (exactly one after the options, or two for revoke) and
  * its keys hash. */
 static int user_key(const kc_conf_t *c, int first, int argc, char **argv, int nargs,
@@ -79,7 +64,7 @@ static int user_key(const kc_conf_t *c, int first, int argc, char **argv, int na
 /* The newest active key's algorithm, or NONE if the user has none. */
 static kf_sign_alg_t newest_alg(redisContext *r, const char *key)
 {
-        redisReply *rep = cmd(r, "HGETALL %s", key);
+        redisReply *rep = kc_redis_cmd(r, "HGETALL %s", key);
         kf_sign_alg_t alg = KF_SIGN_NONE;
         long long best = -1;
         for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2) {
@@ -90,8 +75,8 @@ static kf_sign_alg_t newest_alg(redisContext *r, const char *key)
                         continue;
                 memcpy(kid, f, KF_SIGN_KID_LEN);
                 kid[KF_SIGN_KID_LEN] = '\0';
-                st = cmd(r, "HGET %s %s:state", key, kid);
-                cr = cmd(r, "HGET %s %s:created", key, kid);
+                st = kc_redis_cmd(r, "HGET %s %s:state", key, kid);
+                cr = kc_redis_cmd(r, "HGET %s %s:created", key, kid);
                 al = rep->element[i + 1];
                 if (st->type == REDIS_REPLY_STRING && !strcmp(st->str, "active") &&
                     cr->type == REDIS_REPLY_STRING && atoll(cr->str) > best) {
@@ -225,7 +210,7 @@ static int key_revoke(int argc, char **argv)
         }
         r = kc_redis(&c);
         snprintf(now, sizeof(now), "%lld", (long long)kf_now_ms());
-        rep = cmd(r, "EVAL %s 1 %s %s %s", revoke_lua, key, argv[first + 1], now);
+        rep = kc_redis_cmd(r, "EVAL %s 1 %s %s %s", revoke_lua, key, argv[first + 1], now);
         if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 0) {
                 kc_err("key revoke: user %s has no key %s", argv[first], argv[first + 1]);
                 rc = KC_EXIT_FAIL;
@@ -268,7 +253,7 @@ static int key_list(int argc, char **argv)
         if (user_key(&c, first, argc, argv, 1, "list", key))
                 goto out;
         r = kc_redis(&c);
-        rep = cmd(r, "HGETALL %s", key);
+        rep = kc_redis_cmd(r, "HGETALL %s", key);
         if (!c.json)
                 printf("%-18s %-12s %-8s %-21s %s\n", "KEYID", "ALG", "STATE", "CREATED",
                        "REVOKED");

@@ -1,6 +1,5 @@
 /* cmd_quota.c - `kinfer quota set|get|rm` and `kinfer usage`: a user's
  * limits and what they used, lifetime, in the current window and per model. */
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,20 +65,6 @@ static void key_of(char *key, const kc_conf_t *c, kf_kind_t kind, const char *us
         }
 }
 
-static redisReply *cmd(redisContext *r, const char *fmt, ...)
-{
-        va_list ap;
-        redisReply *rep;
-        va_start(ap, fmt);
-        rep = redisvCommand(r, fmt, ap);
-        va_end(ap);
-        if (!rep || rep->type == REDIS_REPLY_ERROR) {
-                kc_err("redis: %s", rep ? rep->str : r->errstr);
-                exit(KC_EXIT_CONN);
-        }
-        return rep;
-}
-
 static int user_arg(int first, int argc, char **argv, const char *what)
 {
         if (first != argc - 1 || !job_name_valid(argv[first], strlen(argv[first]), JOB_USER_MAX)) {
@@ -114,16 +99,16 @@ static int quota_set(int argc, char **argv)
         r = kc_redis(&c);
         key_of(key, &c, KF_K_QUOTA, argv[first], NULL);
         /* One transaction: a reader never sees half of the new settings. */
-        freeReplyObject(cmd(r, "MULTI"));
+        freeReplyObject(kc_redis_cmd(r, "MULTI"));
         if (c.q_jobs)
-                freeReplyObject(ujobs ? cmd(r, "HDEL %s jobs", key)
-                                      : cmd(r, "HSET %s jobs %lld", key, (long long)jobs));
+                freeReplyObject(ujobs ? kc_redis_cmd(r, "HDEL %s jobs", key)
+                                      : kc_redis_cmd(r, "HSET %s jobs %lld", key, (long long)jobs));
         if (c.q_rows)
-                freeReplyObject(urows ? cmd(r, "HDEL %s rows", key)
-                                      : cmd(r, "HSET %s rows %lld", key, (long long)rows));
+                freeReplyObject(urows ? kc_redis_cmd(r, "HDEL %s rows", key)
+                                      : kc_redis_cmd(r, "HSET %s rows %lld", key, (long long)rows));
         if (c.q_window)
-                freeReplyObject(cmd(r, "HSET %s window %lld", key, (long long)window));
-        freeReplyObject(cmd(r, "EXEC"));
+                freeReplyObject(kc_redis_cmd(r, "HSET %s window %lld", key, (long long)window));
+        freeReplyObject(kc_redis_cmd(r, "EXEC"));
         redisFree(r);
         rc = KC_EXIT_OK;
 out:
@@ -145,7 +130,7 @@ static int quota_rm(int argc, char **argv)
         }
         r = kc_redis(&c);
         key_of(key, &c, KF_K_QUOTA, argv[first], NULL);
-        freeReplyObject(cmd(r, "DEL %s", key));
+        freeReplyObject(kc_redis_cmd(r, "DEL %s", key));
         redisFree(r);
         kf_config_free(rm_opts, &c, NULL);
         return KC_EXIT_OK;
@@ -156,8 +141,8 @@ static int quota_rm(int argc, char **argv)
  * absent fields as 0. */
 static json_t *read_counters_of(redisContext *r, const char *key, const char *suffix)
 {
-        redisReply *rep =
-            cmd(r, "HMGET %s jobs%s rows%s flops%s errors%s", key, suffix, suffix, suffix, suffix);
+        redisReply *rep = kc_redis_cmd(r, "HMGET %s jobs%s rows%s flops%s errors%s", key, suffix,
+                                       suffix, suffix, suffix);
         json_t *o = json_object();
         for (int i = 0; counters[i]; i++) {
                 const redisReply *v = rep->element[i];
@@ -178,7 +163,7 @@ static json_t *read_counters(redisContext *r, const char *key)
 static json_t *read_window(redisContext *r, const kc_conf_t *c, const char *user,
                            const char *usage_key)
 {
-        redisReply *rep = cmd(r, "HMGET %s window_start window_s", usage_key);
+        redisReply *rep = kc_redis_cmd(r, "HMGET %s window_start window_s", usage_key);
         long long start = 0, len = 0, now = kf_now_ms() / 1000;
         json_t *o = NULL;
         if (rep->element[0]->type == REDIS_REPLY_STRING &&
@@ -215,7 +200,7 @@ static json_t *read_models(redisContext *r, const kc_conf_t *c, const char *user
                 json_object_set_new(models, c->model, read_counters_of(r, key, suffix));
                 return models;
         }
-        rep = cmd(r, "HGETALL %s", key);
+        rep = kc_redis_cmd(r, "HGETALL %s", key);
         for (size_t i = 0; i + 1 < rep->elements; i += 2) {
                 const char *f = rep->element[i]->str;
                 const char *colon = strchr(f, ':');
@@ -265,7 +250,7 @@ static int quota_get(int argc, char **argv)
         }
         r = kc_redis(&c);
         key_of(key, &c, KF_K_QUOTA, argv[first], NULL);
-        rep = cmd(r, "HMGET %s jobs rows window", key);
+        rep = kc_redis_cmd(r, "HMGET %s jobs rows window", key);
         q = json_object();
         for (int i = 0; limits[i]; i++) {
                 const redisReply *v = rep->element[i];

@@ -87,6 +87,11 @@ int kc_parse(const kf_opt_t *opts, kc_conf_t *conf, int with_props, int argc, ch
 /* Connects to conf->redis_url or exits 3 with a message. */
 redisContext *kc_redis(const kc_conf_t *conf);
 
+/* Runs one command (hiredis format) on r; on an error reply or a lost
+ * connection prints "kinfer: redis: <why>" and exits 3.  The caller frees
+ * the reply. */
+redisReply *kc_redis_cmd(redisContext *r, const char *fmt, ...);
+
 /* Prints "kinfer: <message>" to stderr, scrubbed of registered secrets
  * (kf_redact.h); at most 2 KiB of message. */
 void kc_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

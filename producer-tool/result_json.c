@@ -2,6 +2,7 @@
  * value per job under the user's keys), renders them as JSON, and waits for
  * them on an inbox list. */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,20 @@ redisContext *kc_redis(const kc_conf_t *conf)
                 exit(KC_EXIT_CONN);
         }
         return c;
+}
+
+redisReply *kc_redis_cmd(redisContext *r, const char *fmt, ...)
+{
+        va_list ap;
+        redisReply *rep;
+        va_start(ap, fmt);
+        rep = redisvCommand(r, fmt, ap);
+        va_end(ap);
+        if (!rep || rep->type == REDIS_REPLY_ERROR) {
+                kc_err("redis: %s", rep ? rep->str : r->errstr);
+                exit(KC_EXIT_CONN);
+        }
+        return rep;
 }
 
 static void redis_fail(redisContext *c, const redisReply *r, const char *what)
