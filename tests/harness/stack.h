@@ -39,6 +39,10 @@ typedef struct kt_stack_s {
         int failed; /* set by kt_stack_fail: keep dir, dump logs */
 } kt_stack_t;
 
+/* A free loopback TCP port (bound and released: another process can still
+ * take it before the caller binds it), or -1. */
+int kt_free_port(void);
+
 /* Creates the temp dir.  Returns 0 or -1 (message on stderr). */
 int kt_stack_init(kt_stack_t *s);
 

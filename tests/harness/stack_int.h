@@ -5,10 +5,6 @@
 
 #include "stack.h"
 
-/* A free loopback TCP port (bound and released: another process can still
- * take it before the caller binds it), or -1. */
-int kt_free_port(void);
-
 /* Opens a child's log for appending (a restarted server keeps one log), or -1
  * with a message on stderr. */
 int kt_open_log(const char *path);

@@ -31,19 +31,6 @@
 
 #define N_JOBS 300 /* per phase */
 
-static int free_port(void)
-{
-        struct sockaddr_in sa = {.sin_family = AF_INET};
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-        port = ntohs(sa.sin_port);
-        close(fd);
-        return port;
-}
-
 static redisContext *connect_port(int port)
 {
         redisContext *c = redisConnect("127.0.0.1", port);
@@ -120,8 +107,9 @@ static void test_follows_failover(void **state)
         kt_proxy_t *px;
         redisContext *a, *b;
         char models[300], url[64], port_b[16], port_a[16];
-        int pb = free_port();
+        int pb = kt_free_port();
         (void)state;
+        assert_true(pb > 0);
 
         assert_int_equal(kt_stack_init(&s), 0);
         assert_int_equal(kt_stack_start_redis(&s, NULL), 0);

@@ -223,20 +223,6 @@ static void want_noperm(redisContext *conn, const char *what, redisReply *r)
         freeReplyObject(r);
 }
 
-/* A free loopback port for the worker's --http (bound, then released). */
-static int free_port(void)
-{
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t len = sizeof(a);
-        int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-        if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof(a)) &&
-            !getsockname(fd, (struct sockaddr *)&a, &len))
-                port = ntohs(a.sin_port);
-        if (fd >= 0)
-                close(fd);
-        return port;
-}
-
 static void produce(at_t *t, const char *user)
 {
         kt_msg_t msgs[N_JOBS];
@@ -338,7 +324,7 @@ static void test_worker_and_admin_users(void **state)
          * channel, runs the step script with the quota pre-check. */
         memcpy(saved, t->stack.redis_url, sizeof(saved));
         t->stack.redis_url[0] = '\0';
-        snprintf(http, sizeof(http), "127.0.0.1:%d", free_port());
+        snprintf(http, sizeof(http), "127.0.0.1:%d", kt_free_port());
         slot = kt_stack_spawn(&t->stack, "acl-w1", wargv, NULL);
         memcpy(t->stack.redis_url, saved, sizeof(saved));
         assert_true(slot >= 0);

@@ -32,21 +32,6 @@
 #define WAIT_MS  120000
 #define ASSIGNED "INFO  assigned "
 
-/* A free loopback port for a worker's --http (bound, then released). */
-static int free_port(void)
-{
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t len = sizeof(a);
-        int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-        if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-            getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-                port = ntohs(a.sin_port);
-        if (fd >= 0)
-                close(fd);
-        assert_true(port > 0);
-        return port;
-}
-
 /* GETs /metrics from 127.0.0.1:port and sums the samples of `metric` whose
  * labels contain `label` (NULL: all).  Returns the sum, or -1 if the worker
  * did not answer with 200. */
@@ -108,7 +93,8 @@ static int http_worker(fx_t *fx, const char *name, int *port, const char *const 
         char addr[32];
         const char *argv[16] = {"--http", addr};
         int n = 2;
-        *port = free_port();
+        *port = kt_free_port();
+        assert_true(*port > 0);
         snprintf(addr, sizeof(addr), "127.0.0.1:%d", *port);
         for (int i = 0; extra && extra[i]; i++)
                 argv[n++] = extra[i];

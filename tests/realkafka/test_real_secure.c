@@ -99,20 +99,6 @@ static int log_has(fx_t *fx, int slot, const char *a, const char *b)
         return found;
 }
 
-/* A free loopback port for a worker's --http (bound, then released). */
-static int free_port(void)
-{
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t len = sizeof(a);
-        int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-        if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof(a)) &&
-            !getsockname(fd, (struct sockaddr *)&a, &len))
-                port = ntohs(a.sin_port);
-        if (fd >= 0)
-                close(fd);
-        return port;
-}
-
 /* GET path from 127.0.0.1:port (HTTP/1.0); the response, head and body, in
  * buf.  Returns the status code, or -1 if nothing answered. */
 static int http_get(int port, const char *path, char *buf, size_t size)
@@ -241,7 +227,7 @@ static void test_refusals(void **state)
                      scram, sizeof(scram));
         w1 = fx_worker(fx, "rkref-badpass", e1);
         w2 = fx_worker(fx, "rkref-badca", e2);
-        snprintf(http, sizeof(http), "127.0.0.1:%d", free_port());
+        snprintf(http, sizeof(http), "127.0.0.1:%d", kt_free_port());
         w3 = fx_worker(fx, "rkref-plain", e3);
         w4 = fx_worker(fx, "rkref-scram", e4);
 
