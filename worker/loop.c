@@ -129,6 +129,31 @@ static int take(kw_worker_t *w, rd_kafka_message_t *rkm)
         return 1;
 }
 
+/* 1 while a held batch must not ask again yet (kw_hold_t). */
+static int hold_waiting(const kw_hold_t *h)
+{
+        return h->backoff_ms && kf_mono_us() < h->at_us;
+}
+
+/* What was asked answered: returns 1 if a batch had been held. */
+static int hold_release(kw_hold_t *h)
+{
+        int was = h->backoff_ms != 0;
+        h->backoff_ms = 0;
+        return was;
+}
+
+/* Asked in vain: the next ask after a capped exponential backoff.  Returns 1
+ * the first time (the hold begins: say so), 0 while it lasts. */
+static int hold_again(kw_hold_t *h)
+{
+        int first = !h->backoff_ms;
+        h->backoff_ms =
+            first ? BACKOFF_MIN_MS : kf_backoff_next(h->backoff_ms, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+        h->at_us = kf_mono_us() + (int64_t)h->backoff_ms * 1000;
+        return first;
+}
+
 /* Finds the models of the batch's jobs.  While the model registry is
  * unreachable, jobs whose model is not cached cannot be answered: that is an
  * outage, not their fault, so the batch waits here like it waits for a full
@@ -140,26 +165,20 @@ static int resolve(kw_worker_t *w, kw_batch_t *b)
         char why[256] = "";
         int held;
 
-        if (w->resolve_backoff_ms && kf_mono_us() < w->resolve_at_us)
+        if (hold_waiting(&w->resolve_hold))
                 return -1;
         held = kw_batch_resolve(b, w->models, &w->costs, why, sizeof(why));
         if (!held) {
-                if (w->resolve_backoff_ms)
+                if (hold_release(&w->resolve_hold))
                         kf_info("model registry reachable again: the %d held jobs go on", b->n);
-                w->resolve_backoff_ms = 0;
                 return 0;
         }
-        if (!w->resolve_backoff_ms) {
+        if (hold_again(&w->resolve_hold))
                 kf_warn("model registry unreachable: %d jobs wait for their models, fetching "
                         "pauses until it is back: %s",
                         held, why);
-                w->resolve_backoff_ms = BACKOFF_MIN_MS;
-        } else {
+        else
                 kf_debug("model registry still unreachable (%d jobs wait): %s", held, why);
-                w->resolve_backoff_ms =
-                    kf_backoff_next(w->resolve_backoff_ms, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-        }
-        w->resolve_at_us = kf_mono_us() + (int64_t)w->resolve_backoff_ms * 1000;
         return -1;
 }
 
@@ -173,25 +192,18 @@ static int authorize(kw_worker_t *w, kw_batch_t *b)
         char why[256] = "";
         int held;
 
-        if (w->auth_backoff_ms && kf_mono_us() < w->auth_at_us)
+        if (hold_waiting(&w->auth_hold))
                 return -1;
         held = kw_auth_check(&w->auth, b, why, sizeof(why));
         if (!held) {
-                if (w->auth_backoff_ms)
+                if (hold_release(&w->auth_hold))
                         kf_info("signing keys readable again: the %d held jobs go on", b->n);
-                w->auth_backoff_ms = 0;
                 return 0;
         }
-        if (!w->auth_backoff_ms) {
+        if (hold_again(&w->auth_hold))
                 kf_warn("signing keys unreadable: %d jobs wait for their check, fetching "
                         "pauses until Redis is back: %s",
                         held, why);
-                w->auth_backoff_ms = BACKOFF_MIN_MS;
-        } else {
-                w->auth_backoff_ms =
-                    kf_backoff_next(w->auth_backoff_ms, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-        }
-        w->auth_at_us = kf_mono_us() + (int64_t)w->auth_backoff_ms * 1000;
         return -1;
 }
 
@@ -293,7 +305,7 @@ static void dispatch(kw_worker_t *w)
                 if (kf_mono_us() - since < PAUSE_AFTER_MS * 1000) {
                         struct timespec ts = kf_timespec_after(CLOCK_REALTIME, 5);
                         pthread_mutex_lock(&w->lock);
-                        if (w->inflight >= w->max_inflight || w->resolve_backoff_ms ||
+                        if (w->inflight >= w->max_inflight || w->resolve_hold.backoff_ms ||
                             kw_dlq_full(&w->dlq))
                                 pthread_cond_timedwait(&w->idle, &w->lock, &ts);
                         pthread_mutex_unlock(&w->lock);

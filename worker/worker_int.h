@@ -42,6 +42,14 @@ typedef struct kw_writer_s {
         int started;
 } kw_writer_t;
 
+/* A batch held back because something it needs cannot be asked (the model
+ * registry, the signing keys): the backoff in force, 0 while nothing is
+ * held, and when to ask again.  Loop thread only (loop.c). */
+typedef struct kw_hold_s {
+        int backoff_ms;
+        int64_t at_us;
+} kw_hold_t;
+
 struct kw_worker_s {
         const kw_config_t *conf;
         volatile sig_atomic_t *stop;
@@ -63,12 +71,10 @@ struct kw_worker_s {
         kw_queue_t compute_q, write_q;
         pthread_t *computers;
         int n_computers;
-        kw_batch_t *cur;        /* loop thread: the batch being filled */
-        int paused;             /* loop thread: the assignment is paused */
-        int resolve_backoff_ms; /* loop thread: the registry is away (0: it is not) */
-        int64_t resolve_at_us;  /* loop thread: when to ask it again */
-        int auth_backoff_ms;    /* loop thread: signing keys unreadable (0: they are not) */
-        int64_t auth_at_us;     /* loop thread: when to read them again */
+        kw_batch_t *cur;                         /* loop thread: the batch being filled */
+        int paused;                              /* loop thread: the assignment is paused */
+        kw_hold_t resolve_hold;                  /* loop thread: the registry is away */
+        kw_hold_t auth_hold;                     /* loop thread: the signing keys are unreadable */
         rd_kafka_topic_partition_list_t *rewind; /* loop thread: see rewind_later */
         int max_inflight;
         pthread_mutex_t lock; /* guards inflight, with `idle` */
