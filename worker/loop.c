@@ -305,8 +305,10 @@ static void dispatch(kw_worker_t *w)
                 if (kf_mono_us() - since < PAUSE_AFTER_MS * 1000) {
                         struct timespec ts = kf_timespec_after(CLOCK_REALTIME, 5);
                         pthread_mutex_lock(&w->lock);
+                        /* a held batch waits too: asking again before
+                         * its backoff ends would only spin */
                         if (w->inflight >= w->max_inflight || w->resolve_hold.backoff_ms ||
-                            kw_dlq_full(&w->dlq))
+                            w->auth_hold.backoff_ms || kw_dlq_full(&w->dlq))
                                 pthread_cond_timedwait(&w->idle, &w->lock, &ts);
                         pthread_mutex_unlock(&w->lock);
                 } else {
