@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# fetch-jars.sh OUT_DIR - the jars of the single-node Kafka (deploy/kafka/pom.xml)
-# into OUT_DIR/jars, resolved by Maven from Maven Central and cached in ~/.m2.
+# fetch-jars.sh OUT_DIR [POM] - the jars of the single-node Kafka named by POM
+# (default deploy/kafka/pom.xml, Kafka 4.1.1; pom-3.9.xml is the SCRAM test's
+# 3.9.1) into OUT_DIR/jars, resolved by Maven from Maven Central and cached in
+# ~/.m2.
 #
 # Used by the Makefile (the real-Kafka tests) and by deploy/kafka-local.  Does
 # nothing when OUT_DIR/jars was filled from this very pom before (OUT_DIR/pom.sha
@@ -9,10 +11,12 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:?usage: fetch-jars.sh OUT_DIR}
+out=${1:?usage: fetch-jars.sh OUT_DIR [POM]}
+pom=${2:-"$here/pom.xml"}
+[ -f "$pom" ] || { echo "kafka: no pom $pom" >&2; exit 1; }
+pom=$(cd "$(dirname "$pom")" && pwd)/$(basename "$pom")
 mkdir -p "$out"
 out=$(cd "$out" && pwd) # Maven resolves relative paths against the pom's folder
-pom="$here/pom.xml"
 want=$(sha256sum "$pom" | cut -d' ' -f1)
 
 if [ -f "$out/pom.sha" ] && [ "$(cat "$out/pom.sha")" = "$want" ] && [ -d "$out/jars" ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# node.sh DIR PORT CONTROLLER_PORT JARS_DIR - runs one Apache Kafka 4.x node in
-# KRaft combined mode (broker and controller in one process) on loopback, with
+# node.sh DIR PORT CONTROLLER_PORT JARS_DIR - runs one Apache Kafka node (4.1.1,
+# and 3.9.1 for the SCRAM test: deploy/kafka/pom-3.9.xml) in KRaft combined
+# mode (broker and controller in one process) on loopback, with
 # its configuration and data under DIR.  The test harness (tests/harness/stack.c)
 # and deploy/kafka-local both start Kafka through this script, so the two run
 # the same broker with the same settings.
@@ -24,7 +25,8 @@
 #                               PLAIN's list in server.properties, and SCRAM
 #                               credentials stored by the storage tool when
 #                               formatting (librdkafka 2.0.2, Debian 12's,
-#                               fails SCRAM against Kafka 4.x: docs/security.md)
+#                               fails SCRAM against Kafka 4.x, not 3.9.x:
+#                               docs/security.md)
 # The plaintext listener stays (the harness's admin client uses it, and so do
 # the broker's own inter-broker and controller connections).
 set -euo pipefail

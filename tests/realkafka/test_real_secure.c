@@ -8,9 +8,11 @@
  * client without TLS each fail clearly, and no password shows in any log
  * or in --print-config.
  *
- * The mechanism is PLAIN: Debian 12's librdkafka 2.0.2 computes a SCRAM
- * proof Kafka 4.x rejects (fixed in librdkafka 2.6.1), which test_refusals
- * pins down so that the day Debian's library is fixed, this test says so. */
+ * The mechanism is PLAIN on Kafka 4.1.1: Debian 12's librdkafka 2.0.2
+ * computes a SCRAM proof Kafka 4.x rejects (fixed in librdkafka 2.6.1), which
+ * test_refusals pins down so that the day Debian's library is fixed, this
+ * test says so.  SCRAM-SHA-512 itself is proven on a genuine Kafka 3.9.1,
+ * which accepts that proof (test_scram_kafka39, deploy/kafka/pom-3.9.xml). */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -139,11 +141,18 @@ static int run_log_has(fx_t *fx, const char *a, const char *b)
         return found;
 }
 
-/* Waits until the log of slot holds a line with both needles. */
+/* Waits until the log of slot holds a line with both needles; fails at once
+ * if the process exited first. */
 static void wait_log(fx_t *fx, int slot, const char *a, const char *b)
 {
         long long deadline = kt_now_ms() + WAIT_MS;
+        int st;
         while (!log_has(fx, slot, a, b)) {
+                if ((st = kt_stack_wait(&fx->stack, slot, 0)) != -1) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s exited (status %d) before logging '%s' and '%s'",
+                                 fx->stack.procs[slot].name, st, a, b);
+                }
                 if (kt_now_ms() > deadline) {
                         kt_stack_fail(&fx->stack);
                         fail_msg("%s: no log line with '%s' and '%s' within %d ms",
@@ -268,7 +277,7 @@ static void test_refusals(void **state)
                 kt_stack_fail(&fx->stack);
                 fail_msg("SCRAM-SHA-512 with the right password: exit %d, no refusal logged; if "
                          "this librdkafka authenticates now, docs/security.md should recommend "
-                         "SCRAM",
+                         "SCRAM on 4.x too",
                          st);
         }
         {
@@ -297,12 +306,116 @@ static void test_refusals(void **state)
         fx->passed = 1;
 }
 
+/* The broker's log line "Kafka version: V" (Kafka's AppInfoParser, at start):
+ * 1 if it names version. */
+static int kafka_version_is(fx_t *fx, const char *version)
+{
+        FILE *fp = fopen(fx->stack.broker.log, "r");
+        char line[4096], want[64];
+        int found = 0;
+        snprintf(want, sizeof(want), "Kafka version: %s", version);
+        while (fp && !found && fgets(line, sizeof(line), fp))
+                found = strstr(line, want) != NULL;
+        if (fp)
+                fclose(fp);
+        return found;
+}
+
+/* SASL/SCRAM-SHA-512 over TLS, end to end, on a genuine Apache Kafka 3.9.1
+ * (the newest broker line that accepts librdkafka 2.0.2's SCRAM proof; make
+ * kafka-jars resolves it beside 4.1.1 and passes it as KINFER_KAFKA39_JARS):
+ * a worker and `kinfer submit` as SCRAM users stored at format time, 200
+ * jobs of 4 users each computed once and right, usage exact; a worker and a
+ * submit with a wrong SCRAM password exit 1 naming the credentials, never
+ * the password. */
+static void test_scram_kafka39(void **state)
+{
+        fx_t *fx = *state;
+        const char *j39 = getenv("KINFER_KAFKA39_JARS");
+        const char *old = getenv("KINFER_KAFKA_JARS");
+        char jars[512], saved[512] = "", wconf[400], cconf[400], bad[400];
+        const char *cli[] = {"--brokers", NULL, "--config", cconf, NULL};
+        const char *extra[] = {"--brokers", NULL, "--config", wconf, NULL};
+        const char *ebad[] = {"--brokers", NULL, "--config", bad, NULL};
+        int w, wbad, st;
+
+        if (j39 && *j39)
+                snprintf(jars, sizeof(jars), "%s", j39);
+        else
+                snprintf(jars, sizeof(jars), "%s/kafka-3.9/jars",
+                         getenv("KINFER_BIN") ? getenv("KINFER_BIN") : "build");
+        if (access(jars, R_OK))
+                fail_msg("no Kafka 3.9.1 jars in %s (KINFER_KAFKA39_JARS): run `make kafka-jars`",
+                         jars);
+        /* The harness takes its jars from KINFER_KAFKA_JARS at start: this
+         * one stack runs 3.9.1, the other cases keep 4.1.1. */
+        if (old)
+                snprintf(saved, sizeof(saved), "%s", old);
+        assert_int_equal(setenv("KINFER_KAFKA_JARS", jars, 1), 0);
+        fx_setup_kafka_secure(fx, "rkscram", 2, 4, users);
+        if (old)
+                assert_int_equal(setenv("KINFER_KAFKA_JARS", saved, 1), 0);
+        else
+                assert_int_equal(unsetenv("KINFER_KAFKA_JARS"), 0);
+        if (!kafka_version_is(fx, "3.9.1")) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("the broker is not Kafka 3.9.1 (no 'Kafka version: 3.9.1' in %s)",
+                         fx->stack.broker.log);
+        }
+
+        write_config(fx, "worker", "kinfer-worker", WORKER_PASS, "SCRAM-SHA-512",
+                     fx->stack.kafka_ca, wconf, sizeof(wconf));
+        write_config(fx, "client", "kinfer-client", CLIENT_PASS, "SCRAM-SHA-512",
+                     fx->stack.kafka_ca, cconf, sizeof(cconf));
+        write_config(fx, "bad", "kinfer-worker", WRONG_PASS, "SCRAM-SHA-512", fx->stack.kafka_ca,
+                     bad, sizeof(bad));
+        cli[1] = extra[1] = ebad[1] = fx->stack.kafka_tls_brokers;
+
+        wbad = fx_worker(fx, "rkscram-bad", ebad);
+        if ((st = kt_stack_wait(&fx->stack, wbad, 60000)) != 1 ||
+            !log_has(fx, wbad, "refused the credentials", "SCRAM-SHA-512")) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("a worker with a wrong SCRAM password: exit %d (-1: still running), "
+                         "want 1 saying the credentials were refused",
+                         st);
+        }
+        w = fx_worker(fx, "rkscram-w1", extra);
+        wait_log(fx, w, "INFO  assigned 2 partitions", "assigned");
+        fx_add_good(fx, 200);
+        fx->cli_args = cli;
+        fx_submit_cli(fx, 0, fx->n_jobs);
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        assert_int_equal(fx_count_by_worker(fx, fx->n_jobs, "rkscram-w1"), fx->n_jobs);
+        {
+                const char *argv[] = {"kinfer",   "submit",     "--model",         "mlp",
+                                      "--user",   "rkscram-u0", "--brokers",       ebad[1],
+                                      "--config", bad,          "1,2,3,4,5,6,7,8", NULL};
+                long long t0 = kt_now_ms();
+                st = kt_stack_run(&fx->stack, argv, NULL, NULL, 60000);
+                if (st != 1 || kt_now_ms() - t0 > 20000 ||
+                    !run_log_has(fx, "refused the credentials", "sasl.password")) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("kinfer submit with a wrong SCRAM password: exit %d after %lld "
+                                 "ms, want 1 within 20 s naming the credentials (run.log)",
+                                 st, kt_now_ms() - t0);
+                }
+        }
+        fx_finish(fx, &w, 1);
+        assert_no_log_has(fx, WORKER_PASS);
+        assert_no_log_has(fx, CLIENT_PASS);
+        assert_no_log_has(fx, WRONG_PASS);
+        if (run_log_has(fx, CLIENT_PASS, "") || run_log_has(fx, WRONG_PASS, ""))
+                fail_msg("a CLI run printed a password (run.log)");
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_tls_sasl_end_to_end, fx_state_setup,
                                             fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_refusals, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_scram_kafka39, fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }
