@@ -221,11 +221,15 @@ tests-build: $(BINS) $(addprefix $(BUILD)/,$(UNIT_TESTS) $(INTEGRATION_TESTS) $(
 # Everything CI runs: the tests, the fault suite, the fuzzers (TEST_FUZZ_SECONDS
 # each, to keep CI under 20 minutes; `make fuzz` alone runs FUZZ_SECONDS) and
 # the unit and integration tests again under ASan/UBSan.
+# Builds and fuzzers use every core (NPROC); the test suites run one at a
+# time, since their timings assume the machine is theirs.
+NPROC ?= $(shell nproc 2>/dev/null || echo 2)
+
 test: deps
-	$(MAKE) tests-build
+	$(MAKE) -j$(NPROC) tests-build
 	$(MAKE) --no-print-directory test-format test-layout test-unit test-integration test-py \
 	    test-faults test-realkafka
-	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+	$(MAKE) --no-print-directory -j$(NPROC) -O fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 	$(MAKE) --no-print-directory asan
 
 # The layout rules (tests/layout/check_layout.py): common/ stands alone, no
@@ -316,34 +320,34 @@ $(FUZZ_BUILD)/fuzz_keyfile_decode: tests/fuzz/fuzz_keyfile_decode.c producer-too
                                    common/mp_field.c common/mp_pack.c common/kf_util.c common/kf_error.c \
                                    common/kf_keys.c
 
-# Small parsers get FUZZ_SMALL_SECONDS each (their input space is small; keeps
-# make test short): the key file.
+# One run per fuzzer: fuzz-run-NAME runs FUZZ_BIN_NAME (default
+# fuzz_NAME_decode) for FUZZ_SECS_NAME (default FUZZ_SECONDS) seconds with the
+# dictionary and seed corpus FUZZ_SEED_NAME (default NAME).  Small parsers
+# get FUZZ_SMALL_SECONDS (their input space is small); the chain mapper is
+# mostly kf_result_decode, fuzzed by fuzz-run-result.  Each run is a target
+# of its own so that `make -j2 -O fuzz` (as make test does) runs two at a
+# time, one per core, with each run's output kept together.
+FUZZ_NAMES         = job model result stats prom keyfile chain
 FUZZ_SMALL_SECONDS ?= 15
+FUZZ_BIN_chain     = fuzz_chain_map
+FUZZ_SEED_chain    = result
+FUZZ_SECS_keyfile  = $(FUZZ_SMALL_SECONDS)
+FUZZ_SECS_chain    = $(FUZZ_CHAIN_SECONDS)
 
-fuzz: $(FUZZ_BUILD)/fuzz_job_decode $(FUZZ_BUILD)/fuzz_model_decode $(FUZZ_BUILD)/fuzz_result_decode \
-      $(FUZZ_BUILD)/fuzz_stats_decode \
-      $(FUZZ_BUILD)/fuzz_prom_decode \
-      $(FUZZ_BUILD)/fuzz_chain_map \
-      $(FUZZ_BUILD)/fuzz_keyfile_decode
-	@set -e; for f in job model result stats prom keyfile; do \
-	    secs=$(FUZZ_SECONDS); [ $$f != keyfile ] || secs=$(FUZZ_SMALL_SECONDS); \
-	    mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/artifacts; \
-	    echo "== fuzz_$${f}_decode for $$secs s"; \
-	    UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_$${f}_decode \
-	        -max_total_time=$$secs -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
-	        -dict=tests/fuzz/$$f.dict -print_final_stats=1 \
-	        -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$f- \
-	        $(FUZZ_BUILD)/corpus/$$f tests/fuzz/corpus/$$f; \
-	done
-	@mkdir -p $(FUZZ_BUILD)/corpus/chain; echo "== fuzz_chain_map for $(FUZZ_CHAIN_SECONDS) s"; \
-	UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/fuzz_chain_map \
-	    -max_total_time=$(FUZZ_CHAIN_SECONDS) -timeout=10 -malloc_limit_mb=256 -max_len=65536 \
-	    -dict=tests/fuzz/result.dict -print_final_stats=1 \
-	    -artifact_prefix=$(FUZZ_BUILD)/artifacts/chain- \
-	    $(FUZZ_BUILD)/corpus/chain tests/fuzz/corpus/result
+fuzz: $(addprefix fuzz-run-,$(FUZZ_NAMES))
+
+.SECONDEXPANSION:
+fuzz-run-%: $(FUZZ_BUILD)/$$(or $$(FUZZ_BIN_$$*),fuzz_$$*_decode)
+	@mkdir -p $(FUZZ_BUILD)/corpus/$* $(FUZZ_BUILD)/artifacts
+	@echo "== $(notdir $<) for $(or $(FUZZ_SECS_$*),$(FUZZ_SECONDS)) s"
+	@UBSAN_OPTIONS=print_stacktrace=1 $< \
+	    -max_total_time=$(or $(FUZZ_SECS_$*),$(FUZZ_SECONDS)) -timeout=10 -malloc_limit_mb=256 \
+	    -max_len=65536 -dict=tests/fuzz/$(or $(FUZZ_SEED_$*),$*).dict -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/artifacts/$*- \
+	    $(FUZZ_BUILD)/corpus/$* tests/fuzz/corpus/$(or $(FUZZ_SEED_$*),$*)
 
 asan:
-	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	$(MAKE) -j$(NPROC) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
 	    tests-build
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    $(MAKE) BUILD=build-asan OPT=-O1 \
