@@ -79,3 +79,37 @@ int kf_kafka_props_check(const kf_props_t *props, const char *strip_prefix, char
         }
         return 0;
 }
+
+const char *kf_kafka_refusal(int err, const char *reason, const char **check)
+{
+        /* OpenSSL's names of the TLS alerts a server sends about a client's
+         * certificate (RFC 8446 6.2), as they end up in librdkafka's
+         * reason: "...: SSL routines::sslv3 alert bad certificate: ...". */
+        static const char *const cert_alerts[] = {
+            "alert bad certificate",
+            "alert certificate required",
+            "alert unknown ca",
+            "alert certificate unknown",
+            "alert certificate expired",
+            "alert certificate revoked",
+            "alert unsupported certificate",
+            "alert access denied",
+            NULL,
+        };
+        if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
+                *check = "sasl.username, sasl.password and sasl.mechanism";
+                return "refused the credentials";
+        }
+        if (err == RD_KAFKA_RESP_ERR__SSL) {
+                *check = "security.protocol, ssl.ca.location and the broker address";
+                return "TLS handshake failed";
+        }
+        if (err == RD_KAFKA_RESP_ERR__TRANSPORT && reason && strstr(reason, "SSL routines"))
+                for (int i = 0; cert_alerts[i]; i++)
+                        if (strstr(reason, cert_alerts[i])) {
+                                *check = "ssl.certificate.location, ssl.key.location and the CA "
+                                         "the broker trusts for clients";
+                                return "refused the client certificate";
+                        }
+        return NULL;
+}

@@ -26,4 +26,15 @@ rd_kafka_conf_t *kf_kafka_conf_new(const char *brokers, const char *const *defau
 int kf_kafka_props_check(const kf_props_t *props, const char *strip_prefix, char *errstr,
                          size_t errstr_size);
 
+/* Whether a client-wide error (an error callback's err and reason) says
+ * that Kafka refuses this client's security settings, which waiting cannot
+ * mend: refused SASL credentials, a failed TLS handshake (the broker's
+ * certificate not trusted), or, with mutual TLS, the broker refusing the
+ * client's certificate (a TLS alert about it: missing, unknown CA, expired,
+ * ...; librdkafka reports it as a transport error).  Returns NULL if not,
+ * else what happened ("refused the credentials", "TLS handshake failed",
+ * "refused the client certificate") with *check set to the settings to
+ * look at.  Both static strings. */
+const char *kf_kafka_refusal(int err, const char *reason, const char **check);
+
 #endif

@@ -62,27 +62,25 @@ typedef struct submit_s {
         int *failed; /* per job: delivery failed */
         size_t n, cap;
         size_t delivered, nfailed;
-        int refused;        /* Kafka refused the credentials or the TLS handshake */
+        int refused;        /* Kafka refused the security settings (kf_kafka_refusal) */
         kc_signer_t signer; /* with --key-file */
         int sign;
 } submit_t;
 
-/* Client-wide errors, served by rd_kafka_poll/flush on this thread.  Refused
- * credentials or a failing TLS handshake before any job was acknowledged
- * cannot get better by waiting out message.timeout.ms: say why and give up
- * (nothing was sent, so nothing is lost or doubled).  Other errors are
- * librdkafka's to retry, as when it logged them itself. */
+/* Client-wide errors, served by rd_kafka_poll/flush on this thread.  Kafka
+ * refusing the security settings (kf_kafka_refusal) before any job was
+ * acknowledged cannot get better by waiting out message.timeout.ms: say
+ * why and give up (nothing was sent, so nothing is lost or doubled).  Other
+ * errors are librdkafka's to retry, as when it logged them itself. */
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
         submit_t *s = opaque;
-        int ssl = err == RD_KAFKA_RESP_ERR__SSL;
+        const char *check = NULL, *what = kf_kafka_refusal(err, reason, &check);
         (void)rk;
-        if (!s->delivered && (ssl || err == RD_KAFKA_RESP_ERR__AUTHENTICATION)) {
+        if (!s->delivered && what) {
                 if (!s->refused)
                         kc_err("submit: Kafka %s: %s; check %s (-X or the config file's \"kafka\")",
-                               ssl ? "TLS handshake failed" : "refused the credentials", reason,
-                               ssl ? "security.protocol, ssl.ca.location and the broker address"
-                                   : "sasl.username, sasl.password and sasl.mechanism");
+                               what, reason, check);
                 s->refused = 1;
                 return;
         }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kf_kafka.h"
 #include "kf_log.h"
 #include "kf_util.h"
 #include "worker_int.h"
@@ -64,24 +65,23 @@ static void consumer_error(kw_worker_t *w, rd_kafka_message_t *rkm)
 
 /* The consumer's error callback (client-wide errors: brokers down,
  * authentication, TLS), called from rd_kafka_consumer_poll on the loop
- * thread.  Refused credentials or a failing TLS handshake (an unknown CA, a
- * certificate that does not name the broker) before the worker ever joined
- * the group is a configuration that cannot work: the worker stops at start
- * with the reason (exit status 1) rather than wait unready forever.  Later,
- * the same errors are logged and retried like any broker outage (a broker
- * restarted with a new certificate, credentials being rotated). */
+ * thread.  Refused credentials, a failing TLS handshake (an unknown CA, a
+ * certificate that does not name the broker) or a client certificate the
+ * broker refuses, before the worker ever joined the group, is a
+ * configuration that cannot work (kf_kafka_refusal): the worker stops at
+ * start with the reason (exit status 1) rather than wait unready forever.
+ * Later, the same errors are logged and retried like any broker outage (a
+ * broker restarted with a new certificate, credentials being rotated). */
 void kw_consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
         kw_worker_t *w = opaque;
-        int ssl = err == RD_KAFKA_RESP_ERR__SSL;
+        const char *check = NULL, *what = kf_kafka_refusal(err, reason, &check);
 
-        if (!w->ever_assigned && (ssl || err == RD_KAFKA_RESP_ERR__AUTHENTICATION)) {
+        if (!w->ever_assigned && what) {
                 if (!w->fatal)
                         kf_error("Kafka %s at start: %s; check %s (-X or the config file's "
                                  "\"kafka\"); the worker stops (exit status 1)",
-                                 ssl ? "TLS handshake failed" : "refused the credentials", reason,
-                                 ssl ? "security.protocol, ssl.ca.location and the broker address"
-                                     : "sasl.username, sasl.password and sasl.mechanism");
+                                 what, reason, check);
                 w->fatal = 1;
                 *w->stop = 1;
                 return;

@@ -18,6 +18,9 @@
 # docs/security.md), read at the first run only:
 #   KINFER_KAFKA_SASL_SSL_PORT  a SASL_SSL listener: TLS, then SASL PLAIN or
 #                               SCRAM-SHA-512
+#   KINFER_KAFKA_SSL_PORT       an SSL listener with mutual TLS: a client
+#                               proves itself with a certificate signed by
+#                               KINFER_KAFKA_CLIENT_CA (PEM) instead of SASL
 #   KINFER_KAFKA_KEYSTORE       the broker's key and certificate, PKCS#12
 #   KINFER_KAFKA_KEYSTORE_PASSWORD_FILE  the keystore's password, in a file
 #   KINFER_KAFKA_USERS_FILE     its users, one "name password" per line (no
@@ -50,6 +53,11 @@ protomap="PLAINTEXT:PLAINTEXT"
 if [ -n "$sasl_port" ]; then
   listeners="$listeners,SASL_SSL://127.0.0.1:$sasl_port"
   protomap="$protomap,SASL_SSL:SASL_SSL"
+fi
+ssl_port=${KINFER_KAFKA_SSL_PORT:-}
+if [ -n "$ssl_port" ]; then
+  listeners="$listeners,SSL://127.0.0.1:$ssl_port"
+  protomap="$protomap,SSL:SSL"
 fi
 if [ ! -f "$props" ]; then
   cat >"$props.tmp" <<PROPS
@@ -107,6 +115,23 @@ listener.name.sasl_ssl.ssl.keystore.type=PKCS12
 listener.name.sasl_ssl.ssl.keystore.location=$ks
 listener.name.sasl_ssl.ssl.keystore.password=$kspass
 listener.name.sasl_ssl.ssl.key.password=$kspass
+PROPS
+    chmod 600 "$props.tmp"
+  fi
+  if [ -n "$ssl_port" ]; then
+    ks=${KINFER_KAFKA_KEYSTORE:?KINFER_KAFKA_SSL_PORT needs KINFER_KAFKA_KEYSTORE}
+    kspass=$(cat "${KINFER_KAFKA_KEYSTORE_PASSWORD_FILE:?KINFER_KAFKA_SSL_PORT needs KINFER_KAFKA_KEYSTORE_PASSWORD_FILE}")
+    cat >>"$props.tmp" <<PROPS
+# The SSL listener: mutual TLS. The broker shows its certificate and asks for
+# the client's, which must chain to this CA (a PEM truststore); the client's
+# principal is its certificate's subject (User:CN=...).
+listener.name.ssl.ssl.client.auth=required
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location=${KINFER_KAFKA_CLIENT_CA:?KINFER_KAFKA_SSL_PORT needs KINFER_KAFKA_CLIENT_CA}
+listener.name.ssl.ssl.keystore.type=PKCS12
+listener.name.ssl.ssl.keystore.location=$ks
+listener.name.ssl.ssl.keystore.password=$kspass
+listener.name.ssl.ssl.key.password=$kspass
 PROPS
     chmod 600 "$props.tmp"
   fi

@@ -34,6 +34,7 @@ static const char *const kk_topics[] = {
 static struct {
         int port, cport;   /* client and controller listeners, 0 = none */
         int tls_port;      /* the SASL_SSL listener (kt_stack_start_kafka_secure), 0 = none */
+        int mtls_port;     /* its mutual-TLS (SSL) listener, 0 = none */
         char tls_dir[400]; /* its certificates and users file */
         int partitions;
         char dir[400];  /* its configuration and data: node.sh DIR */
@@ -223,8 +224,8 @@ static int kk_spawn(kt_stack_t *s)
         char port[16], cport[16];
         char *argv[] = {"/bin/bash", kk.node, kk.dir, port, cport, kk.jars, NULL};
         char **envp = NULL;
-        char tls[4][480];
-        const char *extra[] = {tls[0], tls[1], tls[2], tls[3], NULL};
+        char tls[6][480];
+        const char *extra[] = {tls[0], tls[1], tls[2], tls[3], tls[4], tls[5], NULL};
         int nullfd = -1, logfd = -1, rc = -1;
         pid_t pid;
 
@@ -236,6 +237,8 @@ static int kk_spawn(kt_stack_t *s)
         snprintf(tls[2], sizeof(tls[2]), "KINFER_KAFKA_KEYSTORE_PASSWORD_FILE=%s/broker.pass",
                  kk.tls_dir);
         snprintf(tls[3], sizeof(tls[3]), "KINFER_KAFKA_USERS_FILE=%s/users", kk.tls_dir);
+        snprintf(tls[4], sizeof(tls[4]), "KINFER_KAFKA_SSL_PORT=%d", kk.mtls_port);
+        snprintf(tls[5], sizeof(tls[5]), "KINFER_KAFKA_CLIENT_CA=%s/ca.pem", kk.tls_dir);
         if ((nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0 ||
             (logfd = kt_open_log(s->broker.log)) < 0 ||
             !(envp = kt_build_env(s, kk.tls_port ? extra : NULL)))
@@ -317,6 +320,14 @@ int kt_stack_start_kafka(kt_stack_t *s, int partitions)
                                 break;
                         snprintf(s->kafka_tls_brokers, sizeof(s->kafka_tls_brokers), "127.0.0.1:%d",
                                  kk.tls_port);
+                        do
+                                kk.mtls_port = kt_free_port();
+                        while (kk.mtls_port == kk.port || kk.mtls_port == kk.cport ||
+                               kk.mtls_port == kk.tls_port);
+                        if (kk.mtls_port < 0)
+                                break;
+                        snprintf(s->kafka_mtls_brokers, sizeof(s->kafka_mtls_brokers),
+                                 "127.0.0.1:%d", kk.mtls_port);
                 }
                 snprintf(s->brokers, sizeof(s->brokers), "127.0.0.1:%d", kk.port);
                 if (kk_spawn(s))
@@ -331,8 +342,8 @@ int kt_stack_start_kafka(kt_stack_t *s, int partitions)
                         kk.cport);
         }
         fprintf(stderr, "stack: could not start kafka (log: %s)\n", s->broker.log);
-        kk.port = kk.cport = kk.tls_port = 0;
-        s->brokers[0] = s->kafka_tls_brokers[0] = '\0';
+        kk.port = kk.cport = kk.tls_port = kk.mtls_port = 0;
+        s->brokers[0] = s->kafka_tls_brokers[0] = s->kafka_mtls_brokers[0] = '\0';
         return -1;
 }
 
@@ -375,6 +386,7 @@ int kt_stack_start_kafka_secure(kt_stack_t *s, int partitions, const char *const
         }
         snprintf(s->kafka_ca, sizeof(s->kafka_ca), "%s/ca.pem", kk.tls_dir);
         snprintf(s->kafka_other_ca, sizeof(s->kafka_other_ca), "%s/other-ca.pem", kk.tls_dir);
+        snprintf(s->kafka_tls_dir, sizeof(s->kafka_tls_dir), "%s", kk.tls_dir);
         kk.tls_port = 1; /* chosen for real with the other ports */
         if ((rc = kt_stack_start_kafka(s, partitions)))
                 kk.tls_port = 0;

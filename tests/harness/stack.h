@@ -31,9 +31,11 @@ typedef struct kt_stack_s {
         char redis_url[128]; /* redis://127.0.0.1:PORT/0 */
         char brokers[512];   /* devbroker bootstrap list, "" until started */
         /* kt_stack_start_kafka_secure: the SASL_SSL listener's address, the
-         * CA that signed the broker's certificate, and a CA that did not. */
-        char kafka_tls_brokers[64];
-        char kafka_ca[420], kafka_other_ca[420];
+         * mutual-TLS listener's, the CA that signed the broker's certificate,
+         * a CA that did not, and the folder of every certificate and key
+         * (tests/harness/kafka-certs.sh lists them). */
+        char kafka_tls_brokers[64], kafka_mtls_brokers[64];
+        char kafka_ca[420], kafka_other_ca[420], kafka_tls_dir[400];
         kt_proc_t redis, broker;
         kt_proc_t procs[KT_MAX_PROCS];
         int failed; /* set by kt_stack_fail: keep dir, dump logs */
@@ -70,12 +72,14 @@ int kt_stack_start_broker(kt_stack_t *s, int n_brokers, int partitions);
  * stops it like the dev broker, and kt_stack_broker_cmd does not apply. */
 int kt_stack_start_kafka(kt_stack_t *s, int partitions);
 
-/* kt_stack_start_kafka with a second, locked-down listener: SASL_SSL on
+/* kt_stack_start_kafka with two more, locked-down listeners: SASL_SSL on
  * s->kafka_tls_brokers (TLS with a certificate for 127.0.0.1 and localhost
  * signed by a CA made for this stack with the openssl CLI,
  * tests/harness/kafka-certs.sh, s->kafka_ca; then SASL PLAIN or
  * SCRAM-SHA-512) for the users given as name, password, ..., NULL (no
- * spaces, quotes, commas or brackets).  s->brokers stays the plaintext
+ * spaces, quotes, commas or brackets), and mutual TLS (SSL) on
+ * s->kafka_mtls_brokers for clients whose certificate the same CA signed
+ * (client.pem in s->kafka_tls_dir).  s->brokers stays the plaintext
  * listener, which the harness, the fault fixture and the broker itself use.
  * KINFER_KAFKA_CERTS overrides the script's path. */
 int kt_stack_start_kafka_secure(kt_stack_t *s, int partitions, const char *const *users);

@@ -6,7 +6,8 @@
  * every job one correct result, usage exact); a wrong password (worker and
  * `kinfer submit`), a CA that did not sign the broker's certificate, and a
  * client without TLS each fail clearly, and no password shows in any log
- * or in --print-config.
+ * or in --print-config.  The same for mutual TLS (client certificates) on
+ * the stack's SSL listener.
  *
  * The mechanism is PLAIN on Kafka 4.1.1: Debian 12's librdkafka 2.0.2
  * computes a SCRAM proof Kafka 4.x rejects (fixed in librdkafka 2.6.1), which
@@ -409,6 +410,142 @@ static void test_scram_kafka39(void **state)
                 fail_msg("a CLI run printed a password (run.log)");
 }
 
+/* Writes a config file (mode 0600) whose "kafka" object is the given JSON
+ * members (security.protocol=SSL, mutual TLS) into out. */
+static void write_mtls_config(fx_t *fx, const char *name, const char *members, char *out,
+                              size_t size)
+{
+        FILE *fp;
+        snprintf(out, size, "%s/%s.json", fx->stack.dir, name);
+        fp = fopen(out, "w");
+        assert_non_null(fp);
+        assert_int_equal(chmod(out, 0600), 0);
+        fprintf(fp, "{\"kafka\": {\"security.protocol\": \"SSL\", %s}}\n", members);
+        assert_int_equal(fclose(fp), 0);
+}
+
+/* Mutual TLS instead of SASL (docs/security.md): the broker's SSL listener
+ * asks for a client certificate signed by the stack's CA.  A worker and
+ * `kinfer submit` with such a certificate (its key encrypted, the password
+ * as ssl.key.password) process 150 jobs end to end; --print-config masks the
+ * key's password; a worker without a certificate, one whose certificate
+ * another CA signed, and one with a wrong key password each stop with exit
+ * status 1 or 2 and a message naming what to check, never the password. */
+static void test_mutual_tls(void **state)
+{
+        fx_t *fx = *state;
+        char good[400], nocert[400], stranger[400], badpass[400], members[2048], keypass[128];
+        const char *cli[] = {"--brokers", NULL, "--config", good, NULL};
+        const char *eg[] = {"--brokers", NULL, "--config", good, NULL};
+        const char *en[] = {"--brokers", NULL, "--config", nocert, NULL};
+        const char *es[] = {"--brokers", NULL, "--config", stranger, NULL};
+        const char *d;
+        char *out = NULL;
+        int w, wn, ws, st;
+
+        fx_setup_kafka_secure(fx, "rkmtls", 2, 3, users);
+        d = fx->stack.kafka_tls_dir;
+        {
+                char path[512];
+                FILE *fp;
+                snprintf(path, sizeof(path), "%s/client.pass", d);
+                fp = fopen(path, "r");
+                assert_non_null(fp);
+                assert_non_null(fgets(keypass, sizeof(keypass), fp));
+                keypass[strcspn(keypass, "\n")] = '\0';
+                fclose(fp);
+                assert_true(strlen(keypass) >= 8);
+        }
+        snprintf(members, sizeof(members),
+                 "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
+                 "\"%s/client.pem\", \"ssl.key.location\": \"%s/client.key\", "
+                 "\"ssl.key.password\": \"%s\"",
+                 d, d, d, keypass);
+        write_mtls_config(fx, "mtls-good", members, good, sizeof(good));
+        snprintf(members, sizeof(members), "\"ssl.ca.location\": \"%s/ca.pem\"", d);
+        write_mtls_config(fx, "mtls-nocert", members, nocert, sizeof(nocert));
+        snprintf(members, sizeof(members),
+                 "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
+                 "\"%s/stranger.pem\", \"ssl.key.location\": \"%s/stranger.key\"",
+                 d, d, d);
+        write_mtls_config(fx, "mtls-stranger", members, stranger, sizeof(stranger));
+        snprintf(members, sizeof(members),
+                 "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
+                 "\"%s/client.pem\", \"ssl.key.location\": \"%s/client.key\", "
+                 "\"ssl.key.password\": \"%s\"",
+                 d, d, d, WRONG_PASS);
+        write_mtls_config(fx, "mtls-badpass", members, badpass, sizeof(badpass));
+        cli[1] = eg[1] = en[1] = es[1] = fx->stack.kafka_mtls_brokers;
+
+        {
+                const char *argv[] = {"kinfer-worker", "--config", good, "--print-config", NULL};
+                assert_int_equal(kt_stack_run(&fx->stack, argv, NULL, &out, 10000), 0);
+                if (strstr(out, keypass) || !strstr(out, "\"ssl.key.password\": \"***\""))
+                        fail_msg("--print-config does not mask ssl.key.password:\n%s", out);
+                free(out);
+                out = NULL;
+        }
+        {
+                /* A key that cannot be decrypted: refused at start, before
+                 * any connection, naming the setting (librdkafka checks the
+                 * key when the configuration is made). */
+                const char *argv[] = {"kinfer-worker", "--brokers", en[1],
+                                      "--config",      badpass,     NULL};
+                st = kt_stack_run(&fx->stack, argv, NULL, &out, 30000);
+                if (st == 0 || st == -1 || !run_log_has(fx, "ssl.key", "") ||
+                    run_log_has(fx, WRONG_PASS, "")) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("a worker whose key password is wrong: exit %d, want a refusal "
+                                 "naming ssl.key.* without the password (run.log)",
+                                 st);
+                }
+                free(out);
+                out = NULL;
+        }
+        wn = fx_worker(fx, "rkmtls-nocert", en);
+        ws = fx_worker(fx, "rkmtls-stranger", es);
+        w = fx_worker(fx, "rkmtls-w1", eg);
+        wait_log(fx, w, "INFO  assigned 2 partitions", "assigned");
+        fx_add_good(fx, 150);
+        fx->cli_args = cli;
+        fx_submit_cli(fx, 0, fx->n_jobs);
+        fx_wait_all(fx, WAIT_MS);
+        fx_check(fx);
+        assert_int_equal(fx_count_by_worker(fx, fx->n_jobs, "rkmtls-w1"), fx->n_jobs);
+        for (int i = 0; i < 2; i++) {
+                int slot = i ? ws : wn;
+                st = kt_stack_wait(&fx->stack, slot, 60000);
+                if (st != 1 || fx_log_count(fx, slot, "assigned") > 0 ||
+                    !log_has(fx, slot, "ssl.certificate.location", "")) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("%s: exit %d (-1: still running), want 1 naming "
+                                 "ssl.certificate.location, without joining the group",
+                                 fx->stack.procs[slot].name, st);
+                }
+        }
+        {
+                /* kinfer submit without a certificate: exit 1 at once. */
+                const char *argv[] = {"kinfer",   "submit",    "--model",         "mlp",
+                                      "--user",   "rkmtls-u0", "--brokers",       en[1],
+                                      "--config", nocert,      "1,2,3,4,5,6,7,8", NULL};
+                long long t0 = kt_now_ms();
+                st = kt_stack_run(&fx->stack, argv, NULL, NULL, 60000);
+                if (st != 1 || kt_now_ms() - t0 > 20000 ||
+                    !run_log_has(fx, "refused the client certificate",
+                                 "ssl.certificate.location")) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("kinfer submit without a client certificate: exit %d after %lld "
+                                 "ms, want 1 within 20 s naming ssl.certificate.location",
+                                 st, kt_now_ms() - t0);
+                }
+        }
+        fx_finish(fx, &w, 1);
+        assert_no_log_has(fx, keypass);
+        assert_no_log_has(fx, WRONG_PASS);
+        if (run_log_has(fx, keypass, ""))
+                fail_msg("a CLI run printed the key password (run.log)");
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -416,6 +553,7 @@ int main(void)
                                             fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_refusals, fx_state_setup, fx_state_teardown),
             cmocka_unit_test_setup_teardown(test_scram_kafka39, fx_state_setup, fx_state_teardown),
+            cmocka_unit_test_setup_teardown(test_mutual_tls, fx_state_setup, fx_state_teardown),
         };
         return fx_run(tests);
 }
