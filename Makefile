@@ -26,7 +26,8 @@ COMMON_OBJS = common/kf_log.o common/kf_error.o common/kf_util.o common/kf_confi
               common/model_registry_admin.o \
               common/kf_redis.o common/kf_kafka.o common/kf_keys.o common/kf_stats.o \
               common/kf_quota.o common/kf_result.o common/kf_redact.o \
-              common/kf_sign.o
+              common/kf_sign.o \
+              common/kf_log_limit.o
 WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worker/dlq.o \
               worker/model_store.o worker/queue.o worker/offsets.o worker/metrics.o worker/http.o \
               worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \

@@ -8,6 +8,7 @@
 
 #include "kf_keys.h"
 #include "kf_log.h"
+#include "kf_log_limit.h"
 #include "kf_util.h"
 
 /* worker/step.lua, made a C string at build time (see the Makefile). */
@@ -92,23 +93,28 @@ static void step_code(kw_commit_t *cm, kw_job_t *j, long long code)
         case KW_STEP_UNAUTH:
                 cm->written++;
                 count_result(cm, j, KF_ERR_UNAUTHORIZED);
-                kf_info("job %s of user %s (%s/%d/%lld): unauthorized: %s", j->job.id, j->job.user,
-                        rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
-                        (long long)j->rkm->offset, j->errmsg);
+                /* one line per forged job would be the forger's to multiply */
+                kf_info_limited("unauthorized job",
+                                "job %s of user %s (%s/%d/%lld): unauthorized: %s", j->job.id,
+                                j->job.user, rd_kafka_topic_name(j->rkm->rkt),
+                                (int)j->rkm->partition, (long long)j->rkm->offset, j->errmsg);
                 break;
         case KW_STEP_DAMAGED:
                 cm->written++;
                 count_result(cm, j, KF_ERR_INTERNAL);
-                kf_error("job %s of user %s (%s/%d/%lld): answered internal, the user's usage "
-                         "records in Redis are damaged (see the step's warning)",
-                         j->job.id, j->job.user, rd_kafka_topic_name(j->rkm->rkt),
-                         (int)j->rkm->partition, (long long)j->rkm->offset);
+                kf_error_limited(
+                    "job of a user with damaged usage records",
+                    "job %s of user %s (%s/%d/%lld): answered internal, the user's usage "
+                    "records in Redis are damaged (see the step's warning)",
+                    j->job.id, j->job.user, rd_kafka_topic_name(j->rkm->rkt),
+                    (int)j->rkm->partition, (long long)j->rkm->offset);
                 break;
         case KW_STEP_UNKNOWN:
         default:
-                kf_error("job %s (%s/%d/%lld): unexpected code %lld from the step script",
-                         j->job.id, rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
-                         (long long)j->rkm->offset, code);
+                kf_error_limited("unexpected step code",
+                                 "job %s (%s/%d/%lld): unexpected code %lld from the step script",
+                                 j->job.id, rd_kafka_topic_name(j->rkm->rkt),
+                                 (int)j->rkm->partition, (long long)j->rkm->offset, code);
         }
         j->state = KW_JOB_WRITTEN;
 }
@@ -235,10 +241,12 @@ static int commit_round(kw_commit_t *cm, kw_batch_t *b, char *errstr, size_t err
                         kw_job_t *j = &b->jobs[order[e->first]];
                         j->state = KW_JOB_WRITTEN;
                         cm->undecodable++;
-                        kf_warn("message %s/%d/%lld has no readable job id, no result can be "
-                                "written: %s",
-                                rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
-                                (long long)j->rkm->offset, j->errmsg);
+                        kf_warn_limited(
+                            "message without a readable job id",
+                            "message %s/%d/%lld has no readable job id, no result can be "
+                            "written: %s",
+                            rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
+                            (long long)j->rkm->offset, j->errmsg);
                 } else if (rep->type != REDIS_REPLY_ARRAY ||
                            rep->elements != (size_t)e->n * (cm->conf->results_topic ? 2 : 1) + 1) {
                         if (rc == 0)

@@ -9,6 +9,7 @@
 
 #include "kf_kafka.h"
 #include "kf_log.h"
+#include "kf_log_limit.h"
 #include "kf_util.h"
 
 #define RETRY_MIN_MS  100
@@ -62,11 +63,13 @@ static void item_failed(kw_dlq_t *d, kw_dlq_item_t *it, rd_kafka_resp_err_t err)
                 return;
         it->logged_us = now;
         it->last_err = err;
-        kf_warn("dead-letter copy of %s to %s failed (attempt %d, next in %d ms): %s; until a "
-                "copy is taken, no offset of partition %d from %lld on is committed "
-                "(docs/operations.md, Dead letters)",
-                it->source, d->topic, it->attempts, it->backoff_ms, rd_kafka_err2str(err),
-                (int)it->job.rkm->partition, (long long)it->job.rkm->offset);
+        kf_warn_limited(
+            "failed dead-letter copy",
+            "dead-letter copy of %s to %s failed (attempt %d, next in %d ms): %s; until a "
+            "copy is taken, no offset of partition %d from %lld on is committed "
+            "(docs/operations.md, Dead letters)",
+            it->source, d->topic, it->attempts, it->backoff_ms, rd_kafka_err2str(err),
+            (int)it->job.rkm->partition, (long long)it->job.rkm->offset);
 }
 
 /* Starts one attempt: the copy goes to librdkafka, whose delivery report
@@ -125,8 +128,9 @@ static void dlq_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaqu
                 it->acked = 1;
                 atomic_fetch_add(&d->sent, 1);
                 if (it->attempts > 1 && !it->abandoned)
-                        kf_info("dead-letter copy of %s taken by %s after %d attempts", it->source,
-                                d->topic, it->attempts);
+                        kf_info_limited("dead-letter copy taken after retries",
+                                        "dead-letter copy of %s taken by %s after %d attempts",
+                                        it->source, d->topic, it->attempts);
         }
         pthread_mutex_unlock(&d->lock);
 }
@@ -397,11 +401,13 @@ void kw_dlq_take(kw_dlq_t *d, kw_batch_t *b)
                 if (j->state != KW_JOB_DONE || j->job.id[0])
                         continue;
                 if (!(it = calloc(1, sizeof(*it)))) {
-                        kf_error("out of memory: message %s/%d/%lld is not copied to %s; its "
-                                 "offset is not stored, so it is redelivered after the next "
-                                 "rebalance or restart",
-                                 rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
-                                 (long long)j->rkm->offset, d->topic);
+                        kf_error_limited(
+                            "dead-letter copy without memory",
+                            "out of memory: message %s/%d/%lld is not copied to %s; its "
+                            "offset is not stored, so it is redelivered after the next "
+                            "rebalance or restart",
+                            rd_kafka_topic_name(j->rkm->rkt), (int)j->rkm->partition,
+                            (long long)j->rkm->offset, d->topic);
                         j->state = KW_JOB_HELD;
                         continue;
                 }

@@ -8,6 +8,7 @@
 
 #include "kf_kafka.h"
 #include "kf_log.h"
+#include "kf_log_limit.h"
 #include "kf_util.h"
 #include "worker_int.h"
 
@@ -548,6 +549,7 @@ int kw_worker_run(kw_worker_t *w)
                 int64_t until, now = kf_mono_us();
                 kw_status_tick(&w->status, now);
                 pull_metrics(w, now);
+                kf_log_limit_flush(0); /* summaries of ended windows, even if the flood stopped */
                 if (!rkm || !take(w, rkm))
                         continue;
                 /* Fill the batch: whatever is already fetched, then wait up to
@@ -590,6 +592,7 @@ int kw_worker_run(kw_worker_t *w)
                         duplicates += w->writers[i].commit.duplicates;
                         undecodable += w->writers[i].commit.undecodable;
                 }
+                kf_log_limit_flush(1); /* every line not logged is counted in a summary */
                 kf_info("stopped: %llu jobs, %llu batches, %llu written, %llu duplicates, "
                         "%llu undecodable (%llu dead-lettered), %llu abandoned",
                         w->jobs_seen, (unsigned long long)atomic_load(&w->batches), written,

@@ -10,6 +10,7 @@
 #include "kf_kafka.h"
 #include "kf_keys.h"
 #include "kf_log.h"
+#include "kf_log_limit.h"
 #include "kf_redact.h"
 #include "worker.h"
 
@@ -72,6 +73,7 @@ int main(int argc, char **argv)
                 return 2;
         }
         kf_log_set_json(!strcmp(conf.log_format, "json"));
+        kf_log_limit_set((int)conf.log_limit, (int)conf.log_limit_s);
         if (conf.print_config) {
                 rc = kf_config_print(stdout, kw_options, &conf, &conf.props, err, sizeof(err));
                 if (rc)

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "job.h"
+#include "kf_log_limit.h"
 #include "kf_util.h"
 
 #define HASH_NONFATAL_OOM        1
@@ -424,6 +425,12 @@ int kw_metrics_render(kw_metrics_t *m, FILE *fp)
                 fprintf(fp, "%s %llu\n", counter_defs[c].name,
                         (unsigned long long)load(&m->counters[c]));
         }
+        /* process-wide, like the log it counts (kf_log_limit.h) */
+        head(fp, "kinfer_log_lines_suppressed_total", "counter",
+             "Log lines not written by the per-kind log limit (--log-limit), each counted in "
+             "a summary line.");
+        fprintf(fp, "kinfer_log_lines_suppressed_total %llu\n",
+                (unsigned long long)kf_log_limit_suppressed_total());
         render_jobs(m, fp);
         for (int g = 0; g < KW_G__CNT; g++) {
                 head(fp, gauge_defs[g].name, "gauge", gauge_defs[g].help);

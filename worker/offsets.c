@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kf_log.h"
+#include "kf_log_limit.h"
 
 #define NO_LIMIT INT64_MAX
 
@@ -115,18 +116,22 @@ static void block(kw_offsets_t *t, const char *topic, int32_t partition, int64_t
         part_t *p = part_get(t, topic, partition, 1);
         if (!p) {
                 t->blocked = 1;
-                kf_error("message %s/%d/%lld lost (%s), and no memory to remember it: no "
-                         "offset of any partition is stored until the next rebalance, which "
-                         "redelivers it",
-                         topic, (int)partition, (long long)offset, why);
+                kf_error_limited(
+                    "lost message without memory",
+                    "message %s/%d/%lld lost (%s), and no memory to remember it: no "
+                    "offset of any partition is stored until the next rebalance, which "
+                    "redelivers it",
+                    topic, (int)partition, (long long)offset, why);
                 return;
         }
         if (offset < p->limit)
                 p->limit = offset;
-        kf_error("message %s/%d/%lld lost (%s): no offset of %s/%d past %lld is stored until "
-                 "the next rebalance, which redelivers it",
-                 topic, (int)partition, (long long)offset, why, topic, (int)partition,
-                 (long long)p->limit);
+        kf_error_limited(
+            "lost message",
+            "message %s/%d/%lld lost (%s): no offset of %s/%d past %lld is stored until "
+            "the next rebalance, which redelivers it",
+            topic, (int)partition, (long long)offset, why, topic, (int)partition,
+            (long long)p->limit);
 }
 
 int kw_offsets_add(kw_offsets_t *t, const char *topic, int32_t partition, int64_t offset)

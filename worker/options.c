@@ -112,6 +112,11 @@ const kf_opt_t kw_options[] = {
      "msg)"},
     {"log-summary-s", 0, "KINFER_LOG_SUMMARY_S", KF_OPT_INT, O(log_summary_s), 0, 86400, "10", "S",
      "log one summary line (jobs/s, ok, errors, duplicates) at info this often; 0 = never"},
+    {"log-limit", 0, "KINFER_LOG_LIMIT", KF_OPT_INT, O(log_limit), 0, 1000000, "20", "N",
+     "at most N lines per --log-limit-s from each kind of line a producer can repeat (a refused "
+     "job, an unreadable message), then one summary line with the count; 0 = no limit"},
+    {"log-limit-s", 0, "KINFER_LOG_LIMIT_S", KF_OPT_INT, O(log_limit_s), 1, 86400, "10", "S",
+     "the window of --log-limit"},
     {"log-level", 'l', "KINFER_LOG_LEVEL", KF_OPT_LOG, O(log_level), 0, 0, "info", "LEVEL",
      "error, warn, info or debug"},
     {NULL},

@@ -26,6 +26,8 @@ typedef struct kw_config_s {
         char *http_addr;       /* --http: metrics and probes; NULL = off */
         char *log_format;      /* plain or json */
         int64_t log_summary_s; /* a summary line at info this often; 0 = never */
+        int64_t log_limit;     /* lines per --log-limit-s per call site a producer drives */
+        int64_t log_limit_s;
         char *brokers;
         char *redis_url;
         char *models_dir;
