@@ -39,7 +39,10 @@ typedef struct kf_log_limit_s {
         struct kf_log_limit_s *next; /* the flush list */
 } kf_log_limit_t;
 
-#define KF_LOG_LIMIT_INIT(what_) {(what_), PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, NULL}
+#define KF_LOG_LIMIT_INIT(what_)                                                                   \
+        {                                                                                          \
+                (what_), PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, NULL                            \
+        }
 
 #define KF_LOG_LIMIT_LINES_DEFAULT    20
 #define KF_LOG_LIMIT_INTERVAL_DEFAULT 10 /* seconds */
@@ -63,7 +66,7 @@ uint64_t kf_log_limit_suppressed_total(void);
 #define KF_LOG_LIMITED(lvl, what, ...)                                                             \
         do {                                                                                       \
                 static kf_log_limit_t kf_ll_site_ = KF_LOG_LIMIT_INIT(what);                       \
-                if ((int)(lvl) <= kf_log_threshold && kf_log_limit_pass(&kf_ll_site_, (lvl)))     \
+                if ((int)(lvl) <= kf_log_threshold && kf_log_limit_pass(&kf_ll_site_, (lvl)))      \
                         kf_log_write((lvl), __VA_ARGS__);                                          \
         } while (0)
 

@@ -421,9 +421,12 @@ void kw_dlq_take(kw_dlq_t *d, kw_batch_t *b)
                 it->next = d->items;
                 d->items = it;
                 if (atomic_fetch_add(&d->held, 1) + 1 == KW_DLQ_MAX_HELD)
-                        kf_warn("%d dead-letter copies outstanding: no new batches (fetching "
-                                "pauses) until some are taken",
-                                KW_DLQ_MAX_HELD);
+                        /* a flood of undecodable messages crosses it again and again */
+                        kf_warn_limited(
+                            "dead-letter backlog full",
+                            "%d dead-letter copies outstanding: no new batches (fetching "
+                            "pauses) until some are taken",
+                            KW_DLQ_MAX_HELD);
                 if (!atomic_load(&d->fatal))
                         item_produce(d, it);
                 pthread_mutex_unlock(&d->lock);

@@ -41,7 +41,9 @@ static void set_paused(kw_worker_t *w, int pause)
         cnt = parts->cnt;
         rd_kafka_topic_partition_list_destroy(parts);
         w->paused = pause;
-        kf_info("%s fetching from %d partitions", pause ? "paused" : "resumed", cnt);
+        /* a flood can make the pipeline fill and drain many times a second */
+        kf_info_limited("fetching paused or resumed", "%s fetching from %d partitions",
+                        pause ? "paused" : "resumed", cnt);
 }
 
 /* Logs a consumer error event; librdkafka recovers from all but fatal ones.

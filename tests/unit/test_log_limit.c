@@ -245,8 +245,8 @@ static void test_threshold_and_off(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_burst_threads),  cmocka_unit_test(test_next_window),
-            cmocka_unit_test(test_flush_when_due), cmocka_unit_test(test_sites_apart),
+            cmocka_unit_test(test_burst_threads),     cmocka_unit_test(test_next_window),
+            cmocka_unit_test(test_flush_when_due),    cmocka_unit_test(test_sites_apart),
             cmocka_unit_test(test_threshold_and_off),
         };
         kf_log_init("test_log_limit", KF_LOG_INFO);
