@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kf_log.h"
+#include "kf_log_limit.h"
 #include "kf_util.h"
 #include "model_store_registry_int.h"
 
@@ -314,7 +315,8 @@ msr_res_t msr_refresh(msr_t *r, msr_conn_t *cn, const char *name, int flags, msr
                 return MSR_TRANSIENT;
         }
         if (rc == MREG_REFUSED) {
-                kf_error("model %s: %s", name, errstr);
+                /* per model name a job names: a producer can send many */
+                kf_error_limited("model registry read refused", "model %s: %s", name, errstr);
                 return MSR_TRANSIENT;
         }
         found = rc == MREG_OK;
