@@ -272,9 +272,11 @@ static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, 
 
 /* One transaction: the members' messages and the offsets pos (a snapshot
  * taken with the members: never past a message of a batch not among them).
- * Returns NULL or the error (caller destroys it). */
+ * *produced: how many messages it produced (all of them, unless it failed
+ * first).  Returns NULL or the error (caller destroys it). */
 static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
-                                const rd_kafka_topic_partition_list_t *pos)
+                                const rd_kafka_topic_partition_list_t *pos,
+                                unsigned long long *produced)
 {
         rd_kafka_error_t *error;
         rd_kafka_resp_err_t err;
@@ -291,6 +293,7 @@ static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
                         if ((err = rt_produce(rt, j, NULL)))
                                 return rd_kafka_error_new(err, "producing result %s: %s", j->job.id,
                                                           rd_kafka_err2str(err));
+                        (*produced)++;
                 }
         if (pos->cnt > 0) {
                 rd_kafka_consumer_group_metadata_t *cgmd =
@@ -329,15 +332,17 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
          * none may commit (they joined before it was given up) */
         while (!atomic_load(&rt->broken)) {
                 int64_t t0 = kf_mono_us();
-                rd_kafka_error_t *error = rt_txn(rt, members, n, pos);
+                unsigned long long produced = 0;
+                rd_kafka_error_t *error = rt_txn(rt, members, n, pos, &produced);
                 if (!error) {
                         kw_metrics_observe(rt->metrics, KW_H_RT_TXN,
                                            (double)(kf_mono_us() - t0) / 1e6);
                         ok = 1;
                         break;
                 }
-                /* Whatever became of it, none of its messages is delivered. */
-                kw_metrics_add(rt->metrics, KW_C_RT_FAILED, msgs);
+                /* Whatever became of it, none of the messages it holds is
+                 * delivered (each counted produced: the two stay level). */
+                kw_metrics_add(rt->metrics, KW_C_RT_FAILED, produced);
                 if (rd_kafka_error_is_fatal(error) || atomic_load(&rt->fatal)) {
                         atomic_store(&rt->fatal, 1);
                         kf_error("result topic %s: transaction of %llu results: %s: fatal "
