@@ -40,7 +40,7 @@ import uuid
 import msgpack
 import numpy as np
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -156,8 +156,10 @@ class ResultTopicTest(unittest.TestCase):
         """{job id: [raw values]} of the result topic, from the beginning,
         until `want` ids are in (then 1 s more, to catch a duplicate)."""
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
-                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        c.subscribe([TOPIC])
+                      "enable.auto.commit": False})
+        # assigned, not subscribed: no group join to wait for
+        parts = c.list_topics(TOPIC, timeout=10).topics[TOPIC].partitions
+        c.assign([TopicPartition(TOPIC, p, OFFSET_BEGINNING) for p in parts])
         got, deadline, quiet = {}, time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             m = c.poll(0.2)
