@@ -84,8 +84,8 @@ static const def_t counter_defs[KW_C__CNT] = {
                            KW_SHOW_RESULTS},
     [KW_C_RT_FAILED] = {"kinfer_results_failed_total",
                         "Result messages not delivered: a failed delivery report or produce call "
-                        "(at least once), or in an aborted transaction (exactly once). Their batch "
-                        "is sent again.",
+                        "(at least once), or produced in a transaction that failed (exactly once). "
+                        "Their batch is sent again.",
                         KW_SHOW_RESULTS},
     [KW_C_RT_TXN_COMMITTED] = {"kinfer_results_transactions_committed_total",
                                "Result-topic transactions committed (exactly once; 0 otherwise).",

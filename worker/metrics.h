@@ -41,7 +41,7 @@ typedef enum {
         KW_C_RT_PRODUCED,      /* result messages handed to the producer */
         KW_C_RT_DELIVERED,     /* acknowledged (at least once) or committed (exactly once) */
         KW_C_RT_FAILED,        /* failed delivery reports, refused produce calls, or the
-                                * messages of aborted transactions: sent again */
+                                * messages produced in failed transactions: sent again */
         KW_C_RT_TXN_COMMITTED, /* exactly once: transactions committed */
         KW_C_RT_TXN_ABORTED,   /* exactly once: transactions aborted */
         KW_C__CNT
