@@ -52,7 +52,8 @@ KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.
               producer-tool/prom_text.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o
 HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o tests/harness/kt_proxy.o \
-                 tests/harness/kt_kafka.o
+                 tests/harness/kt_kafka.o \
+                 tests/harness/kt_metrics.o
 
 UNIT_TESTS        = $(patsubst %.c,%,$(wildcard tests/unit/test_*.c))
 INTEGRATION_TESTS = $(patsubst %.c,%,$(wildcard tests/integration/test_*.c))
