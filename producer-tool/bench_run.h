@@ -13,9 +13,11 @@
  * callback, which librdkafka calls from rd_kafka_poll on that same thread,
  * and the probe thread (bench_probe.c), which reads only id_base through
  * kc_bench_job_idx.
- * Errors: functions that return int return 0 or -1, int64_t ones a value
- * or -1; every failure is reported on stderr (kc_err) where it happens, so
- * callers only stop. */
+ * Errors: functions that return int return 0 or -1 (kc_bench_run an exit
+ * code), int64_t ones a value or -1; a failure is reported on stderr
+ * (kc_err) where it happens, so callers only stop, but for
+ * kc_bench_redis_time and kc_bench_used_memory_settled, whose callers say
+ * what could not be read. */
 #ifndef KC_BENCH_RUN_H
 #define KC_BENCH_RUN_H
 
@@ -176,10 +178,11 @@ int kc_bench_collect_visible(kc_bench_t *b);
 
 /* bench_memory.c: Redis memory of the run's keys. */
 
-/* Redis' TIME in Unix s, or -1. */
+/* Redis' TIME in Unix s, or -1 (not reported). */
 int64_t kc_bench_redis_time(kc_bench_t *b);
 
-/* used_memory minus the clients' buffers once it has settled, or -1. */
+/* used_memory minus the clients' buffers once it has settled, or -1 (not
+ * reported). */
 int64_t kc_bench_used_memory_settled(kc_bench_t *b);
 
 /* Once every result exists: mem1, inbox_bytes, record_bytes,
