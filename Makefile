@@ -49,11 +49,17 @@ KINFER_OBJS = producer-tool/main.o producer-tool/cli.o producer-tool/cmd_submit.
               producer-tool/cmd_key.o producer-tool/signer.o \
               producer-tool/cmd_bench.o producer-tool/bench_cpu.o producer-tool/bench_compute.o \
               producer-tool/bench_probe.o \
+              producer-tool/bench_run.o \
+              producer-tool/bench_jobs.o \
+              producer-tool/bench_collect.o \
+              producer-tool/bench_memory.o \
+              producer-tool/bench_report.o \
               producer-tool/cmd_top.o producer-tool/top_pool.o producer-tool/top_view.o \
               producer-tool/prom_text.o
 DEVBROKER_OBJS = deploy/devbroker/devbroker.o
 HARNESS_OBJS   = tests/harness/stack.o tests/harness/kt_job.o tests/harness/kt_proxy.o \
-                 tests/harness/kt_kafka.o
+                 tests/harness/kt_kafka.o \
+                 tests/harness/kt_metrics.o
 
 UNIT_TESTS        = $(patsubst %.c,%,$(wildcard tests/unit/test_*.c))
 INTEGRATION_TESTS = $(patsubst %.c,%,$(wildcard tests/integration/test_*.c))

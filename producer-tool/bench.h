@@ -2,7 +2,8 @@
  * CPU accounting of processes from /proc (bench_cpu.c), the probe that times
  * when results become visible (bench_probe.c, one thread of its own), and
  * random inputs and the compute-only limit (bench_compute.c, its own compute
- * threads).  Everything else runs on the calling thread, like the CLI. */
+ * threads).  A drain or open run, which uses them, is bench_run.h's.
+ * Everything else runs on the calling thread, like the CLI. */
 #ifndef KC_BENCH_H
 #define KC_BENCH_H
 

@@ -26,6 +26,7 @@ typedef struct hist_def_s {
         const char *name, *help;
         double bounds[KW_HIST_MAX];
         int n;
+        int section; /* 0: always rendered; else a KW_SHOW_* bit */
 } hist_def_t;
 
 /* Latency buckets from 0.5 ms to 60 s: a W1 job takes well under a
@@ -51,11 +52,18 @@ static const hist_def_t hist_defs[KW_H__CNT] = {
                          "Jobs per micro-batch.",
                          {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096},
                          12},
+    [KW_H_RT_TXN] = {"kinfer_results_transaction_seconds",
+                     "Time of one committed result-topic transaction, begun to commit answered: "
+                     "its result messages, the consumed offsets and the commit (exactly once).",
+                     LATENCY_BUCKETS, KW_SHOW_RESULTS},
 };
 
-static const struct {
+typedef struct def_s {
         const char *name, *help;
-} counter_defs[KW_C__CNT] = {
+        int section; /* 0: always rendered; else a KW_SHOW_* bit */
+} def_t;
+
+static const def_t counter_defs[KW_C__CNT] = {
     [KW_C_CONSUMED] = {"kinfer_messages_consumed_total", "Messages taken from the jobs topic."},
     [KW_C_DUPLICATES] = {"kinfer_jobs_duplicate_total",
                          "Jobs whose id already had a result: nothing written or charged."},
@@ -67,11 +75,29 @@ static const struct {
                            "Rounds of steps that failed and were retried."},
     [KW_C_REDIS_RECONNECTS] = {"kinfer_redis_reconnects_total",
                                "Redis connections made again after one was dropped."},
+    [KW_C_RT_PRODUCED] = {"kinfer_results_produced_total",
+                          "Result messages handed to the result topic's producer (one sent again "
+                          "after a failure counts again).",
+                          KW_SHOW_RESULTS},
+    [KW_C_RT_DELIVERED] = {"kinfer_results_delivered_total",
+                           "Result messages acknowledged by the brokers (at least once) or "
+                           "committed in a transaction (exactly once).",
+                           KW_SHOW_RESULTS},
+    [KW_C_RT_FAILED] = {"kinfer_results_failed_total",
+                        "Result messages not delivered: a failed delivery report or produce call "
+                        "(at least once), or produced in a transaction that failed (exactly once). "
+                        "Their batch is sent again.",
+                        KW_SHOW_RESULTS},
+    [KW_C_RT_TXN_COMMITTED] = {"kinfer_results_transactions_committed_total",
+                               "Result-topic transactions committed (exactly once; 0 otherwise).",
+                               KW_SHOW_RESULTS},
+    [KW_C_RT_TXN_ABORTED] = {"kinfer_results_transactions_aborted_total",
+                             "Result-topic transactions aborted; their messages are produced again "
+                             "in a new one (exactly once; 0 otherwise).",
+                             KW_SHOW_RESULTS},
 };
 
-static const struct {
-        const char *name, *help;
-} gauge_defs[KW_G__CNT] = {
+static const def_t gauge_defs[KW_G__CNT] = {
     [KW_G_INFLIGHT_BATCHES] = {"kinfer_inflight_batches",
                                "Batches taken from Kafka and not yet written."},
     [KW_G_ASSIGNED_PARTITIONS] = {"kinfer_assigned_partitions",
@@ -80,6 +106,9 @@ static const struct {
                                   "Weights kept for model versions not being served."},
     [KW_G_MODELS_SERVING_BYTES] = {"kinfer_model_serving_bytes",
                                    "Weights of the model versions being served."},
+    [KW_G_RT_UNACKED] = {"kinfer_results_unacknowledged",
+                         "Result messages produced whose delivery report has not arrived yet.",
+                         KW_SHOW_RESULTS},
 };
 
 typedef struct hist_s {
@@ -110,6 +139,7 @@ struct kw_metrics_s {
         double work_flops;
         int have_lag; /* statistics seen at least once */
         double start_time;
+        int show; /* KW_SHOW_* bits */
 };
 
 kw_metrics_t *kw_metrics_new(void)
@@ -164,6 +194,18 @@ void kw_metrics_observe(kw_metrics_t *m, kw_hist_id_t h, double value)
         __atomic_add_fetch(&m->hists[h].sum_ns,
                            value > 1.8e10 ? (uint64_t)1.8e19 : (uint64_t)(value * 1e9),
                            __ATOMIC_RELAXED);
+}
+
+void kw_metrics_gauge_add(kw_metrics_t *m, kw_gauge_t g, int64_t delta)
+{
+        if (m)
+                __atomic_add_fetch(&m->gauges[g], delta, __ATOMIC_RELAXED);
+}
+
+void kw_metrics_show(kw_metrics_t *m, int sections)
+{
+        if (m)
+                __atomic_or_fetch(&m->show, sections, __ATOMIC_RELAXED);
 }
 
 kw_series_t *kw_metrics_series(kw_metrics_t *m, const char *model, uint32_t version)
@@ -420,7 +462,11 @@ static void render_process(kw_metrics_t *m, FILE *fp)
 
 int kw_metrics_render(kw_metrics_t *m, FILE *fp)
 {
+        int show = __atomic_load_n(&m->show, __ATOMIC_RELAXED);
+#define SHOWN(def) (!(def).section || ((def).section & show))
         for (int c = 0; c < KW_C__CNT; c++) {
+                if (!SHOWN(counter_defs[c]))
+                        continue;
                 head(fp, counter_defs[c].name, "counter", counter_defs[c].help);
                 fprintf(fp, "%s %llu\n", counter_defs[c].name,
                         (unsigned long long)load(&m->counters[c]));
@@ -433,12 +479,16 @@ int kw_metrics_render(kw_metrics_t *m, FILE *fp)
                 (unsigned long long)kf_log_limit_suppressed_total());
         render_jobs(m, fp);
         for (int g = 0; g < KW_G__CNT; g++) {
+                if (!SHOWN(gauge_defs[g]))
+                        continue;
                 head(fp, gauge_defs[g].name, "gauge", gauge_defs[g].help);
                 fprintf(fp, "%s %lld\n", gauge_defs[g].name,
                         (long long)__atomic_load_n(&m->gauges[g], __ATOMIC_RELAXED));
         }
         for (int h = 0; h < KW_H__CNT; h++)
-                render_hist(m, fp, (kw_hist_id_t)h);
+                if (SHOWN(hist_defs[h]))
+                        render_hist(m, fp, (kw_hist_id_t)h);
+#undef SHOWN
         render_lag(m, fp);
         render_process(m, fp);
         return ferror(fp) ? -1 : 0;

@@ -37,6 +37,13 @@ typedef enum {
         KW_C_REDIS_ROUND_TRIPS, /* pipelined rounds of steps sent to Redis */
         KW_C_REDIS_ERRORS,      /* rounds that failed (the batch is retried) */
         KW_C_REDIS_RECONNECTS,  /* connections made again after one was dropped */
+        /* The result topic's (results_topic.h); shown once kw_metrics_show(KW_SHOW_RESULTS). */
+        KW_C_RT_PRODUCED,      /* result messages handed to the producer */
+        KW_C_RT_DELIVERED,     /* acknowledged (at least once) or committed (exactly once) */
+        KW_C_RT_FAILED,        /* failed delivery reports, refused produce calls, or the
+                                * messages produced in failed transactions: sent again */
+        KW_C_RT_TXN_COMMITTED, /* exactly once: transactions committed */
+        KW_C_RT_TXN_ABORTED,   /* exactly once: transactions aborted */
         KW_C__CNT
 } kw_counter_t;
 
@@ -46,6 +53,8 @@ typedef enum {
         KW_G_ASSIGNED_PARTITIONS,  /* partitions this worker holds */
         KW_G_MODELS_CACHED_BYTES,  /* weights of model versions kept, not being served */
         KW_G_MODELS_SERVING_BYTES, /* weights of the versions being served */
+        KW_G_RT_UNACKED,           /* result messages produced, delivery report not served yet
+                                    * (kw_metrics_gauge_add; KW_SHOW_RESULTS) */
         KW_G__CNT
 } kw_gauge_t;
 
@@ -56,6 +65,7 @@ typedef enum {
         KW_H_REDIS_WRITE,    /* one round of steps, sent to answered */
         KW_H_END_TO_END,     /* Kafka message timestamp to its step done (written or duplicate) */
         KW_H_BATCH_JOBS,     /* jobs per batch (a count, not seconds) */
+        KW_H_RT_TXN, /* a committed transaction, begin to commit answered (KW_SHOW_RESULTS) */
         KW_H__CNT
 } kw_hist_id_t;
 
@@ -68,6 +78,15 @@ void kw_metrics_destroy(kw_metrics_t *m); /* accepts NULL */
 void kw_metrics_add(kw_metrics_t *m, kw_counter_t c, uint64_t n);
 void kw_metrics_set(kw_metrics_t *m, kw_gauge_t g, int64_t v);
 void kw_metrics_observe(kw_metrics_t *m, kw_hist_id_t h, double value);
+/* Adds delta (may be negative) to a gauge counted up and down by its
+ * users rather than set by one owner. */
+void kw_metrics_gauge_add(kw_metrics_t *m, kw_gauge_t g, int64_t delta);
+
+/* Optional sections: their metrics are rendered only once shown (a worker
+ * without a result topic exports no kinfer_results_* series, so none can
+ * be mistaken for a result topic that is idle). */
+#define KW_SHOW_RESULTS 1 /* the worker has a result topic */
+void kw_metrics_show(kw_metrics_t *m, int sections);
 
 /* The counters of one (model, version): found or made once (a lookup under
  * the mutex), then counted into without a lock.  model NULL or "" = none

@@ -29,13 +29,16 @@ static void rt_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque
         rt_wait_t *wt = rkm->_private;
         kw_rt_t *rt = opaque;
         (void)rk;
+        kw_metrics_gauge_add(rt->metrics, KW_G_RT_UNACKED, -1);
         if (!wt) /* exactly once: the transaction's commit says it all */
                 return;
         if (rkm->err) {
                 rd_kafka_resp_err_t none = RD_KAFKA_RESP_ERR_NO_ERROR;
                 atomic_compare_exchange_strong(&wt->err, &none, rkm->err);
+                kw_metrics_add(rt->metrics, KW_C_RT_FAILED, 1);
         } else {
                 atomic_fetch_add(&rt->sent, 1);
+                kw_metrics_add(rt->metrics, KW_C_RT_DELIVERED, 1);
         }
         if (atomic_fetch_sub(&wt->refs, 1) == 1)
                 free(wt);
@@ -134,6 +137,7 @@ int kw_rt_init(kw_rt_t *rt, const kw_rt_conf_t *c, char *errstr, size_t errstr_s
         rt->topic = c->topic;
         rt->eos = c->exactly_once;
         rt->timeout_ms = c->timeout_ms;
+        rt->metrics = c->metrics;
         if (!strcmp(c->key, "id"))
                 rt->key = KW_RT_KEY_ID;
         else if (!strcmp(c->key, "input"))
@@ -211,8 +215,11 @@ static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, const kw_job_t *j, rt_wait_t 
                     RD_KAFKA_V_VALUE(j->rt_value, j->rt_len),
                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(copy),
                     RD_KAFKA_V_OPAQUE(wt), RD_KAFKA_V_END);
-                if (!err)
+                if (!err) {
+                        kw_metrics_add(rt->metrics, KW_C_RT_PRODUCED, 1);
+                        kw_metrics_gauge_add(rt->metrics, KW_G_RT_UNACKED, 1);
                         return 0; /* the headers are the message's now */
+                }
                 if (copy)
                         rd_kafka_headers_destroy(copy);
                 copy = NULL;
@@ -239,6 +246,7 @@ static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, 
                 atomic_fetch_add(&wt->refs, 1);
                 if ((err = rt_produce(rt, j, wt))) {
                         atomic_fetch_sub(&wt->refs, 1);
+                        kw_metrics_add(rt->metrics, KW_C_RT_FAILED, 1);
                         break;
                 }
                 n++;
@@ -264,9 +272,11 @@ static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, 
 
 /* One transaction: the members' messages and the offsets pos (a snapshot
  * taken with the members: never past a message of a batch not among them).
- * Returns NULL or the error (caller destroys it). */
+ * *produced: how many messages it produced (all of them, unless it failed
+ * first).  Returns NULL or the error (caller destroys it). */
 static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
-                                const rd_kafka_topic_partition_list_t *pos)
+                                const rd_kafka_topic_partition_list_t *pos,
+                                unsigned long long *produced)
 {
         rd_kafka_error_t *error;
         rd_kafka_resp_err_t err;
@@ -283,6 +293,7 @@ static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
                         if ((err = rt_produce(rt, j, NULL)))
                                 return rd_kafka_error_new(err, "producing result %s: %s", j->job.id,
                                                           rd_kafka_err2str(err));
+                        (*produced)++;
                 }
         if (pos->cnt > 0) {
                 rd_kafka_consumer_group_metadata_t *cgmd =
@@ -320,11 +331,18 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
         /* after a transaction given up, its offsets are in every snapshot:
          * none may commit (they joined before it was given up) */
         while (!atomic_load(&rt->broken)) {
-                rd_kafka_error_t *error = rt_txn(rt, members, n, pos);
+                int64_t t0 = kf_mono_us();
+                unsigned long long produced = 0;
+                rd_kafka_error_t *error = rt_txn(rt, members, n, pos, &produced);
                 if (!error) {
+                        kw_metrics_observe(rt->metrics, KW_H_RT_TXN,
+                                           (double)(kf_mono_us() - t0) / 1e6);
                         ok = 1;
                         break;
                 }
+                /* Whatever became of it, none of the messages it holds is
+                 * delivered (each counted produced: the two stay level). */
+                kw_metrics_add(rt->metrics, KW_C_RT_FAILED, produced);
                 if (rd_kafka_error_is_fatal(error) || atomic_load(&rt->fatal)) {
                         atomic_store(&rt->fatal, 1);
                         kf_error("result topic %s: transaction of %llu results: %s: fatal "
@@ -346,6 +364,7 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
                         rd_kafka_error_destroy(error);
                 }
                 atomic_fetch_add(&rt->aborts, 1);
+                kw_metrics_add(rt->metrics, KW_C_RT_TXN_ABORTED, 1);
                 if ((abandon && atomic_load(abandon)) || atomic_load(&rt->fatal))
                         break;
                 for (int slept = 0; slept < backoff && !(abandon && atomic_load(abandon));
@@ -360,6 +379,8 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
         if (ok) {
                 atomic_fetch_add(&rt->txns, 1);
                 atomic_fetch_add(&rt->sent, msgs);
+                kw_metrics_add(rt->metrics, KW_C_RT_TXN_COMMITTED, 1);
+                kw_metrics_add(rt->metrics, KW_C_RT_DELIVERED, msgs);
         } else {
                 /* Its batches' offsets are marked done in the tracker: no
                  * transaction may send them until the partitions' state is

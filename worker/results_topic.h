@@ -28,7 +28,13 @@
  * waits for its batch's transaction, which one of them commits); kw_rt_commit_offsets and
  * kw_rt_reset from the loop thread, after a drain; the producer's delivery reports are served by
  * whichever thread polls it.  Errors are returned with a message; the
- * caller logs them. */
+ * caller logs them.
+ *
+ * Metrics (metrics.h, KW_SHOW_RESULTS): every message handed to the
+ * producer counts as produced; it ends delivered or failed (at least once:
+ * by its delivery report, or at once when rd_kafka_producev refuses it;
+ * exactly once: with its transaction, committed or aborted), and while
+ * its delivery report is outstanding it counts as unacknowledged. */
 #ifndef KW_RESULTS_TOPIC_H
 #define KW_RESULTS_TOPIC_H
 
@@ -40,6 +46,7 @@
 
 #include "batch.h"
 #include "kf_config.h"
+#include "metrics.h"
 #include "offsets.h"
 
 /* -X results.KEY=VALUE sets KEY on the result producer only. */
@@ -60,6 +67,7 @@ typedef struct kw_rt_conf_s {
         int exactly_once;
         const char *transactional_id; /* exactly once: the producer's transactional.id */
         int timeout_ms;               /* transactional calls and delivery waits */
+        kw_metrics_t *metrics;        /* counts kinfer_results_* (not owned; may be NULL) */
 } kw_rt_conf_t;
 
 typedef struct kw_rt_s {
@@ -68,6 +76,7 @@ typedef struct kw_rt_s {
         kw_rt_key_t key;
         int eos;
         int timeout_ms;
+        kw_metrics_t *metrics; /* not owned */
         rd_kafka_t *consumer;  /* exactly once: whose group metadata (not owned) */
         kw_offsets_t *offsets; /* exactly once: what is committed (not owned) */
         pthread_mutex_t lock;  /* exactly once: guards what follows, to outcome */

@@ -168,9 +168,12 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                                    c->results_key,
                                    c->exactly_once,
                                    w->txn_id,
-                                   (int)(c->grace_ms > 30000 ? c->grace_ms : 30000)};
+                                   (int)(c->grace_ms > 30000 ? c->grace_ms : 30000),
+                                   w->metrics};
                 if (kw_rt_init(&w->rt, &rc, errstr, errstr_size))
                         goto err;
+                if (c->results_topic)
+                        kw_metrics_show(w->metrics, KW_SHOW_RESULTS);
         }
         if (c->exactly_once) { /* the defaults, then the exactly-once ones (later wins) */
                 int n = 0;

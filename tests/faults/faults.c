@@ -619,6 +619,22 @@ int fx_worker(fx_t *fx, const char *name, const char *const *extra)
         return slot;
 }
 
+int fx_http_worker(fx_t *fx, const char *name, int *port, const char *const *extra)
+{
+        char addr[32];
+        const char *argv[16] = {"--http", addr};
+        int n = 2;
+        *port = kt_free_port();
+        assert_true(*port > 0);
+        snprintf(addr, sizeof(addr), "127.0.0.1:%d", *port);
+        for (int i = 0; extra && extra[i]; i++) {
+                assert_true(n < 15);
+                argv[n++] = extra[i];
+        }
+        argv[n] = NULL;
+        return fx_worker(fx, name, argv);
+}
+
 static int fx_file_count(const char *path, const char *needle)
 {
         char line[4096];

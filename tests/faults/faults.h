@@ -154,6 +154,10 @@ void fx_teardown(fx_t *fx);
  * (NULL-terminated, may be NULL).  Returns its slot. */
 int fx_worker(fx_t *fx, const char *name, const char *const *extra);
 
+/* fx_worker with --http 127.0.0.1:PORT on a fresh port, returned in *port
+ * (read its /metrics with kt_scrape, harness/kt_metrics.h). */
+int fx_http_worker(fx_t *fx, const char *name, int *port, const char *const *extra);
+
 /* Pushes the model into the stack's model registry and activates it
  * (`kinfer model push`), as version 1; workers spawned afterwards load it
  * from there instead of from a directory. */

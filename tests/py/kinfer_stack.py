@@ -1,7 +1,8 @@
 """kinfer_stack - a private stack for the Python tests that serve models: a
 real redis-server on a free loopback port, the dev broker and one worker
 reading the model registry, each stopped by its pid.  Shared by
-test_sklearn_serving.py and test_models_guide.py (not a test itself)."""
+test_sklearn_serving.py, test_models_guide.py and test_bench.py (not a test
+itself)."""
 import ctypes
 import os
 import signal

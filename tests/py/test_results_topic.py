@@ -16,6 +16,13 @@ a numpy reference; an error result too; a job with `results: "stream"` has a
 result message but no Redis result (and is charged); `kinfer tail
 --from-beginning` prints every one as a JSON line that parses, with the same
 ids and outputs.
+
+The worker's /metrics (--http), read with prometheus_client's parser: the
+kinfer_results_* counters equal the result messages read back from the topic,
+pass `promtool check metrics`, and include every kinfer_results_* name that
+deploy/monitoring uses; a delivery the dev broker refuses for real (the next
+Produce request answered TOPIC_AUTHORIZATION_FAILED) counts once as failed,
+and the result is sent again and counted delivered once.
 """
 import json
 import os
@@ -24,14 +31,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import re
 import time
 import unittest
+import urllib.request
 import uuid
 
 import msgpack
 import numpy as np
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(REPO, os.environ.get("KINFER_BIN", "build"))
@@ -94,9 +104,11 @@ class ResultTopicTest(unittest.TestCase):
         env.update(KINFER_BROKERS=cls.bootstrap,
                    KINFER_REDIS=f"redis://127.0.0.1:{cls.redis_port}/0")
         cls.env = env
+        cls.http_port = free_port()
         cls.worker = subprocess.Popen(
             [os.path.join(BIN, "kinfer-worker"), "--models", os.path.join(tmp, "models"),
-             "--results-topic", TOPIC, "--results-key", "input", "-X", "session.timeout.ms=6000"],
+             "--results-topic", TOPIC, "--results-key", "input", "-X", "session.timeout.ms=6000",
+             "--http", f"127.0.0.1:{cls.http_port}"],
             env=env, stdin=subprocess.DEVNULL, stdout=open(cls.worker_log, "wb"),
             stderr=subprocess.STDOUT)
 
@@ -104,15 +116,61 @@ class ResultTopicTest(unittest.TestCase):
     def tearDownClass(cls):
         stop(cls.worker)
         log = open(cls.worker_log).read()
+        if os.environ.get("KEEP"):
+            open(os.environ["KEEP"], "w").write(log)
         if cls.worker.returncode != 0:
             sys.stderr.write(log[-5000:])
         cls.broker.stdin.close()
         stop(cls.broker)
+        cls.broker.stdout.close()
         stop(cls.redis_proc)
         cls.tmp.cleanup()
         # a clean shutdown, and nothing a sanitizer build would report
         if cls.worker.returncode != 0 or "Sanitizer" in log:
             raise AssertionError(f"worker exited {cls.worker.returncode}")
+
+    def scrape(self):
+        """The worker's /metrics as text (it may still be starting)."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
+                                            timeout=10) as r:
+                    return r.read().decode()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def results_metrics(self, text=None):
+        """{name: value} of the kinfer_results_* samples, read by
+        prometheus_client's parser (not the worker's own code)."""
+        out = {}
+        for fam in text_string_to_metric_families(text or self.scrape()):
+            for smp in fam.samples:
+                if smp.name.startswith("kinfer_results_") and not smp.labels:
+                    out[smp.name] = smp.value
+        return out
+
+    def read_topic(self, want, timeout=60):
+        """{job id: [raw values]} of the result topic, from the beginning,
+        until `want` ids are in (then 1 s more, to catch a duplicate)."""
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
+                      "enable.auto.commit": False})
+        # assigned, not subscribed: no group join to wait for
+        parts = c.list_topics(TOPIC, timeout=10).topics[TOPIC].partitions
+        c.assign([TopicPartition(TOPIC, p, OFFSET_BEGINNING) for p in parts])
+        got, deadline, quiet = {}, time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and not m.error():
+                got.setdefault(msgpack.unpackb(m.value(), raw=False)["id"], []).append(m.value())
+            if want <= set(got):
+                quiet = quiet or time.monotonic() + 1
+                if time.monotonic() > quiet:
+                    break
+        c.close()
+        return got
 
     def test_result_messages(self):
         rng = np.random.default_rng(5)
@@ -155,6 +213,34 @@ class ResultTopicTest(unittest.TestCase):
             got[v["id"]] = (m.key().decode(), m.headers(), m.value(), v)
         c.close()
         self.assertEqual(set(got), set(jobs))
+        # Every result message read back is one the worker counts delivered;
+        # none failed, none waits for a delivery report, no transactions.
+        text = self.scrape()
+        self.assertEqual(self.results_metrics(text), {
+            "kinfer_results_produced_total": len(got),
+            "kinfer_results_delivered_total": len(got),
+            "kinfer_results_failed_total": 0,
+            "kinfer_results_unacknowledged": 0,
+            "kinfer_results_transactions_committed_total": 0,
+            "kinfer_results_transactions_aborted_total": 0,
+            "kinfer_results_transaction_seconds_count": 0,
+            "kinfer_results_transaction_seconds_sum": 0,
+        })
+        chk = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                             capture_output=True)
+        self.assertEqual(chk.returncode, 0, chk.stdout + chk.stderr)
+        self.assertEqual(chk.stdout + chk.stderr, b"", "promtool lint findings")
+        # the result-topic metrics that deploy/monitoring names exist
+        # (test_metrics_http.py checks the others, on a worker without one)
+        mon = os.path.join(REPO, "deploy", "monitoring")
+        used = set(re.findall(r"\bkinfer_results_[a-z_]+",
+                              open(os.path.join(mon, "kinfer-alerts.yml")).read() +
+                              open(os.path.join(mon, "kinfer-dashboard.json")).read()))
+        self.assertTrue(used, "deploy/monitoring names no kinfer_results_ metric")
+        exported = {smp.name for fam in text_string_to_metric_families(text)
+                    for smp in fam.samples}
+        self.assertEqual(sorted(u for u in used if u not in exported
+                                and u + "_bucket" not in exported), [])
         for jid, (user, x, key, headers, i) in jobs.items():
             mkey, mheaders, raw, v = got[jid]
             self.assertEqual(mkey, key)
@@ -193,6 +279,55 @@ class ResultTopicTest(unittest.TestCase):
                 np.testing.assert_allclose(
                     np.array(o["output"]),
                     np.frombuffer(v["output"], dtype="<f4").reshape(v["shape"]), rtol=1e-6)
+
+    def test_z_delivery_refused(self):
+        """Runs after test_result_messages (its counts are the baseline).
+        The worker frozen, one job produced, then the dev broker told to
+        answer the next Produce request with TOPIC_AUTHORIZATION_FAILED (a
+        permanent error: no retry inside librdkafka), the worker thawed:
+        its first result message fails, the batch is sent again until it
+        is delivered; every failed attempt counts, as the log tells them."""
+        before = self.results_metrics()
+        jid, user = f"rt-{RUN}-refused", "u1"
+        p = Producer({"bootstrap.servers": self.bootstrap})
+        self.worker.send_signal(signal.SIGSTOP)
+        try:
+            p.produce("kinfer.jobs", key=user, value=msgpack.packb(
+                {"v": 2, "id": jid, "user": user, "model": "lin", "input": [[1.0, 2.0, 3.0]]},
+                use_bin_type=True))
+            self.assertEqual(p.flush(30), 0)
+            # the job is in; from here on only the worker produces
+            self.broker.stdin.write(b"request-errors Produce TOPIC_AUTHORIZATION_FAILED\n")
+            self.broker.stdin.flush()
+            self.assertEqual(self.broker.stdout.readline(), b"ok\n")
+        finally:
+            self.worker.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while True:
+            now = self.results_metrics()
+            if now["kinfer_results_delivered_total"] > before["kinfer_results_delivered_total"]:
+                break
+            self.assertLess(time.monotonic(), deadline, f"not delivered: {now}")
+            time.sleep(0.1)
+        delta = {k: now[k] - before[k] for k in now}
+        # Each failed attempt is one line of the log: "1 of 1 messages" when
+        # the broker refused the message produced, "0 of 1" when librdkafka
+        # refused it at once (it remembers the topic as unauthorized until
+        # its next metadata refresh; how often depends on timing).
+        log = open(self.worker_log).read()
+        refused = log.count("results of 1 jobs not sent yet: result topic kinfer.results: "
+                            "1 of 1 messages: Broker: Topic authorization failed")
+        local = log.count("results of 1 jobs not sent yet: result topic kinfer.results: "
+                          "0 of 1 messages: Broker: Topic authorization failed")
+        self.assertEqual(refused, 1, log[-3000:])
+        self.assertEqual(delta["kinfer_results_failed_total"], refused + local, delta)
+        self.assertEqual(delta["kinfer_results_produced_total"], refused + 1, delta)
+        self.assertEqual(delta["kinfer_results_delivered_total"], 1, delta)
+        self.assertEqual(now["kinfer_results_unacknowledged"], 0)
+        # at least once: the refused message was not written, the retry was
+        got = self.read_topic({jid})
+        self.assertEqual(len(got[jid]), 1)
+        self.assertEqual(got[jid][0], self.r.get(f"kinfer:{{{user}}}:result:{jid}"))
 
 
 if __name__ == "__main__":

@@ -225,32 +225,49 @@ class TopInTmuxTest(unittest.TestCase):
         screen = self.wait_pane(lambda s: "ERR/S" in s and re.search(r"jobs/s \d", s))
         sys.stderr.write("\n" + screen)
 
-        # the workers: each up worker's row equals its own /metrics
-        shown = {}
-        for line in screen.splitlines():
-            f = line.split()
-            if f and f[0] in self.urls + [self.dead]:
-                shown[f[0]] = f
-        nums = {u: worker_numbers(self.scrape(u)) for u in self.urls}
-        total = sum(n["jobs"] for n in nums.values())
-        self.assertEqual(total, sent)
-        for u, n in nums.items():
-            f = shown[u]
-            self.assertEqual(f[1], "up", f)
-            self.assertEqual([float(x) for x in f[2:5]], [n["jobs"], n["ok"], n["errors"]], f)
-            self.assertEqual(f[5], f"{100.0 * n['jobs'] / total:.1f}%", f)
-            self.assertEqual(float(f[8]), n["lag"], f)
-            self.assertEqual(f[9], f"{n['work']:.4g}", f)
-            self.assertEqual((float(f[10]), float(f[11])), (n["inflight"], n["parts"]), f)
-        self.assertEqual(shown[self.dead][1], "down", shown[self.dead])
-        # the pool line sums them
-        ok_sum = sum(n["ok"] for n in nums.values())
-        err_sum = sum(n["errors"] for n in nums.values())
-        m = re.search(r"workers (\d+)/(\d+) up  jobs (\d+)  errors (\d+)", screen)
-        self.assertEqual(m.groups(), ("2", "3", str(int(ok_sum + err_sum)), str(int(err_sum))))
-        self.assertEqual(ok_sum, sum(v[0] for v in USERS.values()))
-        m = re.search(r"lag (\d+)  work remaining (\S+) flops", screen)
-        self.assertEqual(int(m.group(1)), sum(n["lag"] for n in nums.values()))
+        # the workers: each up worker's row equals its own /metrics.  The lag
+        # and the work it stands for move with librdkafka's statistics (each
+        # second) and the offsets commits (every 5 s): until those settle, a
+        # frame and a later scrape may differ, so a new frame is compared with
+        # a new scrape until they agree (a wrong column never does).
+        def compare(screen):
+            shown = {}
+            for line in screen.splitlines():
+                f = line.split()
+                if f and f[0] in self.urls + [self.dead]:
+                    shown[f[0]] = f
+            nums = {u: worker_numbers(self.scrape(u)) for u in self.urls}
+            total = sum(n["jobs"] for n in nums.values())
+            self.assertEqual(total, sent)
+            for u, n in nums.items():
+                f = shown[u]
+                self.assertEqual(f[1], "up", f)
+                self.assertEqual([float(x) for x in f[2:5]], [n["jobs"], n["ok"], n["errors"]], f)
+                self.assertEqual(f[5], f"{100.0 * n['jobs'] / total:.1f}%", f)
+                self.assertEqual(float(f[8]), n["lag"], f)
+                self.assertEqual(f[9], f"{n['work']:.4g}", f)
+                self.assertEqual((float(f[10]), float(f[11])), (n["inflight"], n["parts"]), f)
+            self.assertEqual(shown[self.dead][1], "down", shown[self.dead])
+            # the pool line sums them
+            ok_sum = sum(n["ok"] for n in nums.values())
+            err_sum = sum(n["errors"] for n in nums.values())
+            m = re.search(r"workers (\d+)/(\d+) up  jobs (\d+)  errors (\d+)", screen)
+            self.assertEqual(m.groups(), ("2", "3", str(int(ok_sum + err_sum)), str(int(err_sum))))
+            self.assertEqual(ok_sum, sum(v[0] for v in USERS.values()))
+            m = re.search(r"lag (\d+)  work remaining (\S+) flops", screen)
+            self.assertEqual(int(m.group(1)), sum(n["lag"] for n in nums.values()))
+            return nums
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                nums = compare(screen)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.4)
+                screen = self.pane()
 
         # the users: each row equals the counters in Redis
         for user in USERS:

@@ -17,67 +17,25 @@
 #include <cmocka.h>
 // clang-format on
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "../faults/faults.h"
+#include "../harness/kt_metrics.h"
 #include "kf_result.h"
 
 #define WAIT_MS  120000
 #define ASSIGNED "INFO  assigned "
-
-/* GETs /metrics from 127.0.0.1:port and sums the samples of `metric` whose
- * labels contain `label` (NULL: all).  Returns the sum, or -1 if the worker
- * did not answer with 200. */
-static long long scrape(int port, const char *metric, const char *label)
-{
-        struct sockaddr_in a = {.sin_family = AF_INET,
-                                .sin_port = htons((uint16_t)port),
-                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        static char buf[1 << 20];
-        size_t have = 0, mlen = strlen(metric);
-        const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
-        long long sum = 0;
-        ssize_t n;
-        char *line, *save = NULL;
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-        if (fd < 0)
-                return -1;
-        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-            write(fd, req, sizeof(req) - 1) != (ssize_t)(sizeof(req) - 1)) {
-                close(fd);
-                return -1;
-        }
-        while (have < sizeof(buf) - 1 && (n = read(fd, buf + have, sizeof(buf) - 1 - have)) > 0)
-                have += (size_t)n;
-        close(fd);
-        buf[have] = '\0';
-        if (strncmp(buf, "HTTP/1.", 7) || strncmp(buf + 8, " 200", 4))
-                return -1;
-        for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-                const char *sp;
-                if (strncmp(line, metric, mlen) || (line[mlen] != '{' && line[mlen] != ' '))
-                        continue;
-                sp = strrchr(line, ' ');
-                if (sp && (!label || strstr(line, label)))
-                        sum += atoll(sp + 1);
-        }
-        return sum;
-}
 
 /* Results a worker reports it wrote, ok ones: kinfer_jobs_total{code="ok"}.
  * Retries while its endpoint is not up yet. */
 static long long ok_written(fx_t *fx, int port)
 {
         long long deadline = kt_now_ms() + 10000, n;
-        while ((n = scrape(port, "kinfer_jobs_total", "code=\"ok\"")) < 0) {
+        while ((n = kt_scrape(port, "kinfer_jobs_total", "code=\"ok\"")) < 0) {
                 if (kt_now_ms() > deadline) {
                         kt_stack_fail(&fx->stack);
                         fail_msg("no /metrics on 127.0.0.1:%d", port);
@@ -85,21 +43,6 @@ static long long ok_written(fx_t *fx, int port)
                 fx_sleep_ms(50);
         }
         return n;
-}
-
-/* A worker with --http on a fresh port (returned in *port) plus extra. */
-static int http_worker(fx_t *fx, const char *name, int *port, const char *const *extra)
-{
-        char addr[32];
-        const char *argv[16] = {"--http", addr};
-        int n = 2;
-        *port = kt_free_port();
-        assert_true(*port > 0);
-        snprintf(addr, sizeof(addr), "127.0.0.1:%d", *port);
-        for (int i = 0; extra && extra[i]; i++)
-                argv[n++] = extra[i];
-        argv[n] = NULL;
-        return fx_worker(fx, name, argv);
 }
 
 static void assert_midrun(fx_t *fx, const char *what)
@@ -175,11 +118,11 @@ static void test_scale_out_and_in(void **state)
         print_message("60000 jobs produced to 12 partitions in %lld ms\n", kt_now_ms() - t0);
 
         t0 = kt_now_ms();
-        w[0] = http_worker(fx, names[0], &port[0], slow);
+        w[0] = fx_http_worker(fx, names[0], &port[0], slow);
         fx_wait_results(fx, fx->n_jobs, 2000, WAIT_MS);
         assert_midrun(fx, "rkhs-w1 alone");
-        w[1] = http_worker(fx, names[1], &port[1], slow);
-        w[2] = http_worker(fx, names[2], &port[2], slow);
+        w[1] = fx_http_worker(fx, names[1], &port[1], slow);
+        w[2] = fx_http_worker(fx, names[2], &port[2], slow);
         wait_assigned(fx, w[1], 0);
         wait_assigned(fx, w[2], 0);
         wait_share(fx, port[1], names[1], 500);
@@ -273,7 +216,7 @@ static void print_latency(fx_t *fx)
 static int roll_worker(fx_t *fx, const char *name, int *port, int static_ids)
 {
         const char *ex[] = {"--instance-id", name, NULL};
-        return http_worker(fx, name, port, static_ids ? ex : NULL);
+        return fx_http_worker(fx, name, port, static_ids ? ex : NULL);
 }
 
 /* Three workers replaced one by one, as a rolling update does (SIGTERM, wait

@@ -33,6 +33,7 @@
 
 #include "../faults/faults.h"
 #include "../harness/kt_job.h"
+#include "../harness/kt_metrics.h"
 
 #define WAIT_MS      120000
 #define RESULTS      "kinfer.results"
@@ -62,6 +63,60 @@ static void assert_midrun(fx_t *fx, const char *what)
                 kt_stack_fail(&fx->stack);
                 fail_msg("the backlog had drained before: %s", what);
         }
+}
+
+/* A worker's kinfer_results_* (its /metrics, --http). */
+typedef struct rtm_s {
+        long long produced, delivered, failed, unacked, committed, aborted, txn_count;
+} rtm_t;
+
+static rtm_t rt_metrics(fx_t *fx, int port)
+{
+        rtm_t m;
+        const struct {
+                const char *name;
+                long long *v;
+        } f[] = {{"kinfer_results_produced_total", &m.produced},
+                 {"kinfer_results_delivered_total", &m.delivered},
+                 {"kinfer_results_failed_total", &m.failed},
+                 {"kinfer_results_unacknowledged", &m.unacked},
+                 {"kinfer_results_transactions_committed_total", &m.committed},
+                 {"kinfer_results_transactions_aborted_total", &m.aborted},
+                 {"kinfer_results_transaction_seconds_count", &m.txn_count}};
+        for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+                if ((*f[i].v = kt_scrape(port, f[i].name, NULL)) < 0) {
+                        kt_stack_fail(&fx->stack);
+                        fail_msg("no %s on 127.0.0.1:%d", f[i].name, port);
+                }
+        print_message("port %d: produced %lld, delivered %lld, failed %lld, unacknowledged %lld, "
+                      "transactions committed %lld (timed %lld), aborted %lld\n",
+                      port, m.produced, m.delivered, m.failed, m.unacked, m.committed, m.txn_count,
+                      m.aborted);
+        return m;
+}
+
+/* What holds whatever happened, once a worker is idle: every message
+ * produced ended delivered or failed, every committed transaction was
+ * timed, and each abort is one the log reports ("aborting it"). */
+static void assert_rt_settled(fx_t *fx, int slot, const rtm_t *m)
+{
+        int logged = fx_log_count(fx, slot, "aborting it and sending them again");
+        if (m->unacked != 0 || m->produced != m->delivered + m->failed ||
+            m->txn_count != m->committed || m->aborted != logged) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("%s: result metrics inconsistent (unacknowledged %lld, produced %lld != "
+                         "delivered %lld + failed %lld, %lld timed of %lld committed, %lld "
+                         "aborted, the log reports %d)",
+                         fx->stack.procs[slot].name, m->unacked, m->produced, m->delivered,
+                         m->failed, m->txn_count, m->committed, m->aborted, logged);
+        }
+}
+
+static void count_msg(fx_t *fx, const rd_kafka_message_t *rkm, void *opaque)
+{
+        (void)fx;
+        (void)rkm;
+        (void)opaque;
 }
 
 /* Reads `topic` from the beginning with read_committed until `want`
@@ -180,15 +235,16 @@ static void test_exactly_once_kills(void **state)
                                 "1",
                                 NULL};
         seen_t seen = {0};
-        int w1, w2, last[2], n, dups = 0, missing = 0;
+        int w1, w2, last[2], n, dups = 0, missing = 0, port2;
         long long t0;
+        rtm_t m2;
 
         fx_setup_kafka(fx, "rkeos", 4, 10, NULL);
         fx_add_good(fx, 10000);
         fx_produce(fx, 0, fx->n_jobs);
         t0 = kt_now_ms();
         w1 = fx_worker(fx, "rkeos-w1", w1args);
-        w2 = fx_worker(fx, "rkeos-w2", w2args);
+        w2 = fx_http_worker(fx, "rkeos-w2", &port2, w2args);
         wait_count(fx, 2500);
         assert_midrun(fx, "first SIGKILL of rkeos-w1");
         assert_int_equal(kt_stack_kill(&fx->stack, w1, SIGKILL, 5000), 128 + SIGKILL);
@@ -218,6 +274,15 @@ static void test_exactly_once_kills(void **state)
                 kt_stack_fail(&fx->stack);
                 fail_msg("exactly once broken: %d messages for %d jobs", n, fx->n_jobs);
         }
+        /* The worker never killed: transactions committed, its metrics
+         * settled (it may have aborted some when w1 came and went) */
+        m2 = rt_metrics(fx, port2);
+        assert_rt_settled(fx, w2, &m2);
+        if (m2.committed <= 0 || m2.delivered <= 0 || m2.delivered > fx->n_jobs) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("rkeos-w2: %lld transactions committed, %lld results delivered",
+                         m2.committed, m2.delivered);
+        }
         last[0] = w1;
         last[1] = w2;
         fx_finish(fx, last, 2);
@@ -237,12 +302,13 @@ static void test_zombie_fenced(void **state)
             {"--results-topic", RESULTS, "--exactly-once", "--transactional-id", "rkzomb-w2",
              "--batch-max-jobs", "16", "--compute-threads", "1", "--grace-ms", "2000", NULL}};
         seen_t seen = {0};
-        int w[2], n, dups = 0, missing = 0;
+        int w[2], n, dups = 0, missing = 0, port0;
+        rtm_t m0;
 
         fx_setup_kafka(fx, "rkzomb", 4, 8, NULL);
         fx_add_good(fx, 4000);
         fx_produce(fx, 0, fx->n_jobs);
-        w[0] = fx_worker(fx, "rkzomb-w1", args[0]);
+        w[0] = fx_http_worker(fx, "rkzomb-w1", &port0, args[0]);
         w[1] = fx_worker(fx, "rkzomb-w2", args[1]);
         wait_count(fx, 800);
         assert_midrun(fx, "SIGSTOP of rkzomb-w1");
@@ -268,6 +334,15 @@ static void test_zombie_fenced(void **state)
         if (missing || dups || seen.mismatched || seen.foreign || n != fx->n_jobs) {
                 kt_stack_fail(&fx->stack);
                 fail_msg("exactly once broken by a zombie: %d messages for %d jobs", n, fx->n_jobs);
+        }
+        /* The zombie's transactions with the offsets of partitions it lost
+         * are refused: counted aborted, as many as its log reports */
+        m0 = rt_metrics(fx, port0);
+        assert_rt_settled(fx, w[0], &m0);
+        if (m0.aborted <= 0 || m0.failed <= 0) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("the zombie counts %lld transactions aborted, %lld messages failed",
+                         m0.aborted, m0.failed);
         }
         fx_finish(fx, w, 2);
 }
@@ -335,14 +410,19 @@ static void test_two_stage_chain(void **state)
         fx_t *fx = *state;
         float cW1[FX_OUT * CLS_HID], cb1[CLS_HID], cW2[CLS_HID * CLS_OUT], cb2[CLS_OUT];
         const char *s1[] = {"--results-topic", RESULTS, NULL};
-        const char *s2[] = {"--topic",         RESULTS,         "--group",
-                            "kinfer-stage2",   "--chain-model", "cls",
-                            "--results-topic", RESULTS2,        NULL};
+        /* stage 2 exactly once: a clean run's transaction counts */
+        const char *s2[] = {"--topic",         RESULTS,
+                            "--group",         "kinfer-stage2",
+                            "--chain-model",   "cls",
+                            "--results-topic", RESULTS2,
+                            "--exactly-once",  "--transactional-id",
+                            "rkchain-s2",      NULL};
         char json[600], tail_out[600], cmd[2048];
         kt_msg_t msgs[N_STREAMONLY];
         msgpack_sbuffer sb[N_STREAMONLY];
         char ids[N_STREAMONLY][160];
-        int w[3], n_stage1, total;
+        int w[3], n_stage1, total, port2, n2;
+        rtm_t m2;
 
         fx_setup_kafka(fx, "rkchain", 4, 4, NULL);
         n_stage1 = fx_add_good(fx, 300) + 300;
@@ -388,7 +468,7 @@ static void test_two_stage_chain(void **state)
 
         w[0] = fx_worker(fx, "rkchain-s1a", s1);
         w[1] = fx_worker(fx, "rkchain-s1b", s1);
-        w[2] = fx_worker(fx, "rkchain-s2", s2);
+        w[2] = fx_http_worker(fx, "rkchain-s2", &port2, s2);
         fx->n_jobs = n_stage1; /* fx_produce and fx_wait_all: the normal jobs */
         fx_produce(fx, 0, n_stage1);
         assert_int_equal(kt_produce(fx->stack.brokers, FX_TOPIC, msgs, N_STREAMONLY), 0);
@@ -409,6 +489,19 @@ static void test_two_stage_chain(void **state)
         if (system(cmd) != 0) {
                 kt_stack_fail(&fx->stack);
                 fail_msg("the second stage's results differ from the numpy reference (see above)");
+        }
+        /* A clean exactly-once run: every message a read_committed reader
+         * finds is one the stage-2 worker counts delivered, none failed,
+         * no transaction aborted */
+        n2 = read_topic(fx, RESULTS2, total, WAIT_MS, 2000, count_msg, NULL);
+        m2 = rt_metrics(fx, port2);
+        assert_rt_settled(fx, w[2], &m2);
+        if (n2 != total || m2.delivered != n2 || m2.produced != n2 || m2.failed != 0 ||
+            m2.aborted != 0 || m2.committed <= 0) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("stage 2: %d result messages read, its metrics: %lld produced, %lld "
+                         "delivered, %lld failed, %lld transactions committed, %lld aborted",
+                         n2, m2.produced, m2.delivered, m2.failed, m2.committed, m2.aborted);
         }
         /* stream only: no first-stage Redis result, a second-stage one */
         for (int k = 0; k < N_STREAMONLY; k++) {

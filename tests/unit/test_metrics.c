@@ -132,6 +132,56 @@ static void test_counts_exact_from_threads(void **state)
         kw_metrics_destroy(m);
 }
 
+/* The result topic's metrics: none rendered until a result topic is shown
+ * (no idle kinfer_results_* series on a worker without one), then every
+ * one, the unacknowledged gauge counted up and down from many threads. */
+static void *ack_hammer(void *arg)
+{
+        kw_metrics_t *m = arg;
+        for (int i = 0; i < PER; i++) {
+                kw_metrics_add(m, KW_C_RT_PRODUCED, 1);
+                kw_metrics_gauge_add(m, KW_G_RT_UNACKED, 1);
+                if (i % 5) { /* one in five not reported yet */
+                        kw_metrics_gauge_add(m, KW_G_RT_UNACKED, -1);
+                        kw_metrics_add(m, KW_C_RT_DELIVERED, 1);
+                }
+        }
+        return NULL;
+}
+
+static void test_results_section(void **state)
+{
+        kw_metrics_t *m = kw_metrics_new();
+        pthread_t t[THREADS];
+        char *text;
+        (void)state;
+        assert_non_null(m);
+        for (int i = 0; i < THREADS; i++)
+                assert_int_equal(pthread_create(&t[i], NULL, ack_hammer, m), 0);
+        for (int i = 0; i < THREADS; i++)
+                pthread_join(t[i], NULL);
+        kw_metrics_observe(m, KW_H_RT_TXN, 0.02);
+        kw_metrics_add(m, KW_C_RT_TXN_COMMITTED, 1);
+        text = render(m);
+        if (strstr(text, "kinfer_results_"))
+                fail_msg("result-topic metrics shown without a result topic:\n%s", text);
+        free(text);
+        kw_metrics_show(m, KW_SHOW_RESULTS);
+        text = render(m);
+        assert_true(sample(text, "kinfer_results_produced_total") == THREADS * PER);
+        assert_true(sample(text, "kinfer_results_delivered_total") == THREADS * PER * 4 / 5);
+        assert_true(sample(text, "kinfer_results_unacknowledged") == THREADS * PER / 5);
+        assert_true(sample(text, "kinfer_results_failed_total") == 0);
+        assert_true(sample(text, "kinfer_results_transactions_committed_total") == 1);
+        assert_true(sample(text, "kinfer_results_transactions_aborted_total") == 0);
+        assert_true(sample(text, "kinfer_results_transaction_seconds_bucket{le=\"0.01\"}") == 0);
+        assert_true(sample(text, "kinfer_results_transaction_seconds_bucket{le=\"0.025\"}") == 1);
+        assert_true(sample(text, "kinfer_results_transaction_seconds_count") == 1);
+        promtool_check(text);
+        free(text);
+        kw_metrics_destroy(m);
+}
+
 /* Model names are validated upstream, but the format must hold whatever
  * a label is: quotes, backslashes and newlines escaped. */
 static void test_labels_escaped(void **state)
@@ -278,6 +328,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_counts_exact_from_threads),
             cmocka_unit_test(test_labels_escaped),
+            cmocka_unit_test(test_results_section),
             cmocka_unit_test(test_series_bounded),
             cmocka_unit_test(test_http_routes),
             cmocka_unit_test(test_http_bad_addresses),
