@@ -33,6 +33,7 @@ WORKER_OBJS = worker/main.o worker/worker.o worker/batch.o worker/commit.o worke
               worker/endpoint.o worker/pipeline.o worker/loop.o worker/lag.o \
               worker/redis_conn.o worker/quota.o worker/step_args.o worker/options.o \
               worker/results_topic.o \
+              worker/results_size.o \
               worker/chain.o \
               worker/advertise.o \
               worker/auth.o \

@@ -62,16 +62,20 @@ err:
         return NULL;
 }
 
-int kf_kafka_props_check(const kf_props_t *props, const char *strip_prefix, char *errstr,
+int kf_kafka_props_check(const kf_props_t *props, const char *const *strip_prefixes, char *errstr,
                          size_t errstr_size)
 {
-        size_t pl = strip_prefix ? strlen(strip_prefix) : 0;
         for (int i = 0; props && i < props->cnt; i++) {
                 const char *k = props->keys[i];
                 rd_kafka_conf_t *conf = rd_kafka_conf_new();
                 int rc;
-                if (pl && !strncmp(k, strip_prefix, pl))
-                        k += pl;
+                for (int p = 0; strip_prefixes && strip_prefixes[p]; p++) {
+                        size_t pl = strlen(strip_prefixes[p]);
+                        if (!strncmp(k, strip_prefixes[p], pl)) {
+                                k += pl;
+                                break;
+                        }
+                }
                 rc = conf_set(conf, k, props->vals[i], errstr, errstr_size);
                 rd_kafka_conf_destroy(conf);
                 if (rc)

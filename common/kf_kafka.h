@@ -19,11 +19,11 @@ rd_kafka_conf_t *kf_kafka_conf_new(const char *brokers, const char *const *defau
                                    const kf_props_t *props, char *errstr, size_t errstr_size);
 
 /* Checks each -X property against librdkafka's table without creating a
- * client: a property named with strip_prefix (e.g. "dlq.", or NULL) is
- * checked without it.  Returns 0, or -1 with errstr naming the first
- * property refused, as kf_kafka_conf_new would (so a program can refuse a
+ * client: a property named with one of strip_prefixes (a NULL-terminated
+ * list, e.g. {"dlq.", "results.", NULL}; or NULL) is checked without it.  Returns 0, or -1 with
+ * errstr naming the first property refused, as kf_kafka_conf_new would (so a program can refuse a
  * typo at start, before it connects anywhere). */
-int kf_kafka_props_check(const kf_props_t *props, const char *strip_prefix, char *errstr,
+int kf_kafka_props_check(const kf_props_t *props, const char *const *strip_prefixes, char *errstr,
                          size_t errstr_size);
 
 /* Whether a client-wide error (an error callback's err and reason) says

@@ -278,6 +278,9 @@ void kw_job_clear(kw_job_t *j)
         j->output = NULL;
         free(j->rt_value);
         j->rt_value = NULL;
+        free(j->rt_alt);
+        j->rt_alt = NULL;
+        j->rt_level = 0;
         model_unref(j->model);
         j->model = NULL;
         if (j->rkm)

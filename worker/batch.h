@@ -53,6 +53,14 @@ typedef struct kw_job_s {
         char *rt_value; /* with a result topic: the result as the step decided
                          * it (commit.c), malloc'd; NULL: none */
         size_t rt_len;
+        /* When the result message cannot be delivered for its size
+         * (results_topic.h): 0 the result itself; 1 a too_large error result
+         * in its place (rt_alt); 2 the same without the job's headers.
+         * Kept across retries of the batch; the result topic's writer only. */
+        int rt_level;
+        char *rt_alt; /* the too_large error result, malloc'd; NULL below level 1 */
+        size_t rt_alt_len;
+        size_t rt_msg_size; /* bytes of the message last produced: value, key, headers */
 } kw_job_t;
 
 typedef struct kw_batch_s {

@@ -12,6 +12,7 @@
 #include "kf_log.h"
 #include "kf_log_limit.h"
 #include "kf_redact.h"
+#include "results_topic.h"
 #include "worker.h"
 
 static volatile sig_atomic_t stop_flag;
@@ -47,6 +48,7 @@ int main(int argc, char **argv)
 {
         kw_config_t conf;
         struct sigaction sa;
+        static const char *const prop_prefixes[] = {"dlq.", KW_RT_PROP_PREFIX, NULL};
         char err[512];
         kw_worker_t *w;
         int rc;
@@ -82,8 +84,8 @@ int main(int argc, char **argv)
                 return rc ? 1 : 0;
         }
         /* A mistyped -X (flag or config file) stops it here, before it
-         * connects anywhere; dlq.KEY is checked as KEY. */
-        if (kf_kafka_props_check(&conf.props, "dlq.", err, sizeof(err))) {
+         * connects anywhere; dlq.KEY and results.KEY are checked as KEY. */
+        if (kf_kafka_props_check(&conf.props, prop_prefixes, err, sizeof(err))) {
                 fprintf(stderr, "kinfer-worker: -X %s\n", err);
                 kf_config_free(kw_options, &conf, &conf.props);
                 return 2;

@@ -95,6 +95,11 @@ static const def_t counter_defs[KW_C__CNT] = {
                              "Result-topic transactions aborted; their messages are produced again "
                              "in a new one (exactly once; 0 otherwise).",
                              KW_SHOW_RESULTS},
+    [KW_C_RT_TOO_LARGE] = {"kinfer_results_too_large_total",
+                           "too_large error results delivered (at least once) or committed "
+                           "(exactly once) in place of results over a size limit of the result "
+                           "producer or the brokers (counted also in delivered).",
+                           KW_SHOW_RESULTS},
 };
 
 static const def_t gauge_defs[KW_G__CNT] = {

@@ -44,6 +44,8 @@ typedef enum {
                                 * messages produced in failed transactions: sent again */
         KW_C_RT_TXN_COMMITTED, /* exactly once: transactions committed */
         KW_C_RT_TXN_ABORTED,   /* exactly once: transactions aborted */
+        KW_C_RT_TOO_LARGE,     /* too_large error results delivered (or committed) in place
+                                * of results too large for the topic */
         KW_C__CNT
 } kw_counter_t;
 

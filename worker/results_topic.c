@@ -11,37 +11,83 @@
 #include "kf_log.h"
 #include "kf_sign.h"
 #include "kf_util.h"
+#include "results_size.h"
 
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
 
-/* What one batch waits for in at-least-once mode: a heap record, since a
- * delivery report may be served by another writer's poll, and may come
- * after the writer gave up waiting (abandoned): freed by whoever drops the
- * last reference. */
+struct rt_wait_s;
+
+/* One message's delivery report, read by the writer that produced it. */
+typedef struct rt_slot_s {
+        struct rt_wait_s *wt;
+        _Atomic rd_kafka_resp_err_t err; /* its report's error (0 also before it came) */
+        int level;                       /* the job's rt_level when it was produced */
+} rt_slot_t;
+
+/* What one batch (at least once) or one transaction attempt (exactly once)
+ * waits for: a heap record, since a delivery report may be served by
+ * another writer's poll, and may come after the writer gave up waiting
+ * (abandoned) or aborted the transaction: freed by whoever drops the last
+ * reference. */
 typedef struct rt_wait_s {
         atomic_int refs;                 /* messages not reported yet, + 1 for the writer */
         _Atomic rd_kafka_resp_err_t err; /* the first failure */
+        int n;
+        rt_slot_t slot[]; /* one per message */
 } rt_wait_t;
+
+static rt_wait_t *rt_wait_new(int n)
+{
+        rt_wait_t *wt = calloc(1, sizeof(*wt) + sizeof(rt_slot_t) * (size_t)(n > 0 ? n : 1));
+        if (!wt)
+                return NULL;
+        atomic_store(&wt->refs, 1);
+        wt->n = n;
+        for (int i = 0; i < n; i++)
+                wt->slot[i].wt = wt;
+        return wt;
+}
+
+static void rt_wait_drop(rt_wait_t *wt)
+{
+        if (wt && atomic_fetch_sub(&wt->refs, 1) == 1)
+                free(wt);
+}
+
+/* The errors that say a message (or the record batch it was in) is over a
+ * size limit: librdkafka's own check, or the broker's MESSAGE_TOO_LARGE
+ * (the same code) and RECORD_LIST_TOO_LARGE. */
+static int rt_size_err(rd_kafka_resp_err_t err)
+{
+        return err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
+               err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE;
+}
 
 static void rt_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
-        rt_wait_t *wt = rkm->_private;
+        rt_slot_t *s = rkm->_private;
         kw_rt_t *rt = opaque;
+        rt_wait_t *wt;
         (void)rk;
         kw_metrics_gauge_add(rt->metrics, KW_G_RT_UNACKED, -1);
-        if (!wt) /* exactly once: the transaction's commit says it all */
+        if (!s)
                 return;
+        wt = s->wt;
+        atomic_store(&s->err, rkm->err);
         if (rkm->err) {
                 rd_kafka_resp_err_t none = RD_KAFKA_RESP_ERR_NO_ERROR;
                 atomic_compare_exchange_strong(&wt->err, &none, rkm->err);
+        }
+        /* exactly once: the transaction's commit counts it (rt_lead) */
+        if (rkm->err && !rt->eos) {
                 kw_metrics_add(rt->metrics, KW_C_RT_FAILED, 1);
-        } else {
+        } else if (!rt->eos) {
                 atomic_fetch_add(&rt->sent, 1);
                 kw_metrics_add(rt->metrics, KW_C_RT_DELIVERED, 1);
+                kw_metrics_add(rt->metrics, KW_C_RT_TOO_LARGE, s->level > 0);
         }
-        if (atomic_fetch_sub(&wt->refs, 1) == 1)
-                free(wt);
+        rt_wait_drop(wt);
 }
 
 static void rt_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -138,6 +184,7 @@ int kw_rt_init(kw_rt_t *rt, const kw_rt_conf_t *c, char *errstr, size_t errstr_s
         rt->eos = c->exactly_once;
         rt->timeout_ms = c->timeout_ms;
         rt->metrics = c->metrics;
+        rt->worker_id = c->worker_id;
         if (!strcmp(c->key, "id"))
                 rt->key = KW_RT_KEY_ID;
         else if (!strcmp(c->key, "input"))
@@ -157,6 +204,12 @@ int kw_rt_init(kw_rt_t *rt, const kw_rt_conf_t *c, char *errstr, size_t errstr_s
                 return -1;
         if (!(conf = kf_kafka_conf_new(c->brokers, defaults, &pprops, errstr, errstr_size)))
                 goto cleanup;
+        {
+                size_t sz = sizeof(rt->max_bytes);
+                if (rd_kafka_conf_get(conf, "message.max.bytes", rt->max_bytes, &sz) !=
+                    RD_KAFKA_CONF_OK)
+                        kf_strlcpy(rt->max_bytes, "?", sizeof(rt->max_bytes));
+        }
         rd_kafka_conf_set_dr_msg_cb(conf, rt_dr_cb);
         rd_kafka_conf_set_error_cb(conf, rt_error_cb);
         rd_kafka_conf_set_opaque(conf, rt);
@@ -185,9 +238,26 @@ void kw_rt_bind(kw_rt_t *rt, rd_kafka_t *consumer, kw_offsets_t *offsets)
         rt->offsets = offsets;
 }
 
-/* Produces one job's result message; retries while the local queue is
- * full.  wt: the batch's wait record (at least once), or NULL. */
-static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, const kw_job_t *j, rt_wait_t *wt)
+/* Job j's result message cannot be delivered for its size: the next level
+ * stands for it from now on (kw_rts_escalate).  Returns 0 or -1. */
+static int rt_escalate(kw_rt_t *rt, kw_job_t *j, const char *why)
+{
+        return kw_rts_escalate(j, rt->topic, why, rt->worker_id);
+}
+
+/* The brokers refused job j's message, alone in its request, for its size. */
+static int rt_escalate_broker(kw_rt_t *rt, kw_job_t *j, rd_kafka_resp_err_t err)
+{
+        char why[256];
+        kw_rts_broker_limit(why, sizeof(why), err, rt->topic_max);
+        return rt_escalate(rt, j, why);
+}
+
+/* Produces one job's result message (or what stands for it: rt_level);
+ * retries while the local queue is full, and replaces a message that
+ * librdkafka refuses for its size at once.  s: its delivery report's slot,
+ * or NULL. */
+static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, kw_job_t *j, rt_slot_t *s)
 {
         rd_kafka_headers_t *hdrs = NULL, *copy = NULL;
         const void *key = j->job.id;
@@ -199,7 +269,9 @@ static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, const kw_job_t *j, rt_wait_t 
                 key_len = j->rkm->key_len;
         }
         for (;;) {
-                if (!rd_kafka_message_headers(j->rkm, &hdrs) && hdrs &&
+                const char *val = j->rt_level ? j->rt_alt : j->rt_value;
+                size_t len = j->rt_level ? j->rt_alt_len : j->rt_len;
+                if (j->rt_level < 2 && !rd_kafka_message_headers(j->rkm, &hdrs) && hdrs &&
                     !(copy = rd_kafka_headers_copy(hdrs)))
                         return RD_KAFKA_RESP_ERR__FAIL;
                 /* A job's signature covers the job's bytes, not the result's:
@@ -210,42 +282,91 @@ static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, const kw_job_t *j, rt_wait_t 
                         rd_kafka_header_remove(copy, KF_SIGN_HDR_KID);
                         rd_kafka_header_remove(copy, KF_SIGN_HDR_ALG);
                 }
+                j->rt_msg_size = len + key_len + kw_rts_hdrs_size(copy);
+                if (s) {
+                        s->level = j->rt_level;
+                        atomic_fetch_add(&s->wt->refs, 1);
+                }
                 err = rd_kafka_producev(
                     rt->rk, RD_KAFKA_V_TOPIC(rt->topic), RD_KAFKA_V_KEY(key, key_len),
-                    RD_KAFKA_V_VALUE(j->rt_value, j->rt_len),
-                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(copy),
-                    RD_KAFKA_V_OPAQUE(wt), RD_KAFKA_V_END);
+                    RD_KAFKA_V_VALUE((void *)val, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                    RD_KAFKA_V_HEADERS(copy), RD_KAFKA_V_OPAQUE(s), RD_KAFKA_V_END);
                 if (!err) {
                         kw_metrics_add(rt->metrics, KW_C_RT_PRODUCED, 1);
                         kw_metrics_gauge_add(rt->metrics, KW_G_RT_UNACKED, 1);
                         return 0; /* the headers are the message's now */
                 }
+                if (s)
+                        atomic_fetch_sub(&s->wt->refs, 1);
                 if (copy)
                         rd_kafka_headers_destroy(copy);
                 copy = NULL;
+                if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+                        char why[128];
+                        snprintf(why, sizeof(why), "the result producer's message.max.bytes %s",
+                                 rt->max_bytes);
+                        if (rt_escalate(rt, j, why))
+                                return err;
+                        continue;
+                }
                 if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
                         return err;
                 rd_kafka_poll(rt->rk, 10);
         }
 }
 
+/* Waits for wt's reports, or until *abandon.  Returns 1 if given up. */
+static int rt_wait(kw_rt_t *rt, rt_wait_t *wt, const atomic_int *abandon)
+{
+        while (atomic_load(&wt->refs) > 1)
+                if (abandon && atomic_load(abandon))
+                        return 1;
+                else
+                        rd_kafka_poll(rt->rk, 20);
+        return 0;
+}
+
+/* At least once: job j's message was refused for its size in a request
+ * with others (the brokers' limit may be the record batch's): produced
+ * again alone, and replaced if refused alone.  Returns 0, 1 when given up
+ * (*abandon), or the error. */
+static rd_kafka_resp_err_t rt_send_alone(kw_rt_t *rt, kw_job_t *j, const atomic_int *abandon)
+{
+        for (;;) {
+                rt_wait_t *wt = rt_wait_new(1);
+                rd_kafka_resp_err_t err;
+                if (!wt)
+                        return RD_KAFKA_RESP_ERR__FAIL;
+                if ((err = rt_produce(rt, j, &wt->slot[0]))) {
+                        kw_metrics_add(rt->metrics, KW_C_RT_FAILED, 1);
+                        rt_wait_drop(wt);
+                        return err;
+                }
+                if (rt_wait(rt, wt, abandon)) {
+                        rt_wait_drop(wt);
+                        return RD_KAFKA_RESP_ERR__TIMED_OUT;
+                }
+                err = atomic_load(&wt->slot[0].err);
+                rt_wait_drop(wt);
+                if (!rt_size_err(err) || rt_escalate_broker(rt, j, err))
+                        return err;
+        }
+}
+
 static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, char *errstr,
                          size_t errstr_size)
 {
-        rt_wait_t *wt = calloc(1, sizeof(*wt));
+        rt_wait_t *wt = rt_wait_new(b->n);
         rd_kafka_resp_err_t err = 0;
         int n = 0, given_up = 0;
 
         if (!wt)
                 return kf_errf(errstr, errstr_size, "out of memory");
-        atomic_store(&wt->refs, 1);
         for (int i = 0; i < b->n; i++) {
-                const kw_job_t *j = &b->jobs[i];
+                kw_job_t *j = &b->jobs[i];
                 if (j->state != KW_JOB_WRITTEN || !j->rt_value)
                         continue;
-                atomic_fetch_add(&wt->refs, 1);
-                if ((err = rt_produce(rt, j, wt))) {
-                        atomic_fetch_sub(&wt->refs, 1);
+                if ((err = rt_produce(rt, j, &wt->slot[i]))) {
                         kw_metrics_add(rt->metrics, KW_C_RT_FAILED, 1);
                         break;
                 }
@@ -253,12 +374,19 @@ static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, 
         }
         /* Reports come within message.timeout.ms; a drain that gives up
          * (brokers away) does not wait that long. */
-        while (atomic_load(&wt->refs) > 1 && !(given_up = abandon && atomic_load(abandon)))
-                rd_kafka_poll(rt->rk, 20);
-        if (!err)
-                err = atomic_load(&wt->err);
-        if (atomic_fetch_sub(&wt->refs, 1) == 1)
-                free(wt);
+        given_up = rt_wait(rt, wt, abandon);
+        /* Refused for size: each alone, replaced if refused alone; the
+         * others' failures make the batch fail, as before. */
+        for (int i = 0; !err && !given_up && i < b->n; i++) {
+                rd_kafka_resp_err_t e = atomic_load(&wt->slot[i].err);
+                if (rt_size_err(e))
+                        e = rt_send_alone(rt, &b->jobs[i], abandon);
+                if (e == RD_KAFKA_RESP_ERR__TIMED_OUT && abandon && atomic_load(abandon))
+                        given_up = 1;
+                else if (e)
+                        err = e;
+        }
+        rt_wait_drop(wt);
         if (given_up)
                 return kf_errf(errstr, errstr_size,
                                "result topic %s: not acknowledged before the drain gave up",
@@ -273,11 +401,18 @@ static int rt_send_plain(kw_rt_t *rt, kw_batch_t *b, const atomic_int *abandon, 
 /* One transaction: the members' messages and the offsets pos (a snapshot
  * taken with the members: never past a message of a batch not among them).
  * *produced: how many messages it produced (all of them, unless it failed
- * first).  Returns NULL or the error (caller destroys it). */
+ * first).  wt: a slot per message, in order.  careful (after a failure for
+ * size): each message is flushed alone before the next is produced, so a
+ * refusal for size is that message's own: it is replaced (rt_escalate) and
+ * *resized set; the transaction fails, to be aborted and redone.  Returns
+ * NULL or the error (caller destroys it). */
 static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
                                 const rd_kafka_topic_partition_list_t *pos,
-                                unsigned long long *produced)
+                                unsigned long long *produced, rt_wait_t *wt, int careful,
+                                int *resized)
 {
+        int k = 0;
+
         rd_kafka_error_t *error;
         rd_kafka_resp_err_t err;
 
@@ -287,13 +422,26 @@ static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
                 return error;
         for (int m = 0; m < n; m++)
                 for (int i = 0; i < members[m]->n; i++) {
-                        const kw_job_t *j = &members[m]->jobs[i];
+                        kw_job_t *j = &members[m]->jobs[i];
+                        rt_slot_t *s = k < wt->n ? &wt->slot[k++] : NULL;
                         if (j->state != KW_JOB_WRITTEN || !j->rt_value)
                                 continue;
-                        if ((err = rt_produce(rt, j, NULL)))
+                        if ((err = rt_produce(rt, j, s)))
                                 return rd_kafka_error_new(err, "producing result %s: %s", j->job.id,
                                                           rd_kafka_err2str(err));
                         (*produced)++;
+                        if (!careful || !s)
+                                continue;
+                        rd_kafka_flush(rt->rk, rt->timeout_ms);
+                        err = atomic_load(&s->err);
+                        if (rt_size_err(err) && !rt_escalate_broker(rt, j, err)) {
+                                *resized = 1;
+                                return rd_kafka_error_new(err, "result %s refused for its size",
+                                                          j->job.id);
+                        }
+                        if (err)
+                                return rd_kafka_error_new(err, "result %s: %s", j->job.id,
+                                                          rd_kafka_err2str(err));
                 }
         if (pos->cnt > 0) {
                 rd_kafka_consumer_group_metadata_t *cgmd =
@@ -315,26 +463,33 @@ static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
 static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
 {
         kw_batch_t **members = rt->pend;
-        int n = rt->npend, ok = 0, backoff = RETRY_MIN_MS;
-        unsigned long long msgs = 0;
+        int n = rt->npend, ok = 0, backoff = RETRY_MIN_MS, careful = 0, slots = 0;
+        unsigned long long msgs = 0, too_large = 0;
         uint64_t seq = rt->next_seq++;
         rd_kafka_topic_partition_list_t *pos = kw_offsets_positions(rt->offsets);
 
         rt->pend = NULL;
         rt->npend = rt->cappend = 0;
         rt->committing = 1;
-        for (int m = 0; m < n; m++)
+        for (int m = 0; m < n; m++) {
+                slots += members[m]->n;
                 for (int i = 0; i < members[m]->n; i++)
                         msgs += members[m]->jobs[i].state == KW_JOB_WRITTEN &&
                                 members[m]->jobs[i].rt_value;
+        }
         pthread_mutex_unlock(&rt->lock);
         /* after a transaction given up, its offsets are in every snapshot:
          * none may commit (they joined before it was given up) */
         while (!atomic_load(&rt->broken)) {
                 int64_t t0 = kf_mono_us();
                 unsigned long long produced = 0;
-                rd_kafka_error_t *error = rt_txn(rt, members, n, pos, &produced);
+                int resized = 0, sized = 0;
+                rt_wait_t *wt = rt_wait_new(slots);
+                rd_kafka_error_t *error =
+                    wt ? rt_txn(rt, members, n, pos, &produced, wt, careful, &resized)
+                       : rd_kafka_error_new(RD_KAFKA_RESP_ERR__FAIL, "out of memory");
                 if (!error) {
+                        rt_wait_drop(wt);
                         kw_metrics_observe(rt->metrics, KW_H_RT_TXN,
                                            (double)(kf_mono_us() - t0) / 1e6);
                         ok = 1;
@@ -344,6 +499,7 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
                  * delivered (each counted produced: the two stay level). */
                 kw_metrics_add(rt->metrics, KW_C_RT_FAILED, produced);
                 if (rd_kafka_error_is_fatal(error) || atomic_load(&rt->fatal)) {
+                        rt_wait_drop(wt);
                         atomic_store(&rt->fatal, 1);
                         kf_error("result topic %s: transaction of %llu results: %s: fatal "
                                  "(fenced by a newer producer with this transactional.id?); "
@@ -352,9 +508,10 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
                         rd_kafka_error_destroy(error);
                         break;
                 }
-                kf_warn("result topic %s: transaction of %llu results of %d batches: %s; "
-                        "aborting it and sending them again",
-                        rt->topic, msgs, n, rd_kafka_error_string(error));
+                if (!resized) /* a replaced result has logged its own line */
+                        kf_warn("result topic %s: transaction of %llu results of %d batches: %s; "
+                                "aborting it and sending them again",
+                                rt->topic, msgs, n, rd_kafka_error_string(error));
                 rd_kafka_error_destroy(error);
                 if ((error = rd_kafka_abort_transaction(rt->rk, rt->timeout_ms))) {
                         kf_warn("result topic %s: aborting: %s", rt->topic,
@@ -365,8 +522,19 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
                 }
                 atomic_fetch_add(&rt->aborts, 1);
                 kw_metrics_add(rt->metrics, KW_C_RT_TXN_ABORTED, 1);
+                /* Refused for size: redone at once, each message flushed
+                 * alone, so that the one refused is known and replaced;
+                 * every redo replaces one or commits, so it ends. */
+                rd_kafka_poll(rt->rk, 0);
+                for (int i = 0; wt && i < wt->n; i++)
+                        sized |= rt_size_err(atomic_load(&wt->slot[i].err));
+                rt_wait_drop(wt);
                 if ((abandon && atomic_load(abandon)) || atomic_load(&rt->fatal))
                         break;
+                if (resized || (sized && !careful)) {
+                        careful = 1;
+                        continue;
+                }
                 for (int slept = 0; slept < backoff && !(abandon && atomic_load(abandon));
                      slept += 50)
                         kf_sleep_us(50000, NULL);
@@ -377,6 +545,12 @@ static void rt_lead(kw_rt_t *rt, const atomic_int *abandon)
         rd_kafka_poll(rt->rk, 0);
         pthread_mutex_lock(&rt->lock);
         if (ok) {
+                for (int m = 0; m < n; m++)
+                        for (int i = 0; i < members[m]->n; i++)
+                                too_large += members[m]->jobs[i].state == KW_JOB_WRITTEN &&
+                                             members[m]->jobs[i].rt_value &&
+                                             members[m]->jobs[i].rt_level > 0;
+                kw_metrics_add(rt->metrics, KW_C_RT_TOO_LARGE, too_large);
                 atomic_fetch_add(&rt->txns, 1);
                 atomic_fetch_add(&rt->sent, msgs);
                 kw_metrics_add(rt->metrics, KW_C_RT_TXN_COMMITTED, 1);

@@ -68,6 +68,7 @@ typedef struct kw_rt_conf_s {
         const char *transactional_id; /* exactly once: the producer's transactional.id */
         int timeout_ms;               /* transactional calls and delivery waits */
         kw_metrics_t *metrics;        /* counts kinfer_results_* (not owned; may be NULL) */
+        const char *worker_id;        /* for a too_large result whose own cannot be read */
 } kw_rt_conf_t;
 
 typedef struct kw_rt_s {
@@ -77,6 +78,9 @@ typedef struct kw_rt_s {
         int eos;
         int timeout_ms;
         kw_metrics_t *metrics; /* not owned */
+        const char *worker_id; /* not owned */
+        char max_bytes[24];    /* the producer's message.max.bytes, as configured */
+        long long topic_max;   /* the topic's max.message.bytes read at start; 0 unknown */
         rd_kafka_t *consumer;  /* exactly once: whose group metadata (not owned) */
         kw_offsets_t *offsets; /* exactly once: what is committed (not owned) */
         pthread_mutex_t lock;  /* exactly once: guards what follows, to outcome */

@@ -169,7 +169,8 @@ kw_worker_t *kw_worker_new(const kw_config_t *c, volatile sig_atomic_t *stop, ch
                                    c->exactly_once,
                                    w->txn_id,
                                    (int)(c->grace_ms > 30000 ? c->grace_ms : 30000),
-                                   w->metrics};
+                                   w->metrics,
+                                   w->worker_id};
                 if (kw_rt_init(&w->rt, &rc, errstr, errstr_size))
                         goto err;
                 if (c->results_topic)

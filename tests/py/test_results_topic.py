@@ -223,6 +223,7 @@ class ResultTopicTest(unittest.TestCase):
             "kinfer_results_unacknowledged": 0,
             "kinfer_results_transactions_committed_total": 0,
             "kinfer_results_transactions_aborted_total": 0,
+            "kinfer_results_too_large_total": 0,
             "kinfer_results_transaction_seconds_count": 0,
             "kinfer_results_transaction_seconds_sum": 0,
         })

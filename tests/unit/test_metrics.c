@@ -174,6 +174,7 @@ static void test_results_section(void **state)
         assert_true(sample(text, "kinfer_results_failed_total") == 0);
         assert_true(sample(text, "kinfer_results_transactions_committed_total") == 1);
         assert_true(sample(text, "kinfer_results_transactions_aborted_total") == 0);
+        assert_true(sample(text, "kinfer_results_too_large_total") == 0);
         assert_true(sample(text, "kinfer_results_transaction_seconds_bucket{le=\"0.01\"}") == 0);
         assert_true(sample(text, "kinfer_results_transaction_seconds_bucket{le=\"0.025\"}") == 1);
         assert_true(sample(text, "kinfer_results_transaction_seconds_count") == 1);
