@@ -61,6 +61,7 @@ typedef struct kw_job_s {
         char *rt_alt; /* the too_large error result, malloc'd; NULL below level 1 */
         size_t rt_alt_len;
         size_t rt_msg_size; /* bytes of the message last produced: value, key, headers */
+        size_t rt_big_size; /* rt_msg_size when the result itself was refused */
 } kw_job_t;
 
 typedef struct kw_batch_s {

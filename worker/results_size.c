@@ -46,7 +46,7 @@ int kw_rts_replace(kw_job_t *j, const char *why, int no_headers, const char *wor
         snprintf(msg, sizeof(msg),
                  "the %s result message of %zu bytes (value %zu bytes, with its key and "
                  "headers) cannot be delivered to the result topic: over %s. %s%s",
-                 r.ok ? "ok" : r.error, j->rt_msg_size, j->rt_len, why,
+                 r.ok ? "ok" : r.error, j->rt_big_size, j->rt_len, why,
                  j->job.stream_only
                      ? "The job asked for results: \"stream\", so no copy of its result is "
                        "kept; it was computed and charged once"
@@ -86,6 +86,8 @@ int kw_rts_escalate(kw_job_t *j, const char *topic, const char *why, const char 
 {
         if (j->rt_level >= 2)
                 return -1;
+        if (j->rt_level == 0)
+                j->rt_big_size = j->rt_msg_size;
         if (kw_rts_replace(j, why, j->rt_level == 1, worker_id))
                 return -1;
         j->rt_level++;
@@ -97,17 +99,15 @@ int kw_rts_escalate(kw_job_t *j, const char *topic, const char *why, const char 
         return 0;
 }
 
-void kw_rts_broker_limit(char *buf, size_t size, rd_kafka_resp_err_t err, long long topic_max)
+void kw_rts_broker_limit(char *buf, size_t size, rd_kafka_resp_err_t err)
 {
-        if (topic_max > 0)
-                snprintf(buf, size,
-                         "the brokers' limit (%s; the topic's max.message.bytes was %lld at start)",
-                         rd_kafka_err2name(err), topic_max);
-        else
-                snprintf(buf, size,
-                         "the brokers' limit (%s: the topic's max.message.bytes or the "
-                         "brokers' message.max.bytes)",
-                         rd_kafka_err2name(err));
+        /* The topic's configuration is not read (DescribeConfigs may be
+         * refused by ACLs, and changes at run time): the refusal is the
+         * brokers' answer. */
+        snprintf(buf, size,
+                 "the brokers' limit (%s: the topic's max.message.bytes or the brokers' "
+                 "message.max.bytes)",
+                 rd_kafka_err2name(err));
 }
 
 size_t kw_rts_hdrs_size(const rd_kafka_headers_t *hdrs)

@@ -30,9 +30,8 @@ int kw_rts_replace(kw_job_t *j, const char *why, int no_headers, const char *wor
  * further level (or no memory). */
 int kw_rts_escalate(kw_job_t *j, const char *topic, const char *why, const char *worker_id);
 
-/* Writes into buf what the brokers' refusal err means, for why above;
- * topic_max: the topic's max.message.bytes read at start, or 0. */
-void kw_rts_broker_limit(char *buf, size_t size, rd_kafka_resp_err_t err, long long topic_max);
+/* Writes into buf what the brokers' refusal err means, for why above. */
+void kw_rts_broker_limit(char *buf, size_t size, rd_kafka_resp_err_t err);
 
 /* Bytes of a message's headers as librdkafka counts them against
  * message.max.bytes (names and values); NULL: 0. */

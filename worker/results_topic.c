@@ -249,7 +249,7 @@ static int rt_escalate(kw_rt_t *rt, kw_job_t *j, const char *why)
 static int rt_escalate_broker(kw_rt_t *rt, kw_job_t *j, rd_kafka_resp_err_t err)
 {
         char why[256];
-        kw_rts_broker_limit(why, sizeof(why), err, rt->topic_max);
+        kw_rts_broker_limit(why, sizeof(why), err);
         return rt_escalate(rt, j, why);
 }
 
@@ -432,7 +432,11 @@ static rd_kafka_error_t *rt_txn(kw_rt_t *rt, kw_batch_t **members, int n,
                         (*produced)++;
                         if (!careful || !s)
                                 continue;
-                        rd_kafka_flush(rt->rk, rt->timeout_ms);
+                        /* a broker away fails the attempt (as a commit would), not
+                         * every message's flush in turn */
+                        if ((err = rd_kafka_flush(rt->rk, rt->timeout_ms)))
+                                return rd_kafka_error_new(err, "flushing result %s: %s", j->job.id,
+                                                          rd_kafka_err2str(err));
                         err = atomic_load(&s->err);
                         if (rt_size_err(err) && !rt_escalate_broker(rt, j, err)) {
                                 *resized = 1;

@@ -24,6 +24,16 @@
  *     job id (the step's charge record), and the dead-letter topic stays at
  *     least once: neither is in the transaction.
  *
+ * Too large: a result message that can never be delivered for its size is
+ * replaced by a too_large error result (results_size.h), so that it cannot
+ * hold its partition: at once when librdkafka refuses it (the producer's
+ * message.max.bytes); when the brokers refuse it (MSG_SIZE_TOO_LARGE,
+ * RECORD_LIST_TOO_LARGE), after it was refused alone: at least once, each
+ * message so refused is sent again alone; exactly once, the aborted
+ * transaction is redone with each message flushed alone, and each redo
+ * replaces the one refused or commits.  Kept in the job (rt_level) across
+ * retries of its batch.
+ *
  * Threads: kw_rt_send from the writer threads (in exactly-once mode each
  * waits for its batch's transaction, which one of them commits); kw_rt_commit_offsets and
  * kw_rt_reset from the loop thread, after a drain; the producer's delivery reports are served by
@@ -34,7 +44,9 @@
  * producer counts as produced; it ends delivered or failed (at least once:
  * by its delivery report, or at once when rd_kafka_producev refuses it;
  * exactly once: with its transaction, committed or aborted), and while
- * its delivery report is outstanding it counts as unacknowledged. */
+ * its delivery report is outstanding it counts as unacknowledged; a
+ * too_large result delivered or committed in place of a result also counts
+ * in kinfer_results_too_large_total. */
 #ifndef KW_RESULTS_TOPIC_H
 #define KW_RESULTS_TOPIC_H
 
@@ -80,7 +92,6 @@ typedef struct kw_rt_s {
         kw_metrics_t *metrics; /* not owned */
         const char *worker_id; /* not owned */
         char max_bytes[24];    /* the producer's message.max.bytes, as configured */
-        long long topic_max;   /* the topic's max.message.bytes read at start; 0 unknown */
         rd_kafka_t *consumer;  /* exactly once: whose group metadata (not owned) */
         kw_offsets_t *offsets; /* exactly once: what is committed (not owned) */
         pthread_mutex_t lock;  /* exactly once: guards what follows, to outcome */

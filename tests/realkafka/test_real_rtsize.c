@@ -84,7 +84,8 @@ static void produce_big(fx_t *fx, int k, int rows)
         assert_int_equal(rd_kafka_producev(fx->producer, RD_KAFKA_V_TOPIC(FX_TOPIC),
                                            RD_KAFKA_V_KEY(WIDE_USER, strlen(WIDE_USER)),
                                            RD_KAFKA_V_VALUE(sb.data, sb.size),
-                                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+                                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                           RD_KAFKA_V_END),
                          0);
         assert_int_equal(rd_kafka_flush(fx->producer, 30000), 0);
         msgpack_sbuffer_destroy(&sb);
@@ -147,9 +148,8 @@ static int read_results(fx_t *fx, seen_t *s, int want, int timeout_ms, int idle_
         assert_int_equal(
             rd_kafka_conf_set(conf, "bootstrap.servers", fx->stack.brokers, err, sizeof(err)), 0);
         assert_int_equal(rd_kafka_conf_set(conf, "group.id", "rtsize-check", err, sizeof(err)), 0);
-        assert_int_equal(rd_kafka_conf_set(conf, "isolation.level", "read_committed", err,
-                                           sizeof(err)),
-                         0);
+        assert_int_equal(
+            rd_kafka_conf_set(conf, "isolation.level", "read_committed", err, sizeof(err)), 0);
         assert_int_equal(rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof(err)),
                          0);
         rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
