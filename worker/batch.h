@@ -55,7 +55,9 @@ typedef struct kw_job_s {
         size_t rt_len;
         /* When the result message cannot be delivered for its size
          * (results_topic.h): 0 the result itself; 1 a too_large error result
-         * in its place (rt_alt); 2 the same without the job's headers.
+         * in its place (rt_alt); 2 the same without the job's headers; 3 also
+         * keyed by the job id instead of the job message's key (a job
+         * message's key can be as large as the limit).
          * Kept across retries of the batch; the result topic's writer only. */
         int rt_level;
         char *rt_alt; /* the too_large error result, malloc'd; NULL below level 1 */

@@ -12,7 +12,7 @@
 #include "kf_result.h"
 #include "mp_pack.h"
 
-int kw_rts_replace(kw_job_t *j, const char *why, int no_headers, const char *worker_id)
+int kw_rts_replace(kw_job_t *j, const char *why, int level, const char *worker_id)
 {
         kf_result_t r;
         char errstr[128], msg[1024], source[320];
@@ -52,9 +52,12 @@ int kw_rts_replace(kw_job_t *j, const char *why, int no_headers, const char *wor
                        "kept; it was computed and charged once"
                      : "The result is in Redis under this user and id until its ttl (kinfer get); "
                        "it was charged once",
-                 no_headers ? ". This error result carries none of the job's headers: with "
-                              "them it was over the limit too"
-                            : "");
+                 level == 3   ? ". This error result carries none of the job's headers and is "
+                                "keyed by the job id: with the job message's headers and key it "
+                                "was over the limit too"
+                 : level == 2 ? ". This error result carries none of the job's headers: with "
+                                "them it was over the limit too"
+                              : "");
         msgpack_sbuffer_init(&sb);
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
         rc |= msgpack_pack_map(&pk, (size_t)(11 + (model[0] != '\0')));
@@ -82,20 +85,23 @@ int kw_rts_replace(kw_job_t *j, const char *why, int no_headers, const char *wor
         return 0;
 }
 
-int kw_rts_escalate(kw_job_t *j, const char *topic, const char *why, const char *worker_id)
+int kw_rts_escalate(kw_job_t *j, const char *topic, const char *why, const char *worker_id,
+                    int input_key)
 {
-        if (j->rt_level >= 2)
+        if (j->rt_level >= (input_key ? 3 : 2))
                 return -1;
         if (j->rt_level == 0)
                 j->rt_big_size = j->rt_msg_size;
-        if (kw_rts_replace(j, why, j->rt_level == 1, worker_id))
+        if (kw_rts_replace(j, why, j->rt_level + 1, worker_id))
                 return -1;
         j->rt_level++;
         kf_warn("result topic %s: result of job %s of user %s (%s/%d/%lld), %zu bytes, is over "
                 "%s: a too_large error result is sent in its place%s",
                 topic, j->job.id, j->job.user, rd_kafka_topic_name(j->rkm->rkt),
                 (int)j->rkm->partition, (long long)j->rkm->offset, j->rt_msg_size, why,
-                j->rt_level == 2 ? ", without the job's headers" : "");
+                j->rt_level == 3   ? ", without the job's headers, keyed by the job id"
+                : j->rt_level == 2 ? ", without the job's headers"
+                                   : "");
         return 0;
 }
 

@@ -242,7 +242,7 @@ void kw_rt_bind(kw_rt_t *rt, rd_kafka_t *consumer, kw_offsets_t *offsets)
  * stands for it from now on (kw_rts_escalate).  Returns 0 or -1. */
 static int rt_escalate(kw_rt_t *rt, kw_job_t *j, const char *why)
 {
-        return kw_rts_escalate(j, rt->topic, why, rt->worker_id);
+        return kw_rts_escalate(j, rt->topic, why, rt->worker_id, rt->key == KW_RT_KEY_INPUT);
 }
 
 /* The brokers refused job j's message, alone in its request, for its size. */
@@ -264,11 +264,14 @@ static rd_kafka_resp_err_t rt_produce(kw_rt_t *rt, kw_job_t *j, rt_slot_t *s)
         size_t key_len = strlen(j->job.id);
         rd_kafka_resp_err_t err;
 
-        if (rt->key == KW_RT_KEY_INPUT) {
-                key = j->rkm->key;
-                key_len = j->rkm->key_len;
-        }
         for (;;) {
+                if (rt->key == KW_RT_KEY_INPUT && j->rt_level < 3) {
+                        key = j->rkm->key;
+                        key_len = j->rkm->key_len;
+                } else {
+                        key = j->job.id;
+                        key_len = strlen(j->job.id);
+                }
                 const char *val = j->rt_level ? j->rt_alt : j->rt_value;
                 size_t len = j->rt_level ? j->rt_alt_len : j->rt_len;
                 if (j->rt_level < 2 && !rd_kafka_message_headers(j->rkm, &hdrs) && hdrs &&

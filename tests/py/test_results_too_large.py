@@ -323,6 +323,40 @@ class ResultTooLargeTest(unittest.TestCase):
                           delta["kinfer_results_delivered_total"],
                           delta["kinfer_results_too_large_total"]), (3, 2, 1, 1))
 
+    def test_d_huge_headers_and_key(self):
+        """A job's own headers or key can be as large as the limit (a
+        hostile producer's): the too_large result goes without the headers,
+        then keyed by the job id, rather than never."""
+        before = self.metrics()
+        x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+        big = b"h" * (LIMIT + 10000)
+        jobs = {f"tl-{RUN}-hdr": ("small.u", "lin", x, b"k-hdr", [("trace", big)], False),
+                f"tl-{RUN}-key": ("small.u", "lin", x, b"K" * (LIMIT + 10000), [], False)}
+        self.produce(jobs)
+        got = self.read(set(jobs), 20)
+        for jid, (user, _, _, key, _, _) in jobs.items():
+            self.assertEqual(len(got.get(jid, [])), 1, f"{jid}: {len(got.get(jid, []))} messages")
+            mkey, mheaders, raw = got[jid][0]
+            v = msgpack.unpackb(raw, raw=False)
+            self.assertEqual((v["status"], v["error"], v["id"], v["user"]),
+                             ("error", "too_large", jid, user))
+            self.assertIn(f"message.max.bytes {LIMIT}", v["message"])
+            self.assertIn("carries none of the job's headers", v["message"])
+            self.assertFalse(mheaders)
+            self.check_ok(self.r.get(f"kinfer:{{{user}}}:result:{jid}"), "lin", x)
+            if jid.endswith("hdr"):
+                self.assertEqual(mkey, key)
+            else:  # keyed by the job id: the job's key alone is over the limit
+                self.assertEqual(mkey, jid.encode())
+                self.assertIn("keyed by the job id", v["message"])
+        after = self.metrics()
+        self.assertEqual(after["kinfer_results_too_large_total"]
+                         - before["kinfer_results_too_large_total"], 2)
+        self.assertEqual(after["kinfer_results_delivered_total"]
+                         - before["kinfer_results_delivered_total"], 2)
+        self.assertEqual(after["kinfer_results_failed_total"]
+                         - before["kinfer_results_failed_total"], 0)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
