@@ -46,25 +46,40 @@ static const char *const users[] = {"kinfer-worker", WORKER_PASS, "kinfer-client
                                     NULL};
 
 /* Writes a config file (mode 0600, as docs/security.md asks) whose "kafka"
- * object talks SASL_SSL to the stack's locked-down listener as user/pass,
- * trusting ca (NULL: no security settings at all).  Returns its path in out. */
-static void write_config(fx_t *fx, const char *name, const char *user, const char *pass,
-                         const char *mechanism, const char *ca, char *out, size_t size)
+ * object holds the given JSON members (NULL: a file without one).  Returns
+ * its path in out. */
+static void write_kafka_config(fx_t *fx, const char *name, const char *members, char *out,
+                               size_t size)
 {
         FILE *fp;
         snprintf(out, size, "%s/%s.json", fx->stack.dir, name);
         fp = fopen(out, "w");
         assert_non_null(fp);
         assert_int_equal(chmod(out, 0600), 0);
-        if (ca)
-                fprintf(fp,
-                        "{\"kafka\": {\"security.protocol\": \"SASL_SSL\", "
-                        "\"sasl.mechanism\": \"%s\", \"sasl.username\": \"%s\", "
-                        "\"sasl.password\": \"%s\", \"ssl.ca.location\": \"%s\"}}\n",
-                        mechanism, user, pass, ca);
+        if (members)
+                fprintf(fp, "{\"kafka\": {%s}}\n", members);
         else
                 fputs("{}\n", fp);
         assert_int_equal(fclose(fp), 0);
+}
+
+/* A config file whose "kafka" object talks SASL_SSL to the stack's
+ * locked-down listener as user/pass, trusting ca (NULL: no security
+ * settings at all). */
+static void write_config(fx_t *fx, const char *name, const char *user, const char *pass,
+                         const char *mechanism, const char *ca, char *out, size_t size)
+{
+        char members[1024];
+        if (!ca) {
+                write_kafka_config(fx, name, NULL, out, size);
+                return;
+        }
+        snprintf(members, sizeof(members),
+                 "\"security.protocol\": \"SASL_SSL\", \"sasl.mechanism\": \"%s\", "
+                 "\"sasl.username\": \"%s\", \"sasl.password\": \"%s\", "
+                 "\"ssl.ca.location\": \"%s\"",
+                 mechanism, user, pass, ca);
+        write_kafka_config(fx, name, members, out, size);
 }
 
 /* Fails if any process log of the stack, or the broker's, holds text. */
@@ -160,6 +175,25 @@ static void wait_log(fx_t *fx, int slot, const char *a, const char *b)
                                  fx->stack.procs[slot].name, a, b, WAIT_MS);
                 }
                 fx_sleep_ms(100);
+        }
+}
+
+/* Runs `kinfer submit` of one job as user through brokers with config,
+ * which Kafka must refuse: exit 1 at once (well before message.timeout.ms,
+ * 30 s), with a line of the CLI runs' log holding a and b.  what names the
+ * case in the failure message. */
+static void assert_submit_refused(fx_t *fx, const char *what, const char *user, const char *brokers,
+                                  const char *config, const char *a, const char *b)
+{
+        const char *argv[] = {"kinfer",    "submit", "--model",  "mlp",  "--user",          user,
+                              "--brokers", brokers,  "--config", config, "1,2,3,4,5,6,7,8", NULL};
+        long long t0 = kt_now_ms();
+        int st = kt_stack_run(&fx->stack, argv, NULL, NULL, 60000);
+        if (st != 1 || kt_now_ms() - t0 > 20000 || !run_log_has(fx, a, b)) {
+                kt_stack_fail(&fx->stack);
+                fail_msg("kinfer submit %s: exit %d after %lld ms, want 1 within 20 s with a "
+                         "line naming '%s' and '%s' (run.log)",
+                         what, st, kt_now_ms() - t0, a, b);
         }
 }
 
@@ -282,20 +316,9 @@ static void test_refusals(void **state)
                          st);
         }
         {
-                /* kinfer submit with a wrong password: exit 1 at once, not
-                 * after message.timeout.ms (30 s), saying why. */
-                const char *argv[] = {"kinfer",   "submit", "--model",         "mlp",
-                                      "--user",   "rkref",  "--brokers",       e1[1],
-                                      "--config", bad_pass, "1,2,3,4,5,6,7,8", NULL};
-                long long t0 = kt_now_ms();
-                st = kt_stack_run(&fx->stack, argv, NULL, NULL, 60000);
-                if (st != 1 || kt_now_ms() - t0 > 20000 ||
-                    !run_log_has(fx, "refused the credentials", "sasl.password")) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("kinfer submit with a wrong password: exit %d after %lld ms, "
-                                 "want 1 within 20 s naming the credentials (run.log)",
-                                 st, kt_now_ms() - t0);
-                }
+                /* kinfer submit with a wrong password, saying why. */
+                assert_submit_refused(fx, "with a wrong password", "rkref", e1[1], bad_pass,
+                                      "refused the credentials", "sasl.password");
                 if (run_log_has(fx, WRONG_PASS, "")) {
                         kt_stack_fail(&fx->stack);
                         fail_msg("kinfer submit printed the password (run.log)");
@@ -388,40 +411,14 @@ static void test_scram_kafka39(void **state)
         fx_wait_all(fx, WAIT_MS);
         fx_check(fx);
         assert_int_equal(fx_count_by_worker(fx, fx->n_jobs, "rkscram-w1"), fx->n_jobs);
-        {
-                const char *argv[] = {"kinfer",   "submit",     "--model",         "mlp",
-                                      "--user",   "rkscram-u0", "--brokers",       ebad[1],
-                                      "--config", bad,          "1,2,3,4,5,6,7,8", NULL};
-                long long t0 = kt_now_ms();
-                st = kt_stack_run(&fx->stack, argv, NULL, NULL, 60000);
-                if (st != 1 || kt_now_ms() - t0 > 20000 ||
-                    !run_log_has(fx, "refused the credentials", "sasl.password")) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("kinfer submit with a wrong SCRAM password: exit %d after %lld "
-                                 "ms, want 1 within 20 s naming the credentials (run.log)",
-                                 st, kt_now_ms() - t0);
-                }
-        }
+        assert_submit_refused(fx, "with a wrong SCRAM password", "rkscram-u0", ebad[1], bad,
+                              "refused the credentials", "sasl.password");
         fx_finish(fx, &w, 1);
         assert_no_log_has(fx, WORKER_PASS);
         assert_no_log_has(fx, CLIENT_PASS);
         assert_no_log_has(fx, WRONG_PASS);
         if (run_log_has(fx, CLIENT_PASS, "") || run_log_has(fx, WRONG_PASS, ""))
                 fail_msg("a CLI run printed a password (run.log)");
-}
-
-/* Writes a config file (mode 0600) whose "kafka" object is the given JSON
- * members (security.protocol=SSL, mutual TLS) into out. */
-static void write_mtls_config(fx_t *fx, const char *name, const char *members, char *out,
-                              size_t size)
-{
-        FILE *fp;
-        snprintf(out, size, "%s/%s.json", fx->stack.dir, name);
-        fp = fopen(out, "w");
-        assert_non_null(fp);
-        assert_int_equal(chmod(out, 0600), 0);
-        fprintf(fp, "{\"kafka\": {\"security.protocol\": \"SSL\", %s}}\n", members);
-        assert_int_equal(fclose(fp), 0);
 }
 
 /* Mutual TLS instead of SASL (docs/security.md): the broker's SSL listener
@@ -431,6 +428,8 @@ static void write_mtls_config(fx_t *fx, const char *name, const char *members, c
  * key's password; a worker without a certificate, one whose certificate
  * another CA signed, and one with a wrong key password each stop with exit
  * status 1 or 2 and a message naming what to check, never the password. */
+#define MTLS "\"security.protocol\": \"SSL\", "
+
 static void test_mutual_tls(void **state)
 {
         fx_t *fx = *state;
@@ -457,24 +456,24 @@ static void test_mutual_tls(void **state)
                 assert_true(strlen(keypass) >= 8);
         }
         snprintf(members, sizeof(members),
-                 "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
-                 "\"%s/client.pem\", \"ssl.key.location\": \"%s/client.key\", "
-                 "\"ssl.key.password\": \"%s\"",
+                 MTLS "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
+                      "\"%s/client.pem\", \"ssl.key.location\": \"%s/client.key\", "
+                      "\"ssl.key.password\": \"%s\"",
                  d, d, d, keypass);
-        write_mtls_config(fx, "mtls-good", members, good, sizeof(good));
-        snprintf(members, sizeof(members), "\"ssl.ca.location\": \"%s/ca.pem\"", d);
-        write_mtls_config(fx, "mtls-nocert", members, nocert, sizeof(nocert));
+        write_kafka_config(fx, "mtls-good", members, good, sizeof(good));
+        snprintf(members, sizeof(members), MTLS "\"ssl.ca.location\": \"%s/ca.pem\"", d);
+        write_kafka_config(fx, "mtls-nocert", members, nocert, sizeof(nocert));
         snprintf(members, sizeof(members),
-                 "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
-                 "\"%s/stranger.pem\", \"ssl.key.location\": \"%s/stranger.key\"",
+                 MTLS "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
+                      "\"%s/stranger.pem\", \"ssl.key.location\": \"%s/stranger.key\"",
                  d, d, d);
-        write_mtls_config(fx, "mtls-stranger", members, stranger, sizeof(stranger));
+        write_kafka_config(fx, "mtls-stranger", members, stranger, sizeof(stranger));
         snprintf(members, sizeof(members),
-                 "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
-                 "\"%s/client.pem\", \"ssl.key.location\": \"%s/client.key\", "
-                 "\"ssl.key.password\": \"%s\"",
+                 MTLS "\"ssl.ca.location\": \"%s/ca.pem\", \"ssl.certificate.location\": "
+                      "\"%s/client.pem\", \"ssl.key.location\": \"%s/client.key\", "
+                      "\"ssl.key.password\": \"%s\"",
                  d, d, d, WRONG_PASS);
-        write_mtls_config(fx, "mtls-badpass", members, badpass, sizeof(badpass));
+        write_kafka_config(fx, "mtls-badpass", members, badpass, sizeof(badpass));
         cli[1] = eg[1] = en[1] = es[1] = fx->stack.kafka_mtls_brokers;
 
         {
@@ -523,22 +522,8 @@ static void test_mutual_tls(void **state)
                                  fx->stack.procs[slot].name, st);
                 }
         }
-        {
-                /* kinfer submit without a certificate: exit 1 at once. */
-                const char *argv[] = {"kinfer",   "submit",    "--model",         "mlp",
-                                      "--user",   "rkmtls-u0", "--brokers",       en[1],
-                                      "--config", nocert,      "1,2,3,4,5,6,7,8", NULL};
-                long long t0 = kt_now_ms();
-                st = kt_stack_run(&fx->stack, argv, NULL, NULL, 60000);
-                if (st != 1 || kt_now_ms() - t0 > 20000 ||
-                    !run_log_has(fx, "refused the client certificate",
-                                 "ssl.certificate.location")) {
-                        kt_stack_fail(&fx->stack);
-                        fail_msg("kinfer submit without a client certificate: exit %d after %lld "
-                                 "ms, want 1 within 20 s naming ssl.certificate.location",
-                                 st, kt_now_ms() - t0);
-                }
-        }
+        assert_submit_refused(fx, "without a client certificate", "rkmtls-u0", en[1], nocert,
+                              "refused the client certificate", "ssl.certificate.location");
         fx_finish(fx, &w, 1);
         assert_no_log_has(fx, keypass);
         assert_no_log_has(fx, WRONG_PASS);
